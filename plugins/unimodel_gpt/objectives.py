@@ -1,0 +1,134 @@
+"""Causal language modelling and fill-in-the-middle for decoder-only models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from unimodel.config import Config, param
+from unimodel.errors import ConfigError
+from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput
+from unimodel.objectives import IGNORE_INDEX, count_targets, lm_loss, pad_sequences, token_accuracy
+
+REQUIRES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD})
+
+
+@dataclass(frozen=True)
+class CLMConfig(Config):
+    section = "objective 'clm'"
+
+    label_smoothing: float = param(0.0, "label smoothing of the next-token cross-entropy")
+    pad_token_id: int | None = param(None, "padding id for ragged batches (the tokenizer's pad when null)")
+
+    def check(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            self.fail("label_smoothing", "must be in [0, 1)")
+
+
+class CausalLM(Objective):
+    """Next-token prediction: logits[t] predict input_ids[t+1]; padding is not predicted."""
+
+    config_class = CLMConfig
+    requires = REQUIRES
+
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
+        return {}
+
+    def _pad_id(self, tokenizer) -> int:
+        if self.config.pad_token_id is not None:
+            return self.config.pad_token_id
+        if tokenizer is not None:
+            return tokenizer.pad_id
+        return 0
+
+    def collate(self, seqs: Sequence[Sequence[int]], tokenizer) -> dict[str, Tensor]:
+        ids, mask = pad_sequences(seqs, self._pad_id(tokenizer))
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
+
+    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+        return self.collate([ex["input_ids"] for ex in examples], tokenizer)
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return lm_loss(logits, labels, shift=True, label_smoothing=self.config.label_smoothing)
+
+    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+        mask = batch.get("attention_mask")
+        if mask is not None and bool(mask.all()):
+            mask = None  # packed blocks: let attention take its causal fast path
+        out = model(input_ids=batch["input_ids"], attention_mask=mask)
+        labels = batch["labels"]
+        return ObjectiveOutput(
+            loss=self.loss(out.logits, labels),
+            n_predictions=count_targets(labels, shift=True),
+            logits=out.logits,
+            metrics={"accuracy": token_accuracy(out.logits, labels, shift=True)},
+        )
+
+
+@dataclass(frozen=True)
+class FIMConfig(CLMConfig):
+    section = "objective 'fim'"
+
+    rate: float = param(0.5, "fraction of examples turned into fill-in-the-middle form")
+    mode: Literal["psm", "spm"] = param("psm", "psm: prefix, suffix, middle; spm: suffix, prefix, middle")
+    fim_prefix_id: int | None = param(None, "id of the prefix sentinel (the tokenizer's fim_prefix when null)")
+    fim_middle_id: int | None = param(None, "id of the middle sentinel")
+    fim_suffix_id: int | None = param(None, "id of the suffix sentinel")
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 <= self.rate <= 1.0:
+            self.fail("rate", "must be in [0, 1]")
+
+
+def fim_transform(
+    ids: Sequence[int], cut1: int, cut2: int, *, prefix_id: int, middle_id: int, suffix_id: int, mode: str = "psm"
+) -> list[int]:
+    """Rearrange ``ids`` split at ``cut1 <= cut2`` into sentinel-marked FIM order.
+
+    PSM: ``<pre> prefix <suf> suffix <mid> middle``;
+    SPM: ``<pre> <suf> suffix <mid> prefix middle`` (the variant of Bavarian et al.).
+    """
+    prefix, middle, suffix = list(ids[:cut1]), list(ids[cut1:cut2]), list(ids[cut2:])
+    if mode == "psm":
+        return [prefix_id, *prefix, suffix_id, *suffix, middle_id, *middle]
+    return [prefix_id, suffix_id, *suffix, middle_id, *prefix, *middle]
+
+
+class FillInTheMiddle(CausalLM):
+    """CLM on documents rearranged as prefix-suffix-middle with sentinel tokens.
+
+    A fraction ``rate`` of examples is split at two uniform random points and
+    rearranged; the result keeps the example's length (the tail of the middle
+    is cut by the three sentinels), so packed blocks stay packed.
+    """
+
+    config_class = FIMConfig
+    special_tokens = ("fim_prefix", "fim_middle", "fim_suffix")
+
+    def _sentinels(self, tokenizer) -> tuple[int, int, int]:
+        c = self.config
+        ids = []
+        for role, given in (("fim_prefix", c.fim_prefix_id), ("fim_middle", c.fim_middle_id), ("fim_suffix", c.fim_suffix_id)):
+            if given is None:
+                if tokenizer is None:
+                    raise ConfigError(f"objective 'fim' needs a tokenizer with a {role} token, or {role}_id set")
+                given = tokenizer.special_id(role)
+            ids.append(given)
+        return ids[0], ids[1], ids[2]
+
+    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+        pre, mid, suf = self._sentinels(tokenizer)
+        out = []
+        for ex in examples:
+            ids = list(ex["input_ids"])
+            n = len(ids)
+            if n >= 2 and float(torch.rand((), generator=generator)) < self.config.rate:
+                a, b = sorted(int(x) for x in torch.randint(0, n + 1, (2,), generator=generator))
+                ids = fim_transform(ids, a, b, prefix_id=pre, middle_id=mid, suffix_id=suf, mode=self.config.mode)[:n]
+            out.append(ids)
+        return self.collate(out, tokenizer)

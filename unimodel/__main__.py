@@ -1,0 +1,3 @@
+from unimodel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""The core's own plugin: decoding strategies and the embedded corpus.
+
+Registered through the ``unimodel`` entry-point group like any other plugin.
+"""
+
+from __future__ import annotations
+
+from unimodel.hookspecs import PLUGIN_API_VERSION, hookimpl
+from unimodel.registry import Component
+
+_CAUSAL = ("causal", "lm_head", "kv_cache")
+
+
+@hookimpl
+def unimodel_api_version() -> int:
+    return PLUGIN_API_VERSION
+
+
+@hookimpl
+def unimodel_components() -> list[Component]:
+    return [
+        Component(kind="decoding", name="greedy", target="unimodel.generation.strategies:greedy",
+                  summary="argmax at every step", requires=_CAUSAL),
+        Component(kind="decoding", name="sample", target="unimodel.generation.strategies:sample",
+                  summary="multinomial sampling with temperature, top-k, top-p", requires=_CAUSAL),
+        Component(kind="decoding", name="beam", target="unimodel.generation.strategies:beam_search",
+                  summary="beam search with length penalty and early stopping", requires=_CAUSAL),
+        Component(kind="corpus", name="pydoc", target="unimodel.data.corpus:pydoc_topics",
+                  summary="the Python standard library's pydoc topics (ships with every Python)"),
+    ]

@@ -1,0 +1,249 @@
+"""Frozen, validated dataclass configs and the loading of config files.
+
+A config class is a frozen dataclass deriving from :class:`Config`. Its fields
+are typed and documented (``param(default, "doc")``); ``__post_init__`` checks
+types and calls :meth:`Config.check`, where a subclass states the rules that
+tie fields together (``d_model % n_heads == 0`` ...). Unknown keys are errors
+with a did-you-mean. Configs round-trip through dicts, JSON and TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from unimodel.errors import ConfigError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEMA_VERSION = 1
+"""Version of the on-disk config layout; bumped when a saved config would be read differently."""
+
+C = TypeVar("C", bound="Config")
+
+
+def param(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with a docstring (shown by ``unimodel info``)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple or a default_factory for mutable defaults")
+    return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of every config. Subclasses are frozen dataclasses."""
+
+    section: ClassVar[str] = "config"  # how error messages name it ("model 'gpt'", "train" ...)
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                coerced = _coerce(value, hints[f.name])
+            except _TypeMismatch as exc:
+                raise ConfigError(
+                    f"{self.section}: field {f.name!r} must be {_type_name(hints[f.name])}, got {value!r}{exc.where}"
+                ) from None
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field rules; raise through :meth:`fail`. Called after type checks."""
+
+    def fail(self, fields: str | tuple[str, ...], problem: str) -> typing.NoReturn:
+        names = (fields,) if isinstance(fields, str) else fields
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+        raise ConfigError(f"{self.section}: impossible config ({shown}): {problem}")
+
+    # -------------------------------------------------------------- conversion
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls: type[C], values: Mapping[str, Any], section: str | None = None) -> C:
+        """Build from a mapping; unknown keys are a :class:`ConfigError` with close matches."""
+        known = cls.field_names()
+        where = section or cls.section
+        for key in values:
+            if key not in known:
+                raise ConfigError(
+                    f"{where}: unknown key {key!r}.{did_you_mean(key, known)} "
+                    f"Known keys: {', '.join(known)}."
+                )
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def replace(self: C, **changes: Any) -> C:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any, str]]:
+        """(name, type, default, doc) for each field."""
+        hints = typing.get_type_hints(cls)
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else "(required)"
+            rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+        return rows
+
+
+class _TypeMismatch(Exception):
+    def __init__(self, where: str = "") -> None:
+        self.where = where
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; return it, converted where lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg)
+            except _TypeMismatch:
+                continue
+        raise _TypeMismatch()
+    if tp is type(None):
+        if value is None:
+            return value
+        raise _TypeMismatch()
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise _TypeMismatch(f" (choose from {', '.join(repr(a) for a in args)})")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _TypeMismatch()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _TypeMismatch()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _TypeMismatch()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _TypeMismatch()
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _TypeMismatch()
+        item_tp = args[0] if args else Any
+        return tuple(_coerce(v, item_tp) for v in value)
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise _TypeMismatch()
+        return dict(value)
+    if isinstance(tp, type) and issubclass(tp, Config):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, Mapping):
+            return tp.from_dict(value)
+        raise _TypeMismatch()
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_type_name(args[0]) if args else 'values'}"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ----------------------------------------------------------------- files
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``.toml`` or ``.json`` config file into a dict (schema version checked)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        elif p.suffix == ".json":
+            data = json.loads(p.read_text(encoding="utf-8"))
+        else:
+            raise ConfigError(f"config file {str(p)!r}: use a .toml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid {p.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a table/object at the top level")
+    check_schema_version(data, str(p))
+    return data
+
+
+def check_schema_version(data: Mapping[str, Any], where: str) -> None:
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise ConfigError(
+            f"{where}: schema_version {version!r} is not supported (this unimodel reads up to "
+            f"{SCHEMA_VERSION}); upgrade unimodel"
+        )
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Write a dict of scalars and one level of tables as TOML (enough for our configs)."""
+    lines: list[str] = []
+    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
+    for k, v in data.items():
+        if not isinstance(v, Mapping) and v is not None:
+            lines.append(f"{k} = {_toml_value(v)}")
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        for k, v in table.items():
+            if isinstance(v, Mapping):
+                inner = ", ".join(f"{ik} = {_toml_value(iv)}" for ik, iv in v.items() if iv is not None)
+                lines.append(f"{k} = {{ {inner} }}")
+            elif v is not None:  # TOML has no null: an absent key means the default
+                lines.append(f"{k} = {_toml_value(v)}")
+    return "\n".join(lines).strip() + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} to TOML")

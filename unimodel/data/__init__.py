@@ -1,0 +1,1 @@
+"""Text data: corpora, tokenizers, packing into blocks, deterministic splits."""

@@ -1,0 +1,230 @@
+"""The interfaces every family and objective implements, their capabilities and outputs.
+
+These classes hold declarations only. Shared behaviour lives in
+:mod:`unimodel.nn` (blocks), :mod:`unimodel.model` (composition) and
+:mod:`unimodel.generation`; the interface is not a vehicle for code reuse.
+
+Shapes: B batch, T target length, S source length, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor, nn
+
+from unimodel.config import Config
+
+if TYPE_CHECKING:
+    import torch
+
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
+    from unimodel.nn.attention import KVCache
+
+
+class Cap:
+    """Capability names. Backbones declare what they provide, objectives what they require."""
+
+    ENCODER_ONLY = "encoder_only"  # an encoder with no decoder
+    DECODER_ONLY = "decoder_only"  # a decoder with no encoder
+    ENCODER_DECODER = "encoder_decoder"  # both, the decoder reading the encoder's memory
+    CAUSAL = "causal"  # the decoder is causal (left-to-right)
+    NONCAUSAL_DECODER = "noncausal_decoder"  # the decoder sees its whole input (mask-predict)
+    LM_HEAD = "lm_head"  # hidden states map to vocabulary logits
+    KV_CACHE = "kv_cache"  # incremental decoding with a key/value cache
+    TOKEN_TYPES = "token_types"  # segment embeddings (token_type_ids)
+    POOLER = "pooler"  # a pooled sequence vector
+    TWO_STREAM = "two_stream"  # content and query streams (perm_mask, target_mapping)
+    MEMS = "mems"  # recurrence memory across segments
+    CONTINUOUS_INPUT = "continuous_input"  # inputs are real-valued (images), not ids
+    CODEBOOK = "codebook"  # a vector-quantised bottleneck
+
+    @classmethod
+    def all(cls) -> list[str]:
+        return sorted(v for k, v in vars(cls).items() if k.isupper())
+
+
+# ------------------------------------------------------------------ outputs
+@dataclass
+class EncoderOutput:
+    last_hidden_state: Tensor  # (B, S, D)
+    pooler_output: Tensor | None = None  # (B, D)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DecoderOutput:
+    last_hidden_state: Tensor  # (B, T, D)
+    cache: KVCache | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelOutput:
+    """What :class:`unimodel.Model` returns; names follow Hugging Face."""
+
+    logits: Tensor | None  # (B, T, V) for LM heads; (B, C) for sequence classification
+    last_hidden_state: Tensor  # (B, T, D): the decoder's states, or the encoder's
+    loss: Tensor | None = None
+    past_key_values: KVCache | None = None
+    encoder_last_hidden_state: Tensor | None = None  # (B, S, D)
+    pooler_output: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: Tensor  # scalar, mean over predicted positions
+    n_predictions: int  # positions that contributed to the loss
+    logits: Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ backbones
+class Encoder(nn.Module, ABC):
+    """Bidirectional: inputs (B, S) ids, or continuous data, -> hidden states (B, S, D).
+
+    Subclasses set ``config_class`` and take their config as the only
+    constructor argument; ``d_model``, ``vocab_size`` and ``max_positions``
+    (``None`` when unbounded) are instance attributes.
+    """
+
+    config_class: ClassVar[type[Config]]
+    provides: ClassVar[frozenset[str]] = frozenset()
+    d_model: int
+    vocab_size: int
+    max_positions: int | None
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> EncoderOutput: ...
+
+    @abstractmethod
+    def get_input_embeddings(self) -> nn.Embedding: ...
+
+    @abstractmethod
+    def build_lm_head(self) -> nn.Module:
+        """This family's output layer for token prediction (tied where the family ties)."""
+
+
+class Decoder(nn.Module, ABC):
+    """Target-side states, optionally attending to an encoder memory.
+
+    ``is_causal`` says whether position t sees only positions <= t. A causal
+    decoder supports incremental decoding: :meth:`new_cache` gives a cache that
+    :meth:`forward` fills and reads, one or more positions per call.
+    ``cross_attention`` is true when the decoder reads a memory; a decoder
+    built with ``memory_dim`` set gains cross-attention layers when it is
+    paired with an encoder.
+    """
+
+    config_class: ClassVar[type[Config]]
+    provides: ClassVar[frozenset[str]] = frozenset()
+    is_causal: bool
+    cross_attention: bool
+    d_model: int
+    vocab_size: int
+    max_positions: int | None
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> DecoderOutput:
+        """input_ids (B, T); attention_mask (B, cached + T); memory (B, S, D_enc)."""
+
+    @abstractmethod
+    def get_input_embeddings(self) -> nn.Embedding: ...
+
+    @abstractmethod
+    def build_lm_head(self) -> nn.Module: ...
+
+    @abstractmethod
+    def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache: ...
+
+
+@dataclass
+class Backbone:
+    """What a model family builds: an optional encoder, an optional decoder, its LM head.
+
+    ``special_tokens`` maps roles (``bos``, ``eos``, ``pad``,
+    ``decoder_start``) to ids, the defaults for generation.
+    """
+
+    encoder: Encoder | None
+    decoder: Decoder | None
+    lm_head: nn.Module | None
+    provides: frozenset[str]
+    special_tokens: Mapping[str, int | None] = field(default_factory=dict)
+
+
+class ModelFamily(ABC):
+    """A ``model`` component: a config class and a function from config to backbone."""
+
+    config_class: ClassVar[type[Config]]
+
+    @classmethod
+    @abstractmethod
+    def build_backbone(cls, config: Config) -> Backbone: ...
+
+
+# ------------------------------------------------------------------ objectives
+class Objective(ABC):
+    """A pretraining or fine-tuning task: data transform, heads, loss.
+
+    ``requires`` lists the capabilities a backbone must provide;
+    ``special_tokens`` the tokenizer roles the data transform needs (``mask``,
+    ``eos``, ``sentinel``...); ``primary_head`` the head whose output is the
+    model's ``logits`` (``"lm"`` is the backbone's own LM head).
+    """
+
+    config_class: ClassVar[type[Config]]
+    requires: ClassVar[frozenset[str]] = frozenset()
+    special_tokens: ClassVar[tuple[str, ...]] = ()
+    primary_head: ClassVar[str] = "lm"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @abstractmethod
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
+        """Task heads beyond the backbone's LM head (``{}`` when there are none)."""
+
+    @abstractmethod
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Sequence[int]]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Turn tokenized examples into a model batch: noise, masks, labels, padding."""
+
+    @abstractmethod
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Mean loss of ``logits`` against ``labels`` (-100 ignored)."""
+
+    @abstractmethod
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput: ...
+
+    def __call__(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+        return self.forward(model, batch)

@@ -1,0 +1,328 @@
+"""Composition of an encoder, a decoder and heads into one :class:`Model`, and the build API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from unimodel.config import Config, read_config_file
+from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
+from unimodel.interfaces import Backbone, Cap, ModelFamily, ModelOutput, Objective
+from unimodel.registry import Registry, get_registry
+
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.nn.attention import KVCache
+
+
+class Model(nn.Module):
+    """A backbone (encoder, decoder or both) plus the heads its objective needs.
+
+    Build one with :func:`build_model`, :func:`unimodel.load` or
+    :func:`unimodel.from_hf`. Call it with Hugging Face argument names; it
+    returns a :class:`~unimodel.interfaces.ModelOutput`.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        config: Config,
+        backbone: Backbone,
+        objective: Objective,
+        objective_name: str,
+        heads: Mapping[str, nn.Module],
+        preset: str | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.preset = preset
+        self.config = config
+        self.encoder = backbone.encoder
+        self.decoder = backbone.decoder
+        self.provides = backbone.provides
+        self.special_tokens = dict(backbone.special_tokens)
+        self.objective = objective
+        self.objective_name = objective_name
+        all_heads = dict(heads)
+        if backbone.lm_head is not None:
+            all_heads["lm"] = backbone.lm_head
+        self.heads = nn.ModuleDict(all_heads)
+        self.primary_head = objective.primary_head
+        self.tokenizer = tokenizer
+        main = self.decoder if self.decoder is not None else self.encoder
+        if main is None:
+            raise ConfigError(f"model {name!r}: a backbone needs an encoder, a decoder or both")
+        self.vocab_size = main.vocab_size
+
+    # ------------------------------------------------------------------ info
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.encoder is not None and self.decoder is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def spec(self) -> dict[str, Any]:
+        """The full, JSON-able description this model is rebuilt from."""
+        return {
+            "model": {"name": self.name, **self.config.to_dict()},
+            "objective": {"name": self.objective_name, **self.objective.config.to_dict()},
+        }
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, objective={self.objective_name!r}, parameters={self.num_parameters():,}"
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        decoder_input_ids: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+        decoder_position_ids: Tensor | None = None,
+        encoder_outputs: Any = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        labels: Tensor | None = None,
+    ) -> ModelOutput:
+        """Run the backbone and the primary head.
+
+        Args:
+            input_ids: (B, S) encoder input, or (B, T) for a decoder-only model.
+            attention_mask: (B, S) 1 for real tokens, 0 for padding; for a cached
+                decoder-only model it covers cached and new tokens.
+            decoder_input_ids: (B, T) decoder input of an encoder-decoder model;
+                derived from ``labels`` by a right shift when absent.
+            past_key_values: a cache from a previous call (``use_cache=True``).
+            labels: targets for the objective's loss (-100 ignored).
+        """
+        if input_ids is None and encoder_outputs is None:
+            raise InputError("model call needs input_ids")
+        enc = None
+        memory = memory_mask = None
+        if self.encoder is not None:
+            if encoder_outputs is None:
+                assert input_ids is not None
+                self.check_ids(input_ids, "input_ids", self.encoder)
+                if token_type_ids is not None:
+                    _check_integer(token_type_ids, "token_type_ids")
+                enc = self.encoder(
+                    input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids
+                )
+            else:
+                enc = encoder_outputs
+            memory, memory_mask = enc.last_hidden_state, attention_mask
+        if self.decoder is None:
+            assert enc is not None
+            hidden = enc.last_hidden_state
+            cache = None
+        else:
+            if self.encoder is not None:
+                if decoder_input_ids is None:
+                    if labels is None:
+                        raise InputError(
+                            f"model {self.name!r} is an encoder-decoder: pass decoder_input_ids or labels"
+                        )
+                    decoder_input_ids = self.shift_right(labels)
+                dec_ids, dec_mask, dec_pos = decoder_input_ids, decoder_attention_mask, decoder_position_ids
+            else:
+                dec_ids, dec_mask, dec_pos = input_ids, attention_mask, position_ids
+            past = past_key_values.length if past_key_values is not None else 0
+            self.check_ids(dec_ids, "decoder_input_ids" if self.encoder is not None else "input_ids", self.decoder, past)
+            cache = past_key_values
+            if use_cache and cache is None:
+                cache = self.decoder.new_cache(dec_ids.shape[0], dec_ids.shape[1], dtype=self.dtype, device=dec_ids.device)
+            out = self.decoder(
+                dec_ids, attention_mask=dec_mask, position_ids=dec_pos, memory=memory, memory_mask=memory_mask, cache=cache
+            )
+            hidden = out.last_hidden_state
+        head = self.heads[self.primary_head] if self.primary_head in self.heads else None
+        pooled = enc.pooler_output if enc is not None else None
+        logits = None
+        if head is not None:
+            logits = head(pooled if getattr(head, "pooled_input", False) else hidden)
+        loss = self.objective.loss(logits, labels) if labels is not None and logits is not None else None
+        return ModelOutput(
+            logits=logits,
+            last_hidden_state=hidden,
+            loss=loss,
+            past_key_values=cache if use_cache or past_key_values is not None else None,
+            encoder_last_hidden_state=memory,
+            pooler_output=pooled,
+        )
+
+    def check_ids(self, ids: Tensor, name: str, part: nn.Module, past: int = 0) -> None:
+        """Reject ids a user could pass by mistake, before torch fails obscurely."""
+        _check_integer(ids, name)
+        if ids.dim() != 2:
+            raise InputError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
+        if ids.numel() == 0:
+            raise InputError(f"{name} is empty (shape {tuple(ids.shape)})")
+        lo, hi = int(ids.min()), int(ids.max())
+        vocab = part.vocab_size  # type: ignore[attr-defined]
+        if lo < 0 or hi >= vocab:
+            bad = lo if lo < 0 else hi
+            raise InputError(
+                f"{name} contains token id {bad}, outside this model's vocabulary of {vocab} (ids 0..{vocab - 1}); "
+                "was the text encoded with another tokenizer?"
+            )
+        max_pos = part.max_positions  # type: ignore[attr-defined]
+        if max_pos is not None and past + ids.shape[1] > max_pos:
+            raise InputError(
+                f"{name} has {past + ids.shape[1]} positions (including {past} cached) but model {self.name!r} "
+                f"has a position table of {max_pos}; truncate the input or build with a larger n_positions"
+            )
+
+    def shift_right(self, labels: Tensor) -> Tensor:
+        """Decoder inputs from labels: prepend the decoder start token, drop the last, -100 -> pad."""
+        start = self.special_tokens.get("decoder_start")
+        pad = self.special_tokens.get("pad")
+        if start is None or pad is None:
+            raise InputError(f"model {self.name!r} has no decoder_start/pad token; pass decoder_input_ids")
+        shifted = labels.new_full(labels.shape, pad)
+        shifted[:, 1:] = labels[:, :-1]
+        shifted[:, 0] = start
+        return shifted.masked_fill_(shifted == -100, pad)
+
+    # -------------------------------------------------------------- generate
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, **kwargs: Any) -> Tensor:
+        """Generate continuations; see :func:`unimodel.generation.generate` for the options."""
+        from unimodel.generation import generate
+
+        return generate(self, input_ids, **kwargs)
+
+    # ------------------------------------------------------------------- I/O
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json``) to a folder."""
+        from unimodel.checkpoint import save
+
+        return save(self, path)
+
+
+def _check_integer(t: Tensor, name: str) -> None:
+    if not isinstance(t, Tensor):
+        raise InputError(f"{name} must be a torch tensor of token ids, got {type(t).__name__}")
+    if t.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise InputError(f"{name} must hold integer token ids (torch.long), got dtype {t.dtype}")
+
+
+# ---------------------------------------------------------------- build API
+def split_spec(spec: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Normalise a model spec to (model section with ``name``, objective section or None)."""
+    objective: Any = None
+    if isinstance(spec, (str, Path)) and (str(spec).endswith((".toml", ".json")) or Path(spec).is_file()):
+        data = read_config_file(spec)
+        spec = data.get("model", data)
+        objective = data.get("objective")
+    if isinstance(spec, str):
+        model: dict[str, Any] = {"name": spec}
+    elif isinstance(spec, Mapping):
+        model = dict(spec)
+        model.pop("schema_version", None)
+        objective = model.pop("objective", objective)
+    else:
+        raise ConfigError(
+            f"build_model takes a model name, a dict, or a path to a .toml/.json file; got {type(spec).__name__}"
+        )
+    extra = dict(overrides)
+    if "objective" in extra:
+        objective = extra.pop("objective")
+    model.update(extra)
+    if "name" not in model:
+        raise ConfigError("model spec needs a 'name' (a model or preset; see `unimodel list model`)")
+    if isinstance(objective, str):
+        objective = {"name": objective}
+    elif objective is not None:
+        objective = dict(objective)
+    return model, objective
+
+
+def build_model(spec: Any, *, registry: Registry | None = None, tokenizer: Tokenizer | None = None, **overrides: Any) -> Model:
+    """Build a model from a preset name, a dict, or a ``.toml``/``.json`` file.
+
+    Keyword overrides set config fields (``d_model=256``) or the objective
+    (``objective="fim"`` or ``objective={"name": "fim", "rate": 0.5}``).
+    """
+    reg = registry or get_registry()
+    model_spec, objective_spec = split_spec(spec, overrides)
+    name = model_spec.pop("name")
+    family_comp, preset_values = reg.resolve_model(name)
+    family: type[ModelFamily] = family_comp.load()
+    config = family.config_class.from_dict({**preset_values, **model_spec}, section=f"model {name!r}")
+
+    objective_spec = objective_spec or {"name": family_comp.default_objective}
+    if objective_spec.get("name") is None:
+        raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
+    objective = build_objective(objective_spec, registry=reg, provides=family_comp.provides, model_name=name)
+
+    backbone = family.build_backbone(config)
+    missing = set(type(objective).requires) - set(backbone.provides)
+    if missing:  # the registry metadata promised more than the built backbone has
+        raise IncompatibleObjectiveError(
+            f"model {name!r} was registered as providing {sorted(family_comp.provides)} but its backbone lacks "
+            f"{sorted(missing)}; this is a bug in plugin {family_comp.plugin!r}"
+        )
+    if tokenizer is not None:
+        from unimodel.data.tokenizer import check_objective_tokens
+
+        check_objective_tokens(tokenizer, objective, objective_spec["name"])
+    heads = objective.build_heads(backbone)
+    return Model(
+        name=family_comp.name,
+        preset=name if name != family_comp.name else None,
+        config=config,
+        backbone=backbone,
+        objective=objective,
+        objective_name=objective_spec["name"],
+        heads=heads,
+        tokenizer=tokenizer,
+    )
+
+
+def build_objective(
+    spec: Any,
+    *,
+    registry: Registry | None = None,
+    provides: Any = None,
+    model_name: str | None = None,
+    **overrides: Any,
+) -> Objective:
+    """Build an objective by name or dict. With ``provides`` (a backbone's
+    capabilities), an objective that needs more fails with the list of ones that fit."""
+    reg = registry or get_registry()
+    values = {"name": spec} if isinstance(spec, str) else dict(spec)
+    values.update(overrides)
+    name = values.pop("name", None)
+    if name is None:
+        raise ConfigError("objective spec needs a 'name' (see `unimodel list objective`)")
+    comp = reg.get("objective", name)
+    if provides is not None:
+        missing = set(comp.requires) - set(provides)
+        if missing:
+            fits = reg.compatible_objectives(provides)
+            raise IncompatibleObjectiveError(
+                f"objective {name!r} needs {', '.join(sorted(missing))}, which model {model_name!r} does not provide. "
+                f"Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}."
+            )
+    cls: type[Objective] = comp.load()
+    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}"))
+
+
+__all__ = ["Cap", "Model", "build_model", "build_objective"]

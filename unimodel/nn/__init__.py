@@ -1,0 +1,25 @@
+"""Shared building blocks. Families compose these and differ only where they must."""
+
+from unimodel.nn.attention import Attention, KVCache, attention_mask_for
+from unimodel.nn.block import Block
+from unimodel.nn.ffn import ACTIVATIONS, FeedForward, get_activation, init_normal_
+from unimodel.nn.heads import LMHead
+from unimodel.nn.norms import RMSNorm, make_norm
+from unimodel.nn.positions import LearnedPositions, positions_from_mask, sinusoids
+
+__all__ = [
+    "ACTIVATIONS",
+    "Attention",
+    "Block",
+    "FeedForward",
+    "KVCache",
+    "LMHead",
+    "LearnedPositions",
+    "RMSNorm",
+    "attention_mask_for",
+    "get_activation",
+    "init_normal_",
+    "make_norm",
+    "positions_from_mask",
+    "sinusoids",
+]

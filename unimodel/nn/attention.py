@@ -1,0 +1,204 @@
+"""Multi-head attention on ``scaled_dot_product_attention`` with a preallocated KV cache.
+
+Shapes: B batch, T query length, S key length, H heads, hd head size, D model width.
+Masks are boolean with True = may attend, broadcast to ``(B, 1, T, S)``, or
+additive float biases of the same shape (T5's relative bias).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class KVCache:
+    """Key/value buffers for every self-attention layer of one decoder stack.
+
+    Buffers are allocated once for ``capacity`` positions and written in place;
+    attention reads the filled prefix as a view, so a decoding step copies only
+    the new token's keys and values. Cross-attention keys/values (computed once
+    from the encoder memory) live in :attr:`cross`.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_heads: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (n_layers, batch, n_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # positions filled, shared by all layers
+        self.cross: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
+        self.extra: dict[str, Tensor] = {}  # per-stack state, e.g. a cached position bias
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k, v`` (B, H, t, hd) after the filled prefix; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.capacity:
+            self._grow(end)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark ``n`` more positions as filled (the decoder calls this after its layers)."""
+        self.length += n
+
+    def _grow(self, needed: int) -> None:
+        new_cap = max(needed, 2 * self.capacity)
+        pad = new_cap - self.capacity
+        self.k = F.pad(self.k, (0, 0, 0, pad))
+        self.v = F.pad(self.v, (0, 0, 0, pad))
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows ``index`` (beam search), in place.
+
+        Entries of :attr:`extra` whose first dimension is the batch are reordered
+        too; batch-independent ones (first dimension 1) are kept.
+        """
+        batch = self.batch_size
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+        self.cross = [
+            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+            for kv in self.cross
+        ]
+        self.extra = {
+            name: t.index_select(0, index) if t.shape[0] == batch else t for name, t in self.extra.items()
+        }
+
+
+def attention_mask_for(
+    *,
+    key_mask: Tensor | None,
+    q_len: int,
+    k_len: int,
+    causal: bool,
+    device: torch.device,
+) -> tuple[Tensor | None, bool]:
+    """The SDPA mask for a step: ``(mask, is_causal)``.
+
+    ``key_mask`` is the (B, S) padding mask (1 = real token) over all keys,
+    cached ones included. Returns ``(None, True)`` or ``(None, False)`` when SDPA's
+    fast paths apply. A row with no visible key (a left-pad query) is allowed to
+    see every key, so its output is finite; such rows are padding and ignored.
+    """
+    if key_mask is None or bool(key_mask.all()):
+        if not causal or q_len == 1:
+            return None, False
+        if q_len == k_len:
+            return None, True
+        key_mask = None
+    mask = None
+    if causal:
+        q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        mask = torch.arange(k_len, device=device)[None, :] <= q_pos  # (T, S)
+        mask = mask[None, None]
+    if key_mask is not None:
+        km = key_mask[:, None, None, :].bool()
+        mask = km if mask is None else mask & km
+    assert mask is not None
+    mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask, False
+
+
+class Attention(nn.Module):
+    """Multi-head attention, self or cross.
+
+    Args:
+        d_model: width of the query input (and output).
+        n_heads: number of heads.
+        head_dim: size of each head; ``d_model // n_heads`` by default.
+        kv_dim: width of the key/value input for cross-attention (``d_model`` by default).
+        bias: whether projections carry biases.
+        scale: score scale; ``head_dim ** -0.5`` by default (T5 uses 1.0).
+        dropout: dropout on attention probabilities while training.
+        cross: keys and values come from a memory, not from the input.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        head_dim: int | None = None,
+        kv_dim: int | None = None,
+        bias: bool = True,
+        scale: float | None = None,
+        dropout: float = 0.0,
+        cross: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = head_dim or d_model // n_heads
+        self.inner = self.n_heads * self.head_dim
+        self.scale = scale
+        self.dropout = dropout
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(d_model, self.inner, bias=bias)
+            self.kv = nn.Linear(kv_dim or d_model, 2 * self.inner, bias=bias)
+        else:
+            self.qkv = nn.Linear(d_model, 3 * self.inner, bias=bias)
+        self.out = nn.Linear(self.inner, d_model, bias=bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of an encoder memory (B, S, D_kv), each (B, H, S, hd)."""
+        k, v = self.kv(memory).split(self.inner, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        memory: Tensor | None = None,
+    ) -> Tensor:
+        """x (B, T, D) -> (B, T, D). ``memory`` (B, S, D_kv) for cross-attention."""
+        B, T, _ = x.shape
+        if self.cross:
+            q = self._heads(self.q(x))
+            kv = cache.cross[layer] if cache is not None else None
+            if kv is None:
+                if memory is None:
+                    raise ValueError("cross-attention needs an encoder memory")
+                kv = self.memory_kv(memory)
+                if cache is not None:
+                    cache.cross[layer] = kv
+            k, v = kv
+        else:
+            q, k, v = self.qkv(x).split(self.inner, dim=-1)
+            q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and mask is None,
+            scale=self.scale,
+        )  # (B, H, T, hd)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.inner))

@@ -1,0 +1,87 @@
+"""The transformer block shared by every family: self-attention, optional cross-attention, FFN.
+
+Pre-norm (GPT-2, T5) or post-norm (BERT, BART) is a flag, not a copied class.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from unimodel.nn.attention import Attention, KVCache
+from unimodel.nn.ffn import FeedForward
+from unimodel.nn.norms import make_norm
+
+
+class Block(nn.Module):
+    """One transformer layer. x (B, T, D) -> (B, T, D).
+
+    Args:
+        d_model, n_heads, d_ff: widths.
+        head_dim: per-head size (``d_model // n_heads`` by default).
+        norm: ``"layernorm"`` or ``"rmsnorm"``; ``norm_eps`` its epsilon.
+        prenorm: ``x + f(norm(x))`` when true, ``norm(x + f(x))`` when false.
+        bias: biases on every projection.
+        activation, gated: the feed-forward's non-linearity and gating.
+        dropout: on each sublayer's output; ``attn_dropout`` on attention
+            probabilities; ``act_dropout`` inside the feed-forward.
+        scale: attention score scale (``None``: ``head_dim ** -0.5``).
+        cross_attention: add a cross-attention sublayer reading an encoder memory
+            of width ``memory_dim`` (``d_model`` by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        head_dim: int | None = None,
+        norm: str = "layernorm",
+        norm_eps: float = 1e-5,
+        prenorm: bool = True,
+        bias: bool = True,
+        activation: str = "gelu",
+        gated: bool = False,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        act_dropout: float = 0.0,
+        scale: float | None = None,
+        cross_attention: bool = False,
+        memory_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.prenorm = prenorm
+        attn_kw = dict(d_model=d_model, n_heads=n_heads, head_dim=head_dim, bias=bias, scale=scale, dropout=attn_dropout)
+        self.norm_attn = make_norm(norm, d_model, norm_eps)
+        self.attn = Attention(**attn_kw)
+        if cross_attention:
+            self.norm_cross = make_norm(norm, d_model, norm_eps)
+            self.cross = Attention(**attn_kw, cross=True, kv_dim=memory_dim or d_model)
+        else:
+            self.norm_cross = self.cross = None
+        self.norm_ffn = make_norm(norm, d_model, norm_eps)
+        self.ffn = FeedForward(
+            d_model=d_model, d_ff=d_ff, activation=activation, gated=gated, bias=bias, dropout=act_dropout
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def _sublayer(self, x: Tensor, norm: nn.Module, fn, **kw) -> Tensor:
+        if self.prenorm:
+            return x + self.drop(fn(norm(x), **kw))
+        return norm(x + self.drop(fn(x, **kw)))
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        x = self._sublayer(x, self.norm_attn, self.attn, mask=mask, is_causal=is_causal, cache=cache, layer=layer)
+        if self.cross is not None:
+            x = self._sublayer(x, self.norm_cross, self.cross, mask=memory_mask, cache=cache, layer=layer, memory=memory)
+        return self._sublayer(x, self.norm_ffn, self.ffn)

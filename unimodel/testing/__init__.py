@@ -1,0 +1,1 @@
+"""The conformance kit: checks every registered component (see :mod:`unimodel.testing.plugin`)."""
