@@ -69,6 +69,7 @@ def unimodel_components() -> list[Component]:
             target="unimodel_gpt.hf:GPT2Converter",
             summary="Hugging Face GPT2LMHeadModel folders, both ways",
             model_types=("gpt2",),
+            extra={"exports": ("gpt",)},
         ),
     ]
     for name, (layers, d, heads, summary) in _PRESETS.items():

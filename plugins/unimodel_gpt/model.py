@@ -30,6 +30,7 @@ class GPTConfig(Config):
     dropout: float = param(0.1, "dropout on embeddings and residual branches")
     attn_dropout: float = param(0.1, "dropout on attention probabilities")
     tie_embeddings: bool = param(True, "share the token embedding with the LM head")
+    scale_attn_weights: bool = param(True, "scale attention scores by head_dim ** -0.5")
     scale_attn_by_inverse_layer_idx: bool = param(False, "divide layer i's attention scores by i+1 (GPT-2 option)")
     memory_dim: int | None = param(None, "width of an encoder memory to cross-attend to (set when paired)")
     init_std: float = param(0.02, "standard deviation of the initial weights")
@@ -83,7 +84,8 @@ class GPTDecoder(Decoder):
                 activation=c.activation,
                 dropout=c.dropout,
                 attn_dropout=c.attn_dropout,
-                scale=head_dim**-0.5 / (i + 1) if c.scale_attn_by_inverse_layer_idx else None,
+                scale=(head_dim**-0.5 if c.scale_attn_weights else 1.0)
+                / ((i + 1) if c.scale_attn_by_inverse_layer_idx else 1),
                 cross_attention=self.cross_attention,
                 memory_dim=c.memory_dim,
             )

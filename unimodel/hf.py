@@ -1,0 +1,181 @@
+"""Hugging Face interop: read and write local ``transformers`` checkpoint folders.
+
+The core knows no family. A folder's ``config.json`` names its ``model_type``;
+the plugin whose ``hf_converter`` component lists that type translates config
+and weights. Only ``config.json``, ``*.safetensors`` and tokenizer JSON files are
+read: pickle checkpoints (``pytorch_model.bin``) are refused.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from unimodel.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    atomic_dir,
+    load_state_into,
+    load_tensors,
+    notify_loaded,
+    read_json,
+    refuse_pickles,
+    save_tensors,
+    write_json,
+)
+from unimodel.errors import CheckpointError, ComponentNotFoundError, UnimodelError
+from unimodel.registry import Registry, get_registry
+
+if TYPE_CHECKING:
+    from unimodel.model import Model
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class HFConverter(ABC):
+    """Translates one family between unimodel and ``transformers`` layouts.
+
+    ``spec_from_hf`` maps an HF ``config.json`` to a unimodel model spec
+    (``{"name": ..., fields..., "objective": ...}``); ``weights_from_hf`` maps HF
+    tensor names to the keys of the model that spec builds, dropping buffers HF
+    keeps (masks) and aliases of tied weights. The ``*_to_hf`` pair goes back.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def spec_from_hf(self, hf_config: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def weights_from_hf(self, tensors: Mapping[str, Tensor], hf_config: Mapping[str, Any]) -> dict[str, Tensor]: ...
+
+    @abstractmethod
+    def config_to_hf(self, model: Model) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def weights_to_hf(self, model: Model) -> dict[str, Tensor]: ...
+
+    def generation_config(self, model: Model) -> dict[str, Any] | None:
+        """``generation_config.json`` contents, from the model's special tokens."""
+        roles = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "pad_token_id",
+                 "decoder_start": "decoder_start_token_id"}
+        out = {key: model.special_tokens.get(role) for role, key in roles.items()}
+        return {k: v for k, v in out.items() if v is not None} or None
+
+
+def _converter_for_type(model_type: str, registry: Registry) -> HFConverter:
+    comps = registry.components("hf_converter")
+    for comp in comps:
+        if model_type in comp.model_types:
+            return comp.load()()
+    known = sorted({t for c in comps for t in c.model_types})
+    msg = f"no plugin converts Hugging Face model_type {model_type!r}; supported: {', '.join(known) or '(none)'}"
+    failed = registry.failed_plugins
+    if failed:
+        msg += ". Note: plugin(s) " + ", ".join(repr(p.name) for p in failed) + " failed to load; run `unimodel doctor`"
+    raise ComponentNotFoundError(msg)
+
+
+def _converter_for_model(model: Model, registry: Registry) -> HFConverter:
+    comps = registry.components("hf_converter")
+    for comp in comps:
+        if model.name in comp.extra.get("exports", ()):
+            return comp.load()()
+    exported = sorted({m for c in comps for m in c.extra.get("exports", ())})
+    raise ComponentNotFoundError(
+        f"no plugin exports model {model.name!r} to Hugging Face format; exportable models: {', '.join(exported) or '(none)'}"
+    )
+
+
+def read_hf_weights(folder: Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """All tensors of a single-file or sharded safetensors checkpoint."""
+    refuse_pickles(folder)
+    index = folder / INDEX_FILE
+    if (folder / WEIGHTS_FILE).is_file():
+        return load_tensors(folder / WEIGHTS_FILE, device)[0]
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map", {})
+        tensors: dict[str, Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            if "/" in shard or "\\" in shard or shard.startswith("."):
+                raise CheckpointError(f"{str(index)!r} names shard {shard!r} outside the folder")
+            tensors.update(load_tensors(folder / shard, device)[0])
+        return tensors
+    raise CheckpointError(f"no {WEIGHTS_FILE} (or {INDEX_FILE}) in {str(folder)!r}")
+
+
+def from_hf(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    objective: Any = None,
+    registry: Registry | None = None,
+) -> Model:
+    """Build a unimodel model from a local Hugging Face folder (config.json + safetensors).
+
+    The tokenizer (``tokenizer.json``) is attached when present. ``objective``
+    overrides the one the converter picks (e.g. ``"fim"`` for a GPT-2 folder).
+    """
+    from unimodel.model import build_model
+
+    reg = registry or get_registry()
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"Hugging Face folder {str(folder)!r} does not exist")
+    refuse_pickles(folder)
+    hf_config = read_json(folder / CONFIG_FILE)
+    model_type = hf_config.get("model_type")
+    if not isinstance(model_type, str):
+        raise CheckpointError(f"{str(folder / CONFIG_FILE)!r} has no 'model_type'; is this a Hugging Face folder?")
+    converter = _converter_for_type(model_type, reg)
+    spec = converter.spec_from_hf(hf_config)
+    if objective is not None:
+        spec["objective"] = objective
+    tokenizer = None
+    if (folder / "tokenizer.json").is_file():
+        from unimodel.data.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(folder)
+    try:
+        model = build_model(spec, registry=reg, tokenizer=tokenizer)
+    except UnimodelError as exc:
+        raise CheckpointError(f"{str(folder)!r} ({model_type}) cannot be built: {exc}") from exc
+    tensors = converter.weights_from_hf(read_hf_weights(folder, device), hf_config)
+    load_state_into(model, tensors, f"Hugging Face folder {str(folder)!r}")
+    model.to(device).eval()
+    notify_loaded(model, folder)
+    return model
+
+
+def to_hf(model: Model, path: str | Path, *, registry: Registry | None = None) -> Path:
+    """Write ``model`` as a Hugging Face folder that ``transformers`` loads."""
+    reg = registry or get_registry()
+    converter = _converter_for_model(model, reg)
+    folder = Path(path)
+    config = converter.config_to_hf(model)
+    tensors = converter.weights_to_hf(model)
+    with atomic_dir(folder) as tmp:
+        write_json(tmp / CONFIG_FILE, config)
+        save_tensors(tensors, tmp / WEIGHTS_FILE)
+        gen = converter.generation_config(model)
+        if gen is not None:
+            write_json(tmp / "generation_config.json", gen)
+        if model.tokenizer is not None:
+            model.tokenizer.save(tmp)
+    return folder
+
+
+def strip_prefix(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Remove ``prefix`` from every key that has it (hub files vary on such prefixes)."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+
+
+def pop_known(tensors: dict[str, Tensor], suffixes: tuple[str, ...]) -> None:
+    """Drop buffers HF files carry but no model needs (e.g. causal-mask buffers)."""
+    for key in [k for k in tensors if k.endswith(suffixes)]:
+        del tensors[key]
