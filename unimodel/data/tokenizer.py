@@ -40,6 +40,9 @@ DEFAULT_BPE_ROLES = {
     "mask": "<|mask|>",
 }
 
+DEFAULT_WORDPIECE_ROLES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+DEFAULT_UNIGRAM_ROLES = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
+
 
 class Tokenizer:
     """Text <-> ids, plus the special-token roles objectives rely on."""
@@ -168,6 +171,67 @@ class Tokenizer:
         if backend.get_vocab_size() == 0:
             raise DataError("tokenizer training saw no text")
         return cls(backend, roles)
+
+
+    @classmethod
+    def train_wordpiece(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 8192,
+        roles: Mapping[str, str] | None = None,
+        lowercase: bool = True,
+        min_frequency: int = 2,
+    ) -> Tokenizer:
+        """Train a BERT-style WordPiece tokenizer (``##`` continuation pieces)."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+        roles = dict(DEFAULT_WORDPIECE_ROLES if roles is None else roles)
+        specials = list(dict.fromkeys(roles.values()))
+        backend = HFTokenizer(models.WordPiece(unk_token=roles.get("unk", "[UNK]")))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=False
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        return cls(backend, roles)
+
+    @classmethod
+    def train_unigram(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 8192,
+        roles: Mapping[str, str] | None = None,
+        n_sentinels: int = 100,
+    ) -> Tokenizer:
+        """Train a SentencePiece-style Unigram tokenizer (T5), with ``n_sentinels``
+        ``<extra_id_i>`` tokens reserved as roles ``sentinel_0`` ... ``sentinel_{n-1}``."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+        roles = dict(DEFAULT_UNIGRAM_ROLES if roles is None else roles)
+        roles.update({f"sentinel_{i}": f"<extra_id_{i}>" for i in range(n_sentinels)})
+        specials = list(dict.fromkeys(roles.values()))
+        backend = HFTokenizer(models.Unigram())
+        backend.normalizer = normalizers.NFKC()
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials, unk_token=roles.get("unk"), show_progress=False
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        return cls(backend, roles)
+
+    @classmethod
+    def train(cls, kind: str, texts: Iterable[str], vocab_size: int, roles: Mapping[str, str] | None = None,
+              **options: object) -> Tokenizer:
+        """Train a tokenizer of ``kind`` (``"bpe"``, ``"wordpiece"`` or ``"unigram"``)."""
+        trainers = {"bpe": cls.train_bpe, "wordpiece": cls.train_wordpiece, "unigram": cls.train_unigram}
+        if kind not in trainers:
+            raise ConfigError(f"unknown tokenizer kind {kind!r}; choose from {', '.join(trainers)}")
+        return trainers[kind](texts, vocab_size, roles, **options)  # type: ignore[operator]
 
 
 def check_objective_tokens(tokenizer: Tokenizer, objective: Objective, name: str) -> None:

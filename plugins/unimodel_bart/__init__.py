@@ -1,0 +1,1 @@
+"""The BART family for unimodel."""
