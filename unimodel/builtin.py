@@ -25,6 +25,8 @@ def unimodel_components() -> list[Component]:
                   summary="multinomial sampling with temperature, top-k, top-p", requires=_CAUSAL),
         Component(kind="decoding", name="beam", target="unimodel.generation.strategies:beam_search",
                   summary="beam search with length penalty and early stopping", requires=_CAUSAL),
+        Component(kind="objective", name="features", target="unimodel.objectives:Features",
+                  summary="no head, no loss: hidden states only (feature extraction, backbone checkpoints)"),
         Component(kind="corpus", name="pydoc", target="unimodel.data.corpus:pydoc_topics",
                   summary="the Python standard library's pydoc topics (ships with every Python)"),
     ]

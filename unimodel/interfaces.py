@@ -194,13 +194,15 @@ class Objective(ABC):
     ``requires`` lists the capabilities a backbone must provide;
     ``special_tokens`` the tokenizer roles the data transform needs (``mask``,
     ``eos``, ``sentinel``...); ``primary_head`` the head whose output is the
-    model's ``logits`` (``"lm"`` is the backbone's own LM head).
+    model's ``logits`` (``"lm"`` is the backbone's own LM head, ``None`` for
+    none); ``uses_lm_head`` whether the model keeps the backbone's LM head.
     """
 
     config_class: ClassVar[type[Config]]
     requires: ClassVar[frozenset[str]] = frozenset()
     special_tokens: ClassVar[tuple[str, ...]] = ()
-    primary_head: ClassVar[str] = "lm"
+    primary_head: ClassVar[str | None] = "lm"
+    uses_lm_head: ClassVar[bool] = True
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -50,7 +50,7 @@ class Model(nn.Module):
         self.objective = objective
         self.objective_name = objective_name
         all_heads = dict(heads)
-        if backbone.lm_head is not None:
+        if backbone.lm_head is not None and objective.uses_lm_head:
             all_heads["lm"] = backbone.lm_head
         self.heads = nn.ModuleDict(all_heads)
         self.primary_head = objective.primary_head
@@ -152,7 +152,7 @@ class Model(nn.Module):
                 dec_ids, attention_mask=dec_mask, position_ids=dec_pos, memory=memory, memory_mask=memory_mask, cache=cache
             )
             hidden = out.last_hidden_state
-        head = self.heads[self.primary_head] if self.primary_head in self.heads else None
+        head = self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
         pooled = enc.pooler_output if enc is not None else None
         logits = None
         if head is not None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unimodel.errors import DataError
+from unimodel.config import Config
+from unimodel.errors import DataError, TrainingError
+from unimodel.interfaces import Objective, ObjectiveOutput
 
 IGNORE_INDEX = -100
 
@@ -66,3 +69,34 @@ def token_accuracy(logits: Tensor, labels: Tensor, *, shift: bool) -> float:
     if n == 0:
         return 0.0
     return float((logits.argmax(-1)[keep] == labels[keep]).float().mean())
+
+
+@dataclass(frozen=True)
+class FeaturesConfig(Config):
+    section = "objective 'features'"
+
+
+class Features(Objective):
+    """No task head and no loss: the model returns hidden states (feature extraction).
+
+    What a backbone-only checkpoint (a Hugging Face ``BertModel`` folder, say)
+    loads as. Pick a training objective to train it.
+    """
+
+    config_class = FeaturesConfig
+    primary_head = None
+    uses_lm_head = False
+
+    def build_heads(self, backbone):
+        return {}
+
+    def prepare(self, examples, *, tokenizer=None, generator=None):
+        pad = tokenizer.pad_id if tokenizer is not None else 0
+        ids, mask = pad_sequences([ex["input_ids"] for ex in examples], pad)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def loss(self, logits, labels):
+        raise TrainingError("objective 'features' has no loss; build the model with a training objective")
+
+    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+        raise TrainingError("objective 'features' has no loss; build the model with a training objective")
