@@ -27,6 +27,12 @@ def unimodel_components() -> list[Component]:
                   summary="beam search with length penalty and early stopping", requires=_CAUSAL),
         Component(kind="objective", name="features", target="unimodel.objectives:Features",
                   summary="no head, no loss: hidden states only (feature extraction, backbone checkpoints)"),
+        Component(kind="model", name="encoder-decoder", target="unimodel.pairing:EncoderDecoder",
+                  summary="any registered encoder joined to any registered decoder (cross-attention, projection)",
+                  provides=("encoder_decoder", "causal", "lm_head", "kv_cache"), default_objective="seq2seq"),
+        Component(kind="objective", name="seq2seq", target="unimodel.objectives:Seq2Seq",
+                  summary="supervised source -> target pairs (optional label smoothing)",
+                  requires=("encoder_decoder", "lm_head")),
         Component(kind="corpus", name="pydoc", target="unimodel.data.corpus:pydoc_topics",
                   summary="the Python standard library's pydoc topics (ships with every Python)"),
     ]

@@ -178,7 +178,12 @@ class Backbone:
 
 
 class ModelFamily(ABC):
-    """A ``model`` component: a config class and a function from config to backbone."""
+    """A ``model`` component: a config class and a function from config to backbone.
+
+    A family whose capabilities depend on its config (a pairing of registered
+    parts, say) also defines ``provides_for(config) -> frozenset[str]``; the
+    objective check at build time then uses it instead of the registry record.
+    """
 
     config_class: ClassVar[type[Config]]
 

@@ -267,16 +267,18 @@ def build_model(spec: Any, *, registry: Registry | None = None, tokenizer: Token
     family: type[ModelFamily] = family_comp.load()
     config = family.config_class.from_dict({**preset_values, **model_spec}, section=f"model {name!r}")
 
+    provides_for = getattr(family, "provides_for", None)
+    provides = provides_for(config) if provides_for is not None else frozenset(family_comp.provides)
     objective_spec = objective_spec or {"name": family_comp.default_objective}
     if objective_spec.get("name") is None:
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
-    objective = build_objective(objective_spec, registry=reg, provides=family_comp.provides, model_name=name)
+    objective = build_objective(objective_spec, registry=reg, provides=provides, model_name=name)
 
     backbone = family.build_backbone(config)
     missing = set(type(objective).requires) - set(backbone.provides)
     if missing:  # the registry metadata promised more than the built backbone has
         raise IncompatibleObjectiveError(
-            f"model {name!r} was registered as providing {sorted(family_comp.provides)} but its backbone lacks "
+            f"model {name!r} declares {sorted(provides)} but its backbone lacks "
             f"{sorted(missing)}; this is a bug in plugin {family_comp.plugin!r}"
         )
     if tokenizer is not None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from unimodel.config import Config
+from unimodel.config import Config, param
 from unimodel.errors import DataError, TrainingError
 from unimodel.interfaces import Objective, ObjectiveOutput
 
@@ -100,3 +100,79 @@ class Features(Objective):
 
     def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         raise TrainingError("objective 'features' has no loss; build the model with a training objective")
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig(Config):
+    section = "objective 'seq2seq'"
+
+    label_smoothing: float = param(0.0, "label smoothing of the target cross-entropy")
+    add_eos: bool = param(True, "end source and target with the tokenizer's eos")
+    add_bos: bool = param(False, "start source and target with the tokenizer's bos (BART-style framing)")
+    max_source_length: int | None = param(None, "truncate sources to this many tokens")
+    max_target_length: int | None = param(None, "truncate targets to this many tokens")
+
+    def check(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            self.fail("label_smoothing", "must be in [0, 1)")
+
+
+class Seq2Seq(Objective):
+    """Supervised sequence-to-sequence: the decoder learns the target given the source.
+
+    ``prepare`` takes examples ``{"source": ids, "target": ids}``; labels are the
+    framed target (padding -100); the decoder input is the labels shifted right
+    behind the model's decoder start token.
+    """
+
+    config_class = Seq2SeqConfig
+    requires = frozenset({"encoder_decoder", "lm_head"})
+
+    def build_heads(self, backbone):
+        return {}
+
+    def _frame(self, ids: Sequence[int], tokenizer, limit: int | None) -> list[int]:
+        c = self.config
+        out = list(ids)
+        if tokenizer is not None and c.add_bos and tokenizer.has_role("bos"):
+            out = [tokenizer.special_id("bos"), *out]
+        if limit is not None:
+            out = out[: limit - (1 if c.add_eos and tokenizer is not None and tokenizer.has_role("eos") else 0)]
+        if tokenizer is not None and c.add_eos and tokenizer.has_role("eos"):
+            out.append(tokenizer.special_id("eos"))
+        return out
+
+    def prepare(self, examples, *, tokenizer=None, generator=None):
+        for i, ex in enumerate(examples):
+            if "target" not in ex or ex["target"] is None:
+                raise DataError(
+                    f"seq2seq example {i} has no 'target' (keys: {', '.join(ex) or 'none'}); seq2seq data needs "
+                    "source/target pairs (JSONL with source and target fields, or TSV)"
+                )
+        c = self.config
+        pad = tokenizer.pad_id if tokenizer is not None else 0
+        src = [self._frame(ex["source"], tokenizer, c.max_source_length) for ex in examples]
+        tgt = [self._frame(ex["target"], tokenizer, c.max_target_length) for ex in examples]
+        ids, mask = pad_sequences(src, pad)
+        labels, lmask = pad_sequences(tgt, pad)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels.masked_fill(lmask == 0, IGNORE_INDEX)}
+
+    def loss(self, logits, labels):
+        return lm_loss(logits, labels, shift=False, label_smoothing=self.config.label_smoothing)
+
+    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+        if "labels" not in batch:
+            raise DataError("a seq2seq batch needs 'labels' (the targets); build it with objective.prepare")
+        labels = batch["labels"]
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            decoder_input_ids=batch.get("decoder_input_ids"),
+            labels=labels,
+        )
+        return ObjectiveOutput(
+            loss=self.loss(out.logits, labels),
+            n_predictions=count_targets(labels, shift=False),
+            logits=out.logits,
+            metrics={"accuracy": token_accuracy(out.logits, labels, shift=False)},
+        )

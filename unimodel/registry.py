@@ -243,7 +243,7 @@ class Registry:
         msg += f" Available {kind}s: {', '.join(sorted(available)) or '(none)'}."
         others = [k for k in KINDS if (k, name) in self._table]
         if others:
-            msg += f" ({name!r} is a {others[0]}, not a {kind}.)"
+            msg += f" ({name!r} is {_article(others[0])} {others[0]}, not {_article(kind)} {kind}.)"
         failed = self.failed_plugins
         if failed:
             msg += " Note: " + "; ".join(f"plugin {p.name!r} failed to load ({p.error})" for p in failed)
@@ -274,6 +274,10 @@ class Registry:
     def compatible_objectives(self, provides: Iterable[str]) -> list[str]:
         have = set(provides)
         return sorted(c.name for c in self.components("objective") if set(c.requires) <= have)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 _registry: Registry | None = None
