@@ -102,3 +102,8 @@ def test_objective_call_returns_loss(model):
     batch = obj.prepare([{"input_ids": [1, 2, 3, 4]}, {"input_ids": [5, 6]}])
     out = obj(model, batch)
     assert out.loss.ndim == 0 and out.n_predictions == 3 + 1
+
+
+def test_unknown_inputs_are_named(model):
+    with pytest.raises(InputError, match=r"does not take input\(s\) 'perm_mask'"):
+        model(input_ids=torch.zeros(1, 3, dtype=torch.long), perm_mask=torch.zeros(1, 3, 3))

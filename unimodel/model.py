@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,7 @@ class Model(nn.Module):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         labels: Tensor | None = None,
+        **inputs: Any,
     ) -> ModelOutput:
         """Run the backbone and the primary head.
 
@@ -111,23 +113,33 @@ class Model(nn.Module):
                 derived from ``labels`` by a right shift when absent.
             past_key_values: a cache from a previous call (``use_cache=True``).
             labels: targets for the objective's loss (-100 ignored).
+            **inputs: family-specific inputs (``perm_mask``, ``mems``,
+                ``pixel_values`` ...), passed to the encoder or decoder whose
+                ``forward`` declares them.
         """
-        if input_ids is None and encoder_outputs is None:
+        enc_extra, dec_extra = self._route(inputs)
+        if input_ids is None and encoder_outputs is None and not enc_extra:
             raise InputError("model call needs input_ids")
         enc = None
         memory = memory_mask = None
+        extra: dict[str, Any] = {}
         if self.encoder is not None:
             if encoder_outputs is None:
-                assert input_ids is not None
-                self.check_ids(input_ids, "input_ids", self.encoder)
+                if input_ids is not None:
+                    self.check_ids(input_ids, "input_ids", self.encoder)
                 if token_type_ids is not None:
                     _check_integer(token_type_ids, "token_type_ids")
                 enc = self.encoder(
-                    input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids
+                    input_ids,
+                    attention_mask=attention_mask,
+                    token_type_ids=token_type_ids,
+                    position_ids=position_ids,
+                    **enc_extra,
                 )
             else:
                 enc = encoder_outputs
             memory, memory_mask = enc.last_hidden_state, attention_mask
+            extra.update(enc.extra)
         if self.decoder is None:
             assert enc is not None
             hidden = enc.last_hidden_state
@@ -149,9 +161,16 @@ class Model(nn.Module):
             if use_cache and cache is None:
                 cache = self.decoder.new_cache(dec_ids.shape[0], dec_ids.shape[1], dtype=self.dtype, device=dec_ids.device)
             out = self.decoder(
-                dec_ids, attention_mask=dec_mask, position_ids=dec_pos, memory=memory, memory_mask=memory_mask, cache=cache
+                dec_ids,
+                attention_mask=dec_mask,
+                position_ids=dec_pos,
+                memory=memory,
+                memory_mask=memory_mask,
+                cache=cache,
+                **dec_extra,
             )
             hidden = out.last_hidden_state
+            extra.update(out.extra)
         head = self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
         pooled = enc.pooler_output if enc is not None else None
         logits = None
@@ -165,7 +184,25 @@ class Model(nn.Module):
             past_key_values=cache if use_cache or past_key_values is not None else None,
             encoder_last_hidden_state=memory,
             pooler_output=pooled,
+            extra=extra,
         )
+
+    def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Split family-specific inputs between encoder and decoder by their signatures."""
+        if not inputs:
+            return {}, {}
+        enc_keys = _keyword_params(self.encoder)
+        dec_keys = _keyword_params(self.decoder)
+        unknown = [k for k in inputs if k not in enc_keys and k not in dec_keys]
+        if unknown:
+            takes = sorted((enc_keys | dec_keys) - {"attention_mask", "position_ids", "token_type_ids", "memory",
+                                                    "memory_mask", "cache"})
+            raise InputError(
+                f"model {self.name!r} does not take input(s) {', '.join(map(repr, unknown))}; besides input_ids, "
+                f"attention_mask, labels and decoder_* inputs it takes: {', '.join(takes) or 'nothing else'}"
+            )
+        return ({k: v for k, v in inputs.items() if k in enc_keys},
+                {k: v for k, v in inputs.items() if k in dec_keys and k not in enc_keys})
 
     def check_ids(self, ids: Tensor, name: str, part: nn.Module, past: int = 0) -> None:
         """Reject ids a user could pass by mistake, before torch fails obscurely."""
@@ -214,6 +251,13 @@ class Model(nn.Module):
         from unimodel.checkpoint import save
 
         return save(self, path)
+
+
+def _keyword_params(part: nn.Module | None) -> set[str]:
+    if part is None:
+        return set()
+    params = inspect.signature(part.forward).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
 
 
 def _check_integer(t: Tensor, name: str) -> None:
