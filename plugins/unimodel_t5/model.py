@@ -1,0 +1,396 @@
+"""T5: a pre-norm RMSNorm encoder-decoder with bucketed relative position biases.
+
+What sets T5 apart from the other families, all expressed with the shared
+blocks of :mod:`unimodel.nn`:
+
+- no biases anywhere, and attention scores are *not* scaled (``scale=1.0``);
+  the head size ``d_kv`` is free, so ``n_heads * d_kv`` may differ from ``d_model``;
+- no absolute positions: each stack owns one learned table of relative
+  position biases (HF stores it in the stack's first layer) that is computed
+  once per forward and added to every layer's self-attention scores, together
+  with the padding/causal mask, as one float additive mask; cross-attention has
+  no position bias;
+- the feed-forward is ReLU (v1.0) or gated tanh-GELU (v1.1, ``"gated-gelu"``);
+- the LM head reads ``d_model ** -0.5``-scaled decoder states when
+  ``scale_decoder_outputs`` (v1.0's tied head) and unscaled ones otherwise.
+
+Shapes: B batch, S encoder length, T decoder length (new positions), P cached
+positions, H heads, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unimodel.config import Config, param
+from unimodel.errors import InputError
+from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
+from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm
+from unimodel.nn.positions import log_bucket
+
+PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
+ENCODER_PROVIDES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
+DECODER_PROVIDES = frozenset({Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
+
+# Activation names T5 configs use (HF's ``feed_forward_proj`` = "[gated-]<act>") -> unimodel's.
+# HF maps the legacy "gated-gelu" to the tanh approximation ("gelu_new"); plain "gelu" stays exact.
+_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                "silu": "silu", "swish": "silu", "tanh": "tanh"}
+
+
+def parse_feed_forward(spec: str) -> tuple[str, bool] | None:
+    """``"gated-gelu"`` -> ``("gelu_tanh", True)``; ``"relu"`` -> ``("relu", False)``; None if invalid."""
+    if spec == "gated-gelu":
+        return "gelu_tanh", True
+    gated, _, act = spec.rpartition("-")
+    if gated not in ("", "gated") or act not in _ACTIVATIONS:
+        return None
+    return _ACTIVATIONS[act], gated == "gated"
+
+
+@dataclass(frozen=True)
+class T5Config(Config):
+    section = "model 't5'"
+
+    vocab_size: int = param(32128, "vocabulary size (set from the tokenizer when training)")
+    d_model: int = param(512, "hidden width")
+    d_kv: int = param(64, "size of each attention head; n_heads * d_kv may differ from d_model")
+    d_ff: int = param(2048, "feed-forward width")
+    n_layers: int = param(6, "encoder blocks")
+    n_decoder_layers: int | None = param(None, "decoder blocks; n_layers when null")
+    n_heads: int = param(8, "attention heads")
+    relative_attention_num_buckets: int = param(32, "relative-position buckets (half per direction in the encoder)")
+    relative_attention_max_distance: int = param(128, "distance from which all relative positions share a bucket")
+    dropout: float = param(0.1, "dropout on embeddings, attention probabilities, the FFN and residual branches")
+    layer_norm_eps: float = param(1e-6, "RMSNorm epsilon")
+    feed_forward: str = param(
+        "relu", 'feed-forward: "relu" (T5 v1.0), "gated-gelu" (v1.1, tanh GELU), "gated-silu", or "[gated-]<act>"'
+    )
+    tie_embeddings: bool = param(True, "the LM head reuses the shared token embedding")
+    scale_decoder_outputs: bool | None = param(
+        None, "multiply decoder states by d_model ** -0.5 before the LM head; null: when tie_embeddings"
+    )
+    init_factor: float = param(1.0, "multiplier of every initial weight's standard deviation (HF initializer_factor)")
+    memory_dim: int | None = param(None, "width of the encoder memory the decoder attends to; d_model when null")
+    pad_token_id: int | None = param(0, "padding id")
+    eos_token_id: int | None = param(1, "end-of-sequence id (generation stops there)")
+    decoder_start_token_id: int | None = param(None, "first decoder input; pad_token_id when null")
+
+    def check(self) -> None:
+        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "n_layers", "n_heads"):
+            if getattr(self, name) <= 0:
+                self.fail(name, "must be positive")
+        if self.n_decoder_layers is not None and self.n_decoder_layers <= 0:
+            self.fail("n_decoder_layers", "must be positive (or null for n_layers)")
+        if self.relative_attention_num_buckets < 4:
+            self.fail("relative_attention_num_buckets", "needs at least 4 buckets (2 exact ones per direction)")
+        if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
+            self.fail(
+                ("relative_attention_max_distance", "relative_attention_num_buckets"),
+                "max_distance must exceed num_buckets / 2, where the log-spaced buckets begin",
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            self.fail("dropout", "must be in [0, 1)")
+        if self.layer_norm_eps <= 0:
+            self.fail("layer_norm_eps", "must be positive")
+        if parse_feed_forward(self.feed_forward) is None:
+            self.fail("feed_forward", f'use "<act>" or "gated-<act>" with <act> one of {", ".join(_ACTIVATIONS)}')
+        if self.init_factor <= 0:
+            self.fail("init_factor", "must be positive")
+        if self.memory_dim is not None and self.memory_dim <= 0:
+            self.fail("memory_dim", "must be positive")
+        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < self.vocab_size:
+                self.fail((name, "vocab_size"), "token id must lie inside the vocabulary")
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
+
+    @property
+    def scales_outputs(self) -> bool:
+        return self.tie_embeddings if self.scale_decoder_outputs is None else self.scale_decoder_outputs
+
+    @property
+    def start_token_id(self) -> int | None:
+        return self.decoder_start_token_id if self.decoder_start_token_id is not None else self.pad_token_id
+
+
+# ------------------------------------------------------------------ position bias
+def relative_position_bucket(relative_position: Tensor, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Tensor:
+    """Bucket of each ``key_pos - query_pos`` (any integer shape -> same shape, long).
+
+    Bidirectional (encoder): half the buckets for keys after the query, half for
+    keys at or before it. Causal (decoder): every bucket for keys at or before
+    the query; later keys fall in bucket 0 (they are masked anyway). In each
+    half, distances below half its buckets are exact, then log-spaced up to
+    ``max_distance``.
+    """
+    rel = relative_position.long()
+    if bidirectional:
+        num_buckets //= 2
+        offset = (rel > 0).long() * num_buckets
+        distance = rel.abs()
+    else:
+        offset = torch.zeros_like(rel)
+        distance = (-rel).clamp(min=0)
+    return offset + log_bucket(distance, num_buckets, max_distance)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned bias per (bucket, head): positions -> additive scores (1, H, T, S)."""
+
+    def __init__(self, *, n_heads: int, num_buckets: int, max_distance: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_buckets, n_heads))  # (buckets, H)
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+
+    def extra_repr(self) -> str:
+        kind = "bidirectional" if self.bidirectional else "causal"
+        return f"buckets={self.num_buckets}, heads={self.weight.shape[1]}, max_distance={self.max_distance}, {kind}"
+
+    def forward(self, q_len: int, k_len: int, past: int = 0) -> Tensor:
+        """Bias of queries at positions ``past .. past+q_len-1`` over keys ``0 .. k_len-1``: (1, H, q_len, k_len)."""
+        device = self.weight.device
+        q_pos = torch.arange(past, past + q_len, device=device)[:, None]
+        k_pos = torch.arange(k_len, device=device)[None, :]
+        buckets = relative_position_bucket(
+            k_pos - q_pos, bidirectional=self.bidirectional, num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+        )  # (T, S)
+        return F.embedding(buckets, self.weight).permute(2, 0, 1)[None]
+
+
+def additive_mask(bias: Tensor, allowed: Tensor | None) -> Tensor:
+    """``bias`` (1, H, T, S) with disallowed keys at the dtype's minimum; ``allowed`` bool, broadcastable.
+
+    A query row with no allowed key keeps its bias (its output is finite and, being
+    padding, ignored), as :func:`unimodel.nn.attention_mask_for` does for boolean masks.
+    """
+    if allowed is None:
+        return bias
+    allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
+    return bias.masked_fill(~allowed, torch.finfo(bias.dtype).min)
+
+
+# ------------------------------------------------------------------ stacks
+def _blocks(c: T5Config, n: int, *, cross: bool) -> nn.ModuleList:
+    activation, gated = parse_feed_forward(c.feed_forward)  # type: ignore[misc]
+    return nn.ModuleList(
+        Block(
+            d_model=c.d_model,
+            n_heads=c.n_heads,
+            d_ff=c.d_ff,
+            head_dim=c.d_kv,
+            norm="rmsnorm",
+            norm_eps=c.layer_norm_eps,
+            prenorm=True,
+            bias=False,
+            activation=activation,
+            gated=gated,
+            dropout=c.dropout,
+            attn_dropout=c.dropout,
+            act_dropout=c.dropout,
+            scale=1.0,  # T5 folds the 1/sqrt(d_kv) into its initialisation of q
+            cross_attention=cross,
+            memory_dim=c.memory_dim,
+        )
+        for _ in range(n)
+    )
+
+
+def init_t5_(module: nn.Module, c: T5Config) -> None:
+    """Mesh-TensorFlow / HF T5 initialisation: per-projection fan-in scaled normals, unit norms."""
+    f, d, inner = c.init_factor, c.d_model, c.n_heads * c.d_kv
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, Attention):
+                q = m.q.weight if m.cross else m.qkv.weight[:inner]
+                q.normal_(0.0, f * (d * c.d_kv) ** -0.5)
+                (m.kv.weight if m.cross else m.qkv.weight[inner:]).normal_(0.0, f * d**-0.5)
+                m.out.weight.normal_(0.0, f * inner**-0.5)
+            elif isinstance(m, FeedForward):
+                for lin in (m.gate, m.up):
+                    if lin is not None:
+                        lin.weight.normal_(0.0, f * d**-0.5)
+                m.down.weight.normal_(0.0, f * c.d_ff**-0.5)
+            elif isinstance(m, RMSNorm):
+                m.weight.fill_(f)
+            elif isinstance(m, RelativePositionBias):
+                m.weight.normal_(0.0, f * d**-0.5)
+            elif isinstance(m, nn.Embedding):
+                m.weight.normal_(0.0, f)
+
+
+class _T5Stack(nn.Module):
+    """Shared parts of both stacks: the token embedding, the head builder."""
+
+    config: T5Config
+    embed_tokens: nn.Embedding
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def build_lm_head(self) -> nn.Module:
+        """The T5 LM head: tied to this stack's embedding or its own matrix, input scaled by d_model ** -0.5 or not."""
+        c = self.config
+        head = LMHead(
+            d_model=c.d_model,
+            vocab_size=c.vocab_size,
+            embedding=self.embed_tokens if c.tie_embeddings else None,
+            input_scale=c.d_model**-0.5 if c.scales_outputs else 1.0,
+        )
+        if not c.tie_embeddings:
+            with torch.no_grad():
+                head.weight.normal_(0.0, c.init_factor)
+        return head
+
+
+class T5Encoder(_T5Stack, Encoder):
+    """Token ids (B, S) -> hidden states (B, S, D) after the final RMSNorm; bidirectional."""
+
+    config_class = T5Config
+    provides = ENCODER_PROVIDES
+
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        c = self.config = config
+        self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, None
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
+        self.relative_bias = RelativePositionBias(
+            n_heads=c.n_heads, num_buckets=c.relative_attention_num_buckets,
+            max_distance=c.relative_attention_max_distance, bidirectional=True,
+        )
+        self.blocks = _blocks(c, c.n_layers, cross=False)
+        self.final_norm = RMSNorm(c.d_model, eps=c.layer_norm_eps)
+        self.drop = nn.Dropout(c.dropout)
+        init_t5_(self, c)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> EncoderOutput:
+        """input_ids (B, S), attention_mask (B, S) 1 = real token. ``position_ids`` are
+        ignored: T5 sees only distances between tokens, which padding does not change."""
+        if token_type_ids is not None:
+            raise InputError("T5 has no token types; drop token_type_ids")
+        S = input_ids.shape[1]
+        x = self.drop(self.embed_tokens(input_ids))  # (B, S, D)
+        # One bias for every layer, padding folded in: (1 or B, H, S, S).
+        allowed = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            allowed = attention_mask[:, None, None, :].bool()
+        mask = additive_mask(self.relative_bias(S, S).to(x.dtype), allowed)
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return EncoderOutput(last_hidden_state=self.drop(self.final_norm(x)))
+
+
+class T5Decoder(_T5Stack, Decoder):
+    """Decoder ids (B, T) attending to an encoder memory (B, S, D_mem) -> (B, T, D); causal, cached.
+
+    The causal self-attention bias for the new queries (positions P .. P+T-1,
+    P = ``cache.length``) is rebuilt from the bias table on every call: it is a
+    function of positions only, so the cache needs nothing beyond its keys and
+    values and the cross-attention keys/values it keeps in ``cache.cross``.
+    """
+
+    config_class = T5Config
+    provides = DECODER_PROVIDES
+    is_causal = True
+    cross_attention = True
+
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        c = self.config = config
+        self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, None
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
+        self.relative_bias = RelativePositionBias(
+            n_heads=c.n_heads, num_buckets=c.relative_attention_num_buckets,
+            max_distance=c.relative_attention_max_distance, bidirectional=False,
+        )
+        self.blocks = _blocks(c, c.decoder_layers, cross=True)
+        self.final_norm = RMSNorm(c.d_model, eps=c.layer_norm_eps)
+        self.drop = nn.Dropout(c.dropout)
+        init_t5_(self, c)
+
+    def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
+        c = self.config
+        return KVCache(c.decoder_layers, batch, c.n_heads, c.d_kv, capacity, dtype=dtype, device=device)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> DecoderOutput:
+        """input_ids (B, T); attention_mask (B, P+T) over cached and new tokens; memory (B, S, D_mem);
+        memory_mask (B, S). ``position_ids`` are ignored (relative positions only)."""
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if memory is None and (cache is None or cache.cross[0] is None):
+            raise InputError("the T5 decoder cross-attends to an encoder memory: pass memory (the encoder output)")
+        x = self.drop(self.embed_tokens(input_ids))  # (B, T, D)
+        q_pos = torch.arange(past, past + T, device=x.device)[:, None]
+        allowed = torch.arange(past + T, device=x.device)[None, :] <= q_pos  # causal (T, P+T)
+        allowed = allowed[None, None]
+        if attention_mask is not None and not bool(attention_mask.all()):
+            allowed = allowed & attention_mask[:, None, None, :].bool()
+        mask = additive_mask(self.relative_bias(T, past + T, past).to(x.dtype), allowed)  # (1 or B, H, T, P+T)
+        mem_mask = None
+        if memory_mask is not None and not bool(memory_mask.all()):
+            mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=mask, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)
+        if cache is not None:
+            cache.advance(T)
+        return DecoderOutput(last_hidden_state=self.drop(self.final_norm(x)), cache=cache)
+
+
+class T5(ModelFamily):
+    """The T5 family: encoder and decoder sharing one token embedding, and the T5 LM head."""
+
+    config_class = T5Config
+
+    @classmethod
+    def build_backbone(cls, config: T5Config) -> Backbone:  # type: ignore[override]
+        encoder = T5Encoder(config)
+        decoder = T5Decoder(config)
+        decoder.embed_tokens = encoder.embed_tokens  # T5's "shared" embedding
+        return Backbone(
+            encoder=encoder,
+            decoder=decoder,
+            lm_head=decoder.build_lm_head(),
+            provides=PROVIDES,
+            special_tokens={
+                "eos": config.eos_token_id,
+                "pad": config.pad_token_id,
+                "decoder_start": config.start_token_id,
+            },
+        )
+
+
+__all__ = [
+    "T5",
+    "RelativePositionBias",
+    "T5Config",
+    "T5Decoder",
+    "T5Encoder",
+    "init_t5_",
+    "parse_feed_forward",
+    "relative_position_bucket",
+]
