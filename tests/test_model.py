@@ -107,3 +107,30 @@ def test_objective_call_returns_loss(model):
 def test_unknown_inputs_are_named(model):
     with pytest.raises(InputError, match=r"does not take input\(s\) 'perm_mask'"):
         model(input_ids=torch.zeros(1, 3, dtype=torch.long), perm_mask=torch.zeros(1, 3, 3))
+
+
+def test_load_with_another_objective_starts_new_heads_fresh(tmp_path):
+    pytest.importorskip("unimodel_bert")
+    mlm = um.build_model("bert", vocab_size=60, d_model=32, n_layers=1, n_heads=4, d_ff=48, max_positions=32)
+    mlm.save(tmp_path / "mlm")
+    with pytest.warns(UserWarning, match="head.*classify.*new and randomly initialised"):
+        clf = um.load(tmp_path / "mlm", objective={"name": "classify", "num_labels": 3})
+    enc_keys = [k for k in mlm.state_dict() if k.startswith("encoder.")]
+    assert all(torch.equal(clf.state_dict()[k], mlm.state_dict()[k]) for k in enc_keys)
+    assert clf(input_ids=torch.tensor([[2, 3, 4]])).logits.shape == (1, 3)
+    clf.save(tmp_path / "clf")
+    with pytest.warns(UserWarning, match="lm"):  # and back: the prediction head's transform is new
+        again = um.load(tmp_path / "clf", objective="mlm")
+    assert again(input_ids=torch.tensor([[2, 3]])).logits.shape == (1, 2, 60)
+
+
+def test_missing_weights_of_the_saved_objective_are_still_errors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = um.build_model("gpt", **TINY)
+    m.save(tmp_path / "ck")
+    t = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    del t["decoder.norm.bias"]
+    save_file(t, str(tmp_path / "ck" / "model.safetensors"))
+    with pytest.raises(um.UnimodelError, match="missing keys: decoder.norm.bias"):
+        um.load(tmp_path / "ck")

@@ -120,10 +120,17 @@ def refuse_pickles(folder: Path) -> None:
         )
 
 
-def load_state_into(model: nn.Module, tensors: Mapping[str, Tensor], where: str) -> None:
-    """Copy ``tensors`` into ``model``; a mismatch lists every bad key, nothing is half-loaded."""
+def load_state_into(
+    model: nn.Module, tensors: Mapping[str, Tensor], where: str, *, fresh: tuple[str, ...] = ()
+) -> list[str]:
+    """Copy ``tensors`` into ``model``; a mismatch lists every bad key, nothing is half-loaded.
+
+    Keys under a prefix in ``fresh`` may be absent (a task head new to this
+    checkpoint) and keep their initial values; those keys are returned.
+    """
     expected, aliases = dedup_state_dict(model)
-    missing = sorted(k for k in expected if k not in tensors)
+    kept_fresh = sorted(k for k in expected if k not in tensors and k.startswith(fresh)) if fresh else []
+    missing = sorted(k for k in expected if k not in tensors and k not in kept_fresh)
     unexpected = sorted(k for k in tensors if k not in expected and k not in aliases)
     wrong = sorted(
         f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -141,7 +148,28 @@ def load_state_into(model: nn.Module, tensors: Mapping[str, Tensor], where: str)
         raise CheckpointError(f"{where} does not fit its config. " + ". ".join(problems))
     with torch.no_grad():
         for k, t in expected.items():
-            t.copy_(tensors[k])
+            if k in tensors:
+                t.copy_(tensors[k])
+    return kept_fresh
+
+
+def new_head_prefixes(model: Model, tensors: Mapping[str, Tensor]) -> tuple[str, ...]:
+    """Prefixes of the task heads of ``model`` that ``tensors`` has nothing of (heads to initialise)."""
+    return tuple(
+        f"heads.{name}." for name in model.heads if not any(k.startswith(f"heads.{name}.") for k in tensors)
+    )
+
+
+def warn_fresh(keys: list[str], where: str) -> None:
+    if keys:
+        import warnings
+
+        heads = sorted({k.split(".")[1] for k in keys})
+        warnings.warn(
+            f"{where}: head(s) {', '.join(heads)} are new and randomly initialised ({len(keys)} tensors); "
+            "train before use",
+            stacklevel=3,
+        )
 
 
 # ------------------------------------------------------------------ public API
@@ -162,8 +190,12 @@ def save(model: Model, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu") -> Model:
-    """Load a unimodel checkpoint folder (or a Hugging Face folder, via :func:`unimodel.from_hf`)."""
+def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any = None) -> Model:
+    """Load a unimodel checkpoint folder (or a Hugging Face folder, via :func:`unimodel.from_hf`).
+
+    ``objective`` (a name or dict) replaces the saved one, e.g. ``"classify"`` to
+    fine-tune a pretrained encoder; task heads the checkpoint lacks start fresh.
+    """
     from unimodel.model import build_model
 
     folder = Path(path)
@@ -176,7 +208,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> Model:
     if "model" not in config and "model_type" in config:
         from unimodel.hf import from_hf
 
-        return from_hf(folder, device=device)
+        return from_hf(folder, device=device, objective=objective)
     if "model" not in config:
         raise CheckpointError(f"{str(folder / CONFIG_FILE)!r} has no 'model' section; is this a unimodel checkpoint?")
     check_schema_version(config, str(folder / CONFIG_FILE))
@@ -187,10 +219,14 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> Model:
         tokenizer = Tokenizer.load(folder)
     tensors, _ = load_tensors(folder / WEIGHTS_FILE, device)
     try:
-        model = build_model(config["model"], objective=config.get("objective"), tokenizer=tokenizer)
+        model = build_model(config["model"], objective=objective or config.get("objective"), tokenizer=tokenizer)
     except UnimodelError as exc:
         raise CheckpointError(f"checkpoint {str(folder)!r} cannot be rebuilt: {exc}") from exc
-    load_state_into(model, tensors, f"checkpoint {str(folder)!r}")
+    if objective is not None:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads}
+    fresh = new_head_prefixes(model, tensors) if objective is not None else ()
+    where = f"checkpoint {str(folder)!r}"
+    warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
     model.to(device).eval()
     notify_loaded(model, folder)
     return model

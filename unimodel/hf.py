@@ -22,10 +22,12 @@ from unimodel.checkpoint import (
     atomic_dir,
     load_state_into,
     load_tensors,
+    new_head_prefixes,
     notify_loaded,
     read_json,
     refuse_pickles,
     save_tensors,
+    warn_fresh,
     write_json,
 )
 from unimodel.errors import CheckpointError, ComponentNotFoundError, UnimodelError
@@ -146,7 +148,11 @@ def from_hf(
     except UnimodelError as exc:
         raise CheckpointError(f"{str(folder)!r} ({model_type}) cannot be built: {exc}") from exc
     tensors = converter.weights_from_hf(read_hf_weights(folder, device), hf_config)
-    load_state_into(model, tensors, f"Hugging Face folder {str(folder)!r}")
+    if objective is not None:  # a head of the folder's own task that the new objective does not use
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads}
+    fresh = new_head_prefixes(model, tensors) if objective is not None else ()
+    where = f"Hugging Face folder {str(folder)!r}"
+    warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
     model.to(device).eval()
     notify_loaded(model, folder)
     return model

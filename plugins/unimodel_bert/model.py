@@ -159,9 +159,14 @@ class Bert(ModelFamily):
     config_class = BertConfig
 
     @classmethod
+    def provides_for(cls, config: BertConfig) -> frozenset[str]:
+        """Without the pooler, sequence classification has nothing to read."""
+        return PROVIDES if config.add_pooler else PROVIDES - {Cap.POOLER}
+
+    @classmethod
     def build_backbone(cls, config: BertConfig) -> Backbone:  # type: ignore[override]
         encoder = BertEncoder(config)
-        provides = PROVIDES if config.add_pooler else PROVIDES - {Cap.POOLER}
+        provides = cls.provides_for(config)
         return Backbone(
             encoder=encoder,
             decoder=None,

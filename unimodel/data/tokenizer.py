@@ -43,6 +43,36 @@ DEFAULT_BPE_ROLES = {
 DEFAULT_WORDPIECE_ROLES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 DEFAULT_UNIGRAM_ROLES = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
 
+# Conventional spellings of special tokens, for tokenizer files that do not name their roles.
+_CONVENTIONAL = {
+    "pad": ("[PAD]", "<pad>", "<|pad|>"),
+    "unk": ("[UNK]", "<unk>", "<|unk|>"),
+    "cls": ("[CLS]", "<cls>"),
+    "sep": ("[SEP]", "<sep>"),
+    "mask": ("[MASK]", "<mask>", "<|mask|>"),
+    "bos": ("<s>", "<|startoftext|>", "<|endoftext|>"),
+    "eos": ("</s>", "<|endoftext|>"),
+    "fim_prefix": ("<|fim_prefix|>", "<fim_prefix>"),
+    "fim_middle": ("<|fim_middle|>", "<fim_middle>"),
+    "fim_suffix": ("<|fim_suffix|>", "<fim_suffix>"),
+}
+
+
+def _roles_from_special_tokens(backend: tokenizers.Tokenizer) -> dict[str, str]:
+    """Roles inferred from the special tokens a ``tokenizer.json`` declares, by their usual spellings."""
+    specials = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
+    roles = {}
+    for role, spellings in _CONVENTIONAL.items():
+        for tok in spellings:
+            if tok in specials:
+                roles[role] = tok
+                break
+    sentinel = 0
+    while f"<extra_id_{sentinel}>" in specials:
+        roles[f"sentinel_{sentinel}"] = f"<extra_id_{sentinel}>"
+        sentinel += 1
+    return roles
+
 
 class Tokenizer:
     """Text <-> ids, plus the special-token roles objectives rely on."""
@@ -138,6 +168,8 @@ class Tokenizer:
                     tok = tok.get("content")
                 if isinstance(tok, str) and role not in roles and backend.token_to_id(tok) is not None:
                     roles[role] = tok
+        for role, token in _roles_from_special_tokens(backend).items():
+            roles.setdefault(role, token)
         return cls(backend, roles)
 
     # -------------------------------------------------------------- training
