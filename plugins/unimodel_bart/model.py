@@ -1,0 +1,314 @@
+"""BART: a post-LN encoder-decoder with learned positions (offset 2) and embedding LayerNorms.
+
+Both stacks embed as ``dropout(LayerNorm(tok * embed_scale + pos))``, run
+post-LN blocks (``h = LN(h + dropout(f(h)))``) with biased projections and an
+exact-GELU feed-forward, and end without a final LayerNorm. The LM head is tied
+to the shared token embedding and adds the fixed ``final_logits_bias``.
+
+Decoder inputs are never derived from ``input_ids``: Hugging Face's
+``BartModel`` shifts ``input_ids`` right when no ``decoder_input_ids`` are
+given, but unimodel's :class:`~unimodel.model.Model` derives decoder inputs only
+from ``labels`` (``Model.shift_right``). Pass ``decoder_input_ids`` (for HF's
+behaviour, ``model.shift_right(input_ids)``) or ``labels``.
+
+Shapes: B batch, S source length, T target length, D d_model, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from unimodel.config import Config, param
+from unimodel.errors import ConfigError, InputError
+from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
+from unimodel.nn import ACTIVATIONS, Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
+
+POSITION_OFFSET = 2  # BART's table keeps two rows before position 0 (a fairseq padding legacy)
+
+PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
+NONCAUSAL_PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
+ENCODER_PROVIDES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
+DECODER_PROVIDES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
+
+
+@dataclass(frozen=True)
+class BartConfig(Config):
+    """One config for the family and for its encoder and decoder components.
+
+    The encoder reads the ``encoder_*`` fields, the decoder the ``decoder_*``
+    ones, so a preset (``bart-mini``) names either side when paired.
+    """
+
+    section = "model 'bart'"
+
+    vocab_size: int = param(50265, "vocabulary size (set from the tokenizer when training)")
+    max_positions: int = param(1024, "longest sequence either stack accepts (the table has 2 more rows)")
+    d_model: int = param(768, "hidden width of both stacks")
+    encoder_layers: int = param(6, "encoder blocks")
+    decoder_layers: int = param(6, "decoder blocks")
+    encoder_heads: int = param(12, "encoder attention heads; must divide d_model")
+    decoder_heads: int = param(12, "decoder self- and cross-attention heads; must divide d_model")
+    encoder_ffn_dim: int = param(3072, "encoder feed-forward width")
+    decoder_ffn_dim: int = param(3072, "decoder feed-forward width")
+    activation: str = param("gelu", "feed-forward activation (gelu is exact erf): " + ", ".join(ACTIVATIONS))
+    dropout: float = param(0.1, "dropout on embeddings and on every sublayer's output")
+    attn_dropout: float = param(0.0, "dropout on attention probabilities")
+    act_dropout: float = param(0.0, "dropout after the feed-forward activation")
+    encoder_layerdrop: float = param(0.0, "probability of skipping an encoder block while training")
+    decoder_layerdrop: float = param(0.0, "probability of skipping a decoder block while training")
+    scale_embedding: bool = param(False, "multiply token embeddings by sqrt(d_model)")
+    tie_word_embeddings: bool = param(True, "one token embedding for encoder, decoder and LM head")
+    causal_decoder: bool = param(True, "false: the decoder sees all its inputs (mask-predict / cmlm), no KV cache")
+    memory_dim: int | None = param(
+        None, "width of the memory the decoder cross-attends to (set when paired; d_model in the family)"
+    )
+    init_std: float = param(0.02, "standard deviation of the initial weights")
+    pad_token_id: int | None = param(1, "padding id (its embedding row starts at zero and gets no gradient)")
+    bos_token_id: int | None = param(0, "beginning-of-sequence id")
+    eos_token_id: int | None = param(2, "end-of-sequence id (generation stops there)")
+    decoder_start_token_id: int | None = param(2, "first decoder input; BART starts with eos")
+    forced_eos_token_id: int | None = param(2, "Hugging Face's forced final eos; carried to exported configs")
+
+    def check(self) -> None:
+        for name in ("vocab_size", "max_positions", "d_model", "encoder_layers", "decoder_layers",
+                     "encoder_heads", "decoder_heads", "encoder_ffn_dim", "decoder_ffn_dim"):
+            if getattr(self, name) <= 0:
+                self.fail(name, "must be positive")
+        for heads in ("encoder_heads", "decoder_heads"):
+            if self.d_model % getattr(self, heads):
+                self.fail(("d_model", heads), f"d_model must be divisible by {heads}")
+        if self.activation not in ACTIVATIONS:
+            self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
+        for name in ("dropout", "attn_dropout", "act_dropout", "encoder_layerdrop", "decoder_layerdrop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                self.fail(name, "must be in [0, 1)")
+        if self.memory_dim is not None and self.memory_dim <= 0:
+            self.fail("memory_dim", "must be positive (or null)")
+        if self.init_std <= 0:
+            self.fail("init_std", "must be positive")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_eos_token_id"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < self.vocab_size:
+                self.fail((name, "vocab_size"), "token id must lie inside the vocabulary")
+
+
+class _Embeddings:
+    """Token + learned-position embeddings, LayerNorm and dropout, shared by both stacks."""
+
+    config: BartConfig
+    embed_tokens: nn.Embedding
+    embed_positions: LearnedPositions
+    layernorm_embedding: nn.LayerNorm
+    drop: nn.Dropout
+
+    def _build_embeddings(self, c: BartConfig) -> None:
+        pad = c.pad_token_id
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model, padding_idx=pad)
+        self.embed_positions = LearnedPositions(c.max_positions, c.d_model, offset=POSITION_OFFSET)
+        self.layernorm_embedding = nn.LayerNorm(c.d_model, eps=1e-5)
+        self.drop = nn.Dropout(c.dropout)
+        self.embed_scale = math.sqrt(c.d_model) if c.scale_embedding else 1.0
+        self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, c.max_positions
+
+    def _init_weights(self) -> None:
+        c = self.config
+        init_normal_(self, std=c.init_std)  # type: ignore[arg-type]
+        with torch.no_grad():
+            nn.init.normal_(self.embed_positions.weight, std=c.init_std)
+            if c.pad_token_id is not None:
+                self.embed_tokens.weight[c.pad_token_id].zero_()
+
+    def _embed(self, input_ids: Tensor, position_ids: Tensor | None, past: int) -> Tensor:
+        """ids (B, T) -> (B, T, D). Positions count from ``past`` and ignore padding, as in BART."""
+        if position_ids is None:
+            position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
+        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(position_ids)
+        return self.drop(self.layernorm_embedding(x))
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def build_lm_head(self) -> nn.Module:
+        """Tied (or own) output matrix plus the fixed ``final_logits_bias`` buffer."""
+        c = self.config
+        head = LMHead(
+            d_model=c.d_model,
+            vocab_size=c.vocab_size,
+            embedding=self.embed_tokens if c.tie_word_embeddings else None,
+            logits_bias=True,
+        )
+        if not c.tie_word_embeddings:
+            nn.init.normal_(head.weight, std=c.init_std)
+        return head
+
+
+def _blocks(
+    c: BartConfig, *, n_layers: int, n_heads: int, d_ff: int, cross: bool, memory_dim: int | None
+) -> nn.ModuleList:
+    """``n_layers`` post-LN blocks (LayerNorm eps 1e-5, biased projections, head_dim ** -0.5 scores)."""
+    return nn.ModuleList(
+        Block(
+            d_model=c.d_model,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            norm_eps=1e-5,
+            prenorm=False,
+            bias=True,
+            activation=c.activation,
+            dropout=c.dropout,
+            attn_dropout=c.attn_dropout,
+            act_dropout=c.act_dropout,
+            cross_attention=cross,
+            memory_dim=memory_dim,
+        )
+        for _ in range(n_layers)
+    )
+
+
+def _skip(module: nn.Module, p: float) -> bool:
+    """LayerDrop: skip a whole block with probability ``p`` while training."""
+    return module.training and p > 0.0 and bool(torch.rand(()) < p)
+
+
+class BartEncoder(_Embeddings, Encoder):
+    """Token ids (B, S) -> hidden states (B, S, D); bidirectional, padding masked as keys."""
+
+    config_class = BartConfig
+    provides = ENCODER_PROVIDES
+
+    def __init__(self, config: BartConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self._build_embeddings(c)
+        self.blocks = _blocks(
+            c, n_layers=c.encoder_layers, n_heads=c.encoder_heads, d_ff=c.encoder_ffn_dim, cross=False, memory_dim=None
+        )
+        self._init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> EncoderOutput:
+        """input_ids (B, S); attention_mask (B, S) 1 = token, 0 = padding."""
+        if token_type_ids is not None:
+            raise InputError("BART has no token types (segment embeddings); do not pass token_type_ids")
+        x = self._embed(input_ids, position_ids, 0)  # (B, S, D)
+        mask, _ = attention_mask_for(
+            key_mask=attention_mask, q_len=x.shape[1], k_len=x.shape[1], causal=False, device=x.device
+        )
+        for block in self.blocks:
+            if not _skip(self, self.config.encoder_layerdrop):
+                x = block(x, mask=mask)
+        return EncoderOutput(last_hidden_state=x)
+
+
+class BartDecoder(_Embeddings, Decoder):
+    """Target ids (B, T) -> hidden states (B, T, D), cross-attending to an encoder memory.
+
+    Causal by default, with incremental decoding on a :class:`KVCache` whose
+    ``cross`` slots hold each layer's memory keys/values after the first call.
+    Cross-attention exists when ``memory_dim`` is set (the family sets it to
+    ``d_model``; pairing sets it to the encoder's width).
+    """
+
+    config_class = BartConfig
+    provides = DECODER_PROVIDES
+
+    def __init__(self, config: BartConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self._build_embeddings(c)
+        self.is_causal = c.causal_decoder
+        self.cross_attention = c.memory_dim is not None
+        if not c.causal_decoder:
+            self.provides = DECODER_PROVIDES - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
+        self.blocks = _blocks(
+            c,
+            n_layers=c.decoder_layers,
+            n_heads=c.decoder_heads,
+            d_ff=c.decoder_ffn_dim,
+            cross=self.cross_attention,
+            memory_dim=c.memory_dim,
+        )
+        self._init_weights()
+
+    def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
+        c = self.config
+        return KVCache(
+            c.decoder_layers, batch, c.decoder_heads, c.d_model // c.decoder_heads, capacity, dtype=dtype, device=device
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> DecoderOutput:
+        """input_ids (B, T); attention_mask (B, cached + T); memory (B, S, D_mem); memory_mask (B, S)."""
+        B, T = input_ids.shape
+        if cache is not None and not self.is_causal:
+            raise InputError("a non-causal BART decoder sees its whole input at once; it cannot decode with a cache")
+        have_cached_memory = cache is not None and cache.cross[0] is not None
+        if self.cross_attention and memory is None and not have_cached_memory:
+            raise InputError("the BART decoder cross-attends to an encoder memory: pass memory (the encoder output)")
+        past = cache.length if cache is not None else 0
+        x = self._embed(input_ids, position_ids, past)  # (B, T, D)
+        mask, is_causal = attention_mask_for(
+            key_mask=attention_mask, q_len=T, k_len=past + T, causal=self.is_causal, device=x.device
+        )
+        mem_mask = None
+        if memory_mask is not None and not bool(memory_mask.all()):
+            mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S): padded memory positions are keys never seen
+        for i, block in enumerate(self.blocks):
+            if cache is None and _skip(self, self.config.decoder_layerdrop):
+                continue
+            x = block(x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)
+        if cache is not None:
+            cache.advance(T)
+        return DecoderOutput(last_hidden_state=x, cache=cache)
+
+
+class BART(ModelFamily):
+    """The BART family: encoder and decoder sharing one embedding, tied LM head with a logits bias."""
+
+    config_class = BartConfig
+
+    @classmethod
+    def provides_for(cls, config: BartConfig) -> frozenset[str]:
+        return PROVIDES if config.causal_decoder else NONCAUSAL_PROVIDES
+
+    @classmethod
+    def build_backbone(cls, config: BartConfig) -> Backbone:  # type: ignore[override]
+        if config.memory_dim not in (None, config.d_model):
+            raise ConfigError(
+                f"model 'bart': memory_dim={config.memory_dim} differs from d_model={config.d_model}, but the BART "
+                "decoder reads the BART encoder (width d_model); leave memory_dim unset"
+            )
+        encoder = BartEncoder(config)
+        decoder = BartDecoder(config.replace(memory_dim=config.d_model))
+        if config.tie_word_embeddings:
+            decoder.embed_tokens.weight = encoder.embed_tokens.weight  # BART's model.shared
+        return Backbone(
+            encoder=encoder,
+            decoder=decoder,
+            lm_head=decoder.build_lm_head(),
+            provides=cls.provides_for(config),
+            special_tokens={
+                "bos": config.bos_token_id,
+                "eos": config.eos_token_id,
+                "pad": config.pad_token_id,
+                "decoder_start": config.decoder_start_token_id,
+            },
+        )
