@@ -10,6 +10,7 @@ imports torch or model code.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import importlib.metadata
@@ -130,13 +131,13 @@ class Registry:
     # ----------------------------------------------------------------- discovery
     def discover(self) -> None:
         """Load every plugin registered under the ``unimodel`` entry-point group."""
+        # entry_points() already lists each distribution once, however often it is on sys.path
         eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        seen: set[str] = set()
         for ep in sorted(eps, key=lambda e: (e.name != "core", e.name)):
-            if ep.name in seen:  # the same distribution visible twice on sys.path
-                continue
-            seen.add(ep.name)
             source = ep.dist.name if ep.dist is not None else "?"
+            if ep.name in self.plugins:  # another distribution took this plugin name first
+                self._record_name_clash(ep.name, source)
+                continue
             try:
                 plugin = ep.load()
             except Exception as exc:
@@ -149,6 +150,8 @@ class Registry:
 
         Failures are recorded on the returned record, never raised.
         """
+        if name in self.plugins:
+            return self._record_name_clash(name, source)
         record = PluginRecord(name=name, source=source)
         self.plugins[name] = record
         try:
@@ -157,7 +160,7 @@ class Registry:
         except Exception as exc:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            return self._record_failure(name, source, f"{type(exc).__name__}: {exc}")
+            return self._record_failure(name, source, f"{type(exc).__name__}: {exc}{_hook_hint(plugin)}")
 
         caller = self.pm.subset_hook_caller  # call this plugin's hooks only
         others = [p for p in self.pm.get_plugins() if p is not plugin]
@@ -187,6 +190,20 @@ class Registry:
         record.traceback = traceback.format_exc()
         record.components = []
         self.plugins[name] = record
+        return record
+
+    def _record_name_clash(self, name: str, source: str) -> PluginRecord:
+        """A second plugin under a taken name: record it as failed, keep the first one's record."""
+        key, n = f"{name} ({source})", 2
+        while key in self.plugins:
+            key, n = f"{name} ({source}) #{n}", n + 1
+        record = PluginRecord(
+            name=key,
+            source=source,
+            error=f"plugin name {name!r} is already taken by the plugin from {self.plugins[name].source!r}; "
+            f"rename the entry point in the 'unimodel' group of {source!r}",
+        )
+        self.plugins[key] = record
         return record
 
     def _add_component(self, comp: Component, record: PluginRecord) -> None:
@@ -278,6 +295,20 @@ class Registry:
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
+
+
+def _hook_hint(plugin: object) -> str:
+    """A did-you-mean for hook implementations whose name matches no hook."""
+    prefix = f"{hookspecs.PROJECT}_"
+    specs = [n for n in dir(hookspecs) if n.startswith(prefix)]
+    hints = []
+    for attr in dir(plugin):
+        if attr.startswith(prefix) and attr not in specs:
+            # compare without the shared prefix, which would make every hook look close
+            close = difflib.get_close_matches(attr[len(prefix):], [n[len(prefix):] for n in specs], n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{attr!r} -> did you mean {prefix + close[0]!r}?")
+    return (" (" + "; ".join(hints) + ")") if hints else ""
 
 
 _registry: Registry | None = None

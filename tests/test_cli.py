@@ -1,0 +1,330 @@
+"""The `unimodel` command: list, info, doctor, generate, convert, train, eval, and its error handling.
+
+Most commands run in-process through ``cli.main`` (torch is already imported
+here, so they are quick); what depends on a fresh process (no torch on
+``list``, exit codes, tracebacks) runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import unimodel as um
+from unimodel import cli, hookimpl
+from unimodel.data.tokenizer import Tokenizer
+from unimodel.hookspecs import PLUGIN_API_VERSION
+from unimodel.registry import Component, Registry, set_registry
+
+TINY_GPT = dict(n_positions=64, d_model=32, n_layers=2, n_heads=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation (slow on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "unimodel", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    # Rare characters stay split into byte pieces, which is what the streaming decoder must handle.
+    text = ["hello world, the quick brown fox jumps over the lazy dog. café, naïve, 日本語, ✓ done."] * 40
+    return Tokenizer.train_bpe(text, vocab_size=300, min_frequency=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer) -> Path:
+    torch.manual_seed(0)
+    model = um.build_model("gpt", vocab_size=tokenizer.vocab_size, **TINY_GPT, tokenizer=tokenizer)
+    path = tmp_path_factory.mktemp("cli") / "ckpt"
+    model.save(path)
+    return path
+
+
+# ------------------------------------------------------------------ list
+def test_list_imports_no_torch_and_answers_fast():
+    code = textwrap.dedent("""
+        import sys, time
+        start = time.perf_counter()
+        from unimodel.cli import main
+        status = main(["list"])
+        elapsed = time.perf_counter() - start
+        heavy = sorted(m for m in ("torch", "unimodel.model", "unimodel_gpt.model", "transformers") if m in sys.modules)
+        print("RESULT", status, elapsed, ",".join(heavy) or "none", file=sys.stderr)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    status, elapsed, heavy = re.search(r"RESULT (\d+) ([\d.]+) (\S+)", proc.stderr).groups()
+    assert status == "0" and heavy == "none", proc.stderr
+    assert float(elapsed) < 1.0, f"`unimodel list` took {float(elapsed):.2f}s"
+    assert re.search(r"^  gpt2-tiny\s+2 layers, d 128.*\[preset of gpt\]\s+\(gpt\)$", proc.stdout, re.M)
+    assert re.search(r"^  clm\s+causal language modelling", proc.stdout, re.M)
+
+
+def test_list_filters_by_pattern_and_kind(capsys):
+    assert cli.main(["list", "gpt2*", "--kind", "model"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model:\n") and "gpt2-medium" in out and "clm" not in out and "decoder:" not in out
+    assert cli.main(["list", "tiny"]) == 0  # a bare word matches anywhere in the name
+    assert "gpt2-tiny" in capsys.readouterr().out
+    assert cli.main(["list", "--json", "--kind", "objective"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    fim = next(e for e in data["objective"] if e["name"] == "fim")
+    assert fim["plugin"] == "gpt" and fim["summary"].startswith("fill-in-the-middle")
+    assert cli.main(["list", "zzz-nothing"]) == 0
+    assert "no components match 'zzz-nothing'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ info
+def test_info_model_shows_fields_with_preset_values_and_objectives(capsys):
+    assert cli.main(["info", "gpt2-mini"]) == 0
+    out = capsys.readouterr().out
+    assert "gpt2-mini (model) from plugin 'gpt'" in out
+    assert "preset chain: gpt2-mini -> gpt" in out
+    assert "capabilities: causal, decoder_only, kv_cache, lm_head" in out
+    assert re.search(r"compatible objectives: .*\bclm\b.*\bfim\b", out)
+    assert re.search(r"^  d_model\s+an integer\s+384 \*\s+hidden width$", out, re.M)  # the preset's value
+    assert re.search(r"^  vocab_size\s+an integer\s+50257\s+vocabulary size", out, re.M)  # the family default
+    assert re.search(r"^  d_ff\s+an integer or null\s+null\s+", out, re.M)
+
+
+def test_info_objective_lists_requirements_and_models(capsys):
+    assert cli.main(["info", "fim"]) == 0
+    out = capsys.readouterr().out
+    assert "requires: causal, decoder_only, lm_head" in out
+    assert "tokenizer roles needed: fim_prefix, fim_middle, fim_suffix" in out
+    assert re.search(r"works with models: .*\bgpt\b.*\bgpt2-xl\b", out)
+    assert re.search(r"^  rate\s+a number\s+0.5\s+fraction of examples", out, re.M)
+
+
+def test_info_other_kinds_and_ambiguous_names(capsys):
+    assert cli.main(["info", "greedy"]) == 0
+    out = capsys.readouterr().out
+    assert "greedy (decoding) from plugin 'core'" in out and "requires:  causal, lm_head, kv_cache" in out
+    assert cli.main(["info", "gpt"]) == 0  # a model and a decoder: the model wins, the decoder is pointed to
+    out = capsys.readouterr().out
+    assert out.startswith("gpt (model)") and "`unimodel info gpt --kind decoder`" in out
+    assert cli.main(["info", "gpt", "--kind", "decoder"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpt (decoder)") and "config fields:" in out and "memory_dim" in out
+
+
+def test_info_unknown_name_is_one_error_line(capsys):
+    assert cli.main(["info", "gtp2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: no component named 'gtp2'. Did you mean 'gpt2'")
+    assert captured.err.endswith("See `unimodel list` for what is registered.\n") and captured.err.count("\n") == 1
+    assert captured.out == ""
+
+
+# ------------------------------------------------------------------ errors and flags
+def test_user_errors_print_one_line_and_exit_2_and_debug_shows_the_traceback(tmp_path):
+    proc = run_cli("train", str(tmp_path / "missing.toml"))
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: config file {str(tmp_path / 'missing.toml')!r} does not exist\n"
+    proc = run_cli("--debug", "train", str(tmp_path / "missing.toml"))
+    assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("error: config file")
+    proc = run_cli("info", "clm", "--kind", "model")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "'clm' is a" in proc.stderr
+
+
+def test_version_and_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"unimodel {um.__version__}\n"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["list", "--kind", "modle"])
+    assert exit_.value.code == 2 and "invalid choice: 'modle'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ doctor
+class _Plugin:
+    def __init__(self, components, api=PLUGIN_API_VERSION, fail=None):
+        self._components, self._fail = components, fail
+        if api is not None:
+            self.unimodel_api_version = hookimpl(lambda: api)
+
+    @hookimpl
+    def unimodel_components(self):
+        if self._fail:
+            raise RuntimeError(self._fail)
+        return self._components
+
+
+@pytest.fixture
+def custom_registry():
+    reg = Registry(discover=False)
+    old = set_registry(reg)
+    yield reg
+    set_registry(old)
+
+
+def test_doctor_on_a_healthy_install(custom_registry, capsys):
+    custom_registry.add_plugin(_Plugin([Component(kind="model", name="gpt", target="unimodel_gpt.model:GPT",
+                                                  summary="GPT")]), "gpt", source="unimodel")
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert f"unimodel {um.__version__} (plugin API {PLUGIN_API_VERSION})" in out
+    for dist in ("python", "torch", "accelerate", "transformers"):
+        assert re.search(rf"^{dist} \d", out, re.M), dist
+    assert re.search(r"^  gpt\s+unimodel\s+api 1\s+1 components\s+OK$", out, re.M)
+    assert "component imports: 1 of 1 OK" in out and out.rstrip().endswith("no problems found")
+
+
+def test_doctor_reports_every_kind_of_breakage(custom_registry, capsys):
+    twin = dict(kind="objective", name="twin", target="unimodel_gpt.objectives:CausalLM", summary="t")
+    custom_registry.add_plugin(_Plugin([Component(**twin)]), "alpha", source="dist-alpha")
+    custom_registry.add_plugin(_Plugin([Component(**twin),
+                                        Component(kind="model", name="typo", target="unimodel_gpt.model:GTP",
+                                                  summary="bad target")], api=None), "beta", source="dist-beta")
+    custom_registry.add_plugin(_Plugin([], fail="hook exploded"), "gamma", source="dist-gamma")
+    assert cli.main(["doctor"]) == 1
+    captured = capsys.readouterr()
+    out = captured.out
+    assert re.search(r"^  gamma\s+dist-gamma\s+api 1\s+0 components\s+FAILED$", out, re.M)
+    assert "FAILED plugin 'gamma' (dist-gamma): RuntimeError: hook exploded" in out
+    assert "CONFLICT objective 'twin' is registered by plugins 'alpha' (dist-alpha) and 'beta' (dist-beta)" in out
+    assert "plugin(s) beta do not declare the plugin API" in out
+    assert "FAILED model 'typo' from plugin 'beta' could not be imported from 'unimodel_gpt.model:GTP'" in out
+    assert "Traceback" not in out and "3 problem(s) found" in captured.err
+    assert cli.main(["doctor", "-v"]) == 1
+    assert "RuntimeError: hook exploded" in capsys.readouterr().out.split("FAILED plugin 'gamma'")[1]
+
+
+# ------------------------------------------------------------------ generate
+def test_text_streamer_prints_multibyte_characters_whole(tokenizer):
+    text = "café ✓ 日本語 done"
+    ids = tokenizer.encode(text)
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert any("\ufffd" in p for p in pieces), "the test needs a character split over several tokens"
+    sink = io.StringIO()
+    writes: list[str] = []
+    sink.write = lambda s: writes.append(s) or len(s)  # type: ignore[method-assign]
+    streamer = cli.TextStreamer(tokenizer.decode, sink)
+    for i in ids:
+        streamer(torch.tensor([i]))
+    streamer.end()
+    assert "".join(writes) == text
+    assert not any("\ufffd" in w for w in writes) and len(writes) > 3  # streamed in pieces, never broken
+
+
+def test_generate_streams_the_greedy_continuation(checkpoint, tokenizer, monkeypatch, capsys):
+    model = um.load(checkpoint)
+    prompt = "hello world"
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    expected = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:].tolist()
+    writes: list[str] = []
+    real_write = sys.stdout.write
+    monkeypatch.setattr(sys.stdout, "write", lambda s: writes.append(s) or real_write(s))
+    assert cli.main(["generate", str(checkpoint), "--prompt", prompt, "--max-new-tokens", "6", "--greedy"]) == 0
+    out = capsys.readouterr().out
+    assert out == prompt + tokenizer.decode(expected) + "\n"
+    assert len(writes) >= 3  # the prompt, then tokens as they came, then the newline
+
+
+def test_generate_sampling_is_reproducible_with_a_seed_and_beams_work(checkpoint, capsys):
+    args = ["generate", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "5", "--seed", "3",
+            "--top-k", "20", "--temperature", "0.9"]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("the quick")
+    assert cli.main(["generate", str(checkpoint), "--prompt", "the", "--num-beams", "3", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+
+
+def test_generate_rejects_bad_options_and_missing_tokenizer(checkpoint, tmp_path, capsys):
+    assert cli.main(["generate", str(checkpoint), "--prompt", "x", "--top-p", "1.5"]) == 2
+    assert "--top-p must be in (0, 1]" in capsys.readouterr().err
+    assert cli.main(["generate", str(checkpoint), "--prompt", "hello", "--max-new-tokens", "500"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "position table of 64" in captured.err  # no half-written prompt
+    bare = tmp_path / "bare"
+    um.build_model("gpt", vocab_size=50, **TINY_GPT).save(bare)
+    assert cli.main(["generate", str(bare), "--prompt", "x"]) == 2
+    assert "has no tokenizer.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ convert
+def test_convert_both_ways_round_trips_exactly(checkpoint, tmp_path, capsys):
+    hf_dir, back = tmp_path / "hf", tmp_path / "back"
+    assert cli.main(["convert", str(checkpoint), str(hf_dir)]) == 0  # unimodel -> hf, inferred
+    assert json.loads((hf_dir / "config.json").read_text())["model_type"] == "gpt2"
+    assert (hf_dir / "tokenizer.json").is_file()
+    assert cli.main(["convert", str(hf_dir), str(back)]) == 0  # hf -> unimodel, inferred
+    assert "wrote unimodel checkpoint" in capsys.readouterr().out
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(um.load(back)(input_ids=ids).logits, um.load(checkpoint)(input_ids=ids).logits)
+
+    assert cli.main(["convert", str(hf_dir), str(tmp_path / "x"), "--to", "hf"]) == 2
+    assert "is already a Hugging Face folder" in capsys.readouterr().err
+    assert cli.main(["convert", str(checkpoint), str(back)]) == 2  # would replace a folder
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert cli.main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "y")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ train and eval
+def test_train_then_eval_then_resume(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("corpus.txt").write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(80)))
+    Path("run.toml").write_text(textwrap.dedent("""
+        [model]
+        name = "gpt"
+        n_positions = 32
+        d_model = 32
+        n_layers = 1
+        n_heads = 4
+
+        [data]
+        paths = ["corpus.txt"]
+        document_unit = "line"
+        block_size = 16
+        vocab_size = 300
+        min_frequency = 1
+
+        [train]
+        output_dir = "run"
+        max_steps = 2
+        batch_size = 4
+        warmup_steps = 1
+        eval_every = 0
+        checkpoint_every = 0
+        progress = false
+        sample_prompt = ""
+    """))
+    assert cli.main(["train", "run.toml", "--set", "train.max_steps=3"]) == 0
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 3  # the --set override reached the trainer
+    capsys.readouterr()
+
+    assert cli.main(["eval", "run"]) == 0
+    out = capsys.readouterr().out
+    loss = float(re.search(r"^loss: ([\d.]+)$", out, re.M).group(1))
+    ppl = float(re.search(r"^perplexity: ([\d.]+)$", out, re.M).group(1))
+    assert abs(ppl - torch.tensor(loss).exp().item()) / ppl < 1e-3 and "validation split" in out
+    assert cli.main(["eval", "run", "--data", "corpus.txt", "--max-batches", "1"]) == 0
+    assert "all split" in capsys.readouterr().out
+
+    assert cli.main(["train", "run.toml", "--resume", "--set", "train.max_steps=4"]) == 0
+    assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
+    assert cli.main(["train", "run.toml", "--set", "trian.max_steps=1"]) == 2
+    assert "unknown section 'trian'. Did you mean 'train'?" in capsys.readouterr().err

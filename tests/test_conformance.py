@@ -1,0 +1,340 @@
+"""The conformance kit: over every built-in component, over an outside plugin installed with pip, and
+against deliberately broken components (so a pass means something). Also keeps docs/plugins.md honest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+import unimodel as um
+from unimodel import hookspecs
+from unimodel.interfaces import Cap
+from unimodel.registry import Component, Registry, get_registry, set_registry
+from unimodel.testing import ConformanceError, NotApplicable, check_model, checks
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "plugins.md"
+
+
+def run_kit(tmp_path: Path, *args: str, pythonpath: Path | None = None) -> tuple[int, dict[str, str], str]:
+    """Run the kit in a fresh pytest process; returns (exit code, {test id: outcome}, output).
+
+    Autoloading is off so only the kit is active, loaded by its entry-point name as documented.
+    """
+    junit = tmp_path / "kit.xml"
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "unimodel", "--unimodel-conformance", "-p", "no:cacheprovider",
+         "-q", "-rfEs", f"--junitxml={junit}", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    outcomes = {}
+    if junit.is_file():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            status = "passed"
+            for child in case:
+                if child.tag in ("failure", "error", "skipped"):
+                    status = {"failure": "failed", "error": "error", "skipped": "skipped"}[child.tag]
+            outcomes[case.get("name")] = status
+    return proc.returncode, outcomes, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ built-in components
+def test_kit_passes_on_every_builtin_component(tmp_path):
+    code, outcomes, output = run_kit(tmp_path)
+    failed = {k: v for k, v in outcomes.items() if v in ("failed", "error")}
+    assert code == 0 and not failed, output[-6000:]
+    reg = get_registry()
+    families = [c for c in reg.components("model") if c.base is None and c.tiny]
+    assert families, "no built-in family registers tiny overrides"
+    for fam in families:
+        for test in ("forward", "roundtrip", "determinism", "config_roundtrip", "capabilities", "input_errors"):
+            assert outcomes.get(f"test_{test}[model:{fam.name}]") == "passed", (test, fam.name)
+        if "kv_cache" in fam.provides:
+            assert outcomes[f"test_kv_cache[model:{fam.name}]"] == "passed"
+        for obj in reg.compatible_objectives(fam.provides):
+            assert f"test_gradients[model:{fam.name}/objective:{obj}]" in outcomes
+    for comp in reg.components():
+        assert outcomes.get(f"test_declaration[{comp.kind}:{comp.name}]") == "passed", comp
+    for name in reg.plugins:
+        assert outcomes[f"test_plugin_loaded[plugin:{name}]"] == "passed"
+
+
+def test_kit_is_inactive_without_its_flag(tmp_path):
+    (tmp_path / "test_other.py").write_text(textwrap.dedent("""
+        import sys
+
+        def test_nothing_of_unimodel_was_loaded():
+            assert "torch" not in sys.modules
+            assert "unimodel.testing.conformance" not in sys.modules
+            assert "unimodel.testing.checks" not in sys.modules
+    """))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_other.py"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout + proc.stderr
+    assert "--unimodel-conformance" in subprocess.run(
+        [sys.executable, "-m", "pytest", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    ).stdout
+
+
+def test_unknown_plugin_name_is_a_usage_error(tmp_path):
+    code, _, output = run_kit(tmp_path, "--unimodel-plugin", "gtp")
+    assert code == 4 and "--unimodel-plugin 'gtp': no such unimodel plugin; plugins: " in output
+
+
+# ------------------------------------------------------------------ an outside plugin, installed with pip
+def docs_example_files() -> dict[str, str]:
+    """The files of the plugin example in docs/plugins.md (each fenced block after `<!-- file: PATH -->`)."""
+    blocks = re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)\n```", DOCS.read_text(), re.S)
+    return {path: body + "\n" for path, body in blocks}
+
+
+@pytest.fixture(scope="module")
+def outside_plugin(tmp_path_factory) -> Path:
+    """The docs' rmsgpt plugin as its own distribution, installed with pip into a folder of its own."""
+    pytest.importorskip("setuptools", reason="the example plugin builds with setuptools")
+    src = tmp_path_factory.mktemp("unimodel-rmsgpt")
+    files = docs_example_files()
+    assert set(files) == {"pyproject.toml", "unimodel_rmsgpt/__init__.py", "unimodel_rmsgpt/model.py"}
+    for path, body in files.items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_text(body)
+    site = tmp_path_factory.mktemp("site")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+         "--disable-pip-version-check", "--target", str(site), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (site / "unimodel_rmsgpt-0.1.0.dist-info" / "entry_points.txt").is_file()
+    return site
+
+
+def test_outside_plugin_is_listed(outside_plugin):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(outside_plugin), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "unimodel", "list", "rmsgpt"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^  rmsgpt\s+decoder-only transformer with RMSNorm.*\(rmsgpt\)$", proc.stdout, re.M)
+    assert re.search(r"^  rmsgpt-small\s+.*\[preset of rmsgpt\]\s+\(rmsgpt\)$", proc.stdout, re.M)
+    assert "decoder:" in proc.stdout and proc.stderr == ""
+
+
+def test_outside_plugin_builds_and_trains_a_step(outside_plugin, monkeypatch):
+    monkeypatch.syspath_prepend(str(outside_plugin))
+    old = set_registry(None)  # rediscover with the new distribution on sys.path
+    try:
+        reg = get_registry()
+        assert reg.plugins["rmsgpt"].ok and reg.plugins["rmsgpt"].source == "unimodel-rmsgpt"
+        model = um.build_model("rmsgpt", vocab_size=64, n_positions=32, d_model=32, n_layers=2, n_heads=4, d_ff=48)
+        assert model.objective_name == "clm_zloss" and model.name == "rmsgpt"
+        assert type(model.decoder).__module__ == "unimodel_rmsgpt.model"
+        ids = torch.randint(0, 64, (2, 10))
+        out = model.objective(model, model.objective.prepare([{"input_ids": r} for r in ids.tolist()]))
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and model.decoder.embed.weight.grad is not None
+        # the preset resolves through the plugin, and the plugin's objective trains a built-in family
+        assert um.build_model("rmsgpt-small", vocab_size=64, n_positions=16).config.d_model == 512
+        gpt = um.build_model("gpt", vocab_size=64, n_positions=32, d_model=32, n_layers=1, n_heads=4,
+                             objective={"name": "clm_zloss", "z_loss": 1e-3})
+        assert gpt.objective.config.z_loss == 1e-3
+        # its decoder component pairs with a built-in encoder and gains cross-attention
+        pair = um.build_model({"name": "encoder-decoder", "vocab_size": 64,
+                               "encoder": {"name": "bert", "max_positions": 32, "d_model": 32, "n_layers": 1,
+                                           "n_heads": 4, "d_ff": 37},
+                               "decoder": {"name": "rmsgpt", "n_positions": 32, "d_model": 48, "n_layers": 1,
+                                           "n_heads": 4, "d_ff": 48}})
+        assert pair.decoder.cross_attention and pair.objective_name == "seq2seq"
+        logits = pair(input_ids=torch.randint(0, 64, (2, 7)), decoder_input_ids=torch.randint(0, 64, (2, 5))).logits
+        assert logits.shape == (2, 5, 64)
+        report = check_model("rmsgpt")  # the plain-function form of the kit
+        assert report.ok and {o.check for o in report.outcomes if o.status == "passed"} >= {
+            "forward", "roundtrip", "kv_cache", "determinism", "config", "capabilities", "input_errors", "gradients"}
+    finally:
+        set_registry(old)
+
+
+def test_outside_plugin_passes_the_kit(outside_plugin, tmp_path):
+    code, outcomes, output = run_kit(tmp_path, "--unimodel-plugin", "rmsgpt", pythonpath=outside_plugin)
+    assert code == 0, output[-4000:]
+    expected = [
+        "test_plugin_loaded[plugin:rmsgpt]",
+        "test_declaration[model:rmsgpt]",
+        "test_declaration[model:rmsgpt-small]",
+        "test_forward[model:rmsgpt]",
+        "test_roundtrip[model:rmsgpt]",
+        "test_kv_cache[model:rmsgpt]",
+        "test_determinism[model:rmsgpt]",
+        "test_config_roundtrip[model:rmsgpt]",
+        "test_capabilities[model:rmsgpt]",
+        "test_input_errors[model:rmsgpt]",
+        "test_preset[model:rmsgpt-small]",
+        "test_objective[objective:clm_zloss]",
+        "test_decoder[decoder:rmsgpt]",
+        "test_gradients[model:rmsgpt/objective:clm_zloss]",
+        "test_gradients[model:rmsgpt/objective:clm]",
+        "test_gradients[model:gpt/objective:clm_zloss]",  # either side from the plugin selects the pair
+    ]
+    for test_id in expected:
+        assert outcomes.get(test_id) == "passed", (test_id, outcomes.get(test_id))
+    assert not any("[model:bert" in k or "objective:mlm" in k for k in outcomes)  # other plugins left out
+
+
+# ------------------------------------------------------------------ the kit fails what it should fail
+BROKEN = '''
+import os
+
+import torch
+
+from unimodel import PLUGIN_API_VERSION, hookimpl
+from unimodel.interfaces import Backbone
+from unimodel.registry import Component
+from unimodel_gpt.model import GPT, PROVIDES, GPTDecoder
+
+_TINY = {"vocab_size": 60, "n_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0,
+         "attn_dropout": 0.0}
+_PROVIDES = ("decoder_only", "causal", "lm_head", "kv_cache")
+
+
+class ForgetfulDecoder(GPTDecoder):
+    \"\"\"Restarts positions at 0 on every call, so cached decoding sees the wrong positions.\"\"\"
+
+    def forward(self, input_ids, **kw):
+        kw["position_ids"] = torch.arange(input_ids.shape[1])
+        return super().forward(input_ids, **kw)
+
+
+class Forgetful(GPT):
+    @classmethod
+    def build_backbone(cls, config):
+        decoder = ForgetfulDecoder(config)
+        return Backbone(encoder=None, decoder=decoder, lm_head=decoder.build_lm_head(), provides=PROVIDES)
+
+
+class Unseeded(GPT):
+    \"\"\"Adds noise from a private generator seeded by the OS: the global seed cannot reproduce it.\"\"\"
+
+    @classmethod
+    def build_backbone(cls, config):
+        backbone = super().build_backbone(config)
+        noise = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+        with torch.no_grad():
+            backbone.decoder.wte.weight.add_(torch.randn(backbone.decoder.wte.weight.shape, generator=noise))
+        return backbone
+
+
+@hookimpl
+def unimodel_api_version():
+    return PLUGIN_API_VERSION
+
+
+@hookimpl
+def unimodel_components():
+    return [
+        Component(kind="model", name="forgetful", target="um_broken_family:Forgetful", summary="bad cache",
+                  provides=_PROVIDES, default_objective="clm", tiny=_TINY),
+        Component(kind="model", name="liar", target="unimodel_gpt.model:GPT", summary="claims a pooler",
+                  provides=(*_PROVIDES, "pooler"), default_objective="clm", tiny=_TINY),
+        Component(kind="model", name="unseeded", target="um_broken_family:Unseeded", summary="random init",
+                  provides=_PROVIDES, default_objective="clm", tiny=_TINY),
+        Component(kind="objective", name="typo_clm", target="unimodel_gpt.objectives:CausalLM",
+                  summary="requires a misspelled capability", requires=("decoder_only", "kv-cache")),
+    ]
+'''
+
+
+@pytest.fixture
+def broken_registry(tmp_path, monkeypatch) -> Registry:
+    (tmp_path / "um_broken_family.py").write_text(BROKEN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import unimodel_gpt
+
+    reg = Registry(discover=False)
+    reg.add_plugin(unimodel_gpt, "gpt")
+    rec = reg.add_plugin(__import__("um_broken_family"), "broken")
+    assert rec.ok, rec.error
+    return reg
+
+
+def test_kit_catches_a_wrong_kv_cache(broken_registry):
+    with pytest.raises(ConformanceError, match="with the KV cache differ from the full forward pass"):
+        checks.check_kv_cache("forgetful", registry=broken_registry)
+    checks.check_forward("forgetful", registry=broken_registry)  # a full pass alone cannot see the bug
+
+
+def test_kit_catches_capabilities_the_backbone_lacks(broken_registry):
+    with pytest.raises(ConformanceError, match=r"registered provides \[.*'pooler'.*\] but the built backbone provides"):
+        checks.check_capabilities("liar", registry=broken_registry)
+
+
+def test_kit_catches_initialisation_that_ignores_the_seed(broken_registry):
+    with pytest.raises(ConformanceError, match="two builds under the same seed differ"):
+        checks.check_determinism("unseeded", registry=broken_registry)
+
+
+def test_kit_catches_unknown_capability_names(broken_registry):
+    with pytest.raises(ConformanceError, match=r"unknown capabilities \['kv-cache'\]\. Did you mean 'kv_cache'\?"):
+        checks.check_objective("typo_clm", registry=broken_registry)
+    with pytest.raises(ConformanceError, match="unknown capabilities"):
+        checks.check_declaration("objective", "typo_clm", registry=broken_registry)
+
+
+def test_check_model_reports_every_failure_at_once(broken_registry):
+    report = check_model("forgetful", registry=broken_registry, raise_on_failure=False)
+    assert [o.check for o in report.failures] == ["kv_cache"]
+    with pytest.raises(ConformanceError, match=r"1 conformance check\(s\) failed:\n- kv_cache\[model:forgetful\]"):
+        report.raise_for_failures()
+    assert get_registry() is not broken_registry  # the process-wide registry is back
+
+
+def test_checks_that_do_not_apply_say_why():
+    with pytest.raises(NotApplicable, match="has no loss"):
+        checks.check_gradients("gpt", "features")
+    with pytest.raises(NotApplicable, match="registers no `tiny`"):
+        checks.check_forward("encoder-decoder")
+
+
+def test_config_roundtrip_check_explains_a_null_field_with_a_non_null_default():
+    from unimodel.config import Config, param
+
+    @dataclasses.dataclass(frozen=True)
+    class Odd(Config):
+        width: int | None = param(8, "a field that may be null but defaults to 8")
+
+    checks.roundtrip_config(Odd(), "odd")
+    with pytest.raises(ConformanceError, match="through TOML.*TOML has no null"):
+        checks.roundtrip_config(Odd(width=None), "odd")
+
+
+# ------------------------------------------------------------------ docs/plugins.md stays in step
+def test_every_hook_is_documented():
+    specs = [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "unimodel_spec")]
+    assert specs, "no hookspecs found"
+    text = DOCS.read_text()
+    for name in specs:
+        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert f"#### `{name}({params})" in text, f"hook {name} is not documented in docs/plugins.md"
+    documented = re.findall(r"^#### `(unimodel_\w+)\(", text, re.M)
+    assert sorted(documented) == sorted(specs), "docs/plugins.md documents hooks that do not exist"
+
+
+def test_component_fields_and_capabilities_are_documented():
+    text = DOCS.read_text()
+    for f in dataclasses.fields(Component):
+        assert re.search(rf"^\| `{f.name}` \|", text, re.M), f"Component.{f.name} is not in docs/plugins.md"
+    for cap in Cap.all():
+        assert re.search(rf"^\| `{cap}` \|", text, re.M), f"capability {cap} is not in docs/plugins.md"
+    assert f"currently {hookspecs.PLUGIN_API_VERSION})" in text

@@ -1,0 +1,306 @@
+"""The registry: discovery, failure isolation, conflicts, lookups, presets.
+
+Most tests build their own ``Registry(discover=False)`` and add small plugin
+objects; the discovery tests put real ``*.dist-info`` folders with entry points
+on ``sys.path``, which is what ``pip install`` leaves behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import unimodel
+from unimodel import cli, hookimpl
+from unimodel.errors import ComponentNotFoundError, DuplicateComponentError, PluginError
+from unimodel.hookspecs import PLUGIN_API_VERSION
+from unimodel.registry import KINDS, Component, Registry, get_registry, set_registry
+
+
+def make_plugin(*components: Component, api: int | None = PLUGIN_API_VERSION) -> object:
+    """A plugin object whose hooks return ``components`` (and ``api``, unless None)."""
+
+    class Plugin:
+        @hookimpl
+        def unimodel_components(self) -> list[Component]:
+            return list(components)
+
+    if api is not None:
+        Plugin.unimodel_api_version = hookimpl(lambda self: api)  # type: ignore[attr-defined]
+    return Plugin()
+
+
+def model(name: str, **kw) -> Component:
+    kw.setdefault("target", "unimodel_gpt.model:GPT")
+    kw.setdefault("summary", f"the {name} model")
+    return Component(kind="model", name=name, **kw)
+
+
+def objective(name: str, requires=(), **kw) -> Component:
+    return Component(kind="objective", name=name, target="unimodel_gpt.objectives:CausalLM", requires=requires,
+                     summary=f"the {name} objective", **kw)
+
+
+@pytest.fixture
+def global_registry():
+    """Swap in a fresh registry for the process and restore the old one afterwards."""
+    reg = Registry(discover=False)
+    old = set_registry(reg)
+    yield reg
+    set_registry(old)
+
+
+# ------------------------------------------------------------------ lookups
+def test_names_by_kind_sorted_and_filtered():
+    reg = Registry(discover=False)
+    preset = model("alpha-big", base="alpha", target="")
+    reg.add_plugin(make_plugin(model("zeta"), model("alpha"), objective("clm"), preset), "p")
+    names = reg.names()
+    assert list(names) == list(KINDS)
+    assert names["model"] == ["alpha", "alpha-big", "zeta"]
+    assert names["objective"] == ["clm"]
+    assert reg.names("model", "alpha*") == {"model": ["alpha", "alpha-big"]}
+    with pytest.raises(ComponentNotFoundError, match="unknown component kind 'modle'.*Did you mean 'model'"):
+        reg.names("modle")
+    assert reg.get("model", "zeta").plugin == "p"
+
+
+def test_unknown_component_suggests_close_names_and_lists_available():
+    reg = Registry(discover=False)
+    reg.add_plugin(make_plugin(model("gpt"), model("gpt2", base="gpt", target=""), objective("clm")), "p")
+    with pytest.raises(ComponentNotFoundError) as err:
+        reg.get("model", "gtp")
+    msg = str(err.value)
+    assert "no model named 'gtp'" in msg and "Did you mean 'gpt'" in msg
+    assert "Available models: gpt, gpt2." in msg
+    with pytest.raises(ComponentNotFoundError, match=r"\('clm' is an objective, not a model\.\)"):
+        reg.get("model", "clm")
+    assert isinstance(err.value, KeyError)  # callers that catch KeyError keep working
+
+
+def test_list_components_of_the_installed_registry():
+    names = unimodel.list_components()
+    assert {"gpt", "gpt2", "gpt2-tiny"} <= set(names["model"])
+    assert {"clm", "fim", "features"} <= set(names["objective"])
+    assert "gpt" in names["decoder"] and "gpt2" in names["hf_converter"]
+    f_objectives = sorted(n for n in names["objective"] if n.startswith("f"))
+    assert unimodel.list_components("objective", "f*") == {"objective": f_objectives}
+    assert unimodel.is_component("gpt2") and not unimodel.is_component("gpt2", kind="objective")
+    core = get_registry().plugins["core"]
+    assert core.ok and core.source == "unimodel" and core.api_version == PLUGIN_API_VERSION
+
+
+def test_presets_resolve_through_their_base_chain():
+    reg = Registry(discover=False)
+    reg.add_plugin(make_plugin(
+        model("fam", provides=("decoder_only",)),
+        model("fam-base", base="fam", target="", defaults={"n_layers": 4, "d_model": 64}),
+        model("fam-base-wide", base="fam-base", target="", defaults={"d_model": 256}),
+        objective("needs-dec", requires=("decoder_only",)),
+        objective("needs-enc", requires=("encoder_only",)),
+    ), "p")
+    family, values = reg.resolve_model("fam-base-wide")
+    assert family.name == "fam"
+    assert values == {"n_layers": 4, "d_model": 256}  # nearer presets win
+    assert reg.resolve_model("fam") == (family, {})
+    assert reg.provides("fam-base-wide") == frozenset({"decoder_only"})
+    assert reg.compatible_objectives(reg.provides("fam-base")) == ["needs-dec"]
+
+
+def test_preset_cycles_and_missing_bases_are_errors():
+    reg = Registry(discover=False)
+    reg.add_plugin(make_plugin(
+        model("a", base="b", target=""), model("b", base="a", target=""), model("orphan", base="nowhere", target=""),
+    ), "p")
+    with pytest.raises(PluginError, match="cycle"):
+        reg.resolve_model("a")
+    with pytest.raises(ComponentNotFoundError, match="no model named 'nowhere'"):
+        reg.resolve_model("orphan")
+
+
+# ------------------------------------------------------------------ conflicts
+def test_duplicate_names_name_both_plugins_and_the_rest_keeps_working():
+    reg = Registry(discover=False)
+    reg.add_plugin(make_plugin(model("twin"), model("only-a"), objective("twin")), "plugin-a", source="dist-a")
+    reg.add_plugin(make_plugin(model("twin"), model("only-b")), "plugin-b", source="dist-b")
+    with pytest.raises(DuplicateComponentError) as err:
+        reg.get("model", "twin")
+    msg = str(err.value)
+    assert "'plugin-a' (dist-a)" in msg and "'plugin-b' (dist-b)" in msg and "rename" in msg
+    assert reg.get("model", "only-a").plugin == "plugin-a"
+    assert reg.get("model", "only-b").plugin == "plugin-b"
+    assert reg.get("objective", "twin").plugin == "plugin-a"  # same name, other kind: no conflict
+    assert "twin" not in reg.names("model")["model"]
+    assert [c.plugin for c in reg.conflicts[("model", "twin")]] == ["plugin-a", "plugin-b"]
+    # a third registration joins the conflict instead of winning it
+    reg.add_plugin(make_plugin(model("twin")), "plugin-c")
+    assert len(reg.conflicts[("model", "twin")]) == 3
+
+
+def test_a_second_plugin_under_a_taken_name_does_not_replace_the_first():
+    reg = Registry(discover=False)
+    first = reg.add_plugin(make_plugin(model("m1")), "same", source="dist-one")
+    second = reg.add_plugin(make_plugin(model("m2")), "same", source="dist-two")
+    assert first.ok and reg.plugins["same"] is first and reg.get("model", "m1").plugin == "same"
+    assert not second.ok and "already taken" in second.error and "dist-one" in second.error
+    assert second.name in reg.plugins and not reg.has("model", "m2")
+
+
+# ------------------------------------------------------------------ failures
+def test_a_raising_hook_is_recorded_with_its_traceback_and_others_load():
+    class Exploding:
+        @hookimpl
+        def unimodel_components(self):
+            raise RuntimeError("boom while listing components")
+
+    reg = Registry(discover=False)
+    reg.add_plugin(make_plugin(model("fine")), "good")
+    rec = reg.add_plugin(Exploding(), "bad")
+    assert not rec.ok and rec.error == "RuntimeError: boom while listing components"
+    assert "Traceback" in rec.traceback and "boom while listing components" in rec.traceback
+    assert reg.failed_plugins == [rec]
+    assert reg.get("model", "fine").plugin == "good"
+    assert not reg.pm.is_registered(Exploding) and len(reg.pm.get_plugins()) == 1  # its hooks are gone
+    with pytest.raises(ComponentNotFoundError) as err:
+        reg.get("model", "its-model")
+    assert "plugin 'bad' failed to load (RuntimeError: boom while listing components)" in str(err.value)
+    assert "unimodel doctor" in str(err.value)
+
+
+def test_a_misspelled_hook_is_an_error_with_a_suggestion():
+    class Typo:
+        @hookimpl
+        def unimodel_component(self):  # the hook is unimodel_components
+            return [model("never")]
+
+    reg = Registry(discover=False)
+    rec = reg.add_plugin(Typo(), "typo")
+    assert not rec.ok
+    assert "unknown hook 'unimodel_component'" in rec.error
+    assert "did you mean 'unimodel_components'" in rec.error
+    assert not reg.has("model", "never") and reg.pm.get_plugins() == set()
+
+
+def test_a_hook_with_wrong_arguments_is_an_error():
+    class WrongArgs:
+        @hookimpl
+        def unimodel_checkpoint_loaded(self, model, folder):  # the argument is `path`
+            pass
+
+    rec = Registry(discover=False).add_plugin(WrongArgs(), "wrong")
+    assert not rec.ok and "folder" in rec.error
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda: [Component(kind="widget", name="w", target="m:a")], "unknown kind 'widget'"),
+        (lambda: [Component(kind="model", name="m", target="no-colon")], "must look like 'package.module:attribute'"),
+        (lambda: [{"kind": "model", "name": "m"}], "returned dict, expected Component"),
+    ],
+    ids=["unknown-kind", "bad-target", "not-a-component"],
+)
+def test_malformed_records_fail_their_plugin(bad, message):
+    class Malformed:
+        @hookimpl
+        def unimodel_components(self):
+            return bad()
+
+    reg = Registry(discover=False)
+    rec = reg.add_plugin(Malformed(), "malformed")
+    assert not rec.ok and message in rec.error and rec.components == []
+
+
+def test_api_version_mismatch_is_recorded_and_the_plugin_not_loaded():
+    reg = Registry(discover=False)
+    rec = reg.add_plugin(make_plugin(model("future"), api=PLUGIN_API_VERSION + 1), "future")
+    assert rec.api_version == PLUGIN_API_VERSION + 1
+    assert not rec.ok and f"targets plugin API {PLUGIN_API_VERSION + 1}" in rec.error
+    assert not reg.has("model", "future")
+
+
+def test_a_plugin_without_api_version_loads_and_is_marked():
+    reg = Registry(discover=False)
+    rec = reg.add_plugin(make_plugin(model("old"), api=None), "old")
+    assert rec.ok and rec.api_version is None and reg.has("model", "old")
+
+
+# ------------------------------------------------------------------ discovery from installed distributions
+def write_dist(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+    """What an installer leaves: a ``*.dist-info`` with METADATA and entry_points.txt, plus the modules."""
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    eps = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[unimodel]\n{eps}\n")
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+BROKEN_IMPORT = """
+    from unimodel import hookimpl
+    raise ImportError("this plugin needs the package 'frobnicate', which is not installed")
+"""
+
+GOOD_PLUGIN = """
+    from unimodel import PLUGIN_API_VERSION, hookimpl
+    from unimodel.registry import Component
+
+    @hookimpl
+    def unimodel_api_version():
+        return PLUGIN_API_VERSION
+
+    @hookimpl
+    def unimodel_components():
+        return [Component(kind="objective", name="outside_clm", target="unimodel_gpt.objectives:CausalLM",
+                          summary="clm under another name", requires=("decoder_only", "causal", "lm_head"))]
+"""
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))  # also invalidates importlib's caches
+    return tmp_path
+
+
+def test_discovery_isolates_a_plugin_that_fails_to_import(site, global_registry, capsys):
+    write_dist(site, "unimodel-broken", {"broken": "um_broken_plugin"}, {"um_broken_plugin": BROKEN_IMPORT})
+    write_dist(site, "unimodel-outside", {"outside": "um_outside_plugin"}, {"um_outside_plugin": GOOD_PLUGIN})
+    reg = Registry()
+    rec = reg.plugins["broken"]
+    assert rec.source == "unimodel-broken" and not rec.ok
+    assert "import of 'um_broken_plugin' failed: ImportError" in rec.error and "frobnicate" in rec.error
+    assert 'raise ImportError("this plugin needs' in rec.traceback  # the culprit line
+    # everything else loaded: the built-ins and the other outside plugin
+    assert reg.plugins["gpt"].ok and reg.has("model", "gpt")
+    assert reg.plugins["outside"].ok and reg.get("objective", "outside_clm").plugin == "outside"
+    with pytest.raises(ComponentNotFoundError, match="plugin 'broken' failed to load .*frobnicate"):
+        reg.get("model", "broken-model")
+
+    # doctor reports it and fails; -v adds the traceback
+    set_registry(reg)
+    assert cli.main(["doctor", "--no-import"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"broken\s+unimodel-broken\s+api -\s+0 components\s+FAILED", out)
+    assert "FAILED plugin 'broken' (unimodel-broken): import of 'um_broken_plugin' failed" in out
+    assert "Traceback" not in out and "doctor -v" in out
+    assert cli.main(["doctor", "--no-import", "-v"]) == 1
+    assert 'raise ImportError("this plugin needs' in capsys.readouterr().out
+
+
+def test_discovery_refuses_a_second_distribution_with_a_taken_plugin_name(tmp_path, monkeypatch):
+    # appended, so the installed unimodel comes first on sys.path, as it would for a later install
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])
+    importlib.invalidate_caches()
+    site = tmp_path
+    write_dist(site, "unimodel-impostor", {"gpt": "um_outside_plugin"}, {"um_outside_plugin": GOOD_PLUGIN})
+    reg = Registry()
+    assert reg.plugins["gpt"].ok and reg.plugins["gpt"].source == "unimodel"  # the built-in keeps its name
+    clash = reg.plugins["gpt (unimodel-impostor)"]
+    assert not clash.ok and "plugin name 'gpt' is already taken" in clash.error and "unimodel-impostor" in clash.error
+    assert not reg.has("objective", "outside_clm")

@@ -1,0 +1,640 @@
+"""The ``unimodel`` command.
+
+``list`` (and ``doctor --no-import``) read only the registry's metadata, so
+they answer without importing torch or any model code. Everything heavy is
+imported inside the command that needs it.
+
+User errors (every :class:`~unimodel.errors.UnimodelError`, and files that are
+missing or unreadable) print one ``error: ...`` line on stderr and exit with
+status 2; ``--debug`` adds the traceback. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from unimodel.errors import ConfigError, InputError, UnimodelError
+
+if TYPE_CHECKING:
+    from unimodel.registry import Component, Registry
+
+EXIT_OK = 0
+EXIT_BROKEN = 1  # doctor found a problem; a bug (uncaught exception) also exits 1
+EXIT_USAGE = 2  # a user error, as argparse uses for bad arguments
+
+_GLOB_CHARS = set("*?[")
+
+
+# ------------------------------------------------------------------ helpers
+def _out(text: str = "", stream: TextIO | None = None) -> None:
+    print(text, file=stream or sys.stdout)
+
+
+def _registry() -> Registry:
+    from unimodel.registry import get_registry
+
+    return get_registry()
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ", gap: str = "  ") -> list[str]:
+    """Left-aligned columns; the last column is not padded."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]
+        lines.append((indent + gap.join(cells)).rstrip())
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    """A config value as the user writes it in TOML."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value == "(required)" else json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _warn_registry_problems(reg: Registry, stream: TextIO) -> None:
+    """One line per broken plugin or conflict, so ``list`` never hides them silently."""
+    for rec in reg.failed_plugins:
+        _out(f"warning: plugin {rec.name!r} ({rec.source}) failed to load: {rec.error}; run `unimodel doctor`", stream)
+    for (kind, name), comps in sorted(reg.conflicts.items()):
+        who = " and ".join(repr(c.plugin) for c in comps)
+        _out(f"warning: {kind} {name!r} is registered by both plugins {who}; it cannot be used until one is removed", stream)
+
+
+# ------------------------------------------------------------------ list
+def cmd_list(args: argparse.Namespace) -> int:
+    reg = _registry()
+    pattern = args.pattern
+    if pattern is not None and not (_GLOB_CHARS & set(pattern)):
+        pattern = f"*{pattern}*"  # a bare word matches anywhere in the name
+    names = reg.names(args.kind, pattern)
+    if args.json:
+        data = {
+            kind: [
+                {"name": n, "summary": (c := reg.get(kind, n)).summary, "plugin": c.plugin, "base": c.base}
+                for n in ns
+            ]
+            for kind, ns in names.items()
+        }
+        _out(json.dumps(data, indent=2))
+        _warn_registry_problems(reg, sys.stderr)
+        return EXIT_OK
+    shown = 0
+    for kind, ns in names.items():
+        if not ns:
+            continue
+        if shown:
+            _out()
+        _out(f"{kind}:")
+        rows = []
+        for n in ns:
+            c = reg.get(kind, n)
+            summary = c.summary or "(no summary)"
+            if c.base is not None:
+                summary += f" [preset of {c.base}]"
+            rows.append((n, summary, f"({c.plugin})"))
+        for line in _table(rows):
+            _out(line)
+        shown += len(ns)
+    if not shown:
+        what = f"{args.kind}s" if args.kind else "components"
+        _out(f"no {what} match {args.pattern!r}" if args.pattern else f"no {what} are registered", sys.stderr)
+    _warn_registry_problems(reg, sys.stderr)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ info
+_INFO_ORDER = ("model", "objective", "encoder", "decoder", "decoding", "hf_converter", "corpus")
+
+
+def _pick_kind(reg: Registry, name: str, kind: str | None) -> str:
+    if kind is not None:
+        reg.get(kind, name)  # raises a helpful not-found error
+        return kind
+    kinds = [k for k in _INFO_ORDER if reg.has(k, name)]
+    if kinds:
+        return kinds[0]
+    conflicted = [k for (k, n) in reg.conflicts if n == name]
+    if conflicted:
+        reg.get(conflicted[0], name)  # raises the DuplicateComponentError naming both plugins
+    from unimodel.errors import ComponentNotFoundError, did_you_mean
+
+    every = sorted({n for names in reg.names().values() for n in names})
+    msg = f"no component named {name!r}.{did_you_mean(name, every)} See `unimodel list` for what is registered."
+    if reg.failed_plugins:
+        msg += " Note: " + "; ".join(f"plugin {p.name!r} failed to load ({p.error})" for p in reg.failed_plugins)
+        msg += " and may have provided it; run `unimodel doctor`."
+    raise ComponentNotFoundError(msg)
+
+
+def _config_rows(config_class: Any, values: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for field_name, type_name, default, doc in config_class.describe():
+        shown = _fmt(values[field_name]) + " *" if field_name in values else _fmt(default)
+        rows.append((field_name, type_name, shown, doc))
+    return rows
+
+
+def _print_fields(title: str, config_class: Any, values: dict[str, Any]) -> None:
+    _out(f"{title}:")
+    rows = _config_rows(config_class, values)
+    if not rows:
+        _out("  (no fields)")
+        return
+    for line in _table([("field", "type", "default", "doc"), *rows]):
+        _out(line)
+    if values:
+        _out("  (* set by the preset)")
+
+
+def _models_with(reg: Registry, requires: Sequence[str]) -> list[str]:
+    need = set(requires)
+    out = []
+    for comp in reg.components("model"):
+        try:
+            if need <= reg.provides(comp.name):
+                out.append(comp.name)
+        except UnimodelError:  # a preset whose base is missing is reported by doctor
+            continue
+    return out
+
+
+def _header(c: Component, reg: Registry) -> None:
+    source = reg.plugins[c.plugin].source if c.plugin in reg.plugins else "?"
+    _out(f"{c.name} ({c.kind}) from plugin {c.plugin!r} [{source}]")
+    if c.summary:
+        _out(f"  {c.summary}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    reg = _registry()
+    kind = _pick_kind(reg, args.name, args.kind)
+    comp = reg.get(kind, args.name)
+    _header(comp, reg)
+    also = [k for k in _INFO_ORDER if k != kind and reg.has(k, args.name)]
+    if also:
+        _out(f"  (also a {', '.join(also)}: `unimodel info {args.name} --kind {also[0]}`)")
+    _out()
+    if kind == "model":
+        family, preset_values = reg.resolve_model(comp.name)
+        if comp.base is not None:
+            chain = [comp.name]
+            c = comp
+            while c.base is not None:
+                c = reg.get("model", c.base)
+                chain.append(c.name)
+            _out(f"preset chain: {' -> '.join(chain)}")
+        _out(f"capabilities: {', '.join(sorted(family.provides)) or '(none)'}")
+        _out(f"default objective: {family.default_objective or '(none)'}")
+        _out(f"compatible objectives: {', '.join(reg.compatible_objectives(family.provides)) or '(none)'}")
+        _out()
+        cls = family.load()
+        _print_fields(f"config fields of {family.name!r}", cls.config_class, preset_values)
+    elif kind == "objective":
+        cls = comp.load()
+        _out(f"requires: {', '.join(sorted(comp.requires)) or '(nothing)'}")
+        roles = getattr(cls, "special_tokens", ())
+        _out(f"tokenizer roles needed: {', '.join(roles) or '(none)'}")
+        _out(f"works with models: {', '.join(_models_with(reg, comp.requires)) or '(none registered)'}")
+        _out()
+        _print_fields("config fields", cls.config_class, {})
+    else:
+        meta = {
+            "target": comp.target,
+            "provides": ", ".join(comp.provides),
+            "requires": ", ".join(comp.requires),
+            "model types": ", ".join(comp.model_types),
+        }
+        for key, value in comp.extra.items():
+            meta[key] = _fmt(value) if not isinstance(value, str) else value
+        for line in _table([(f"{k}:", v) for k, v in meta.items() if v]):
+            _out(line.strip())
+        if kind in ("encoder", "decoder"):
+            cls = comp.load()
+            config_class = getattr(cls, "config_class", None)
+            if config_class is not None:
+                _out()
+                _print_fields("config fields", config_class, {})
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ train / eval
+def _existing_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} {path!r} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"{what} {path!r} is not a file")
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _existing_file(args.config, "config file")
+    from unimodel import training
+
+    # The trainer reports progress itself; section.key=value overrides are parsed (and checked) there.
+    training.train(args.config, resume=args.resume, overrides=list(args.set))
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from unimodel import training
+
+    if not Path(args.checkpoint).exists():
+        from unimodel.errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint {args.checkpoint!r} does not exist")
+    result = training.evaluate(args.checkpoint, data=args.data, max_batches=args.max_batches,
+                               batch_size=args.batch_size)
+    _out(f"loss: {result.loss:.4f}")
+    _out(f"perplexity: {result.perplexity:.2f}")
+    _out(f"({result.n_tokens:,} predicted tokens in {result.n_examples:,} blocks of the {result.split} split)")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ generate
+class TextStreamer:
+    """Prints a growing token sequence as text, one decoding step at a time.
+
+    Byte-level BPE splits a multi-byte character over several tokens; decoding
+    a prefix that ends inside one yields U+FFFD. Text is therefore printed only
+    up to a point where the decoded string is stable, and the rest at the end.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], stream: TextIO, prefix: str = "") -> None:
+        self.decode = decode
+        self.stream = stream
+        self.prefix = prefix  # written with the first step, so an option error prints nothing to stdout
+        self.ids: list[int] = []
+        self.printed = ""
+
+    def __call__(self, tokens: Any) -> None:
+        """``tokens``: LongTensor (B,) of the step's new tokens; only row 0 is shown."""
+        self._write_prefix()
+        self.ids.append(int(tokens.reshape(-1)[0]))
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return  # inside a multi-byte character: wait for its remaining bytes
+        self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        if text.startswith(self.printed):
+            new = text[len(self.printed):]
+        else:  # a decoder that revises earlier text: print from where they differ
+            common = os.path.commonprefix([text, self.printed])
+            new = text[len(common):]
+        if new:
+            self.stream.write(new)
+            self.stream.flush()
+        self.printed = text
+
+    def _write_prefix(self) -> None:
+        if self.prefix:
+            self.stream.write(self.prefix)
+            self.stream.flush()
+            self.prefix = ""
+
+    def end(self) -> None:
+        self._write_prefix()
+        self._emit(self.decode(self.ids))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    _check_generate_args(args)
+    import torch
+
+    import unimodel as um
+
+    model = um.load(args.checkpoint)
+    tok = model.tokenizer
+    if tok is None:
+        raise InputError(
+            f"checkpoint {args.checkpoint!r} has no tokenizer.json, so the prompt cannot be encoded; "
+            "save the model with its tokenizer (model.tokenizer = ...; model.save(path))"
+        )
+    prompt_ids = tok.encode(args.prompt)
+    if not prompt_ids and not model.is_encoder_decoder:
+        start = model.special_tokens.get("bos") or model.special_tokens.get("eos")
+        if start is None:
+            raise InputError("the prompt is empty and the model has no bos/eos token to start from; give a --prompt")
+        prompt_ids = [start]
+    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    if args.seed is not None:
+        options["seed"] = args.seed
+    beam = args.num_beams > 1
+    if args.greedy or beam:
+        options["do_sample"] = False
+    else:
+        options.update(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    decode = lambda seq: tok.decode(seq, skip_special_tokens=True)  # noqa: E731
+    # a decoder-only model continues the user's text as typed; an encoder-decoder's output stands alone
+    prefix = "" if model.is_encoder_decoder else args.prompt
+    if beam:  # beams are reordered at every step, so nothing is final until the search ends
+        out = model.generate(ids, **options)
+        new = out[0, 1:] if model.is_encoder_decoder else out[0, ids.shape[1]:]
+        sys.stdout.write(prefix + decode(new.tolist()))
+    else:
+        streamer = TextStreamer(decode, sys.stdout, prefix)
+        model.generate(ids, streamer=streamer, **options)
+        streamer.end()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _check_generate_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.num_beams < 1:
+        raise InputError(f"--num-beams must be at least 1, got {args.num_beams}")
+    if args.temperature <= 0:
+        raise InputError(f"--temperature must be positive, got {args.temperature}; use --greedy for argmax decoding")
+    if args.top_k is not None and args.top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+# ------------------------------------------------------------------ convert
+def _folder_kind(src: Path) -> str:
+    """'unimodel' or 'hf', from the folder's config.json."""
+    from unimodel.errors import CheckpointError
+
+    if not src.exists():
+        raise CheckpointError(f"{str(src)!r} does not exist")
+    config_path = src / "config.json"
+    if not src.is_dir() or not config_path.is_file():
+        raise CheckpointError(f"{str(src)!r} is not a model folder: it has no config.json")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
+    if isinstance(config, dict) and "model" in config:
+        return "unimodel"
+    if isinstance(config, dict) and "model_type" in config:
+        return "hf"
+    raise CheckpointError(
+        f"{str(config_path)!r} is neither a unimodel checkpoint (no 'model' section) "
+        "nor a Hugging Face folder (no 'model_type')"
+    )
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from unimodel.errors import CheckpointError
+
+    src, dst = Path(args.src), Path(args.dst)
+    kind = _folder_kind(src)
+    target = args.to or ("hf" if kind == "unimodel" else "unimodel")
+    if target == kind:
+        name = "a unimodel checkpoint" if kind == "unimodel" else "a Hugging Face folder"
+        raise CheckpointError(f"{str(src)!r} is already {name}; nothing to convert (drop --to, or pick the other format)")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not args.overwrite:
+        raise CheckpointError(f"{str(dst)!r} already exists and is not empty; pass --overwrite to replace it")
+    if dst.resolve() == src.resolve():
+        raise CheckpointError("source and destination are the same folder; write the conversion somewhere else")
+
+    import unimodel as um
+
+    if target == "hf":
+        model = um.load(src)
+        um.to_hf(model, dst)
+        _out(f"wrote Hugging Face folder {dst} (model {model.name!r})")
+    else:
+        model = um.from_hf(src)
+        model.save(dst)
+        _out(f"wrote unimodel checkpoint {dst} (model {model.name!r}, objective {model.objective_name!r})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ doctor
+_VERSIONED = ("torch", "accelerate", "transformers", "tokenizers", "safetensors", "pluggy")
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from unimodel import __version__
+    from unimodel.hookspecs import PLUGIN_API_VERSION
+
+    verbose = args.verbose or args.debug
+    problems = 0
+    _out(f"unimodel {__version__} (plugin API {PLUGIN_API_VERSION})")
+    _out(f"python {platform.python_version()} ({sys.executable})")
+    for dist in _VERSIONED:
+        _out(f"{dist} {_dist_version(dist)}")
+    _out()
+
+    reg = _registry()
+    _out("plugins:")
+    rows = []
+    for rec in sorted(reg.plugins.values(), key=lambda r: r.name):
+        api = str(rec.api_version) if rec.api_version is not None else "-"
+        status = "OK" if rec.ok else "FAILED"
+        rows.append((rec.name, rec.source, f"api {api}", f"{len(rec.components)} components", status))
+    for line in _table([("name", "distribution", "api", "components", "status"), *rows]):
+        _out(line)
+    if not reg.plugins:
+        _out("  (none: is unimodel installed? `pip install -e .` registers the entry points)")
+
+    for rec in reg.failed_plugins:
+        problems += 1
+        _out()
+        _out(f"FAILED plugin {rec.name!r} ({rec.source}): {rec.error}")
+        if verbose and rec.traceback:
+            _out(_indent(rec.traceback.rstrip()))
+        elif rec.traceback:
+            _out("  (run `unimodel doctor -v` for the traceback)")
+
+    for (kind, name), comps in sorted(reg.conflicts.items()):
+        problems += 1
+        who = " and ".join(f"{c.plugin!r} ({reg.plugins[c.plugin].source})" for c in comps if c.plugin in reg.plugins)
+        _out()
+        _out(f"CONFLICT {kind} {name!r} is registered by plugins {who}; uninstall one or ask its author to rename it")
+
+    unversioned = [rec.name for rec in reg.plugins.values() if rec.ok and rec.api_version is None]
+    if unversioned:
+        _out()
+        _out(
+            f"warning: plugin(s) {', '.join(sorted(unversioned))} do not declare the plugin API they target; "
+            f"implement the unimodel_api_version hook (returning {PLUGIN_API_VERSION})"
+        )
+
+    if not args.no_import:
+        problems += _doctor_imports(reg, verbose)
+
+    _out()
+    if problems:
+        _out(f"{problems} problem(s) found", sys.stderr)
+        return EXIT_BROKEN
+    _out("no problems found")
+    return EXIT_OK
+
+
+def _doctor_imports(reg: Registry, verbose: bool) -> int:
+    """Import every component's target: a typo there otherwise surfaces only on first use."""
+    failures: list[tuple[str, str]] = []
+    imported = 0
+    start = time.perf_counter()
+    for comp in reg.components():
+        if comp.base is not None:  # a preset has no target; its base must exist
+            if not reg.has("model", comp.base):
+                failures.append((f"model preset {comp.name!r} from plugin {comp.plugin!r}: "
+                                 f"its base {comp.base!r} is not registered", ""))
+            continue
+        imported += 1
+        try:
+            comp.load()
+        except UnimodelError as exc:
+            failures.append((str(exc), traceback.format_exc()))
+    _out()
+    _out(f"component imports: {imported - sum(1 for _, tb in failures if tb)} of {imported} OK "
+         f"({time.perf_counter() - start:.1f}s)")
+    for msg, tb in failures:
+        _out(f"FAILED {msg}")
+        if verbose and tb:
+            _out(_indent(tb.rstrip()))
+    return len(failures)
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+# ------------------------------------------------------------------ parser
+def _kinds() -> tuple[str, ...]:
+    from unimodel.registry import KINDS
+
+    return KINDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from unimodel import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="unimodel",
+        description="One modeling API over the transformer family. Every model and objective is a plugin.",
+    )
+    parser.add_argument("--version", action="version", version=f"unimodel {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    kinds = _kinds()
+    # --debug is accepted after the command too; SUPPRESS keeps the global value unless it is given there
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+
+    p = sub.add_parser("list", parents=[common], help="list registered components by kind")
+    p.add_argument("pattern", nargs="?", metavar="PATTERN",
+                   help="shell glob on the name ('gpt2*'); a plain word matches anywhere in the name")
+    p.add_argument("--kind", choices=kinds, help="only this kind")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", parents=[common],
+                       help="details of one component: config fields, capabilities, compatible objectives")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--kind", choices=kinds, help="which kind NAME is (needed when a name is several kinds)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", parents=[common], help="train from a TOML config ([model], [objective], [data], [train])")
+    p.add_argument("config", metavar="CONFIG", help="path to a .toml or .json run config")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.max_steps=100 (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", parents=[common], help="generate text from a checkpoint, streaming tokens as they come")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--prompt", required=True, metavar="TEXT")
+    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-beams", type=int, default=1, help="beam search when > 1 (output printed at the end)")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", parents=[common], help="loss and perplexity of a checkpoint on held-out data")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--data", metavar="SPEC",
+                   help="a corpus name (see `unimodel list corpus`), a text file, folder or glob, or a run config "
+                        "file; default: the validation split of the run that produced CHECKPOINT")
+    p.add_argument("--max-batches", type=int, default=None, metavar="N", help="stop after N batches")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="blocks per batch")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("convert", parents=[common], help="convert between unimodel checkpoints and Hugging Face folders")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--to", choices=("hf", "unimodel"),
+                   help="target format (default: the other one than SRC's, read from its config.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("doctor", parents=[common], help="check the installation: versions, plugins, conflicts, imports")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of failures")
+    p.add_argument("--no-import", action="store_true",
+                   help="skip importing every component (faster; misses broken import paths)")
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def _user_error_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UnimodelError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):  # `unimodel list | head`: the reader left, nothing to report
+            _silence_stdout()
+            return EXIT_OK
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_user_error_message(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; with the pipe gone that would raise again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+__all__ = ["TextStreamer", "build_parser", "main"]
