@@ -6,12 +6,16 @@ Only metadata lives here; modules are imported when a component is built.
 from __future__ import annotations
 
 from unimodel import hookimpl
+from unimodel.data.tokenizer import DEFAULT_BPE_ROLES
 from unimodel.hookspecs import PLUGIN_API_VERSION
 from unimodel.registry import Component
 
 _PROVIDES = ("decoder_only", "causal", "lm_head", "kv_cache")
 _REQUIRES = ("decoder_only", "causal", "lm_head")
 _TINY = {"vocab_size": 99, "n_positions": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0, "attn_dropout": 0.0}
+
+# Byte-level BPE reserving what clm and fim need (and a mask, for pairings with encoder objectives).
+_ROLES = dict(DEFAULT_BPE_ROLES)
 
 # name: (n_layers, d_model, n_heads, summary)
 _PRESETS = {
@@ -40,6 +44,7 @@ def unimodel_components() -> list[Component]:
             provides=_PROVIDES,
             default_objective="clm",
             tiny=_TINY,
+            extra={"tokenizer": {"kind": "bpe", "roles": _ROLES}},
         ),
         Component(
             kind="decoder",
