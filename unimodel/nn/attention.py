@@ -52,9 +52,11 @@ class KVCache:
         start, end = self.length, self.length + k.shape[2]
         if end > self.capacity:
             self._grow(end)
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        # One layer view, then narrow: fewer indexing ops on the per-token decoding path.
+        k_all, v_all = self.k[layer], self.v[layer]
+        k_all.narrow(2, start, end - start).copy_(k)
+        v_all.narrow(2, start, end - start).copy_(v)
+        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (the decoder calls this after its layers)."""
@@ -190,8 +192,9 @@ class Attention(nn.Module):
                     cache.cross[layer] = kv
             k, v = kv
         else:
-            q, k, v = self.qkv(x).split(self.inner, dim=-1)
-            q, k, v = self._heads(q), self._heads(k), self._heads(v)
+            # [q | k | v] along the last dim -> three (B, H, T, hd) views in one reshape
+            qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(

@@ -66,9 +66,10 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def _sublayer(self, x: Tensor, norm: nn.Module, fn, **kw) -> Tensor:
-        if self.prenorm:
-            return x + self.drop(fn(norm(x), **kw))
-        return norm(x + self.drop(fn(x, **kw)))
+        y = fn(norm(x), **kw) if self.prenorm else fn(x, **kw)
+        if self.training:  # dropout is the identity in eval; skipping the call helps per-token decoding
+            y = self.drop(y)
+        return x + y if self.prenorm else norm(x + y)
 
     def forward(
         self,

@@ -59,7 +59,7 @@ class FeedForward(nn.Module):
             h = self.act(self.gate(x)) * self.up(x)
         else:
             h = self.act(self.up(x))
-        return self.down(self.dropout(h))
+        return self.down(self.dropout(h) if self.training else h)
 
 
 def init_normal_(module: nn.Module, std: float = 0.02, residual_std: float | None = None) -> None:

@@ -1,0 +1,187 @@
+"""Text generation: :func:`generate` and the decoding-strategy contract.
+
+``generate(model, input_ids, **options)`` takes Hugging Face's option names and
+semantics and returns what HF returns: for a decoder-only model the prompt
+followed by the new tokens, for an encoder-decoder model the decoder sequence
+starting with the decoder start token. Rows that end early are filled with the
+pad id; the output is as long as the longest row.
+
+Decoding strategies are components
+----------------------------------
+A strategy is a ``decoding`` component, looked up in the registry by name
+(``greedy``, ``sample`` and ``beam`` are built in), so a plugin adds one the way
+it adds a model::
+
+    Component(kind="decoding", name="mask_predict", target="my_plugin.decoding:mask_predict",
+              requires=("encoder_decoder", "noncausal_decoder", "lm_head"),
+              extra={"options": ("iterations",)})
+
+``generate`` runs the component named by ``strategy=`` (else ``beam`` when
+``num_beams > 1``, ``sample`` when ``do_sample``, else ``greedy``) after checking
+that the model provides every capability in the component's ``requires``.
+Option names a strategy lists in ``extra["options"]`` are accepted by
+``generate`` and reach it in ``settings.extra``. The strategy is called as::
+
+    strategy(model, inputs, settings) -> torch.LongTensor   # (B * num_return_sequences, L)
+
+- ``model``: the :class:`~unimodel.model.Model`, in eval mode, under
+  ``torch.inference_mode``.
+- ``inputs``: :class:`GenerationInputs`: ``input_ids`` (B, S) as given,
+  ``attention_mask`` (B, S) or ``None`` when nothing is padded,
+  ``decoder_input_ids`` (B, P) where the decoder starts (the prompt, or a column
+  of decoder start tokens; (B, 0) for a model without a start token), and ``encoder_output`` (already computed once for
+  an encoder-decoder model). Autoregressive strategies drive the decoder with
+  :class:`IncrementalDecoder` (KV cache, prefill then one token per step).
+- ``settings``: :class:`GenerationSettings`, the validated options with
+  defaults from ``model.special_tokens`` (decoder lengths, special ids, the
+  RNG for sampling, the streamer).
+
+The strategy returns the full decoder sequences, prompt included, an input's
+returned sequences on consecutive rows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from unimodel.errors import InputError
+from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
+from unimodel.generation.settings import (
+    OPTIONS,
+    GenerationSettings,
+    check_option_names,
+    choose_strategy,
+    resolve_settings,
+)
+from unimodel.registry import Registry, get_registry
+
+if TYPE_CHECKING:
+    from unimodel.model import Model
+
+__all__ = ["OPTIONS", "GenerationInputs", "GenerationSettings", "IncrementalDecoder", "generate"]
+
+
+def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Tensor:
+    """Generate continuations of ``input_ids`` (B, S); returns a LongTensor (B * num_return_sequences, L).
+
+    Options (Hugging Face names and meanings):
+        attention_mask: (B, S) 1 for real tokens, 0 for padding. A decoder-only
+            batch must be left-padded; each row then generates exactly what it
+            would alone.
+        max_new_tokens / max_length: how far to generate (``max_new_tokens`` wins;
+            ``max_length`` counts the prompt, or the decoder sequence for an
+            encoder-decoder model). Default: 20 new tokens, capped at the
+            position table.
+        min_new_tokens / min_length: EOS is suppressed until reached.
+        do_sample, temperature, top_k, top_p: sampling; ``top_k``/``top_p``
+            ``None`` keep every token (HF's default top_k is 50: pass it to match).
+        seed or generator: makes sampling reproducible.
+        num_beams, length_penalty, early_stopping (True, False or "never"): beam search.
+        num_return_sequences: outputs per input (sampling, or <= num_beams).
+        repetition_penalty, no_repeat_ngram_size: HF's processors.
+        eos_token_id (int or list), pad_token_id, decoder_start_token_id: default
+            to the model's special tokens; pad falls back to eos.
+        streamer: callable receiving each step's new tokens, a LongTensor (B,).
+        strategy: name of a ``decoding`` component to run instead of the default.
+
+    The model is put in eval mode for the call (and restored after).
+
+    Where this differs from Hugging Face, on purpose: ``top_k=None`` means no
+    top-k filter (HF defaults to 50); no attention mask is guessed from pad ids
+    in ``input_ids`` (pass ``attention_mask``); a right-padded decoder-only
+    batch is refused rather than decoded wrongly; beam search fills ended
+    hypotheses with the pad id even when it is 0 (HF then uses EOS);
+    ``max_new_tokens=0`` returns the decoder prompt (HF raises).
+
+    Raises:
+        InputError, ConfigError: invalid inputs or options, or a model that cannot generate.
+        ComponentNotFoundError: an unknown strategy name.
+    """
+    reg = registry or get_registry()
+    strategy_name = choose_strategy(options)
+    component = reg.get("decoding", strategy_name)
+    declared = tuple(component.extra.get("options", ()))
+    check_option_names(options, OPTIONS + declared)
+    _check_can_generate(model, strategy_name, component.requires, reg)
+
+    ids, mask = _check_inputs(model, input_ids, options.get("attention_mask"))
+    # The decoder prompt is the prompt itself, or the decoder start token of an encoder-decoder model.
+    if model.encoder is not None:
+        has_start = options.get("decoder_start_token_id") is not None or any(
+            model.special_tokens.get(role) is not None for role in ("decoder_start", "bos")
+        )
+        prompt_length = 1 if has_start else 0
+    else:
+        prompt_length = ids.shape[1]
+    extra = {name: options[name] for name in declared if name in options}
+    settings = resolve_settings(model, options, strategy=strategy_name, prompt_length=prompt_length, extra=extra)
+    if model.encoder is None:
+        inputs = GenerationInputs(ids, mask, ids)
+    else:
+        start = settings.decoder_start_token_id
+        decoder_ids = ids.new_full((ids.shape[0], 1), start) if start is not None else ids[:, :0]
+        inputs = GenerationInputs(ids, mask, decoder_ids)
+    strategy = component.load()
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if inputs.encoder_output is None and model.encoder is not None:
+                inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
+            if settings.max_new_tokens == 0:
+                out = inputs.decoder_input_ids.repeat_interleave(settings.num_return_sequences, dim=0)
+            else:
+                out = strategy(model, inputs, settings)
+    finally:
+        model.train(was_training)
+    # A copy made outside inference mode is an ordinary tensor, so the ids can be fed
+    # back into a forward pass that autograd records (inference tensors cannot).
+    return out.clone()
+
+
+def _check_can_generate(model: Model, strategy: str, requires: tuple[str, ...], registry: Registry) -> None:
+    if model.decoder is None:
+        raise InputError(
+            f"model {model.name!r} has no decoder (it is an encoder only), so it cannot generate; "
+            "use a decoder-only or encoder-decoder model"
+        )
+    missing = [cap for cap in requires if cap not in model.provides]
+    if missing:
+        fits = [c.name for c in registry.components("decoding") if set(c.requires) <= set(model.provides)]
+        raise InputError(
+            f"decoding strategy {strategy!r} needs capabilit{'y' if len(missing) == 1 else 'ies'} "
+            f"{', '.join(repr(m) for m in missing)}, which model {model.name!r} does not provide "
+            f"(it provides {', '.join(sorted(model.provides))}). Strategies this model supports: "
+            f"{', '.join(fits) or '(none)'}; choose one with strategy=..."
+        )
+
+
+def _check_inputs(model: Model, input_ids: Any, attention_mask: Any) -> tuple[Tensor, Tensor | None]:
+    """Check ids (B, S) and mask, move them to the model's device; the mask is ``None`` when nothing is padded."""
+    part = model.encoder if model.encoder is not None else model.decoder
+    assert part is not None
+    model.check_ids(input_ids, "input_ids", part)  # integer dtype, (B, S), ids inside the vocabulary
+    device = model.device
+    ids = input_ids.to(device=device, dtype=torch.long)
+    if attention_mask is None:
+        return ids, None
+    if not isinstance(attention_mask, Tensor) or attention_mask.shape != ids.shape:
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
+        raise InputError(f"attention_mask must be a tensor shaped like input_ids {tuple(ids.shape)}, got {got}")
+    mask = attention_mask.to(device=device, dtype=torch.long)
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise InputError("attention_mask must hold 1 for real tokens and 0 for padding")
+    if not bool(mask.any(dim=1).all()):
+        raise InputError("attention_mask has a row with no real token; every row needs at least one")
+    if bool(mask.all()):
+        return ids, None  # nothing padded: the decoder's unmasked fast path applies
+    if model.encoder is None and bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise InputError(
+            "attention_mask has padding after real tokens; decoder-only generation continues from the end "
+            "of each row, so pad on the left (tokenizer padding_side='left')"
+        )
+    return ids, mask
