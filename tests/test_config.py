@@ -96,3 +96,33 @@ def test_describe_lists_fields_with_docs():
     rows = {name: (tp, default, doc) for name, tp, default, doc in GPTConfig.describe()}
     assert rows["n_heads"][1] == 12 and "divide d_model" in rows["n_heads"][2]
     assert rows["d_ff"][0] == "an integer or null"
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "problem"),
+    [
+        ("t5", {"d_kv": 0}, r"d_kv=0\): must be positive"),
+        ("t5", {"n_decoder_layers": -1}, r"n_decoder_layers=-1\): must be positive"),
+        ("bart", {"memory_dim": 0}, r"memory_dim=0\): must be positive"),
+        ("bart", {"encoder_layerdrop": 1.0}, r"encoder_layerdrop=1.0\): must be in \[0, 1\)"),
+        ("bert", {"vocab_size": 100, "pad_token_id": 100}, r"pad_token_id=100, vocab_size=100\): token id must lie"),
+        ("gpt", {"vocab_size": 50, "eos_token_id": -1}, r"eos_token_id=-1, vocab_size=50\): token id must lie"),
+    ],
+)
+def test_shared_range_checks_name_field_and_value(name, values, problem):
+    with pytest.raises(ConfigError, match=problem):
+        um.build_model({"name": name, **values})
+
+
+@pytest.mark.parametrize(
+    ("objective", "values", "problem"),
+    [
+        ("text_infilling", {"mask_ratio": 1.5}, r"mask_ratio=1.5\): must be in \[0, 1\]"),
+        ("text_infilling", {"poisson_lambda": 0.0}, r"poisson_lambda=0.0\): must be positive"),
+        ("span_corruption", {"label_smoothing": 1.0}, r"label_smoothing=1.0\): must be in \[0, 1\)"),
+        ("fim", {"rate": -0.1}, r"rate=-0.1\): must be in \[0, 1\]"),
+    ],
+)
+def test_objective_range_checks(objective, values, problem):
+    with pytest.raises(ConfigError, match=problem):
+        um.build_objective({"name": objective, **values})

@@ -66,6 +66,28 @@ class Config:
         shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
         raise ConfigError(f"{self.section}: impossible config ({shown}): {problem}")
 
+    def require_positive(self, *names: str) -> None:
+        """Fail on the first of ``names`` that is set and not > 0 (``None`` means "unset" and passes)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                self.fail(name, "must be positive")
+
+    def require_fraction(self, *names: str, inclusive: bool = False) -> None:
+        """Fail on the first of ``names`` outside [0, 1) (or [0, 1] when ``inclusive``)."""
+        for name in names:
+            value = getattr(self, name)
+            if not (0.0 <= value <= 1.0 if inclusive else 0.0 <= value < 1.0):
+                self.fail(name, "must be in [0, 1]" if inclusive else "must be in [0, 1)")
+
+    def require_token_ids(self, *names: str, vocab_field: str = "vocab_size") -> None:
+        """Fail on the first of ``names`` that is set and outside ``[0, vocab_size)``."""
+        vocab = getattr(self, vocab_field)
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < vocab:
+                self.fail((name, vocab_field), "token id must lie inside the vocabulary")
+
     # -------------------------------------------------------------- conversion
     @classmethod
     def field_names(cls) -> list[str]:

@@ -38,8 +38,7 @@ class EncoderDecoderConfig(Config):
             spec = getattr(self, side)
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
                 self.fail(side, f'give the {side} as a table with a name, e.g. {side} = {{ name = "..." }}')
-        if self.vocab_size is not None and self.vocab_size <= 0:
-            self.fail("vocab_size", "must be positive")
+        self.require_positive("vocab_size")
 
 
 def _resolve(kind: str, spec: dict[str, Any], vocab_size: int | None, reg: Registry) -> tuple[type, Config, Any]:

@@ -74,26 +74,17 @@ class BartConfig(Config):
     forced_eos_token_id: int | None = param(2, "Hugging Face's forced final eos; carried to exported configs")
 
     def check(self) -> None:
-        for name in ("vocab_size", "max_positions", "d_model", "encoder_layers", "decoder_layers",
-                     "encoder_heads", "decoder_heads", "encoder_ffn_dim", "decoder_ffn_dim"):
-            if getattr(self, name) <= 0:
-                self.fail(name, "must be positive")
+        self.require_positive("vocab_size", "max_positions", "d_model", "encoder_layers", "decoder_layers",
+                              "encoder_heads", "decoder_heads", "encoder_ffn_dim", "decoder_ffn_dim", "memory_dim",
+                              "init_std")
         for heads in ("encoder_heads", "decoder_heads"):
             if self.d_model % getattr(self, heads):
                 self.fail(("d_model", heads), f"d_model must be divisible by {heads}")
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
-        for name in ("dropout", "attn_dropout", "act_dropout", "encoder_layerdrop", "decoder_layerdrop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                self.fail(name, "must be in [0, 1)")
-        if self.memory_dim is not None and self.memory_dim <= 0:
-            self.fail("memory_dim", "must be positive (or null)")
-        if self.init_std <= 0:
-            self.fail("init_std", "must be positive")
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_eos_token_id"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v < self.vocab_size:
-                self.fail((name, "vocab_size"), "token id must lie inside the vocabulary")
+        self.require_fraction("dropout", "attn_dropout", "act_dropout", "encoder_layerdrop", "decoder_layerdrop")
+        self.require_token_ids("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+                               "forced_eos_token_id")
 
 
 class _Embeddings:

@@ -66,15 +66,9 @@ class TextInfillingConfig(Config):
     pad_token_id: int | None = param(None, "id used to pad sources (the tokenizer's pad when null)")
 
     def check(self) -> None:
-        if not 0.0 <= self.mask_ratio <= 1.0:
-            self.fail("mask_ratio", "must be in [0, 1]")
-        if self.poisson_lambda <= 0:
-            self.fail("poisson_lambda", "must be positive")
-        for name in ("random_ratio", "permute_sentences"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                self.fail(name, "must be in [0, 1]")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            self.fail("label_smoothing", "must be in [0, 1)")
+        self.require_fraction("mask_ratio", "random_ratio", "permute_sentences", inclusive=True)
+        self.require_positive("poisson_lambda")
+        self.require_fraction("label_smoothing")
         if self.max_length is not None and self.max_length < 3:
             self.fail("max_length", "must leave room for bos, one token and eos (at least 3)")
         if not self.full_stops and not self.full_stop_ids and self.permute_sentences > 0:

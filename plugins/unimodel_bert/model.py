@@ -36,22 +36,14 @@ class BertConfig(Config):
     pad_token_id: int | None = param(0, "padding id; its embedding row starts at zero and gets no gradient")
 
     def check(self) -> None:
-        for name in ("vocab_size", "max_positions", "type_vocab_size", "d_model", "n_layers", "n_heads"):
-            if getattr(self, name) <= 0:
-                self.fail(name, "must be positive")
+        self.require_positive("vocab_size", "max_positions", "type_vocab_size", "d_model", "n_layers", "n_heads",
+                              "d_ff", "layer_norm_eps")
         if self.d_model % self.n_heads:
             self.fail(("d_model", "n_heads"), "d_model must be divisible by n_heads")
-        if self.d_ff is not None and self.d_ff <= 0:
-            self.fail("d_ff", "must be positive")
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                self.fail(name, "must be in [0, 1)")
-        if self.layer_norm_eps <= 0:
-            self.fail("layer_norm_eps", "must be positive")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            self.fail(("pad_token_id", "vocab_size"), "token id must lie inside the vocabulary")
+        self.require_fraction("dropout", "attn_dropout")
+        self.require_token_ids("pad_token_id")
 
 
 class BertEncoder(Encoder):

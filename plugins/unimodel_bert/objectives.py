@@ -93,9 +93,7 @@ class MLMConfig(Config):
     def check(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
             self.fail("mlm_probability", "must be in (0, 1)")
-        for name in ("mask_replace_prob", "random_replace_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                self.fail(name, "must be in [0, 1]")
+        self.require_fraction("mask_replace_prob", "random_replace_prob", inclusive=True)
         if self.mask_replace_prob + self.random_replace_prob > 1.0:
             self.fail(("mask_replace_prob", "random_replace_prob"), "their sum must be at most 1")
         if self.min_predictions < 0:
@@ -260,8 +258,7 @@ class ClassifyConfig(Config):
     def check(self) -> None:
         if self.num_labels < 1:
             self.fail("num_labels", "must be at least 1")
-        if not 0.0 <= self.dropout < 1.0:
-            self.fail("dropout", "must be in [0, 1)")
+        self.require_fraction("dropout")
 
 
 def _wrap(examples, tokenizer, add_special_tokens: bool, objective: str) -> tuple[list[list[int]], list[list[int]] | None]:

@@ -39,22 +39,13 @@ class GPTConfig(Config):
     pad_token_id: int | None = param(None, "padding id (falls back to eos in generation)")
 
     def check(self) -> None:
-        for name in ("vocab_size", "n_positions", "d_model", "n_layers", "n_heads"):
-            if getattr(self, name) <= 0:
-                self.fail(name, "must be positive")
+        self.require_positive("vocab_size", "n_positions", "d_model", "n_layers", "n_heads", "d_ff")
         if self.d_model % self.n_heads:
             self.fail(("d_model", "n_heads"), "d_model must be divisible by n_heads")
-        if self.d_ff is not None and self.d_ff <= 0:
-            self.fail("d_ff", "must be positive")
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                self.fail(name, "must be in [0, 1)")
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v < self.vocab_size:
-                self.fail((name, "vocab_size"), "token id must lie inside the vocabulary")
+        self.require_fraction("dropout", "attn_dropout")
+        self.require_token_ids("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 class GPTDecoder(Decoder):

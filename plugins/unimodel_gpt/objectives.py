@@ -25,8 +25,7 @@ class CLMConfig(Config):
     pad_token_id: int | None = param(None, "padding id for ragged batches (the tokenizer's pad when null)")
 
     def check(self) -> None:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            self.fail("label_smoothing", "must be in [0, 1)")
+        self.require_fraction("label_smoothing")
 
 
 class CausalLM(Objective):
@@ -81,8 +80,7 @@ class FIMConfig(CLMConfig):
 
     def check(self) -> None:
         super().check()
-        if not 0.0 <= self.rate <= 1.0:
-            self.fail("rate", "must be in [0, 1]")
+        self.require_fraction("rate", inclusive=True)
 
 
 def fim_transform(

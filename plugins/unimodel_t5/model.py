@@ -81,11 +81,8 @@ class T5Config(Config):
     decoder_start_token_id: int | None = param(None, "first decoder input; pad_token_id when null")
 
     def check(self) -> None:
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "n_layers", "n_heads"):
-            if getattr(self, name) <= 0:
-                self.fail(name, "must be positive")
-        if self.n_decoder_layers is not None and self.n_decoder_layers <= 0:
-            self.fail("n_decoder_layers", "must be positive (or null for n_layers)")
+        self.require_positive("vocab_size", "d_model", "d_kv", "d_ff", "n_layers", "n_heads", "n_decoder_layers",
+                              "layer_norm_eps", "init_factor", "memory_dim")
         if self.relative_attention_num_buckets < 4:
             self.fail("relative_attention_num_buckets", "needs at least 4 buckets (2 exact ones per direction)")
         if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
@@ -93,20 +90,10 @@ class T5Config(Config):
                 ("relative_attention_max_distance", "relative_attention_num_buckets"),
                 "max_distance must exceed num_buckets / 2, where the log-spaced buckets begin",
             )
-        if not 0.0 <= self.dropout < 1.0:
-            self.fail("dropout", "must be in [0, 1)")
-        if self.layer_norm_eps <= 0:
-            self.fail("layer_norm_eps", "must be positive")
+        self.require_fraction("dropout")
         if parse_feed_forward(self.feed_forward) is None:
             self.fail("feed_forward", f'use "<act>" or "gated-<act>" with <act> one of {", ".join(_ACTIVATIONS)}')
-        if self.init_factor <= 0:
-            self.fail("init_factor", "must be positive")
-        if self.memory_dim is not None and self.memory_dim <= 0:
-            self.fail("memory_dim", "must be positive")
-        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v < self.vocab_size:
-                self.fail((name, "vocab_size"), "token id must lie inside the vocabulary")
+        self.require_token_ids("pad_token_id", "eos_token_id", "decoder_start_token_id")
 
     @property
     def decoder_layers(self) -> int:

@@ -53,8 +53,7 @@ class SpanCorruptionConfig(Config):
             self.fail("noise_density", "must be in (0, 1)")
         if self.mean_noise_span_length < 1.0:
             self.fail("mean_noise_span_length", "must be at least 1 token")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            self.fail("label_smoothing", "must be in [0, 1)")
+        self.require_fraction("label_smoothing")
         if self.n_sentinels < 1:
             self.fail("n_sentinels", "must be at least 1")
         if self.first_sentinel_id is not None and self.first_sentinel_id - self.n_sentinels + 1 < 0:
