@@ -40,6 +40,11 @@ SETUPS = {
         describe="BERT, 6 layers, d 384, 6 heads, ffn 1536, vocab 8192 (MLM head)",
         train=dict(batch=8, seq=256),
     ),
+    "bert-mlm": dict(
+        describe="BERT as above, masked-LM step: 15% of tokens predicted, the rest labelled -100",
+        weights="bert",
+        train=dict(batch=8, seq=256, predict=0.15),
+    ),
     "t5": dict(
         describe="T5 v1.0, 3+3 layers, d 384, 6 heads, ffn 1536, vocab 8192",
         train=dict(batch=8, source=256, target=64),
@@ -62,6 +67,7 @@ def make_hf_model(family: str):
         cfg = tf.GPT2Config(vocab_size=8192, n_positions=512, n_embd=384, n_layer=6, n_head=6,
                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
         return tf.GPT2LMHeadModel(cfg)
+    family = SETUPS[family].get("weights", family)
     if family == "bert":
         cfg = tf.BertConfig(vocab_size=8192, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
                             intermediate_size=1536, max_position_embeddings=512,
@@ -121,7 +127,7 @@ def worker(args: argparse.Namespace) -> dict:
     if args.lib == "hf":
         import transformers as tf
 
-        model = (tf.AutoModelForMaskedLM if args.family == "bert" else
+        model = (tf.AutoModelForMaskedLM if args.family.startswith("bert") else
                  tf.AutoModelForSeq2SeqLM if args.family in ("t5", "bart") else tf.AutoModelForCausalLM)
         model = model.from_pretrained(folder, dtype=torch.float32)
     else:
@@ -135,7 +141,13 @@ def worker(args: argparse.Namespace) -> dict:
     if args.task == "train":
         t = setup["train"]
         model.train()
-        if "seq" in t:
+        if "predict" in t:
+            # a masked-LM batch: a fraction of the positions masked and predicted, the rest -100
+            ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
+            picked = torch.rand(ids.shape, generator=g) < t["predict"]
+            batch = dict(input_ids=ids.masked_fill(picked, 3), labels=ids.masked_fill(~picked, -100))
+            n_tokens = ids.numel()
+        elif "seq" in t:
             ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
             batch = dict(input_ids=ids, labels=ids)
             n_tokens = ids.numel()
@@ -146,8 +158,18 @@ def worker(args: argparse.Namespace) -> dict:
             n_tokens = src.numel() + tgt.numel()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
+        if args.lib == "um" and "predict" in t:
+            # unimodel's training step is the objective's: the MLM head runs at the predicted positions only
+            objective, plain = model.objective, model
+
+            def forward():
+                return objective(plain, dict(batch, attention_mask=torch.ones_like(batch["input_ids"])))
+        else:
+            def forward():
+                return model(**batch)
+
         def step() -> float:
-            out = model(**batch)
+            out = forward()
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -162,11 +184,7 @@ def worker(args: argparse.Namespace) -> dict:
             step()
             times.append(time.perf_counter() - t0)
         peak = peak_rss_during(step, 2)
-        return {
-            "tokens_per_s": n_tokens / statistics.median(times),
-            "step_s": statistics.median(times),
-            "peak_mib": (peak - base) / 1024,
-        }
+        return {"n_tokens": n_tokens, "times": times, "peak_mib": (peak - base) / 1024}
     # generation
     t = setup["generate"]
     model.eval()
@@ -185,8 +203,26 @@ def worker(args: argparse.Namespace) -> dict:
             if i >= args.warmup:
                 times.append(dt)
     new = out.shape[1] - (t["prompt"] if args.family == "gpt2" else 1)
-    return {"tokens_per_s": new * t["batch"] / statistics.median(times), "new_tokens": int(new),
-            "seconds": statistics.median(times)}
+    return {"n_tokens": int(new) * t["batch"], "times": times, "new_tokens": int(new)}
+
+
+def side_by_side(libs: list[tuple[str, bool]], family: str, task: str, folder: str, quick: bool,
+                 rounds: int) -> list[dict]:
+    """Run each (lib, compiled) worker ``rounds`` times, interleaved (A B A B ...), so that a slow
+    spell of the machine falls on both sides; per lib, the median over all timed repeats."""
+    results: list[list[dict]] = [[] for _ in libs]
+    for _ in range(rounds):
+        for i, (lib, compiled) in enumerate(libs):
+            results[i].append(run_worker(lib, family, task, folder, quick, compiled))
+    merged = []
+    for runs in results:
+        times = [t for r in runs for t in r["times"]]
+        out = {"tokens_per_s": runs[0]["n_tokens"] / statistics.median(times), "seconds": statistics.median(times),
+               "repeats": len(times)}
+        if "peak_mib" in runs[0]:
+            out["peak_mib"] = max(r["peak_mib"] for r in runs)
+        merged.append(out)
+    return merged
 
 
 def run_worker(lib: str, family: str, task: str, folder: str, quick: bool, compile_: bool = False) -> dict:
@@ -206,6 +242,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=list(SETUPS), help="families to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not for the record)")
     ap.add_argument("--compile", action="store_true", help="also time unimodel training under torch.compile")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="interleaved runs of each side per measurement (default 2; 1 with --quick)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lib", help=argparse.SUPPRESS)
@@ -230,16 +268,17 @@ def main() -> None:
         setup = SETUPS[family]
         with tempfile.TemporaryDirectory() as tmp:
             make_hf_model(family).save_pretrained(tmp)
-            tr_hf = run_worker("hf", family, "train", tmp, args.quick)
-            tr_um = run_worker("um", family, "train", tmp, args.quick)
+            rounds = 1 if args.quick else args.rounds
+            libs = [("hf", False), ("um", False)] + ([("um", True)] if args.compile else [])
+            measured = side_by_side(libs, family, "train", tmp, args.quick, rounds)
             row = {"family": family, "describe": setup["describe"], "train": setup["train"],
-                   "train_hf": tr_hf, "train_um": tr_um}
+                   "train_hf": measured[0], "train_um": measured[1]}
             if args.compile:
-                row["train_um_compiled"] = run_worker("um", family, "train", tmp, args.quick, compile_=True)
+                row["train_um_compiled"] = measured[2]
             if "generate" in setup:
                 row["generate"] = setup["generate"]
-                row["gen_hf"] = run_worker("hf", family, "generate", tmp, args.quick)
-                row["gen_um"] = run_worker("um", family, "generate", tmp, args.quick)
+                row["gen_hf"], row["gen_um"] = side_by_side([("hf", False), ("um", False)], family, "generate", tmp,
+                                                            args.quick, rounds)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -247,8 +286,10 @@ def main() -> None:
         "# Benchmarks",
         "",
         "unimodel and transformers side by side on the same architecture and the same weights "
-        f"(one random transformers model, loaded by both). fp32, {THREADS} threads, CPU; each number "
-        "from its own subprocess. Produced by `python benchmarks/bench.py`.",
+        f"(one random transformers model, loaded by both). fp32, {THREADS} threads, CPU. Every measurement "
+        "runs in its own subprocess; the two libraries' runs alternate (transformers, unimodel, "
+        "transformers, unimodel ...) and each figure is the median over all of one side's timed steps. "
+        f"Produced by `python benchmarks/bench.py{' --compile' if args.compile else ''}`.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}, unimodel {unimodel.__version__}."

@@ -135,7 +135,6 @@ def test_objective_swap_on_one_backbone_config():
         "classify": [{"input_ids": ids[i].tolist(), "label": i} for i in range(2)],
         "tag": [{"input_ids": ids[i].tolist(), "labels": [i % 2] * 9} for i in range(2)],
     }
-    shapes = {"mlm": (2, 11, 99), "classify": (2, 2), "tag": (2, 9, 2)}
     backbone_keys = None
     for name in ("mlm", "classify", "tag"):
         torch.manual_seed(0)
@@ -143,6 +142,9 @@ def test_objective_swap_on_one_backbone_config():
         obj = model.objective
         batch = obj.prepare(examples[name], tokenizer=piece_tokenizer(), generator=torch.Generator().manual_seed(0))
         out = obj(model, batch)
+        # mlm predicts only the selected positions: (N, V) for its N labels
+        n_selected = int((batch["labels"] != -100).sum()) if name == "mlm" else None
+        shapes = {"mlm": (n_selected, 99), "classify": (2, 2), "tag": (2, 9, 2)}
         assert out.logits.shape == shapes[name] and torch.isfinite(out.loss)
         keys = {k for k in model.state_dict() if k.startswith("encoder.")}
         backbone_keys = backbone_keys or keys
@@ -381,3 +383,24 @@ def test_mlm_loss_decreases():
     g = torch.Generator().manual_seed(0)
     losses, _ = _train(model, lambda s: obj.prepare(examples, generator=g), 60)
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
+
+
+def test_mlm_head_at_selected_positions_equals_the_full_head():
+    torch.manual_seed(0)
+    model = tiny("mlm")
+    ids = torch.randint(5, 99, (3, 12))
+    labels = torch.full_like(ids, -100)
+    at = torch.zeros_like(ids, dtype=torch.bool)
+    at[0, 2] = at[1, 5] = at[1, 6] = at[2, 11] = True
+    labels[at] = ids[at]
+    full = model(input_ids=ids, labels=labels)
+    sparse = model(input_ids=ids, labels=labels, logits_at=at)
+    assert sparse.logits.shape == (4, 99)
+    torch.testing.assert_close(sparse.logits, full.logits[at], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sparse.loss, full.loss, rtol=1e-5, atol=1e-6)
+    # the objective's step uses the sparse head and gives the loss of the full one
+    step = model.objective(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    torch.testing.assert_close(step.loss, full.loss, rtol=1e-5, atol=1e-6)
+    assert step.n_predictions == 4
+    with pytest.raises(InputError, match="logits_at must be a bool tensor of shape"):
+        model(input_ids=ids, logits_at=at.long())

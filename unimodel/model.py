@@ -101,6 +101,7 @@ class Model(nn.Module):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         labels: Tensor | None = None,
+        logits_at: Tensor | None = None,
         **inputs: Any,
     ) -> ModelOutput:
         """Run the backbone and the primary head.
@@ -113,6 +114,11 @@ class Model(nn.Module):
                 derived from ``labels`` by a right shift when absent.
             past_key_values: a cache from a previous call (``use_cache=True``).
             labels: targets for the objective's loss (-100 ignored).
+            logits_at: (B, T) bool; when given, the head runs only at the True
+                positions and ``logits`` is (N, V) for those N positions in
+                row-major order (``loss`` then pairs them with ``labels[logits_at]``).
+                A masked-LM step that predicts 15% of the tokens skips the head's
+                work on the other 85%.
             **inputs: family-specific inputs (``perm_mask``, ``mems``,
                 ``pixel_values`` ...), passed to the encoder or decoder whose
                 ``forward`` declares them.
@@ -175,7 +181,13 @@ class Model(nn.Module):
         pooled = enc.pooler_output if enc is not None else None
         logits = None
         if head is not None:
-            logits = head(pooled if getattr(head, "pooled_input", False) else hidden)
+            if getattr(head, "pooled_input", False):
+                logits = head(pooled)
+            elif logits_at is not None:
+                logits = head(hidden[self._positions(logits_at, hidden)])  # (N, V)
+                labels = labels[logits_at] if labels is not None else None
+            else:
+                logits = head(hidden)
         loss = self.objective.loss(logits, labels) if labels is not None and logits is not None else None
         return ModelOutput(
             logits=logits,
@@ -186,6 +198,15 @@ class Model(nn.Module):
             pooler_output=pooled,
             extra=extra,
         )
+
+    @staticmethod
+    def _positions(logits_at: Tensor, hidden: Tensor) -> Tensor:
+        if logits_at.dtype != torch.bool or logits_at.shape != hidden.shape[:2]:
+            raise InputError(
+                f"logits_at must be a bool tensor of shape {tuple(hidden.shape[:2])} (batch, positions), got "
+                f"{logits_at.dtype} {tuple(logits_at.shape)}"
+            )
+        return logits_at
 
     def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split family-specific inputs between encoder and decoder by their signatures."""

@@ -117,7 +117,10 @@ class _Embeddings:
         """ids (B, T) -> (B, T, D). Positions count from ``past`` and ignore padding, as in BART."""
         if position_ids is None:
             position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
-        x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(position_ids)
+        x = self.embed_tokens(input_ids)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
+        x = x + self.embed_positions(position_ids)
         return self.drop(self.layernorm_embedding(x))
 
     def get_input_embeddings(self) -> nn.Embedding:

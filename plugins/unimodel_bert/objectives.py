@@ -211,13 +211,17 @@ class MaskedLM(Objective):
         return lm_loss(logits, labels, shift=False)
 
     def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
-        out = model(**_model_inputs(batch))
+        """Loss at the selected positions only: the MLM head (transform and vocabulary
+        projection) runs on those rows, not on every token; ``logits`` is (N, V)."""
         labels = batch["labels"]
+        at = labels != IGNORE_INDEX
+        out = model(**_model_inputs(batch), logits_at=at)
+        picked = labels[at]
         return ObjectiveOutput(
-            loss=self.loss(out.logits, labels),
-            n_predictions=count_targets(labels, shift=False),
+            loss=self.loss(out.logits, picked),
+            n_predictions=int(picked.numel()),
             logits=out.logits,
-            metrics={"accuracy": token_accuracy(out.logits, labels, shift=False)},
+            metrics={"accuracy": token_accuracy(out.logits, picked, shift=False)},
         )
 
 

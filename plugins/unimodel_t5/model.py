@@ -332,12 +332,18 @@ class T5Decoder(_T5Stack, Decoder):
         if memory is None and (cache is None or cache.cross[0] is None):
             raise InputError("the T5 decoder cross-attends to an encoder memory: pass memory (the encoder output)")
         x = self.drop(self.embed_tokens(input_ids))  # (B, T, D)
-        q_pos = torch.arange(past, past + T, device=x.device)[:, None]
-        allowed = torch.arange(past + T, device=x.device)[None, :] <= q_pos  # causal (T, P+T)
-        allowed = allowed[None, None]
-        if attention_mask is not None and not bool(attention_mask.all()):
-            allowed = allowed & attention_mask[:, None, None, :].bool()
-        mask = additive_mask(self.relative_bias(T, past + T, past).to(x.dtype), allowed)  # (1 or B, H, T, P+T)
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if cache is not None and T == 1:
+            # One new token sees every earlier key: its bias is a slice of a per-distance table.
+            allowed = attention_mask[:, None, None, :].bool() if padded else None
+            mask = additive_mask(self._step_bias(cache, past, x.dtype), allowed)  # (1 or B, H, 1, P+1)
+        else:
+            q_pos = torch.arange(past, past + T, device=x.device)[:, None]
+            allowed = torch.arange(past + T, device=x.device)[None, :] <= q_pos  # causal (T, P+T)
+            allowed = allowed[None, None]
+            if padded:
+                allowed = allowed & attention_mask[:, None, None, :].bool()
+            mask = additive_mask(self.relative_bias(T, past + T, past).to(x.dtype), allowed)  # (1 or B, H, T, P+T)
         mem_mask = None
         if memory_mask is not None and not bool(memory_mask.all()):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S)
@@ -346,6 +352,22 @@ class T5Decoder(_T5Stack, Decoder):
         if cache is not None:
             cache.advance(T)
         return DecoderOutput(last_hidden_state=self.drop(self.final_norm(x)), cache=cache)
+
+
+    def _step_bias(self, cache: KVCache, past: int, dtype: torch.dtype) -> Tensor:
+        """Bias of the query at position ``past`` over keys ``0 .. past``: (1, H, 1, past + 1).
+
+        The causal bias depends on the distance ``key - query`` alone, so the bias of
+        distances ``-(capacity - 1) .. 0`` is computed once per cache and sliced per step.
+        """
+        table = cache.extra.get("t5_step_bias")
+        if table is None or table.shape[-1] <= past or table.dtype != dtype:
+            n = max(cache.capacity, past + 1)
+            # query n-1 over keys 0..n-1; contiguous, so each step's slice has unit stride over keys
+            table = self.relative_bias(1, n, n - 1).to(dtype).contiguous()
+            cache.extra["t5_step_bias"] = table
+        n = table.shape[-1]
+        return table[..., n - 1 - past:]
 
 
 class T5(ModelFamily):
