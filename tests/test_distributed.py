@@ -102,15 +102,24 @@ def test_two_processes_equal_one_process(tmp_path):
         assert (a - b).abs().max() < 1e-4
 
 
-def test_cpu_flag_alone_starts_one_process_and_says_so(tmp_path):
+def test_cpu_flag_starts_the_requested_processes(tmp_path):
+    # accelerate's own CPU launcher starts one process without mpirun; unimodel starts the
+    # worker group that --num_processes asked for.
     cfg = tmp_path / "run.toml"
     cfg.write_text(CONFIG)
+    single = train(cfg, overrides=[f"train.output_dir={tmp_path / 'one'}", "train.max_steps=2",
+                                   "train.sample_prompt=''"])
+    out = tmp_path / "out"
     proc = accelerate_launch(
         "--cpu", "--num_processes", "2",
-        args=[str(cfg), "--set", f"train.output_dir={tmp_path / 'out'}", "--set", "train.max_steps=1",
+        args=[str(cfg), "--set", f"train.output_dir={out}", "--set", "train.max_steps=2",
               "--set", "train.sample_prompt=''"],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 process(es)" in proc.stdout
-    assert "started ONE process" in proc.stderr and "--multi_gpu --num_processes N" in proc.stderr
+    assert "2 process(es)" in proc.stdout
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["num_processes"] == 2
+    losses = {r["step"]: r["loss"] for r in records(out) if "loss" in r}
+    assert losses[1] == pytest.approx(single.losses[1], abs=1e-5)
+    assert losses[2] == pytest.approx(single.losses[2], abs=1e-5)

@@ -1,4 +1,4 @@
-"""The core's own plugin: decoding strategies and the embedded corpus.
+"""The core's own plugin: decoding strategies, the generic objectives and the built-in corpora.
 
 Registered through the ``unimodel`` entry-point group like any other plugin.
 """
@@ -35,4 +35,9 @@ def unimodel_components() -> list[Component]:
                   requires=("encoder_decoder", "lm_head")),
         Component(kind="corpus", name="pydoc", target="unimodel.data.corpus:pydoc_topics",
                   summary="the Python standard library's pydoc topics (ships with every Python)"),
+        # a pair corpus: called with split="train" / "validation" (see unimodel.data.corpus)
+        Component(kind="corpus", name="numbers", target="unimodel.data.synthetic:numbers_pairs",
+                  summary="pairs: numbers in digits -> English words (generated; 20,000 train / 500 validation)",
+                  extra={"data": "pairs",
+                         "corpus_options": "n_train = 20000, n_validation = 500, max_value = 99999, seed = 0"}),
     ]

@@ -252,6 +252,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     _existing_file(args.config, "config file")
     from unimodel import training
 
+    workers = training.cpu_worker_command(
+        ["train", args.config, *(["--resume"] if args.resume else []), *(x for s in args.set for x in ("--set", s)),
+         *(["--debug"] if args.debug else [])]
+    )
+    if workers is not None:  # `accelerate launch --cpu --num_processes N`: start the N workers it did not
+        import subprocess
+
+        return subprocess.run(workers, check=False).returncode
     # The trainer reports progress itself; section.key=value overrides are parsed (and checked) there.
     training.train(args.config, resume=args.resume, overrides=list(args.set))
     return EXIT_OK
@@ -264,11 +272,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from unimodel.errors import CheckpointError
 
         raise CheckpointError(f"checkpoint {args.checkpoint!r} does not exist")
+    if args.exact_match_examples is not None and args.exact_match_examples < 0:
+        raise InputError(f"--exact-match-examples must be 0 or more, got {args.exact_match_examples}")
     result = training.evaluate(args.checkpoint, data=args.data, max_batches=args.max_batches,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, exact_match_examples=args.exact_match_examples)
     _out(f"loss: {result.loss:.4f}")
     _out(f"perplexity: {result.perplexity:.2f}")
-    _out(f"({result.n_tokens:,} predicted tokens in {result.n_examples:,} blocks of the {result.split} split)")
+    if result.exact_match is not None:
+        matched = round(result.exact_match * result.exact_match_examples)
+        _out(f"exact match: {result.exact_match:.2%} ({matched:,} of {result.exact_match_examples:,} pairs, "
+             "greedy decoding)")
+    _out(f"({result.n_tokens:,} predicted tokens in {result.n_examples:,} {result.unit} of the {result.split} split)")
     return EXIT_OK
 
 
@@ -338,15 +352,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if start is None:
             raise InputError("the prompt is empty and the model has no bos/eos token to start from; give a --prompt")
         prompt_ids = [start]
-    ids = torch.tensor([prompt_ids], dtype=torch.long)
+    translates = getattr(type(model.objective), "data_kind", "text") == "pairs"
+    if translates:  # the prompt is a source: framed (eos ...) as the objective framed sources in training
+        ids = model.objective.prepare([{"source": prompt_ids, "target": []}], tokenizer=tok)["input_ids"]
+    else:
+        ids = torch.tensor([prompt_ids], dtype=torch.long)
     options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
     if args.seed is not None:
         options["seed"] = args.seed
     beam = args.num_beams > 1
-    if args.greedy or beam:
+    # a model trained on pairs (seq2seq) translates: its most likely output, unless sampling is asked for
+    asked_to_sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.seed))
+    if args.greedy or beam or (translates and not asked_to_sample):
         options["do_sample"] = False
     else:
-        options.update(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        temperature = 1.0 if args.temperature is None else args.temperature
+        options.update(do_sample=True, temperature=temperature, top_k=args.top_k, top_p=args.top_p)
     decode = lambda seq: tok.decode(seq, skip_special_tokens=True)  # noqa: E731
     # a decoder-only model continues the user's text as typed; an encoder-decoder's output stands alone
     prefix = "" if model.is_encoder_decoder else args.prompt
@@ -368,7 +389,7 @@ def _check_generate_args(args: argparse.Namespace) -> None:
         raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.num_beams < 1:
         raise InputError(f"--num-beams must be at least 1, got {args.num_beams}")
-    if args.temperature <= 0:
+    if args.temperature is not None and args.temperature <= 0:
         raise InputError(f"--temperature must be positive, got {args.temperature}; use --greedy for argmax decoding")
     if args.top_k is not None and args.top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {args.top_k}")
@@ -573,21 +594,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--prompt", required=True, metavar="TEXT")
     p.add_argument("--max-new-tokens", type=int, default=50, metavar="N")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--num-beams", type=int, default=1, help="beam search when > 1 (output printed at the end)")
-    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    p.add_argument("--greedy", action="store_true",
+                   help="argmax decoding instead of sampling (the default for a model trained on pairs, e.g. seq2seq, "
+                        "unless --temperature, --top-k, --top-p or --seed asks for sampling)")
     p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("eval", parents=[common], help="loss and perplexity of a checkpoint on held-out data")
+    p = sub.add_parser("eval", parents=[common],
+                       help="loss and perplexity of a checkpoint on held-out data (and exact match on pairs)")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--data", metavar="SPEC",
-                   help="a corpus name (see `unimodel list corpus`), a text file, folder or glob, or a run config "
-                        "file; default: the validation split of the run that produced CHECKPOINT")
+                   help="a corpus name (see `unimodel list --kind corpus`), a text, JSONL or TSV file, folder or glob, or a "
+                        "run config file; default: the validation split of the run that produced CHECKPOINT")
     p.add_argument("--max-batches", type=int, default=None, metavar="N", help="stop after N batches")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="blocks per batch")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="blocks (or pairs) per batch")
+    p.add_argument("--exact-match-examples", type=int, default=500, metavar="N",
+                   help="pair data (seq2seq): greedy-decode the first N pairs and report the exact match "
+                        "(0: skip; default 500)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert", parents=[common], help="convert between unimodel checkpoints and Hugging Face folders")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unimodel.config import Config, param
-from unimodel.errors import DataError, TrainingError
+from unimodel.errors import ConfigError, DataError, TrainingError
 from unimodel.interfaces import Objective, ObjectiveOutput
 
 IGNORE_INDEX = -100
@@ -127,6 +127,7 @@ class Seq2Seq(Objective):
 
     config_class = Seq2SeqConfig
     requires = frozenset({"encoder_decoder", "lm_head"})
+    data_kind = "pairs"
 
     def build_heads(self, backbone):
         return {}
@@ -144,12 +145,21 @@ class Seq2Seq(Objective):
 
     def prepare(self, examples, *, tokenizer=None, generator=None):
         for i, ex in enumerate(examples):
-            if "target" not in ex or ex["target"] is None:
-                raise DataError(
-                    f"seq2seq example {i} has no 'target' (keys: {', '.join(ex) or 'none'}); seq2seq data needs "
-                    "source/target pairs (JSONL with source and target fields, or TSV)"
-                )
+            for side in ("source", "target"):
+                if ex.get(side) is None:
+                    raise DataError(
+                        f"seq2seq example {i} has no {side!r} (keys: {', '.join(ex) or 'none'}); seq2seq data needs "
+                        "source/target pairs (a pair corpus such as numbers, JSONL with source and target fields, "
+                        "or TSV)"
+                    )
         c = self.config
+        if c.add_bos and tokenizer is not None and tokenizer.has_role("bos") and tokenizer.has_role("eos") \
+                and tokenizer.special_id("bos") == tokenizer.special_id("eos"):
+            raise ConfigError(
+                f"objective 'seq2seq': add_bos = true, but the tokenizer's bos and eos are one token "
+                f"({tokenizer.roles['bos']!r}), so every target would start with its own end and generation would "
+                "stop at once; set objective.add_bos = false, or use a tokenizer whose bos differs from its eos"
+            )
         pad = tokenizer.pad_id if tokenizer is not None else 0
         src = [self._frame(ex["source"], tokenizer, c.max_source_length) for ex in examples]
         tgt = [self._frame(ex["target"], tokenizer, c.max_target_length) for ex in examples]

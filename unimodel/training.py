@@ -1,7 +1,8 @@
 """The trainer: one TOML file with ``[model]``, ``[objective]``, ``[data]`` and ``[train]``, run on accelerate.
 
-:func:`train` reads the run config, trains (or loads) a tokenizer, packs the
-data, builds the model with the objective the config names, and trains with
+:func:`train` reads the run config, trains (or loads) a tokenizer, prepares the
+data the objective needs (text packed into blocks, or source -> target pairs),
+builds the model with the objective the config names, and trains with
 AdamW under a warm-up + cosine schedule. accelerate does the device placement,
 mixed precision, gradient accumulation and multi-process data parallelism;
 this module writes no distributed code of its own.
@@ -42,13 +43,17 @@ from torch import Tensor, nn
 from unimodel.config import Config, check_schema_version, param, read_config_file
 from unimodel.data.dataset import (
     DataConfig,
+    DataKind,
+    PackedData,
+    PairData,
     as_examples,
-    encode_and_pack,
-    load_split,
+    encode_data,
+    load_data,
     make_tokenizer,
     separator_id,
 )
 from unimodel.data.packing import pack_blocks_with_tail
+from unimodel.data.pairs import encode_pairs
 from unimodel.data.tokenizer import Tokenizer
 from unimodel.errors import CheckpointError, ConfigError, DataError, TrainingError, UnimodelError, did_you_mean
 
@@ -102,15 +107,24 @@ class TrainConfig(Config):
     log_every: int = param(10, "append training metrics to metrics.jsonl every N steps")
     checkpoint_every: int = param(500, "write the checkpoint every N steps (0: only at the end)")
     progress: bool = param(True, "show a progress bar")
-    sample_prompt: str = param("The", "after training, a causal model continues this prompt ('' for no sample)")
+    sample_prompt: str = param(
+        "The", "after training, a causal model continues this prompt ('' for no sample); a run on pairs shows "
+        "validation pairs decoded instead"
+    )
     sample_tokens: int = param(48, "tokens to generate for the sample")
     sample_top_k: int = param(40, "top-k of the sample's sampling (0 keeps every token)")
+    exact_match_examples: int | None = param(
+        500, "pair data: at each evaluation after step 0, greedy-decode this many validation pairs and report the "
+        "exact match (0: never; null: all of them)"
+    )
 
     def check(self) -> None:
         positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "sample_tokens")
         for name in positive:
             if getattr(self, name) <= 0:
                 self.fail(name, "must be positive")
+        if self.exact_match_examples is not None and self.exact_match_examples < 0:
+            self.fail("exact_match_examples", "must be 0 or more (null: every validation pair)")
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "sample_top_k"):
             if getattr(self, name) < 0:
                 self.fail(name, "must be 0 or more")
@@ -140,7 +154,7 @@ class RunConfig(Config):
 
     model: dict[str, Any] = param(doc="the model: name (a model or preset) and config fields")
     objective: dict[str, Any] | None = param(None, "the objective: name and options (the model's default when absent)")
-    data: DataConfig = param(doc="text source, tokenizer and blocks", default_factory=DataConfig)
+    data: DataConfig = param(doc="text or pair source, tokenizer and blocks", default_factory=DataConfig)
     train: TrainConfig = param(doc="optimisation, logging and checkpoints", default_factory=TrainConfig)
 
     def check(self) -> None:
@@ -213,13 +227,21 @@ def apply_override(values: dict[str, Any], item: str) -> None:
 # ===================================================================== results
 @dataclass
 class EvalResult:
-    """Mean token loss (nats) over every predicted position, and its exponential."""
+    """Mean token loss (nats) over every predicted position, and its exponential.
+
+    For pair data also the exact match: the share of ``exact_match_examples``
+    validation pairs whose greedy decoding equals the target (whitespace
+    normalised); ``None`` when it was not measured.
+    """
 
     loss: float
     perplexity: float
     n_tokens: int  # predicted positions that entered the mean
     n_examples: int
     split: str = "validation"
+    unit: str = "blocks"  # what an example is: "blocks" of text or "pairs"
+    exact_match: float | None = None
+    exact_match_examples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,6 +270,11 @@ class TrainResult:
     @property
     def val_perplexity_after(self) -> float | None:
         return None if self.after is None else self.after.perplexity
+
+    @property
+    def exact_match(self) -> float | None:
+        """Exact match on the validation pairs after training (pair data), else None."""
+        return None if self.after is None else self.after.exact_match
 
 
 # ===================================================================== schedule
@@ -295,7 +322,7 @@ def derive_seed(*parts: Any) -> int:
 
 
 def epoch_order(n: int, *, seed: int, epoch: int) -> list[int]:
-    """The shuffled order of the ``n`` training blocks in ``epoch``; a pure function of its arguments."""
+    """The shuffled order of the ``n`` training examples in ``epoch``; a pure function of its arguments."""
     g = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
     return torch.randperm(n, generator=g).tolist()
 
@@ -367,17 +394,23 @@ class _ObjectiveStep(nn.Module):
         return self.model.objective(self._runner, batch).loss
 
 
-class _BlockDataset(torch.utils.data.Dataset):
-    """Training blocks (N, T) int64 as a map-style dataset: item i is block i, (T,)."""
+class _ExampleDataset(torch.utils.data.Dataset):
+    """The training split as a map-style dataset: item i is training example i, the dict the objective's
+    ``prepare`` takes (a block ``{"input_ids"}`` or a pair ``{"source", "target"}``)."""
 
-    def __init__(self, blocks: Tensor) -> None:
-        self.blocks = blocks
+    def __init__(self, data: PackedData | PairData) -> None:
+        self.data = data
 
     def __len__(self) -> int:
-        return self.blocks.shape[0]
+        return self.data.n_train
 
-    def __getitem__(self, i: int) -> Tensor:
-        return self.blocks[i]
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.data.example(i)
+
+
+def _as_list(examples: list[dict[str, list[int]]]) -> list[dict[str, list[int]]]:
+    """A DataLoader collate function keeping a micro-batch as the list of its examples."""
+    return examples
 
 
 class Trainer:
@@ -404,6 +437,7 @@ class Trainer:
         self.position = DataPosition()
         self.tokens_seen = 0
         self.last_checkpoint_step: int | None = None
+        self.last_exact_match: ExactMatch | None = None
         self.bar: Any = None
 
     # ------------------------------------------------------------- logging
@@ -497,22 +531,24 @@ class Trainer:
         state = self.prepare_output_dir()
         set_seed(tc.seed)
 
-        train_docs, val_docs = load_split(self.run.data)
-        tokenizer = self.setup_tokenizer(train_docs, needed_roles(self.run))
-        data = encode_and_pack(self.run.data, tokenizer, train_docs, val_docs)
+        objective_name, kind = objective_data_kind(self.run)
+        raw = load_data(self.run.data, kind=kind, objective=objective_name)
+        tokenizer = self.setup_tokenizer(raw.tokenizer_texts(), needed_roles(self.run))
+        data = encode_data(self.run.data, tokenizer, raw)
         model = self.build_model(tokenizer)
-        check_block_size(model, data.block_size)
+        if isinstance(data, PairData):
+            check_pair_lengths(model, data, tokenizer)
+        else:
+            check_block_size(model, data.block_size)
         self.log(
             f"model {model.preset or model.name!r} + objective {model.objective_name!r}: "
-            f"{model.num_parameters():,} parameters, vocabulary {model.vocab_size}; data: "
-            f"{data.n_train_documents} documents -> {data.train.shape[0]} blocks of {data.block_size} tokens for "
-            f"training, {data.n_validation_documents} documents ({data.n_validation_tokens} tokens) for validation; "
+            f"{model.num_parameters():,} parameters, vocabulary {model.vocab_size}; data: {data.describe()}; "
             f"{self.world} process(es)"
         )
-        if data.train.shape[0] < self.tc.batch_size:
+        if data.n_train < self.tc.batch_size:
             raise DataError(
-                f"the training split has {data.train.shape[0]} blocks, fewer than one batch (train.batch_size "
-                f"{tc.batch_size}); add text, lower data.block_size or lower train.batch_size"
+                f"the training split has {data.n_train} {data.unit}, fewer than one batch (train.batch_size "
+                f"{tc.batch_size}); {data.fix_for_too_few()}"
             )
 
         optimizer = torch.optim.AdamW(
@@ -549,7 +585,9 @@ class Trainer:
         sample = self.sample()
         acc.wait_for_everyone()
         elapsed = time.perf_counter() - started
-        self.log(f"done: {self.step} steps, {self.tokens_seen:,} tokens, {elapsed:.1f}s; checkpoint: {self.ckpt_dir}")
+        scored = "" if after is None or after.exact_match is None else f", exact match {after.exact_match:.2%}"
+        self.log(f"done: {self.step} steps, {self.tokens_seen:,} tokens, {elapsed:.1f}s{scored}; "
+                 f"checkpoint: {self.ckpt_dir}")
         return TrainResult(
             output_dir=self.out,
             checkpoint=self.ckpt_dir if self.last_checkpoint_step is not None or self.resume else None,
@@ -573,38 +611,39 @@ class Trainer:
         if self.step >= tc.max_steps:
             self.log(f"the checkpoint is at step {self.step}, train.max_steps is {tc.max_steps}: nothing to train")
             return losses
-        n_blocks = self.data.train.shape[0]
-        tokens_per_step = tc.batch_size * self.data.block_size
+        n_train = self.data.n_train
         accum = tc.gradient_accumulation_steps
         model.train()
         self.bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                         disable=not (self.main and tc.progress), file=sys.stderr)
         window: list[float] = []
-        window_start = time.perf_counter()
+        window_tokens, window_start = 0, time.perf_counter()
         try:
             while self.step < tc.max_steps:
                 pos = self.position
-                steps_here = min(tc.max_steps - self.step, (n_blocks - pos.examples_in_epoch) // tc.batch_size)
+                steps_here = min(tc.max_steps - self.step, (n_train - pos.examples_in_epoch) // tc.batch_size)
                 if steps_here <= 0:
                     self.position = DataPosition(pos.epoch + 1, 0)
                     continue
-                order = epoch_order(n_blocks, seed=tc.seed, epoch=pos.epoch)
+                order = epoch_order(n_train, seed=tc.seed, epoch=pos.epoch)
                 chosen = order[pos.examples_in_epoch : pos.examples_in_epoch + steps_here * tc.batch_size]
+                # every process iterates the same global order; accelerate gives each its share of each micro-batch
                 loader = acc.prepare_data_loader(
-                    torch.utils.data.DataLoader(_BlockDataset(self.data.train), batch_size=self.micro_batch,
-                                                sampler=chosen, drop_last=False,
+                    torch.utils.data.DataLoader(_ExampleDataset(self.data), batch_size=self.micro_batch,
+                                                sampler=chosen, drop_last=False, collate_fn=_as_list,
                                                 # its own generator: a new iterator must not draw from the
                                                 # global RNG that dropout uses (resume would drift)
                                                 generator=torch.Generator()),
                     device_placement=False,
                 )
+                steps_done = 0  # optimizer steps taken in this stretch of `chosen`
                 micro, loss_sum, step_started = 0, torch.zeros((), dtype=torch.float64), time.perf_counter()
-                for blocks in loader:
+                for examples in loader:
                     with acc.accumulate(step_module):
                         # objective noise is a pure function of (seed, step, micro-batch, process): resumable
                         seed = derive_seed(tc.seed, "noise", self.step, micro, acc.process_index)
                         g = torch.Generator().manual_seed(seed)
-                        batch = self.model.objective.prepare(as_examples(blocks), tokenizer=self.tokenizer, generator=g)
+                        batch = self.model.objective.prepare(examples, tokenizer=self.tokenizer, generator=g)
                         batch = {k: v.to(acc.device) for k, v in batch.items()}
                         loss = step_module(batch)
                         acc.backward(loss)
@@ -624,6 +663,9 @@ class Trainer:
                     if not acc.sync_gradients:
                         continue
                     # ---- one optimizer step done
+                    step_indices = chosen[steps_done * tc.batch_size : (steps_done + 1) * tc.batch_size]
+                    tokens_per_step = self.data.n_tokens(step_indices)  # of the global batch
+                    steps_done += 1
                     self.step += 1
                     self.position = DataPosition(pos.epoch, self.position.examples_in_epoch + tc.batch_size)
                     self.tokens_seen += tokens_per_step
@@ -633,20 +675,21 @@ class Trainer:
                     tok_s = tokens_per_step / max(now - step_started, 1e-9)
                     self.bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
                     self.bar.update(1)
+                    window_tokens += tokens_per_step
                     if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                         self.write_metrics({
                             "step": self.step, "loss": sum(window) / len(window), "lr": lr,
                             "grad_norm": grad_norm, "tokens": self.tokens_seen, "epoch": pos.epoch,
-                            "tokens_per_s": len(window) * tokens_per_step / max(now - window_start, 1e-9),
+                            "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                         })
-                        window, window_start = [], time.perf_counter()
+                        window, window_tokens, window_start = [], 0, time.perf_counter()
                     if tc.eval_every and self.step % tc.eval_every == 0 and self.step != tc.max_steps:
                         self.evaluate_validation(f"step {self.step}")
                         model.train()
                     if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                         self.save_checkpoint(optimizer, scheduler, fingerprint)
                     micro, loss_sum, step_started = 0, torch.zeros((), dtype=torch.float64), time.perf_counter()
-                if self.position.examples_in_epoch + tc.batch_size > n_blocks:
+                if self.position.examples_in_epoch + tc.batch_size > n_train:
                     self.position = DataPosition(self.position.epoch + 1, 0)
         finally:
             self.bar.close()
@@ -669,23 +712,37 @@ class Trainer:
 
     # ------------------------------------------------------- evaluation etc.
     def evaluate_validation(self, when: str) -> EvalResult | None:
-        if not self.data.validation:
+        examples = self.data.validation_examples
+        if not examples:
             return None
         tc = self.tc
-        result = evaluate_blocks(
-            self.model, self.data.validation, tokenizer=self.tokenizer, batch_size=tc.eval_batch_size or tc.batch_size,
-            seed=tc.seed, max_batches=tc.max_eval_batches, accelerator=self.accelerator,
+        batch_size = tc.eval_batch_size or tc.batch_size
+        result = evaluate_examples(
+            self.model, examples, tokenizer=self.tokenizer, batch_size=batch_size, seed=tc.seed,
+            max_batches=tc.max_eval_batches, accelerator=self.accelerator, unit=self.data.unit,
         )
-        self.log(f"validation {when}: loss {result.loss:.4f}, perplexity {result.perplexity:,.2f} "
-                 f"({result.n_tokens:,} tokens)")
-        self.write_metrics({"step": self.step, "val_loss": result.loss, "val_perplexity": result.perplexity,
-                            "val_tokens": result.n_tokens})
+        line = (f"validation {when}: loss {result.loss:.4f}, perplexity {result.perplexity:,.2f} "
+                f"({result.n_tokens:,} tokens)")
+        record: dict[str, Any] = {"step": self.step, "val_loss": result.loss, "val_perplexity": result.perplexity,
+                                  "val_tokens": result.n_tokens}
+        # an untrained model matches nothing: exact match starts after the first step
+        if isinstance(self.data, PairData) and tc.exact_match_examples != 0 and self.step > 0:
+            em = exact_match(self.model, examples[: tc.exact_match_examples], tokenizer=self.tokenizer,
+                             batch_size=batch_size, accelerator=self.accelerator)
+            result.exact_match, result.exact_match_examples = em.score, em.total
+            line += f"; exact match {em.score:.2%} ({em.matches}/{em.total} pairs, greedy)"
+            record.update(val_exact_match=em.score, val_exact_match_examples=em.total)
+            self.last_exact_match = em
+        self.log(line)
+        self.write_metrics(record)
         return result
 
     def sample(self) -> str | None:
         from unimodel.interfaces import Cap
 
         tc = self.tc
+        if isinstance(self.data, PairData):
+            return self.pair_samples()
         if not tc.sample_prompt or Cap.CAUSAL not in self.model.provides:
             return None
         text = None
@@ -693,6 +750,17 @@ class Trainer:
             text = generate_sample(self.model, self.tokenizer, tc.sample_prompt, max_new_tokens=tc.sample_tokens,
                                    top_k=tc.sample_top_k or None, seed=tc.seed)
             self.log(f"sample (prompt {tc.sample_prompt!r}, top-k {tc.sample_top_k}):\n{text}")
+        return text
+
+    def pair_samples(self) -> str | None:
+        """The first validation pairs as the last exact-match run decoded them (None without one)."""
+        em = self.last_exact_match
+        if em is None or not em.examples:
+            return None
+        lines = [f"  {src!r} -> {pred!r}" + ("" if ok else f"   (target {ref!r})")
+                 for src, pred, ref, ok in em.examples]
+        text = "\n".join(lines)
+        self.log(f"validation pairs, greedy decoding:\n{text}")
         return text
 
     # ---------------------------------------------------------- checkpoints
@@ -742,7 +810,8 @@ class Trainer:
         if state.get("data_fingerprint") != fingerprint:
             raise TrainingError(
                 f"resume: the training data differs from the data of the checkpoint in {str(self.ckpt_dir)!r} "
-                "(other text, tokenizer, block size or split); resume with the run's own [data] settings, or start "
+                "(other text or pairs, tokenizer, block size or split); resume with the run's own [data] settings, "
+                "or start "
                 "a new run"
             )
         tensors, _ = load_tensors(self.ckpt_dir / OPTIMIZER_FILE)
@@ -827,26 +896,76 @@ def _make_accelerator(tc: TrainConfig) -> Accelerator:
             "fp16, so the run would silently train in fp32. Use \"bf16\" on the CPU, or set train.cpu = false on a "
             "machine with a GPU"
         )
-    if acc.num_processes == 1 and _single_process_cpu_launch():
-        import warnings
-
-        warnings.warn(
-            "accelerate launch --cpu started ONE process: accelerate starts several CPU processes only through "
-            "mpirun (--mpirun_hostfile). To train with N CPU processes over gloo, run "
-            "`accelerate launch --multi_gpu --num_processes N -m unimodel train CONFIG` (train.cpu = true keeps "
-            "every process on the CPU, also on a machine with GPUs).",
-            stacklevel=3,
-        )
     return acc
 
 
 def _single_process_cpu_launch() -> bool:
     """True in a process that ``accelerate launch --cpu --num_processes N>1`` started alone (no mpirun):
-    the launcher then sets MASTER_PORT for the group it did not start."""
+    the launcher then sets MASTER_PORT for a process group it does not start itself."""
     env = os.environ
     launched_cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     ranked = any(k in env for k in ("WORLD_SIZE", "RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"))
     return launched_cpu and "MASTER_PORT" in env and not ranked
+
+
+def _requested_cpu_processes() -> int | None:
+    """The ``--num_processes`` that the parent ``accelerate launch`` was given, or None when unknown.
+
+    accelerate's CPU launcher starts one process and passes the count to nobody; the parent's
+    command line is the one place it is still written.
+    """
+    try:
+        import psutil
+
+        cmdline = psutil.Process().parent().cmdline()
+    except Exception:  # noqa: BLE001 - no psutil, no parent, no permission: the count is unknown
+        return None
+    if "launch" not in cmdline:
+        return None
+    for i, arg in enumerate(cmdline):
+        value = None
+        if arg == "--num_processes" and i + 1 < len(cmdline):
+            value = cmdline[i + 1]
+        elif arg.startswith("--num_processes="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def cpu_worker_command(train_args: Sequence[str]) -> list[str] | None:
+    """The command that starts the CPU worker group ``accelerate launch --cpu --num_processes N`` asked for.
+
+    Without mpirun, accelerate starts a single process for ``--cpu`` whatever ``--num_processes``
+    says. In that process this returns a ``torch.distributed.run`` command that starts N ranked
+    workers on the launcher's rendezvous address (each then joins a gloo group through
+    accelerate), or None when no relaunch is needed: not under that launcher, already ranked, or
+    a single process asked for.
+    """
+    if not _single_process_cpu_launch():
+        return None
+    n = _requested_cpu_processes()
+    if n is None or n < 2:
+        if n is None:
+            import warnings
+
+            warnings.warn(
+                "accelerate launch --cpu started ONE process and the requested number of processes could not be "
+                "read; training in one process. `accelerate launch --multi_gpu --num_processes N -m unimodel train "
+                "CONFIG` starts N CPU processes (train.cpu = true keeps them on the CPU).",
+                stacklevel=2,
+            )
+        return None
+    env = os.environ
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "1", "--nproc_per_node", str(n),
+        "--master_addr", env.get("MASTER_ADDR", "127.0.0.1"), "--master_port", env["MASTER_PORT"],
+        "-m", "unimodel", *train_args,
+    ]
 
 
 # ============================================================ model helpers
@@ -855,10 +974,15 @@ def model_spec_for(model_section: Mapping[str, Any], tokenizer: Tokenizer, *, re
 
     Only fields the model's config class has are set (``vocab_size``,
     ``<role>_token_id``), and only when the table does not set them itself.
+    Other id fields whose default is the family's own eos id (BART starts
+    decoding with eos: ``decoder_start_token_id``, ``forced_eos_token_id``)
+    follow the tokenizer's eos.
     """
     spec = dict(model_section)
-    family, _ = registry.resolve_model(spec["name"])
-    fields = set(family.load().config_class.field_names())
+    family, preset_values = registry.resolve_model(spec["name"])
+    config_class = family.load().config_class
+    fields = set(config_class.field_names())
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class)} | dict(preset_values)
     if "vocab_size" in fields:
         given = spec.get("vocab_size")
         if given is None:
@@ -872,7 +996,25 @@ def model_spec_for(model_section: Mapping[str, Any], tokenizer: Tokenizer, *, re
         key = f"{role}_token_id"
         if key in fields and key not in spec:
             spec[key] = tokenizer.special_id(role)
+    eos_default = defaults.get("eos_token_id")
+    if tokenizer.has_role("eos") and isinstance(eos_default, int):
+        for key in ("decoder_start_token_id", "forced_eos_token_id"):
+            if key in fields and key not in spec and defaults.get(key) == eos_default:
+                spec[key] = tokenizer.special_id("eos")
     return spec
+
+
+def objective_data_kind(run: RunConfig) -> tuple[str, DataKind]:
+    """(the run's objective name, the kind of data it trains on: ``"text"`` or ``"pairs"``)."""
+    from unimodel.registry import get_registry
+
+    reg = get_registry()
+    family, _ = reg.resolve_model(run.model["name"])
+    name = run.objective_name or family.default_objective
+    if name is None:
+        return "", "text"  # building the model reports the missing objective
+    kind = getattr(reg.load("objective", name), "data_kind", "text")
+    return name, kind
 
 
 def needed_roles(run: RunConfig) -> list[str]:
@@ -904,6 +1046,24 @@ def check_block_size(model: Model, block_size: int) -> None:
         )
 
 
+def check_pair_lengths(model: Model, data: PairData, tokenizer: Tokenizer) -> None:
+    """Fail before training when the longest source or target (framed by the objective) exceeds the model."""
+    every = data.train + data.validation
+    if not every:
+        return
+    longest = [max(every, key=lambda ex: len(ex[side])) for side in ("source", "target")]
+    batch = model.objective.prepare(longest, tokenizer=tokenizer, generator=torch.Generator().manual_seed(0))
+    checks = [("source", "input_ids", model.encoder), ("target", "labels", model.decoder)]
+    for side, key, part in checks:
+        limit = part.max_positions if part is not None else None
+        if key in batch and limit is not None and batch[key].shape[1] > limit:
+            raise ConfigError(
+                f"the longest {side} is {batch[key].shape[1]} tokens (framing included), more than model "
+                f"{model.name!r} takes ({limit} positions); set objective.max_{side}_length = {limit} to truncate, "
+                "or build the model with a longer position table"
+            )
+
+
 def generate_sample(model: Model, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int, top_k: int | None,
                     seed: int) -> str:
     """Sample a continuation of ``prompt``; returns the decoded text (prompt included for decoder-only models)."""
@@ -921,10 +1081,31 @@ def generate_sample(model: Model, tokenizer: Tokenizer, prompt: str, *, max_new_
 
 
 # ================================================================= evaluation
+def _my_share(n: int, batch_size: int, accelerator: Accelerator | None,
+              limit: int | None = None) -> tuple[list[int], int]:
+    """(indices of the first ``limit`` of ``n`` examples this process handles, its per-batch count).
+
+    With several processes each takes a contiguous share and the global ``batch_size`` is split
+    between them, so sums reduced over processes do not depend on the process count.
+    """
+    indices = list(range(n if limit is None else min(n, limit)))
+    world = accelerator.num_processes if accelerator is not None else 1
+    if world > 1:
+        with accelerator.split_between_processes(indices) as part:  # type: ignore[union-attr]
+            indices = list(part)
+    return indices, max(1, batch_size // world)
+
+
+def _reduce_sum(total: Tensor, accelerator: Accelerator | None) -> Tensor:
+    if accelerator is None or accelerator.num_processes == 1:
+        return total
+    return accelerator.reduce(total.to(accelerator.device), reduction="sum").cpu()
+
+
 @torch.no_grad()
-def evaluate_blocks(
+def evaluate_examples(
     model: Model,
-    blocks: Sequence[Sequence[int]],
+    examples: Sequence[Mapping[str, Sequence[int]]],
     *,
     tokenizer: Tokenizer | None,
     batch_size: int = 16,
@@ -932,21 +1113,16 @@ def evaluate_blocks(
     max_batches: int | None = None,
     accelerator: Accelerator | None = None,
     split: str = "validation",
+    unit: str = "blocks",
 ) -> EvalResult:
-    """Token-weighted mean loss of ``model``'s objective over ``blocks`` (lists of ids).
+    """Token-weighted mean loss of ``model``'s objective over ``examples`` (what its ``prepare`` takes).
 
     With an ``accelerator`` of several processes, each takes a share of the
-    blocks and the sums are reduced; the result does not depend on the
+    examples and the sums are reduced; the result does not depend on the
     process count. Objective noise (masking ...) is seeded per batch from ``seed``.
     """
-    indices = list(range(len(blocks)))
-    if max_batches is not None:
-        indices = indices[: max_batches * batch_size]
-    world = accelerator.num_processes if accelerator is not None else 1
-    if world > 1:
-        with accelerator.split_between_processes(indices) as part:  # type: ignore[union-attr]
-            indices = list(part)
-    chunk = max(1, batch_size // world)
+    limit = None if max_batches is None else max_batches * batch_size
+    indices, chunk = _my_share(len(examples), batch_size, accelerator, limit)
     device = accelerator.device if accelerator is not None else model.device
     autocast = accelerator.autocast() if accelerator is not None else nullcontext()
     was_training = model.training
@@ -957,18 +1133,95 @@ def evaluate_blocks(
             for start in range(0, len(indices), chunk):
                 part = indices[start : start + chunk]
                 g = torch.Generator().manual_seed(derive_seed(seed, "eval", part[0]))
-                examples = as_examples([blocks[i] for i in part])
-                batch = model.objective.prepare(examples, tokenizer=tokenizer, generator=g)
+                batch = model.objective.prepare([examples[i] for i in part], tokenizer=tokenizer, generator=g)
                 out = model.objective(model, {k: v.to(device) for k, v in batch.items()})
                 total[0] += float(out.loss) * out.n_predictions
                 total[1] += out.n_predictions
     finally:
         model.train(was_training)
-    if world > 1:
-        total = accelerator.reduce(total.to(device), reduction="sum").cpu()  # type: ignore[union-attr]
+    total = _reduce_sum(total, accelerator)
     n = int(total[1])
     loss = float(total[0] / n) if n else float("nan")
-    return EvalResult(loss=loss, perplexity=_perplexity(loss), n_tokens=n, n_examples=len(blocks), split=split)
+    return EvalResult(loss=loss, perplexity=_perplexity(loss), n_tokens=n, n_examples=len(examples), split=split,
+                      unit=unit)
+
+
+def evaluate_blocks(model: Model, blocks: Sequence[Sequence[int]], **options: Any) -> EvalResult:
+    """:func:`evaluate_examples` on blocks of text (lists of ids); same options."""
+    return evaluate_examples(model, as_examples(blocks), **options)
+
+
+def normalize_whitespace(text: str) -> str:
+    """``text`` with surrounding whitespace dropped and every inner run of whitespace one space."""
+    return " ".join(text.split())
+
+
+def count_exact_matches(predictions: Sequence[str], references: Sequence[str]) -> int:
+    """How many predictions equal their reference after :func:`normalize_whitespace`."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return sum(normalize_whitespace(p) == normalize_whitespace(r) for p, r in zip(predictions, references))
+
+
+@dataclass
+class ExactMatch:
+    """Greedy decodings of validation sources compared with their targets."""
+
+    matches: int
+    total: int
+    examples: list[tuple[str, str, str, bool]]  # (source, prediction, reference, matched), the first few
+
+    @property
+    def score(self) -> float:
+        return self.matches / self.total if self.total else float("nan")
+
+
+@torch.no_grad()
+def generate_targets(model: Model, examples: Sequence[Mapping[str, Sequence[int]]], *, tokenizer: Tokenizer,
+                     batch_size: int = 64) -> list[str]:
+    """Greedy decodings (text) of the sources of pair ``examples``, in order.
+
+    Sources are framed and padded by the objective's ``prepare`` exactly as in
+    training. A prediction is cut at its first eos, and at ``len(target) + 3``
+    tokens (the target with its framing, and one more): a prediction longer
+    than its reference is seen as such, and the text does not depend on the
+    batch it was decoded in.
+    """
+    has_start = any(model.special_tokens.get(role) is not None for role in ("decoder_start", "bos"))
+    eos = tokenizer.role_id("eos")
+    texts: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        part = list(examples[start : start + batch_size])
+        batch = model.objective.prepare(part, tokenizer=tokenizer, generator=torch.Generator().manual_seed(0))
+        caps = [len(ex["target"]) + 3 for ex in part]
+        out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                             max_new_tokens=max(caps))
+        for row, cap in zip(out[:, 1 if has_start else 0 :].tolist(), caps):
+            row = row[:cap]
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return texts
+
+
+def exact_match(model: Model, examples: Sequence[Mapping[str, Sequence[int]]], *, tokenizer: Tokenizer,
+                batch_size: int = 64, accelerator: Accelerator | None = None, keep: int = 3) -> ExactMatch:
+    """Share of pair ``examples`` whose greedy decoding equals the target text (whitespace normalised).
+
+    The reference is the target as the tokenizer writes it back
+    (``decode(encode(target))``), so a lossy tokenizer (a lowercasing WordPiece)
+    does not count every prediction wrong. With several processes each decodes
+    a share and the counts are summed. ``keep`` first examples are returned for display.
+    """
+    indices, chunk = _my_share(len(examples), batch_size, accelerator)
+    mine = [examples[i] for i in indices]
+    predictions = generate_targets(model, mine, tokenizer=tokenizer, batch_size=chunk)
+    references = [tokenizer.decode(ex["target"]) for ex in mine]
+    matches = count_exact_matches(predictions, references)
+    total = _reduce_sum(torch.tensor([matches, len(mine)], dtype=torch.float64), accelerator)
+    shown = [(tokenizer.decode(ex["source"]), p, r, normalize_whitespace(p) == normalize_whitespace(r))
+             for ex, p, r in zip(mine[:keep], predictions, references)]
+    return ExactMatch(matches=int(total[0]), total=int(total[1]), examples=shown)
 
 
 def _perplexity(loss: float) -> float:
@@ -985,14 +1238,21 @@ def evaluate(
     batch_size: int = 16,
     max_batches: int | None = None,
     seed: int = 0,
+    exact_match_examples: int | None = 500,
 ) -> EvalResult:
-    """Loss and perplexity of a model (or a checkpoint folder, or a run's output folder) on text.
+    """Loss and perplexity of a model (or a checkpoint folder, or a run's output folder) on its kind of data.
 
     ``data`` is a :class:`DataConfig`, its dict, a registered corpus name, a
     file/folder/glob, or a run config file (its ``[data]`` table). Without
     ``data`` the run config saved in the checkpoint is used and ``split``
-    defaults to its validation split; with ``data``, to all of it. Blocks are
-    as long as the data config's ``block_size`` (capped by the model).
+    defaults to its validation split; with ``data``, to all of it (to the
+    validation split when the data has one of its own: a pair corpus, or
+    ``validation_paths``). Text is cut into blocks as long as the data
+    config's ``block_size`` (capped by the model).
+
+    A model whose objective trains on pairs (``seq2seq``) is evaluated on
+    pairs, and also greedy-decodes the first ``exact_match_examples`` of them
+    (0: none; None: all) to report the exact match.
     """
     from unimodel.checkpoint import load
 
@@ -1011,22 +1271,35 @@ def evaluate(
     if tokenizer is None:
         raise DataError("evaluate: the model has no tokenizer to encode text with; load a checkpoint saved with one")
     cfg = _eval_data_config(data, run_data)
-    split = split or ("validation" if data is None else "all")
-    train_docs, val_docs = load_split(cfg if split != "all" else cfg.replace(validation_fraction=0.0))
-    docs = {"validation": val_docs, "train": train_docs, "all": train_docs}[split]
-    if not docs:
+    kind: DataKind = getattr(type(model.objective), "data_kind", "text")
+    # validation files, or a pair corpus's own validation split, are the validation split of any data
+    own_validation = bool(cfg.validation_paths) or (kind == "pairs" and cfg.corpus is not None)
+    split = split or ("validation" if data is None or own_validation else "all")
+    if split == "all":  # nothing held out by fraction: every document, in corpus order
+        cfg = cfg.replace(validation_fraction=0.0)
+    raw = load_data(cfg, kind=kind, objective=model.objective_name)
+    items = {"validation": raw.validation, "train": raw.train, "all": raw.train + raw.validation}[split]
+    if not items:
         raise DataError(
-            f"evaluate: the {split} split is empty (data.validation_fraction = {cfg.validation_fraction}); "
+            f"evaluate: the {split} split is empty (no validation data in the run's [data]); "
             "evaluate with split='all' or give other data"
         )
+    options = {"tokenizer": tokenizer, "batch_size": batch_size, "seed": seed, "max_batches": max_batches,
+               "split": split}
+    if kind == "pairs":
+        examples = encode_pairs(tokenizer, items)
+        result = evaluate_examples(model, examples, unit="pairs", **options)
+        if exact_match_examples != 0:
+            em = exact_match(model, examples[:exact_match_examples], tokenizer=tokenizer, batch_size=batch_size)
+            result.exact_match, result.exact_match_examples = em.score, em.total
+        return result
     limits = [p.max_positions for p in (model.encoder, model.decoder) if p is not None and p.max_positions is not None]
     block_size = min([cfg.block_size, *limits])
     sep = separator_id(tokenizer)
-    blocks = pack_blocks_with_tail(tokenizer.encode_batch(docs), block_size=block_size, separator_id=sep)
+    blocks = pack_blocks_with_tail(tokenizer.encode_batch(items), block_size=block_size, separator_id=sep)
     if not blocks:
         raise DataError(f"evaluate: the {split} text holds fewer than 2 tokens")
-    return evaluate_blocks(model, blocks, tokenizer=tokenizer, batch_size=batch_size, seed=seed,
-                           max_batches=max_batches, split=split)
+    return evaluate_blocks(model, blocks, **options)
 
 
 def _eval_data_config(data: DataConfig | Mapping[str, Any] | str | None, run_data: DataConfig | None) -> DataConfig:
@@ -1043,9 +1316,15 @@ def _eval_data_config(data: DataConfig | Mapping[str, Any] | str | None, run_dat
         return DataConfig.from_dict(data)
     from unimodel.registry import get_registry
 
-    inherit = {"block_size": run_data.block_size} if run_data is not None else {}
+    # how the run read its data applies to other data named on its own
+    kept = ("block_size", "format", "text_field", "source_field", "target_field", "document_unit")
+    inherit = {k: getattr(run_data, k) for k in kept} if run_data is not None else {}
     if get_registry().has("corpus", data):
-        return DataConfig(corpus=data, **inherit)
+        if run_data is None:
+            return DataConfig(corpus=data)
+        # the run's corpus options apply when the run trained on this corpus
+        options = run_data.corpus_options if run_data.corpus == data else {}
+        return DataConfig(corpus=data, block_size=run_data.block_size, corpus_options=options)
     if data.endswith((".toml", ".json")) and Path(data).is_file():
         table = read_config_file(data)
         return DataConfig.from_dict(table.get("data", {}))
@@ -1071,6 +1350,7 @@ def train(
 
 
 __all__ = [
-    "DataConfig", "EvalResult", "RunConfig", "TrainConfig", "TrainResult", "Trainer", "evaluate", "evaluate_blocks",
+    "DataConfig", "EvalResult", "ExactMatch", "RunConfig", "TrainConfig", "TrainResult", "Trainer",
+    "count_exact_matches", "evaluate", "evaluate_blocks", "evaluate_examples", "exact_match", "generate_targets",
     "load_run_config", "lr_multiplier", "param_groups", "train",
 ]

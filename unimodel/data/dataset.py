@@ -1,15 +1,19 @@
-"""The ``[data]`` section of a run: where text comes from, how it is tokenized, split and packed.
+"""The ``[data]`` section of a run: where data comes from, how it is tokenized, split and packed.
 
-:func:`load_split` reads the documents and splits them by document;
-:func:`make_tokenizer` trains a tokenizer on the training split (or loads
-one); :func:`encode_and_pack` turns both splits into blocks of token ids.
-Every step is deterministic, so every process of a distributed run, and a
-resumed run, computes the same blocks.
+The objective decides what the data is (``Objective.data_kind``): **text**,
+cut into fixed-length blocks, or **pairs**, source -> target examples
+(``seq2seq``). :func:`load_data` reads either kind and splits it;
+:func:`make_tokenizer` trains a tokenizer on the training split (both sides
+of the pairs) or loads one; :func:`encode_data` turns both splits into token
+ids: :class:`PackedData` blocks for text (:func:`encode_and_pack`),
+:class:`PairData` examples for pairs. Every step is deterministic, so every
+process of a distributed run, and a resumed run, computes the same data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +23,14 @@ from torch import Tensor
 
 from unimodel.config import Config, param
 from unimodel.data.packing import pack_blocks, pack_blocks_with_tail, split_documents
+from unimodel.data.pairs import PAIR_EXTENSIONS, Pair, encode_pairs, pair_key, read_pairs
 from unimodel.data.text import DEFAULT_EXTENSIONS, read_documents
 from unimodel.data.tokenizer import DEFAULT_BPE_ROLES, TOKENIZER_FILE, Tokenizer
 from unimodel.errors import DataError
 
 DEFAULT_CORPUS = "pydoc"
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
+DataKind = Literal["text", "pairs"]
 
 
 @dataclass(frozen=True)
@@ -34,30 +40,48 @@ class DataConfig(Config):
     section = "data"
 
     corpus: str | None = param(
-        None, "a registered corpus (see `unimodel list corpus`); pydoc when neither corpus nor paths is set"
+        None, "a registered corpus (see `unimodel list --kind corpus`): text, or source -> target pairs for a pair "
+        "objective such as seq2seq; pydoc when neither corpus nor paths is set"
+    )
+    corpus_options: dict[str, Any] = param(
+        doc="keyword options of the corpus, e.g. { max_value = 9999 } for numbers", default_factory=dict
     )
     paths: tuple[str, ...] | str = param(
-        (), "text/JSONL files, folders (searched recursively) and globs, relative to the working directory"
+        (), "text, JSONL or TSV files, folders (searched recursively) and globs, relative to the working directory"
     )
-    format: Literal["auto", "text", "jsonl"] = param(
-        "auto", "file format; auto reads .jsonl/.ndjson as JSONL, the rest as UTF-8 text"
+    validation_paths: tuple[str, ...] | str = param(
+        (), "files (folders, globs) held out for validation; when set, validation_fraction is not used"
+    )
+    format: Literal["auto", "text", "jsonl", "tsv"] = param(
+        "auto", "file format; auto reads .jsonl/.ndjson as JSONL, .tsv as source<TAB>target pairs, the rest as "
+        "UTF-8 text"
     )
     text_field: str = param("text", "the JSONL field holding each record's text")
-    extensions: tuple[str, ...] = param(DEFAULT_EXTENSIONS, "file endings read from folders")
+    source_field: str = param("source", "the JSONL field holding each pair's source (pair objectives)")
+    target_field: str = param("target", "the JSONL field holding each pair's target (pair objectives)")
+    extensions: tuple[str, ...] | None = param(
+        None, "file endings read from folders; null: .txt .md .rst .jsonl for text, .jsonl .ndjson .tsv for pairs"
+    )
     document_unit: Literal["file", "paragraph", "line"] = param("file", "what one document of a text file is")
-    max_documents: int | None = param(None, "use only the first N documents")
-    block_size: int = param(128, "tokens per packed example")
-    validation_fraction: float = param(0.1, "fraction of documents held out for validation (0 for none)")
+    max_documents: int | None = param(
+        None, "use only the first N documents (pairs: of the files, or of a pair corpus's training split)"
+    )
+    block_size: int = param(128, "tokens per packed example (text)")
+    validation_fraction: float = param(
+        0.1, "fraction of documents or pairs held out for validation (0 for none); a pair corpus has its own split"
+    )
     seed: int = param(0, "seed of the train/validation split")
     tokenizer: str = param(
         "bpe", "bpe, wordpiece or unigram to train one on the training split; or a folder with tokenizer.json"
     )
     vocab_size: int = param(8192, "vocabulary size of a trained tokenizer (special tokens included)")
     min_frequency: int = param(2, "a trained tokenizer's pieces occur at least this often")
+    split_digits: bool = param(False, "a trained tokenizer splits numbers into single digits, one token each")
 
     def check(self) -> None:
-        if isinstance(self.paths, str):
-            object.__setattr__(self, "paths", (self.paths,))
+        for name in ("paths", "validation_paths"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, (getattr(self, name),))
         if self.corpus is None and not self.paths:
             object.__setattr__(self, "corpus", DEFAULT_CORPUS)
         if self.block_size < 2:
@@ -70,9 +94,15 @@ class DataConfig(Config):
             self.fail("vocab_size", "must be positive")
         if self.min_frequency < 1:
             self.fail("min_frequency", "must be at least 1")
-        bad = [e for e in self.extensions if not e.startswith(".")]
+        bad = [e for e in self.extensions or () if not e.startswith(".")]
         if bad:
             self.fail("extensions", f"write file endings with their dot, e.g. '.txt' (got {', '.join(bad)})")
+
+    def extensions_for(self, kind: DataKind) -> tuple[str, ...]:
+        """The file endings read from folders for data of ``kind``."""
+        if self.extensions is not None:
+            return self.extensions
+        return PAIR_EXTENSIONS if kind == "pairs" else DEFAULT_EXTENSIONS
 
     @property
     def trains_tokenizer(self) -> bool:
@@ -92,6 +122,23 @@ class PackedData:
     block_size: int
     n_train_documents: int
     n_validation_documents: int
+    unit = "blocks"
+
+    @property
+    def n_train(self) -> int:
+        return self.train.shape[0]
+
+    def example(self, i: int) -> dict[str, list[int]]:
+        """Training example ``i``: ``{"input_ids": block}``."""
+        return {"input_ids": self.train[i].tolist()}
+
+    @property
+    def validation_examples(self) -> list[dict[str, list[int]]]:
+        return as_examples(self.validation)
+
+    def n_tokens(self, indices: Sequence[int]) -> int:
+        """Tokens in the training examples ``indices``."""
+        return len(indices) * self.block_size
 
     @property
     def n_train_tokens(self) -> int:
@@ -101,6 +148,13 @@ class PackedData:
     def n_validation_tokens(self) -> int:
         return sum(len(b) for b in self.validation)
 
+    def describe(self) -> str:
+        return (f"{self.n_train_documents} documents -> {self.n_train} blocks of {self.block_size} tokens for "
+                f"training, {self.n_validation_documents} documents ({self.n_validation_tokens} tokens) for validation")
+
+    def fix_for_too_few(self) -> str:
+        return "add text, lower data.block_size or lower train.batch_size"
+
     def fingerprint(self) -> str:
         """A digest of the training blocks: a resumed run checks it still trains on the same data."""
         h = hashlib.blake2b(digest_size=16)
@@ -109,20 +163,148 @@ class PackedData:
         return h.hexdigest()
 
 
-def load_split(config: DataConfig, *, registry: Any = None) -> tuple[list[str], list[str]]:
-    """(train documents, validation documents) of a data config."""
+@dataclass
+class PairData:
+    """Tokenized source -> target pairs of both splits: ``{"source": ids, "target": ids}`` each."""
+
+    train: list[dict[str, list[int]]]
+    validation: list[dict[str, list[int]]]
+    unit = "pairs"
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    def example(self, i: int) -> dict[str, list[int]]:
+        return self.train[i]
+
+    @property
+    def validation_examples(self) -> list[dict[str, list[int]]]:
+        return self.validation
+
+    def n_tokens(self, indices: Sequence[int]) -> int:
+        """Source and target tokens of the training examples ``indices`` (framing tokens not counted)."""
+        return sum(len(self.train[i]["source"]) + len(self.train[i]["target"]) for i in indices)
+
+    @property
+    def n_train_tokens(self) -> int:
+        return self.n_tokens(range(self.n_train))
+
+    @property
+    def n_validation_tokens(self) -> int:
+        return sum(len(ex["source"]) + len(ex["target"]) for ex in self.validation)
+
+    def describe(self) -> str:
+        return (f"{self.n_train:,} pairs ({self.n_train_tokens:,} tokens) for training, "
+                f"{len(self.validation):,} pairs for validation")
+
+    def fix_for_too_few(self) -> str:
+        return "add pairs or lower train.batch_size"
+
+    def fingerprint(self) -> str:
+        """A digest of the training pairs' ids: a resumed run checks it still trains on the same data."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps([[ex["source"], ex["target"]] for ex in self.train]).encode())
+        return h.hexdigest()
+
+
+@dataclass
+class RawData:
+    """Both splits before tokenization: documents (``kind`` text) or ``(source, target)`` pairs."""
+
+    kind: DataKind
+    train: list[Any]
+    validation: list[Any]
+    fixed_validation: bool = False  # the validation split comes from the source, not from validation_fraction
+
+    def tokenizer_texts(self) -> list[str]:
+        """What a tokenizer trains on: the training documents, or both sides of the training pairs."""
+        if self.kind == "pairs":
+            return [side for pair in self.train for side in pair]
+        return list(self.train)
+
+
+def load_data(
+    config: DataConfig, *, kind: DataKind = "text", objective: str | None = None, registry: Any = None
+) -> RawData:
+    """Both splits of a data config, read as ``kind``: text documents or source/target pairs.
+
+    ``objective`` names the run's objective in the error raised when the
+    data is of the other kind (a pair corpus for a text objective ...).
+    """
+    if kind == "pairs":
+        return _load_pairs(config, objective=objective, registry=registry)
     docs = read_documents(
         corpus=config.corpus,
         paths=tuple(config.paths),
         format=config.format,
         text_field=config.text_field,
-        extensions=config.extensions,
+        pair_fields=(config.source_field, config.target_field),
+        extensions=config.extensions_for("text"),
         document_unit=config.document_unit,
         max_documents=config.max_documents,
+        corpus_options=config.corpus_options,
+        objective=objective,
         registry=registry,
     )
+    if config.validation_paths:
+        held_out = read_documents(
+            paths=tuple(config.validation_paths), format=config.format, text_field=config.text_field,
+            pair_fields=(config.source_field, config.target_field), extensions=config.extensions_for("text"),
+            document_unit=config.document_unit, objective=objective,
+        )
+        return RawData("text", docs, held_out, fixed_validation=True)
     train_idx, val_idx = split_documents(docs, validation_fraction=config.validation_fraction, seed=config.seed)
-    return [docs[i] for i in train_idx], [docs[i] for i in val_idx]
+    return RawData("text", [docs[i] for i in train_idx], [docs[i] for i in val_idx])
+
+
+def _load_pairs(config: DataConfig, *, objective: str | None, registry: Any) -> RawData:
+    from unimodel.data.corpus import load_pair_corpus
+
+    def read(paths: Sequence[str], limit: int | None = None) -> list[Pair]:
+        return read_pairs(paths, format=config.format, source_field=config.source_field,
+                          target_field=config.target_field, extensions=config.extensions_for("pairs"),
+                          max_pairs=limit, objective=objective)
+
+    train: list[Pair] = []
+    validation: list[Pair] = []
+    fixed = bool(config.validation_paths)
+    if config.corpus is not None:
+        options = {"registry": registry, "options": config.corpus_options, "objective": objective}
+        train += load_pair_corpus(config.corpus, "train", **options)[: config.max_documents]
+        validation += load_pair_corpus(config.corpus, "validation", **options)
+        fixed = True
+    if config.paths:
+        pairs = read(config.paths, config.max_documents)
+        if config.validation_paths or config.validation_fraction == 0.0:
+            train += pairs
+        elif len(pairs) < 2:
+            raise DataError(
+                f"data.paths hold {len(pairs)} pair(s), too few to hold some out for validation; add pairs, give "
+                "data.validation_paths, or set data.validation_fraction = 0"
+            )
+        else:
+            keys = [pair_key(p) for p in pairs]
+            train_idx, val_idx = split_documents(keys, validation_fraction=config.validation_fraction,
+                                                 seed=config.seed)
+            train += [pairs[i] for i in train_idx]
+            validation += [pairs[i] for i in val_idx]
+    if config.validation_paths:
+        validation += read(config.validation_paths)
+    return RawData("pairs", train, validation, fixed_validation=fixed)
+
+
+def load_split(config: DataConfig, *, registry: Any = None) -> tuple[list[str], list[str]]:
+    """(train documents, validation documents) of a data config read as text."""
+    raw = load_data(config, kind="text", registry=registry)
+    return raw.train, raw.validation
+
+
+def encode_data(config: DataConfig, tokenizer: Tokenizer, raw: RawData) -> PackedData | PairData:
+    """Token ids of both splits: blocks for text (:func:`encode_and_pack`), examples for pairs."""
+    if raw.kind == "pairs":
+        return PairData(encode_pairs(tokenizer, raw.train), encode_pairs(tokenizer, raw.validation))
+    return encode_and_pack(config, tokenizer, raw.train, raw.validation)
 
 
 def tokenizer_roles(kind: str, needed: Iterable[str] = ()) -> dict[str, str] | None:
@@ -152,8 +334,9 @@ def make_tokenizer(config: DataConfig, train_texts: Sequence[str], *, needed_rol
     if config.trains_tokenizer:
         roles = tokenizer_roles(config.tokenizer, needed_roles)
         # the Unigram trainer has no frequency threshold
-        options = {} if config.tokenizer == "unigram" else {"min_frequency": config.min_frequency}
-        return Tokenizer.train(config.tokenizer, train_texts, config.vocab_size, roles, **options)
+        options: dict[str, Any] = {} if config.tokenizer == "unigram" else {"min_frequency": config.min_frequency}
+        return Tokenizer.train(config.tokenizer, train_texts, config.vocab_size, roles,
+                               split_digits=config.split_digits, **options)
     folder = Path(config.tokenizer).expanduser()
     if not (folder / TOKENIZER_FILE).is_file():
         raise DataError(

@@ -51,9 +51,17 @@ def numbers_pairs(
 
     Numbers are drawn without replacement from ``[0, max_value]`` with a fixed
     seed, so every call (every process, every machine) gets the same split.
+    Registered as the pair corpus ``numbers``; ``data.corpus_options`` sets
+    the keyword arguments.
     """
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+    for name, value in (("n_train", n_train), ("n_validation", n_validation), ("max_value", max_value),
+                        ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if max_value >= 10**12:
+        raise ValueError(f"max_value must be below 10**12 (the largest number written in words), got {max_value}")
     total = n_train + n_validation
     if total > max_value + 1:
         raise ValueError(f"cannot draw {total} distinct numbers from [0, {max_value}]")

@@ -5,6 +5,10 @@ see ``document_unit``), one JSONL record's text field, or one item of a
 registered corpus. Sources are read in a fixed order (sorted paths) so the
 same config always yields the same documents, on any machine and in every
 process of a distributed run.
+
+The file-level pieces (path expansion, format detection, JSONL records and
+their fields, UTF-8 reading) are shared with :mod:`unimodel.data.pairs`,
+which reads source/target pairs from the same kinds of files.
 """
 
 from __future__ import annotations
@@ -18,13 +22,38 @@ from typing import Any, Literal
 
 from unimodel.errors import DataError, did_you_mean
 
-Format = Literal["auto", "text", "jsonl"]
+Format = Literal["auto", "text", "jsonl", "tsv"]
 DocumentUnit = Literal["file", "paragraph", "line"]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+TSV_SUFFIXES = (".tsv",)
 DEFAULT_EXTENSIONS = (".txt", ".md", ".rst", ".jsonl")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _PARAGRAPH_BREAK = re.compile(r"\n(?:[ \t]*\n)+")
+
+
+def objective_phrase(objective: str | None) -> str:
+    """How an error message names the run's objective: ``objective 'clm'``, or ``the objective``."""
+    return f"objective {objective!r}" if objective else "the objective"
+
+
+def file_format(path: Path, format: Format) -> Literal["text", "jsonl", "tsv"]:
+    """How ``path`` is read: ``format`` itself, or for ``"auto"`` its ending (.jsonl/.ndjson, .tsv, else text)."""
+    if format != "auto":
+        return format
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in TSV_SUFFIXES:
+        return "tsv"
+    return "text"
+
+
+def format_reason(path: Path, format: Format) -> str:
+    """Why :func:`file_format` chose what it chose, for error messages."""
+    if format != "auto":
+        return f"data.format = {format!r}"
+    return f"data.format \"auto\" reads a {path.suffix or 'file without an ending'} file as {file_format(path, format)}"
 
 
 def resolve_paths(paths: Sequence[str], *, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> list[Path]:
@@ -79,10 +108,10 @@ def split_text(text: str, unit: DocumentUnit) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def read_jsonl(path: Path, *, text_field: str) -> Iterator[str]:
-    """The ``text_field`` string of every record of a JSONL file (blank lines skipped)."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(_lines(f, path), start=1):
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for every non-blank line of a JSONL file; each record must be an object."""
+    with open_text(path) as f:
+        for lineno, line in enumerate(text_lines(f, path), start=1):
             if not line.strip():
                 continue
             try:
@@ -92,21 +121,45 @@ def read_jsonl(path: Path, *, text_field: str) -> Iterator[str]:
             if not isinstance(record, dict):
                 raise DataError(
                     f"{str(path)!r} line {lineno} holds a JSON {type(record).__name__}; each line must be an "
-                    f"object with a {text_field!r} field"
+                    "object (one record per line)"
                 )
-            if text_field not in record:
-                keys = list(record)
-                raise DataError(
-                    f"{str(path)!r} line {lineno} has no {text_field!r} field.{did_you_mean(text_field, keys)} "
-                    f"Its fields: {', '.join(keys) or 'none'}. Set data.text_field to the field holding the text."
-                )
-            value = record[text_field]
-            if not isinstance(value, str):
-                raise DataError(
-                    f"{str(path)!r} line {lineno}: field {text_field!r} is {type(value).__name__}, expected a string"
-                )
-            if value.strip():
-                yield value
+            yield lineno, record
+
+
+def string_field(record: dict[str, Any], field: str, *, path: Path, lineno: int, option: str, what: str) -> str:
+    """``record[field]`` as a string; a :class:`DataError` naming the file, line and config ``option`` otherwise."""
+    if field not in record:
+        keys = list(record)
+        raise DataError(
+            f"{str(path)!r} line {lineno} has no {field!r} field.{did_you_mean(field, keys)} "
+            f"Its fields: {', '.join(keys) or 'none'}. Set data.{option} to the field holding the {what}."
+        )
+    value = record[field]
+    if not isinstance(value, str):
+        raise DataError(f"{str(path)!r} line {lineno}: field {field!r} is {type(value).__name__}, expected a string")
+    return value
+
+
+def read_jsonl(
+    path: Path, *, text_field: str, pair_fields: tuple[str, str] = ("source", "target"), objective: str | None = None
+) -> Iterator[str]:
+    """The ``text_field`` string of every record of a JSONL file (blank lines skipped).
+
+    A record without the text field but with both ``pair_fields`` is a
+    source/target pair, which a text objective cannot use: that is reported as such.
+    """
+    for lineno, record in jsonl_records(path):
+        if text_field not in record and all(f in record for f in pair_fields):
+            src, tgt = pair_fields
+            raise DataError(
+                f"{str(path)!r} line {lineno} holds a source/target pair (fields {src!r} and {tgt!r}) and no "
+                f"{text_field!r} text, but {objective_phrase(objective)} trains on text. Train on pairs with "
+                "objective \"seq2seq\" (an encoder-decoder such as t5 or bart), or set data.text_field to a field "
+                "holding text"
+            )
+        value = string_field(record, text_field, path=path, lineno=lineno, option="text_field", what="text")
+        if value.strip():
+            yield value
 
 
 def read_documents(
@@ -115,16 +168,21 @@ def read_documents(
     paths: Sequence[str] = (),
     format: Format = "auto",
     text_field: str = "text",
+    pair_fields: tuple[str, str] = ("source", "target"),
     extensions: Sequence[str] = DEFAULT_EXTENSIONS,
     document_unit: DocumentUnit = "file",
     max_documents: int | None = None,
+    corpus_options: dict[str, Any] | None = None,
+    objective: str | None = None,
     registry: Any = None,
 ) -> list[str]:
     """Every document of a registered ``corpus`` and/or the files of ``paths``, in a fixed order.
 
     ``format`` ``"auto"`` reads ``.jsonl``/``.ndjson`` files as JSONL and
-    everything else as plain UTF-8 text. Empty documents are dropped; an
-    empty result is a :class:`DataError`.
+    everything else but ``.tsv`` as plain UTF-8 text. TSV files and pair
+    corpora hold source/target pairs, not text: they are refused with the
+    fix (``objective`` names the run's objective in that message). Empty
+    documents are dropped; an empty result is a :class:`DataError`.
     """
     if corpus is None and not paths:
         raise DataError("no data source: set data.corpus (e.g. \"pydoc\") or data.paths (files, folders or globs)")
@@ -132,15 +190,21 @@ def read_documents(
     if corpus is not None:
         from unimodel.data.corpus import load_corpus
 
-        for doc in load_corpus(corpus, registry=registry):
+        for doc in load_corpus(corpus, registry=registry, options=corpus_options, objective=objective):
             docs.extend(split_text(doc, document_unit) if document_unit != "file" else ([doc] if doc.strip() else []))
     for path in resolve_paths(paths, extensions=extensions):
-        as_jsonl = format == "jsonl" or (format == "auto" and path.suffix.lower() in JSONL_SUFFIXES)
-        if as_jsonl:
-            docs.extend(read_jsonl(path, text_field=text_field))
+        kind = file_format(path, format)
+        if kind == "tsv":
+            raise DataError(
+                f"{str(path)!r} is read as TSV source<TAB>target pairs ({format_reason(path, format)}), but "
+                f"{objective_phrase(objective)} trains on text. Set data.format = \"text\" to read it as plain "
+                "text, or train on the pairs with objective \"seq2seq\" (an encoder-decoder such as t5 or bart)"
+            )
+        if kind == "jsonl":
+            docs.extend(read_jsonl(path, text_field=text_field, pair_fields=pair_fields, objective=objective))
         else:
-            with _open_text(path) as f:
-                text = "".join(_lines(f, path))
+            with open_text(path) as f:
+                text = "".join(text_lines(f, path))
             docs.extend(split_text(text, document_unit))
         if max_documents is not None and len(docs) >= max_documents:
             break
@@ -152,14 +216,14 @@ def read_documents(
     return docs
 
 
-def _open_text(path: Path) -> Any:
+def open_text(path: Path) -> Any:
     try:
         return path.open("r", encoding="utf-8")
     except OSError as exc:
         raise DataError(f"cannot read {str(path)!r}: {exc.strerror}") from None
 
 
-def _lines(f: Any, path: Path) -> Iterator[str]:
+def text_lines(f: Any, path: Path) -> Iterator[str]:
     try:
         yield from f
     except UnicodeDecodeError as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unimodel.errors import CheckpointError, ConfigError, DataError
 
@@ -180,8 +180,13 @@ class Tokenizer:
         vocab_size: int = 8192,
         roles: Mapping[str, str] | None = None,
         min_frequency: int = 2,
+        split_digits: bool = False,
     ) -> Tokenizer:
-        """Train a byte-level BPE (GPT-2 style) reserving the tokens of ``roles`` first."""
+        """Train a byte-level BPE (GPT-2 style) reserving the tokens of ``roles`` first.
+
+        ``split_digits``: every digit is a token of its own ("12345" -> 1 2 3 4 5), so numbers are read
+        digit by digit instead of in pieces that depend on how often they occurred.
+        """
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -190,7 +195,8 @@ class Tokenizer:
         if vocab_size < 256 + len(specials):
             raise ConfigError(f"vocab_size {vocab_size} is too small for byte-level BPE: use at least {256 + len(specials)}")
         backend = HFTokenizer(models.BPE())
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.pre_tokenizer = _with_digits(byte_level, split_digits, first=True)
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
@@ -213,8 +219,12 @@ class Tokenizer:
         roles: Mapping[str, str] | None = None,
         lowercase: bool = True,
         min_frequency: int = 2,
+        split_digits: bool = False,
     ) -> Tokenizer:
-        """Train a BERT-style WordPiece tokenizer (``##`` continuation pieces)."""
+        """Train a BERT-style WordPiece tokenizer (``##`` continuation pieces).
+
+        ``split_digits``: every digit is a word of its own (so decoding writes "1 2 3").
+        """
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -222,7 +232,7 @@ class Tokenizer:
         specials = list(dict.fromkeys(roles.values()))
         backend = HFTokenizer(models.WordPiece(unk_token=roles.get("unk", "[UNK]")))
         backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.pre_tokenizer = _with_digits(pre_tokenizers.BertPreTokenizer(), split_digits)
         backend.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=False
@@ -237,9 +247,11 @@ class Tokenizer:
         vocab_size: int = 8192,
         roles: Mapping[str, str] | None = None,
         n_sentinels: int = 100,
+        split_digits: bool = False,
     ) -> Tokenizer:
         """Train a SentencePiece-style Unigram tokenizer (T5), with ``n_sentinels``
-        ``<extra_id_i>`` tokens reserved as roles ``sentinel_0`` ... ``sentinel_{n-1}``."""
+        ``<extra_id_i>`` tokens reserved as roles ``sentinel_0`` ... ``sentinel_{n-1}``.
+        ``split_digits``: every digit is a token of its own."""
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -248,7 +260,7 @@ class Tokenizer:
         specials = list(dict.fromkeys(roles.values()))
         backend = HFTokenizer(models.Unigram())
         backend.normalizer = normalizers.NFKC()
-        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.pre_tokenizer = _with_digits(pre_tokenizers.Metaspace(), split_digits)
         backend.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(
             vocab_size=vocab_size, special_tokens=specials, unk_token=roles.get("unk"), show_progress=False
@@ -264,6 +276,16 @@ class Tokenizer:
         if kind not in trainers:
             raise ConfigError(f"unknown tokenizer kind {kind!r}; choose from {', '.join(trainers)}")
         return trainers[kind](texts, vocab_size, roles, **options)  # type: ignore[operator]
+
+
+def _with_digits(pre: tokenizers.pre_tokenizers.PreTokenizer, split_digits: bool, *, first: bool = False) -> Any:
+    """``pre``, followed (or, ``first``, preceded) by a split of numbers into single digits when asked."""
+    if not split_digits:
+        return pre
+    from tokenizers import pre_tokenizers
+
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    return pre_tokenizers.Sequence([digits, pre] if first else [pre, digits])
 
 
 def check_objective_tokens(tokenizer: Tokenizer, objective: Objective, name: str) -> None:
