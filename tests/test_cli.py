@@ -89,6 +89,13 @@ def test_list_filters_by_pattern_and_kind(capsys):
     assert fim["plugin"] == "gpt" and fim["summary"].startswith("fill-in-the-middle")
     assert cli.main(["list", "zzz-nothing"]) == 0
     assert "no components match 'zzz-nothing'" in capsys.readouterr().err
+    # a kind's name that no component name contains lists that kind
+    assert cli.main(["list", "corpus"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("corpus:\n") and "numbers" in out and "pydoc" in out and "model:" not in out
+    # a word that is both a kind and part of component names stays a name pattern
+    assert cli.main(["list", "encoder"]) == 0
+    assert "encoder-decoder" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ info

@@ -85,9 +85,12 @@ def _warn_registry_problems(reg: Registry, stream: TextIO) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     reg = _registry()
     pattern = args.pattern
+    kind = args.kind
+    if kind is None and pattern in _kinds() and not any(reg.names(None, f"*{pattern}*").values()):
+        kind, pattern = pattern, None  # `unimodel list corpus`: a kind's name, matching no component
     if pattern is not None and not (_GLOB_CHARS & set(pattern)):
         pattern = f"*{pattern}*"  # a bare word matches anywhere in the name
-    names = reg.names(args.kind, pattern)
+    names = reg.names(kind, pattern)
     if args.json:
         data = {
             kind: [
