@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import InputError
+from unimodel.nn.linear import decoding_layout
 from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
 from unimodel.generation.settings import (
     OPTIONS,
@@ -129,7 +130,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), decoding_layout(model.decoder):
             if inputs.encoder_output is None and model.encoder is not None:
                 inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:

@@ -4,6 +4,7 @@ from unimodel.nn.attention import Attention, KVCache, attention_mask_for
 from unimodel.nn.block import Block
 from unimodel.nn.ffn import ACTIVATIONS, FeedForward, get_activation, init_normal_
 from unimodel.nn.heads import LMHead
+from unimodel.nn.linear import Linear, decoding_layout
 from unimodel.nn.norms import RMSNorm, make_norm
 from unimodel.nn.positions import LearnedPositions, positions_from_mask, sinusoids
 
@@ -15,8 +16,10 @@ __all__ = [
     "KVCache",
     "LMHead",
     "LearnedPositions",
+    "Linear",
     "RMSNorm",
     "attention_mask_for",
+    "decoding_layout",
     "get_activation",
     "init_normal_",
     "make_norm",

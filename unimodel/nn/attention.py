@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unimodel.nn.linear import Linear
+
 
 class KVCache:
     """Key/value buffers for every self-attention layer of one decoder stack.
@@ -154,11 +156,11 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.cross = cross
         if cross:
-            self.q = nn.Linear(d_model, self.inner, bias=bias)
-            self.kv = nn.Linear(kv_dim or d_model, 2 * self.inner, bias=bias)
+            self.q = Linear(d_model, self.inner, bias=bias)
+            self.kv = Linear(kv_dim or d_model, 2 * self.inner, bias=bias)
         else:
-            self.qkv = nn.Linear(d_model, 3 * self.inner, bias=bias)
-        self.out = nn.Linear(self.inner, d_model, bias=bias)
+            self.qkv = Linear(d_model, 3 * self.inner, bias=bias)
+        self.out = Linear(self.inner, d_model, bias=bias)
 
     def _heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape

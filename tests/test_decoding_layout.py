@@ -1,0 +1,53 @@
+"""Decoding with transposed copies of the widening projections gives the same results."""
+
+import pytest
+import torch
+
+import unimodel as um
+import unimodel.generation as generation
+from unimodel.nn import Linear, decoding_layout
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 16), (3, 1, 16), (2, 5, 16)])
+def test_linear_with_decoding_copy_equals_linear(bias, shape):
+    torch.manual_seed(0)
+    layer = Linear(16, 40, bias=bias)
+    x = torch.randn(*shape)
+    ref = layer(x)
+    with decoding_layout(layer) as made:
+        assert made and layer.decode_weight is not None and layer.decode_weight.shape == (16, 40)
+        torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
+    assert layer.decode_weight is None
+
+
+def test_only_widening_layers_get_copies_and_all_are_dropped():
+    model = torch.nn.Sequential(Linear(8, 32), torch.nn.ReLU(), Linear(32, 8), Linear(8, 8))
+    with decoding_layout(model):
+        assert [m.decode_weight is not None for m in (model[0], model[2], model[3])] == [True, False, False]
+    assert all(m.decode_weight is None for m in (model[0], model[2], model[3]))
+    # an error inside the block drops the copies too
+    with pytest.raises(RuntimeError), decoding_layout(model):
+        raise RuntimeError("boom")
+    assert model[0].decode_weight is None
+
+
+def test_budget_too_small_means_no_copies():
+    layer = Linear(8, 32)
+    with decoding_layout(layer, budget=8 * 32 * 4 - 1) as made:
+        assert not made and layer.decode_weight is None
+    with decoding_layout(None) as made:
+        assert not made
+
+
+@pytest.mark.parametrize("name", ["gpt", "t5", "bart"])
+def test_generation_is_the_same_with_and_without_copies(name, monkeypatch):
+    torch.manual_seed(0)
+    model = um.build_model({"name": f"{name}-tiny"} if name != "gpt" else {"name": "gpt2-tiny"}).eval()
+    ids = torch.randint(5, model.vocab_size, (2, 7))
+    kw = dict(max_new_tokens=12, min_new_tokens=12)
+    fast = model.generate(ids, **kw)
+    beams = model.generate(ids, num_beams=3, **kw)
+    monkeypatch.setattr(generation, "decoding_layout", lambda module: decoding_layout(module, budget=0))
+    assert torch.equal(model.generate(ids, **kw), fast)
+    assert torch.equal(model.generate(ids, num_beams=3, **kw), beams)
