@@ -48,6 +48,6 @@ def test_generation_is_the_same_with_and_without_copies(name, monkeypatch):
     kw = dict(max_new_tokens=12, min_new_tokens=12)
     fast = model.generate(ids, **kw)
     beams = model.generate(ids, num_beams=3, **kw)
-    monkeypatch.setattr(generation, "decoding_layout", lambda module: decoding_layout(module, budget=0))
+    monkeypatch.setattr(generation, "decoding_layout", lambda *modules: decoding_layout(*modules, budget=0))
     assert torch.equal(model.generate(ids, **kw), fast)
     assert torch.equal(model.generate(ids, num_beams=3, **kw), beams)

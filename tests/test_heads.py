@@ -1,10 +1,10 @@
-"""The LM head's decoding form computes the same logits as the head."""
+"""The LM head gives the same logits from its decoding copy as from its weight."""
 
 import pytest
 import torch
 from torch import nn
 
-from unimodel.nn import LMHead
+from unimodel.nn import LMHead, decoding_layout
 
 
 @pytest.mark.parametrize(
@@ -17,7 +17,7 @@ from unimodel.nn import LMHead
         {"input_scale": 0.125},
     ],
 )
-def test_decoding_form_matches_the_head(kw):
+def test_decoding_copy_matches_the_head(kw):
     torch.manual_seed(0)
     emb = nn.Embedding(50, 16)
     head = LMHead(d_model=16, vocab_size=50, embedding=emb, **kw)
@@ -27,10 +27,15 @@ def test_decoding_form_matches_the_head(kw):
         if head.logits_bias is not None:
             head.logits_bias.normal_()
     h = torch.randn(3, 16)
-    fast = head.for_decoding()
-    torch.testing.assert_close(fast(h), head(h), rtol=1e-5, atol=1e-5)
-    # a snapshot: later weight changes need a new decoding form
+    ref = head(h)
+    with torch.no_grad(), decoding_layout(head) as made:
+        assert made and head.decode_weight is not None and head.decode_weight.shape == (16, 50)
+        torch.testing.assert_close(head(h), ref, rtol=1e-5, atol=1e-5)
+    # the copy is dropped on exit: the head follows later weight changes
+    assert head.decode_weight is None
     with torch.no_grad():
         emb.weight.add_(1.0)
-    assert not torch.allclose(fast(h), head(h))
-    torch.testing.assert_close(head.for_decoding()(h), head(h), rtol=1e-5, atol=1e-5)
+    after = head(h)
+    assert not torch.allclose(after, ref)
+    with torch.no_grad(), decoding_layout(head):
+        torch.testing.assert_close(head(h), after, rtol=1e-5, atol=1e-5)

@@ -184,7 +184,7 @@ class Model(nn.Module):
             if getattr(head, "pooled_input", False):
                 logits = head(pooled)
             elif logits_at is not None:
-                logits = head(hidden[self._positions(logits_at, hidden)])  # (N, V)
+                logits = head(hidden[self._check_logits_at(logits_at, hidden)])  # (N, V)
                 labels = labels[logits_at] if labels is not None else None
             else:
                 logits = head(hidden)
@@ -200,7 +200,7 @@ class Model(nn.Module):
         )
 
     @staticmethod
-    def _positions(logits_at: Tensor, hidden: Tensor) -> Tensor:
+    def _check_logits_at(logits_at: Tensor, hidden: Tensor) -> Tensor:
         if logits_at.dtype != torch.bool or logits_at.shape != hidden.shape[:2]:
             raise InputError(
                 f"logits_at must be a bool tensor of shape {tuple(hidden.shape[:2])} (batch, positions), got "

@@ -130,7 +130,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), decoding_layout(model.decoder):
+        with torch.inference_mode(), decoding_layout(model.decoder, model.heads["lm"] if "lm" in model.heads else None):
             if inputs.encoder_output is None and model.encoder is not None:
                 inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:

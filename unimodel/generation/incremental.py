@@ -77,9 +77,7 @@ class IncrementalDecoder:
         if model.decoder is None or "lm" not in model.heads:
             raise InputError(f"model {model.name!r} has no decoder with an LM head; it cannot generate tokens")
         self.decoder = model.decoder
-        head = model.heads["lm"]
-        # the head's decoding form when it has one (a faster product for one state per row)
-        self.head = head.for_decoding() if callable(getattr(head, "for_decoding", None)) else head
+        self.head = model.heads["lm"]
         prompt = inputs.decoder_input_ids
         if prompt.shape[1] == 0:
             raise InputError(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from unimodel.nn.ffn import get_activation
+from unimodel.nn.linear import DecodingLayout
 
 
-class LMHead(nn.Module):
+class LMHead(DecodingLayout, nn.Module):
     """Hidden states (B, T, D) -> vocabulary logits (B, T, V).
 
     Args:
@@ -55,34 +54,12 @@ class LMHead(nn.Module):
         else:
             self.logits_bias = None
 
-    def _prepare(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor) -> Tensor:
         if self.dense is not None:
             h = self.norm(self.act(self.dense(h)))
         if self.input_scale != 1.0:
             h = h * self.input_scale
-        return h
-
-    def forward(self, h: Tensor) -> Tensor:
-        logits = nn.functional.linear(self._prepare(h), self.weight, self.bias)
+        logits = self.project(h, self.bias)
         if self.logits_bias is not None:
             logits = logits + self.logits_bias
-        return logits
-
-    def for_decoding(self) -> Callable[[Tensor], Tensor]:
-        """This head as a function of (N, D) states for token-by-token decoding, without gradients.
-
-        A decoding step multiplies one state per row by the whole (V, D) output matrix.
-        On the CPU that product is several times faster against a (D, V) copy of the
-        matrix than through ``linear`` on the (V, D) original, so the copy is made once
-        here (the weights at this moment; build a new one after they change).
-        """
-        weight_t = self.weight.detach().t().contiguous()  # (D, V)
-        bias = self.bias.detach() if self.bias is not None else None
-        if self.logits_bias is not None:
-            bias = self.logits_bias[0] if bias is None else bias + self.logits_bias[0]
-
-        def logits(h: Tensor) -> Tensor:
-            h = self._prepare(h)
-            return h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
-
         return logits
