@@ -5,29 +5,52 @@ import torch
 
 import unimodel as um
 import unimodel.generation as generation
-from unimodel.nn import Linear, decoding_layout
+from unimodel.nn import Linear, decoding_layout, linear
 
 
+@pytest.mark.parametrize("threads", [1, 2, 4])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 16), (3, 1, 16), (2, 5, 16)])
-def test_linear_with_decoding_copy_equals_linear(bias, shape):
+@pytest.mark.parametrize("features", [(16, 40), (40, 16), (24, 24)])
+@pytest.mark.parametrize("shape", [(1,), (3, 1), (2, 5), (40,)])
+def test_linear_with_decoding_copy_equals_linear(threads, bias, features, shape):
     torch.manual_seed(0)
-    layer = Linear(16, 40, bias=bias)
-    x = torch.randn(*shape)
+    d_in, d_out = features
+    layer = Linear(d_in, d_out, bias=bias)
+    x = torch.randn(*shape, d_in)
     ref = layer(x)
-    with decoding_layout(layer) as made:
-        assert made and layer.decode_weight is not None and layer.decode_weight.shape == (16, 40)
+    with decoding_layout(layer, threads=threads) as made:
+        if threads == 1 and d_out <= d_in:
+            assert not made and layer.decode_weight is None  # one thread: linear reads these fastest
+        else:
+            assert made and layer.decode_weight.shape == (threads, d_in // threads, d_out)
         torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
-    assert layer.decode_weight is None
+    assert layer.decode_weight is None and layer.decode_bias is None
 
 
-def test_only_widening_layers_get_copies_and_all_are_dropped():
+def test_chunks_divide_the_input_width():
+    layer = Linear(18, 40)
+    with decoding_layout(layer, threads=4):
+        assert layer.decode_weight.shape == (3, 6, 40)  # 4 does not divide 18; 3 does
+
+
+def test_many_rows_use_the_parameter():
+    layer = Linear(8, 32)
+    x = torch.randn(linear.DECODING_MAX_ROWS + 1, 8)
+    with decoding_layout(layer, threads=2):
+        layer.decode_weight.zero_()  # a stale copy would show in the result
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        assert not torch.allclose(layer(x[:1]), torch.nn.functional.linear(x[:1], layer.weight, layer.bias))
+
+
+def test_which_layers_get_copies_and_all_are_dropped():
     model = torch.nn.Sequential(Linear(8, 32), torch.nn.ReLU(), Linear(32, 8), Linear(8, 8))
-    with decoding_layout(model):
+    with decoding_layout(model, threads=1):
         assert [m.decode_weight is not None for m in (model[0], model[2], model[3])] == [True, False, False]
+    with decoding_layout(model, threads=2):
+        assert all(m.decode_weight is not None for m in (model[0], model[2], model[3]))
     assert all(m.decode_weight is None for m in (model[0], model[2], model[3]))
     # an error inside the block drops the copies too
-    with pytest.raises(RuntimeError), decoding_layout(model):
+    with pytest.raises(RuntimeError), decoding_layout(model, threads=2):
         raise RuntimeError("boom")
     assert model[0].decode_weight is None
 

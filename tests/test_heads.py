@@ -28,8 +28,8 @@ def test_decoding_copy_matches_the_head(kw):
             head.logits_bias.normal_()
     h = torch.randn(3, 16)
     ref = head(h)
-    with torch.no_grad(), decoding_layout(head) as made:
-        assert made and head.decode_weight is not None and head.decode_weight.shape == (16, 50)
+    with torch.no_grad(), decoding_layout(head, threads=2) as made:
+        assert made and head.decode_weight is not None and head.decode_weight.shape == (2, 8, 50)
         torch.testing.assert_close(head(h), ref, rtol=1e-5, atol=1e-5)
     # the copy is dropped on exit: the head follows later weight changes
     assert head.decode_weight is None

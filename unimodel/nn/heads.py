@@ -59,7 +59,7 @@ class LMHead(DecodingLayout, nn.Module):
             h = self.norm(self.act(self.dense(h)))
         if self.input_scale != 1.0:
             h = h * self.input_scale
-        logits = self.project(h, self.bias)
+        logits = self.project(h)
         if self.logits_bias is not None:
             logits = logits + self.logits_bias
         return logits
