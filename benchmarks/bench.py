@@ -158,12 +158,13 @@ def worker(args: argparse.Namespace) -> dict:
             n_tokens = src.numel() + tgt.numel()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        if args.lib == "um" and "predict" in t:
-            # unimodel's training step is the objective's: the MLM head runs at the predicted positions only
+        if args.lib == "um":
+            # unimodel's training step is its objective's, the step `unimodel train` runs: the loss is
+            # computed without forming the logits, and the MLM head runs at the predicted positions only
             objective, plain = model.objective, model
 
             def forward():
-                return objective(plain, dict(batch, attention_mask=torch.ones_like(batch["input_ids"])))
+                return objective(plain, batch)
         else:
             def forward():
                 return model(**batch)
@@ -241,6 +242,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=list(SETUPS), help="families to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not for the record)")
+    ap.add_argument("--tasks", nargs="*", choices=["train", "generate"], default=["train", "generate"],
+                    help="what to time (default: both)")
     ap.add_argument("--compile", action="store_true", help="also time unimodel training under torch.compile")
     ap.add_argument("--rounds", type=int, default=2,
                     help="interleaved runs of each side per measurement (default 2; 1 with --quick)")
@@ -269,13 +272,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             make_hf_model(family).save_pretrained(tmp)
             rounds = 1 if args.quick else args.rounds
-            libs = [("hf", False), ("um", False)] + ([("um", True)] if args.compile else [])
-            measured = side_by_side(libs, family, "train", tmp, args.quick, rounds)
-            row = {"family": family, "describe": setup["describe"], "train": setup["train"],
-                   "train_hf": measured[0], "train_um": measured[1]}
-            if args.compile:
-                row["train_um_compiled"] = measured[2]
-            if "generate" in setup:
+            row = {"family": family, "describe": setup["describe"], "train": setup["train"]}
+            if "train" in args.tasks:
+                libs = [("hf", False), ("um", False)] + ([("um", True)] if args.compile else [])
+                measured = side_by_side(libs, family, "train", tmp, args.quick, rounds)
+                row.update(train_hf=measured[0], train_um=measured[1])
+                if args.compile:
+                    row["train_um_compiled"] = measured[2]
+            if "generate" in setup and "generate" in args.tasks:
                 row["generate"] = setup["generate"]
                 row["gen_hf"], row["gen_um"] = side_by_side([("hf", False), ("um", False)], family, "generate", tmp,
                                                             args.quick, rounds)
@@ -294,13 +298,14 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}, unimodel {unimodel.__version__}."
         + (" Quick run (few steps): indicative only." if args.quick else ""),
-        "",
-        "## Training (forward + backward + AdamW step)",
-        "",
-        "| model | batch | transformers tok/s | unimodel tok/s | speed-up | transformers peak MiB | unimodel peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    train_rows = [r for r in rows if "train_hf" in r]
+    if train_rows:
+        lines += ["", "## Training (forward + backward + AdamW step)", "",
+                  "| model | batch | transformers tok/s | unimodel tok/s | speed-up | transformers peak MiB | "
+                  "unimodel peak MiB |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+    for r in train_rows:
         t = r["train"]
         shape = f"{t['batch']} x {t['seq']}" if "seq" in t else f"{t['batch']} x ({t['source']} + {t['target']})"
         a, b = r["train_hf"], r["train_um"]
@@ -325,11 +330,16 @@ def main() -> None:
               "minus the resident memory after the model was loaded: activations, gradients and optimizer "
               "state, not the weights or the library's import.",
               "",
+              "Training rows time each library's own training step on the same batch: transformers' "
+              "`model(**batch)` (logits for every position, then the loss) and unimodel's objective step, the "
+              "one `unimodel train` runs (the same loss and gradients, computed in cache-sized chunks without "
+              "forming the logits; the masked-LM objective also runs its head at the predicted positions only).",
+              "",
               "Generation at batch 1 reads every weight once per new token, so its speed follows the machine's "
-              "memory bandwidth, while transformers' `generate` spends much of each step in Python. The ratio "
-              "therefore depends on the machine: on a host with more bandwidth per core unimodel's side gains "
-              "most. The masked-LM row is the step each library's own masked-LM training takes: unimodel's "
-              "`mlm` objective runs the MLM head only at the predicted positions."]
+              "memory bandwidth, while transformers' `generate` spends much of each step in Python. unimodel "
+              "decodes from copies of the weights split into one chunk per thread, so that both threads read "
+              "memory at once. The ratio depends on the machine: on a host with more bandwidth per core "
+              "unimodel's side gains most."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -74,6 +74,7 @@ class ModelOutput:
     encoder_last_hidden_state: Tensor | None = None  # (B, S, D)
     pooler_output: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    n_correct: Tensor | None = None  # with return_logits=False: predictions whose argmax is the label
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -85,6 +86,19 @@ class ObjectiveOutput:
     n_predictions: int  # positions that contributed to the loss
     logits: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenLoss:
+    """An objective whose loss is the mean cross-entropy of the LM head's logits against
+    per-position labels (-100 ignored) declares it so, and the model can compute that loss
+    without forming the logits (``Model.forward(..., return_logits=False)``).
+
+    ``shift``: logits at position t predict the label at t + 1 (causal LM).
+    """
+
+    shift: bool = False
+    label_smoothing: float = 0.0
 
 
 # ------------------------------------------------------------------ backbones
@@ -236,6 +250,10 @@ class Objective(ABC):
 
     @abstractmethod
     def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput: ...
+
+    def token_loss(self) -> TokenLoss | None:
+        """The loss as a token cross-entropy on the LM head, or ``None`` when it is something else."""
+        return None
 
     def __call__(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         return self.forward(model, batch)

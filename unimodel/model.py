@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
 from unimodel.interfaces import Backbone, Cap, ModelFamily, ModelOutput, Objective
+from unimodel.nn.heads import LMHead
+from unimodel.nn.losses import IGNORE_INDEX
 from unimodel.registry import Registry, get_registry
 
 if TYPE_CHECKING:
@@ -102,6 +104,7 @@ class Model(nn.Module):
         use_cache: bool = False,
         labels: Tensor | None = None,
         logits_at: Tensor | None = None,
+        return_logits: bool = True,
         **inputs: Any,
     ) -> ModelOutput:
         """Run the backbone and the primary head.
@@ -119,6 +122,11 @@ class Model(nn.Module):
                 row-major order (``loss`` then pairs them with ``labels[logits_at]``).
                 A masked-LM step that predicts 15% of the tokens skips the head's
                 work on the other 85%.
+            return_logits: with ``False`` and ``labels``, an objective whose loss is a
+                token cross-entropy (:meth:`Objective.token_loss`) gets that loss
+                computed without forming the logits, in chunks that stay in cache;
+                ``logits`` is then ``None`` and ``n_correct`` counts right predictions.
+                The training loop's objectives use this.
             **inputs: family-specific inputs (``perm_mask``, ``mems``,
                 ``pixel_values`` ...), passed to the encoder or decoder whose
                 ``forward`` declares them.
@@ -177,9 +185,29 @@ class Model(nn.Module):
             )
             hidden = out.last_hidden_state
             extra.update(out.extra)
+        out_hidden = hidden
         head = self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
         pooled = enc.pooler_output if enc is not None else None
         logits = None
+        fused = self.objective.token_loss() if labels is not None and not return_logits else None
+        if fused is not None and isinstance(head, LMHead):
+            if logits_at is not None:
+                at = self._check_logits_at(logits_at, hidden)
+                hidden, labels = hidden[at], labels[at]
+            elif fused.shift:
+                hidden, labels = hidden[:, :-1], labels[:, 1:]
+            self._check_labels(labels)
+            loss, correct = head.token_loss(hidden, labels, label_smoothing=fused.label_smoothing)
+            return ModelOutput(
+                logits=None,
+                last_hidden_state=out_hidden,
+                loss=loss,
+                past_key_values=cache if use_cache or past_key_values is not None else None,
+                encoder_last_hidden_state=memory,
+                pooler_output=pooled,
+                extra=extra,
+                n_correct=correct,
+            )
         if head is not None:
             if getattr(head, "pooled_input", False):
                 logits = head(pooled)
@@ -207,6 +235,15 @@ class Model(nn.Module):
                 f"{logits_at.dtype} {tuple(logits_at.shape)}"
             )
         return logits_at
+
+    def _check_labels(self, labels: Tensor) -> None:
+        _check_integer(labels, "labels")
+        bad = (labels >= self.vocab_size) | ((labels < 0) & (labels != IGNORE_INDEX))
+        if bool(bad.any()):
+            raise InputError(
+                f"labels contain {int(labels[bad][0])}, which is neither a token id of this model's vocabulary "
+                f"(0..{self.vocab_size - 1}) nor {IGNORE_INDEX} (ignored)"
+            )
 
     def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split family-specific inputs between encoder and decoder by their signatures."""

@@ -11,9 +11,9 @@ from torch import Tensor
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError, TrainingError
-from unimodel.interfaces import Objective, ObjectiveOutput
+from unimodel.interfaces import Objective, ObjectiveOutput, TokenLoss
+from unimodel.nn.losses import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 
 
 def pad_sequences(
@@ -69,6 +69,32 @@ def token_accuracy(logits: Tensor, labels: Tensor, *, shift: bool) -> float:
     if n == 0:
         return 0.0
     return float((logits.argmax(-1)[keep] == labels[keep]).float().mean())
+
+
+def token_objective_step(
+    objective: Objective,
+    model,
+    inputs: Mapping[str, Tensor | None],
+    labels: Tensor,
+    *,
+    logits_at: Tensor | None = None,
+) -> ObjectiveOutput:
+    """The training step of an objective whose loss is a token cross-entropy (it declares
+    :meth:`~unimodel.interfaces.Objective.token_loss`): the model computes the loss
+    without forming the logits, and the accuracy in the same pass.
+
+    ``logits_at`` (B, T) bool restricts the predictions to those positions (masked LM).
+    """
+    spec = objective.token_loss()
+    assert spec is not None, f"{type(objective).__name__} declares no token_loss"
+    out = model(**inputs, labels=labels, logits_at=logits_at, return_logits=False)
+    targets, shift = (labels[logits_at], False) if logits_at is not None else (labels, spec.shift)
+    n = count_targets(targets, shift=shift)
+    if out.n_correct is not None:
+        accuracy = float(out.n_correct) / n if n else 0.0
+    else:  # a head without the fused loss: the model returned logits
+        accuracy = token_accuracy(out.logits, targets, shift=shift)
+    return ObjectiveOutput(loss=out.loss, n_predictions=n, logits=out.logits, metrics={"accuracy": accuracy})
 
 
 @dataclass(frozen=True)
@@ -170,19 +196,11 @@ class Seq2Seq(Objective):
     def loss(self, logits, labels):
         return lm_loss(logits, labels, shift=False, label_smoothing=self.config.label_smoothing)
 
+    def token_loss(self) -> TokenLoss:
+        return TokenLoss(label_smoothing=self.config.label_smoothing)
+
     def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         if "labels" not in batch:
             raise DataError("a seq2seq batch needs 'labels' (the targets); build it with objective.prepare")
-        labels = batch["labels"]
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
-            decoder_input_ids=batch.get("decoder_input_ids"),
-            labels=labels,
-        )
-        return ObjectiveOutput(
-            loss=self.loss(out.logits, labels),
-            n_predictions=count_targets(labels, shift=False),
-            logits=out.logits,
-            metrics={"accuracy": token_accuracy(out.logits, labels, shift=False)},
-        )
+        inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+        return token_objective_step(self, model, inputs, batch["labels"])

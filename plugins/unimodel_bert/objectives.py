@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput
-from unimodel.objectives import IGNORE_INDEX, count_targets, lm_loss, pad_sequences, token_accuracy
+from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
+from unimodel.objectives import IGNORE_INDEX, count_targets, lm_loss, pad_sequences, token_accuracy, token_objective_step
 
 MLM_REQUIRES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
 CLASSIFY_REQUIRES = frozenset({Cap.ENCODER_ONLY, Cap.POOLER})
@@ -210,19 +210,15 @@ class MaskedLM(Objective):
             return logits.sum() * 0.0  # nothing to predict: a zero that keeps the graph
         return lm_loss(logits, labels, shift=False)
 
+    def token_loss(self) -> TokenLoss:
+        return TokenLoss()
+
     def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         """Loss at the selected positions only: the MLM head (transform and vocabulary
-        projection) runs on those rows, not on every token; ``logits`` is (N, V)."""
+        projection) runs on those rows, not on every token, and the loss is computed
+        without forming their logits."""
         labels = batch["labels"]
-        at = labels != IGNORE_INDEX
-        out = model(**_model_inputs(batch), logits_at=at)
-        picked = labels[at]
-        return ObjectiveOutput(
-            loss=self.loss(out.logits, picked),
-            n_predictions=int(picked.numel()),
-            logits=out.logits,
-            metrics={"accuracy": token_accuracy(out.logits, picked, shift=False)},
-        )
+        return token_objective_step(self, model, _model_inputs(batch), labels, logits_at=labels != IGNORE_INDEX)
 
 
 # ------------------------------------------------------------------ heads

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput
-from unimodel.objectives import IGNORE_INDEX, count_targets, lm_loss, pad_sequences, token_accuracy
+from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
+from unimodel.objectives import IGNORE_INDEX, lm_loss, pad_sequences, token_objective_step
 
 REQUIRES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD})
 
@@ -54,18 +54,14 @@ class CausalLM(Objective):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return lm_loss(logits, labels, shift=True, label_smoothing=self.config.label_smoothing)
 
+    def token_loss(self) -> TokenLoss:
+        return TokenLoss(shift=True, label_smoothing=self.config.label_smoothing)
+
     def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         mask = batch.get("attention_mask")
         if mask is not None and bool(mask.all()):
             mask = None  # packed blocks: let attention take its causal fast path
-        out = model(input_ids=batch["input_ids"], attention_mask=mask)
-        labels = batch["labels"]
-        return ObjectiveOutput(
-            loss=self.loss(out.logits, labels),
-            n_predictions=count_targets(labels, shift=True),
-            logits=out.logits,
-            metrics={"accuracy": token_accuracy(out.logits, labels, shift=True)},
-        )
+        return token_objective_step(self, model, {"input_ids": batch["input_ids"], "attention_mask": mask}, batch["labels"])
 
 
 @dataclass(frozen=True)

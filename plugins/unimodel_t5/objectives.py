@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput
-from unimodel.objectives import IGNORE_INDEX, count_targets, lm_loss, pad_sequences, token_accuracy
+from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
+from unimodel.objectives import IGNORE_INDEX, lm_loss, pad_sequences, token_objective_step
 
 
 @dataclass(frozen=True)
@@ -212,22 +212,12 @@ class SpanCorruption(Objective):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return lm_loss(logits, labels, shift=False, label_smoothing=self.config.label_smoothing)
 
+    def token_loss(self) -> TokenLoss:
+        return TokenLoss(label_smoothing=self.config.label_smoothing)
+
     def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         if "labels" not in batch:
             raise DataError("a span_corruption batch needs 'labels'; build it with objective.prepare")
-        labels = batch["labels"]
-        decoder_input_ids = batch.get("decoder_input_ids")
-        if decoder_input_ids is None:
-            decoder_input_ids = model.shift_right(labels)
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=batch.get("decoder_attention_mask"),
-        )
-        return ObjectiveOutput(
-            loss=self.loss(out.logits, labels),
-            n_predictions=count_targets(labels, shift=False),
-            logits=out.logits,
-            metrics={"accuracy": token_accuracy(out.logits, labels, shift=False)},
-        )
+        # without decoder_input_ids the model shifts the labels right behind its own start token
+        inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")}
+        return token_objective_step(self, model, inputs, batch["labels"])

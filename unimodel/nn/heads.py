@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from unimodel.nn.ffn import get_activation
 from unimodel.nn.linear import DecodingLayout
+from unimodel.nn.losses import IGNORE_INDEX, linear_cross_entropy
 
 
 class LMHead(DecodingLayout, nn.Module):
@@ -54,12 +55,30 @@ class LMHead(DecodingLayout, nn.Module):
         else:
             self.logits_bias = None
 
-    def forward(self, h: Tensor) -> Tensor:
+    def _features(self, h: Tensor) -> Tensor:
         if self.dense is not None:
             h = self.norm(self.act(self.dense(h)))
         if self.input_scale != 1.0:
             h = h * self.input_scale
-        logits = self.project(h)
+        return h
+
+    def forward(self, h: Tensor) -> Tensor:
+        logits = self.project(self._features(h))
         if self.logits_bias is not None:
             logits = logits + self.logits_bias
         return logits
+
+    def token_loss(self, h: Tensor, labels: Tensor, *, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Mean cross-entropy of the logits ``self(h)`` against ``labels`` (-100 ignored) without forming
+        the logits (:func:`~unimodel.nn.losses.linear_cross_entropy`); and how many predictions are right.
+
+        h (..., D), labels (...). Returns ``(loss, correct)``.
+        """
+        h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1).long()
+        keep = labels != IGNORE_INDEX
+        if not bool(keep.all()):
+            h, labels = h[keep], labels[keep]
+        bias = self.bias
+        if self.logits_bias is not None:
+            bias = self.logits_bias[0] if bias is None else bias + self.logits_bias[0]
+        return linear_cross_entropy(self._features(h), self.weight, bias, labels, label_smoothing=label_smoothing)
