@@ -1,16 +1,19 @@
 """Side-by-side speed and memory: unimodel vs transformers on the same architecture and weights.
 
-Each measurement runs in its own subprocess (fresh allocator, clean peak-RSS
-counter), with 2 threads and fp32. Weights come from one randomly initialised
-transformers model saved to a temporary folder and loaded by both libraries.
+Speed: both libraries are loaded in one subprocess and timed step by step in
+alternation (A B, B A, ...), so a slow spell of a shared host falls on both
+sides alike; ``--rounds`` fresh subprocesses of that. Memory: one subprocess per
+library (fresh allocator, clean peak-RSS counter). 2 threads, fp32. Weights come
+from one randomly initialised transformers model saved to a temporary folder and
+loaded by both libraries.
 
     python benchmarks/bench.py                 # all families, writes docs/benchmarks.md
     python benchmarks/bench.py --only gpt2 --quick
 
-Training: forward + backward + AdamW step on a fixed batch, tokens/s over the
-timed steps (after warm-up). Memory: peak resident set size during those steps
+Training: forward + backward + AdamW step on a fixed batch, tokens/s at the
+median step (after warm-up). Memory: peak resident set size during two steps
 minus the resident size just before them. Generation: greedy decoding, new
-tokens/s, median of repeats.
+tokens/s at the median call.
 """
 
 from __future__ import annotations
@@ -117,120 +120,147 @@ def peak_rss_during(fn, repeats: int) -> int:
 
 
 # ----------------------------------------------------------------- workers
-def worker(args: argparse.Namespace) -> dict:
+def load_model(lib: str, family: str, folder: Path):
+    """``lib``: ``hf`` (transformers), ``um`` (unimodel) or ``um-compiled`` (unimodel under torch.compile)."""
     import torch
 
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(0)
-    folder = Path(args.folder)
-    setup = SETUPS[args.family]
-    if args.lib == "hf":
+    if lib == "hf":
         import transformers as tf
 
-        model = (tf.AutoModelForMaskedLM if args.family.startswith("bert") else
-                 tf.AutoModelForSeq2SeqLM if args.family in ("t5", "bart") else tf.AutoModelForCausalLM)
-        model = model.from_pretrained(folder, dtype=torch.float32)
-    else:
-        import unimodel as um
+        auto = (tf.AutoModelForMaskedLM if family.startswith("bert") else
+                tf.AutoModelForSeq2SeqLM if family in ("t5", "bart") else tf.AutoModelForCausalLM)
+        return auto.from_pretrained(folder, dtype=torch.float32)
+    import unimodel as um
 
-        model = um.from_hf(folder)
-        if args.compile:
-            model = torch.compile(model)
+    model = um.from_hf(folder)
+    return torch.compile(model) if lib == "um-compiled" else model
+
+
+def make_inputs(family: str, task: str) -> dict:
+    """The batch (training) or prompt (generation) both libraries get."""
+    import torch
+
     vocab = 8192
     g = torch.Generator().manual_seed(1)
-    if args.task == "train":
-        t = setup["train"]
+    setup = SETUPS[family]
+    if task == "generate":
+        t = setup["generate"]
+        return {"prompt": torch.randint(4, vocab, (t["batch"], t["prompt"]), generator=g)}
+    t = setup["train"]
+    if "predict" in t:
+        # a masked-LM batch: a fraction of the positions masked and predicted, the rest -100
+        ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
+        picked = torch.rand(ids.shape, generator=g) < t["predict"]
+        return {"batch": dict(input_ids=ids.masked_fill(picked, 3), labels=ids.masked_fill(~picked, -100)),
+                "n_tokens": ids.numel()}
+    if "seq" in t:
+        ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
+        return {"batch": dict(input_ids=ids, labels=ids), "n_tokens": ids.numel()}
+    src = torch.randint(4, vocab, (t["batch"], t["source"]), generator=g)
+    tgt = torch.randint(4, vocab, (t["batch"], t["target"]), generator=g)
+    return {"batch": dict(input_ids=src, labels=tgt), "n_tokens": src.numel() + tgt.numel()}
+
+
+def make_runner(lib: str, model, family: str, task: str, inputs: dict):
+    """``(run, n_tokens)``: one training step or one ``generate`` call, and the tokens it processes."""
+    import torch
+
+    if task == "train":
         model.train()
-        if "predict" in t:
-            # a masked-LM batch: a fraction of the positions masked and predicted, the rest -100
-            ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
-            picked = torch.rand(ids.shape, generator=g) < t["predict"]
-            batch = dict(input_ids=ids.masked_fill(picked, 3), labels=ids.masked_fill(~picked, -100))
-            n_tokens = ids.numel()
-        elif "seq" in t:
-            ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
-            batch = dict(input_ids=ids, labels=ids)
-            n_tokens = ids.numel()
-        else:
-            src = torch.randint(4, vocab, (t["batch"], t["source"]), generator=g)
-            tgt = torch.randint(4, vocab, (t["batch"], t["target"]), generator=g)
-            batch = dict(input_ids=src, labels=tgt)
-            n_tokens = src.numel() + tgt.numel()
+        batch = inputs["batch"]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        if args.lib == "um":
-            # unimodel's training step is its objective's, the step `unimodel train` runs: the loss is
-            # computed without forming the logits, and the MLM head runs at the predicted positions only
-            objective, plain = model.objective, model
-
-            def forward():
-                return objective(plain, batch)
-        else:
+        if lib == "hf":
             def forward():
                 return model(**batch)
+        else:
+            # unimodel's training step is its objective's, the step `unimodel train` runs: the loss is
+            # computed without forming the logits, and the MLM head runs at the predicted positions only
+            objective = model.objective
 
-        def step() -> float:
+            def forward():
+                return objective(model, batch)
+
+        def step() -> None:
             out = forward()
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            return float(out.loss)
 
+        return step, inputs["n_tokens"]
+    t = SETUPS[family]["generate"]
+    model.eval()
+    prompt = inputs["prompt"]
+    kwargs = dict(max_new_tokens=t["new"], min_new_tokens=t["new"], do_sample=False, num_beams=1)
+    if lib == "hf":
+        kwargs.update(pad_token_id=0)
+
+    def generate() -> None:
+        with torch.inference_mode():
+            out = model.generate(prompt, **kwargs)
+        new = out.shape[1] - (t["prompt"] if family == "gpt2" else 1)
+        if new != t["new"]:
+            raise SystemExit(f"{lib} generated {new} tokens, expected {t['new']}")
+
+    return generate, t["new"] * t["batch"]
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """Time the libraries in ``args.lib`` (comma-separated) in one process, alternating step by step
+    (A B, B A, A B ...) so that a slow spell of the machine falls on every side alike; or, with
+    ``--memory``, the peak memory of one library's training steps in a process of its own."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    libs = args.lib.split(",")
+    inputs = make_inputs(args.family, args.task)
+    runners = {}
+    for lib in libs:
+        runners[lib] = make_runner(lib, load_model(lib, args.family, Path(args.folder)), args.family, args.task,
+                                   inputs)
+    if args.memory:
+        (run, _), = runners.values()
         base = rss_kib()  # weights loaded, before any activation, gradient or optimizer state exists
         for _ in range(args.warmup):
-            step()
-        times = []
-        for _ in range(args.steps):
+            run()
+        return {"peak_mib": (peak_rss_during(run, 2) - base) / 1024}
+    for run, _ in runners.values():
+        for _ in range(args.warmup):
+            run()
+    times: dict[str, list[float]] = {lib: [] for lib in libs}
+    for i in range(args.steps):
+        for lib in libs if i % 2 == 0 else libs[::-1]:
             t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        peak = peak_rss_during(step, 2)
-        return {"n_tokens": n_tokens, "times": times, "peak_mib": (peak - base) / 1024}
-    # generation
-    t = setup["generate"]
-    model.eval()
-    prompt = torch.randint(4, vocab, (t["batch"], t["prompt"]), generator=g)
-    kwargs = dict(max_new_tokens=t["new"], do_sample=False, num_beams=1)
-    if args.lib == "hf":
-        kwargs.update(min_new_tokens=t["new"], pad_token_id=0)
-    else:
-        kwargs.update(min_new_tokens=t["new"])
-    times = []
-    with torch.inference_mode():
-        for i in range(args.warmup + args.repeats):
-            t0 = time.perf_counter()
-            out = model.generate(prompt, **kwargs)
-            dt = time.perf_counter() - t0
-            if i >= args.warmup:
-                times.append(dt)
-    new = out.shape[1] - (t["prompt"] if args.family == "gpt2" else 1)
-    return {"n_tokens": int(new) * t["batch"], "times": times, "new_tokens": int(new)}
+            runners[lib][0]()
+            times[lib].append(time.perf_counter() - t0)
+    return {lib: {"n_tokens": runners[lib][1], "times": times[lib]} for lib in libs}
 
 
-def side_by_side(libs: list[tuple[str, bool]], family: str, task: str, folder: str, quick: bool,
-                 rounds: int) -> list[dict]:
-    """Run each (lib, compiled) worker ``rounds`` times, interleaved (A B A B ...), so that a slow
-    spell of the machine falls on both sides; per lib, the median over all timed repeats."""
-    results: list[list[dict]] = [[] for _ in libs]
+def side_by_side(libs: list[str], family: str, task: str, folder: str, quick: bool, rounds: int) -> list[dict]:
+    """Time ``libs`` in ``rounds`` fresh processes, alternating within each; per lib, the median
+    over all timed steps. Training also measures each lib's peak memory in a process of its own."""
+    times: dict[str, list[float]] = {lib: [] for lib in libs}
+    n_tokens = {}
     for _ in range(rounds):
-        for i, (lib, compiled) in enumerate(libs):
-            results[i].append(run_worker(lib, family, task, folder, quick, compiled))
+        for lib, r in run_worker(",".join(libs), family, task, folder, quick).items():
+            times[lib] += r["times"]
+            n_tokens[lib] = r["n_tokens"]
     merged = []
-    for runs in results:
-        times = [t for r in runs for t in r["times"]]
-        out = {"tokens_per_s": runs[0]["n_tokens"] / statistics.median(times), "seconds": statistics.median(times),
-               "repeats": len(times)}
-        if "peak_mib" in runs[0]:
-            out["peak_mib"] = max(r["peak_mib"] for r in runs)
+    for lib in libs:
+        median = statistics.median(times[lib])
+        out = {"tokens_per_s": n_tokens[lib] / median, "seconds": median, "repeats": len(times[lib])}
+        if task == "train":
+            out["peak_mib"] = run_worker(lib, family, task, folder, quick, memory=True)["peak_mib"]
         merged.append(out)
     return merged
 
 
-def run_worker(lib: str, family: str, task: str, folder: str, quick: bool, compile_: bool = False) -> dict:
+def run_worker(lib: str, family: str, task: str, folder: str, quick: bool, memory: bool = False) -> dict:
+    steps = ("4" if quick else "10") if task == "train" else ("2" if quick else "6")
     cmd = [sys.executable, __file__, "--worker", "--lib", lib, "--family", family, "--task", task, "--folder", folder,
-           "--steps", "3" if quick else "8", "--warmup", "1" if quick else "2", "--repeats", "2" if quick else "5"]
-    if compile_:
-        cmd.append("--compile")
+           "--steps", steps, "--warmup", "1" if quick or memory else "2"]
+    if memory:
+        cmd.append("--memory")
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
@@ -246,16 +276,16 @@ def main() -> None:
                     help="what to time (default: both)")
     ap.add_argument("--compile", action="store_true", help="also time unimodel training under torch.compile")
     ap.add_argument("--rounds", type=int, default=2,
-                    help="interleaved runs of each side per measurement (default 2; 1 with --quick)")
+                    help="fresh processes per measurement, each alternating the libraries (default 2; 1 with --quick)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lib", help=argparse.SUPPRESS)
     ap.add_argument("--family", help=argparse.SUPPRESS)
     ap.add_argument("--task", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
-    ap.add_argument("--steps", type=int, default=8, help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
-    ap.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
+    ap.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -267,6 +297,7 @@ def main() -> None:
     import unimodel
 
     rows = []
+    rounds_done = 1 if args.quick else args.rounds
     for family in args.only or list(SETUPS):
         setup = SETUPS[family]
         with tempfile.TemporaryDirectory() as tmp:
@@ -274,15 +305,14 @@ def main() -> None:
             rounds = 1 if args.quick else args.rounds
             row = {"family": family, "describe": setup["describe"], "train": setup["train"]}
             if "train" in args.tasks:
-                libs = [("hf", False), ("um", False)] + ([("um", True)] if args.compile else [])
+                libs = ["hf", "um"] + (["um-compiled"] if args.compile else [])
                 measured = side_by_side(libs, family, "train", tmp, args.quick, rounds)
                 row.update(train_hf=measured[0], train_um=measured[1])
                 if args.compile:
                     row["train_um_compiled"] = measured[2]
             if "generate" in setup and "generate" in args.tasks:
                 row["generate"] = setup["generate"]
-                row["gen_hf"], row["gen_um"] = side_by_side([("hf", False), ("um", False)], family, "generate", tmp,
-                                                            args.quick, rounds)
+                row["gen_hf"], row["gen_um"] = side_by_side(["hf", "um"], family, "generate", tmp, args.quick, rounds)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -290,9 +320,11 @@ def main() -> None:
         "# Benchmarks",
         "",
         "unimodel and transformers side by side on the same architecture and the same weights "
-        f"(one random transformers model, loaded by both). fp32, {THREADS} threads, CPU. Every measurement "
-        "runs in its own subprocess; the two libraries' runs alternate (transformers, unimodel, "
-        "transformers, unimodel ...) and each figure is the median over all of one side's timed steps. "
+        f"(one random transformers model, loaded by both). fp32, {THREADS} threads, CPU. Speed: both libraries "
+        f"run in one process, timed step by step in alternation (transformers, unimodel, then unimodel, "
+        f"transformers, ...), so that a slow spell of the shared host falls on both alike; {rounds_done} such "
+        f"process{'es' if rounds_done > 1 else ''}, and each figure is the median over all of one side's timed steps. Memory: each library in "
+        "a process of its own. "
         f"Produced by `python benchmarks/bench.py{' --compile' if args.compile else ''}`.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "

@@ -203,6 +203,8 @@ from unimodel import PLUGIN_API_VERSION, hookimpl
 from unimodel.interfaces import Backbone
 from unimodel.registry import Component
 from unimodel_gpt.model import GPT, PROVIDES, GPTDecoder
+from unimodel_gpt.objectives import CausalLM
+from unimodel.interfaces import TokenLoss
 
 _TINY = {"vocab_size": 60, "n_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0,
          "attn_dropout": 0.0}
@@ -236,6 +238,13 @@ class Unseeded(GPT):
         return backbone
 
 
+class Misdeclared(CausalLM):
+    """Declares its token loss without the shift its loss() applies."""
+
+    def token_loss(self):
+        return TokenLoss(shift=False)
+
+
 @hookimpl
 def unimodel_api_version():
     return PLUGIN_API_VERSION
@@ -252,6 +261,8 @@ def unimodel_components():
                   provides=_PROVIDES, default_objective="clm", tiny=_TINY),
         Component(kind="objective", name="typo_clm", target="unimodel_gpt.objectives:CausalLM",
                   summary="requires a misspelled capability", requires=("decoder_only", "kv-cache")),
+        Component(kind="objective", name="misdeclared", target="um_broken_family:Misdeclared",
+                  summary="token_loss() disagrees with loss()", requires=("decoder_only", "causal", "lm_head")),
     ]
 '''
 
@@ -292,10 +303,19 @@ def test_kit_catches_unknown_capability_names(broken_registry):
         checks.check_declaration("objective", "typo_clm", registry=broken_registry)
 
 
+def test_kit_catches_a_token_loss_that_disagrees_with_the_loss(broken_registry):
+    checks.check_gradients("gpt", "clm", registry=broken_registry)  # the honest declaration passes
+    with pytest.raises(ConformanceError, match="token_loss.*must describe loss"):
+        checks.check_gradients("gpt", "misdeclared", registry=broken_registry)
+
+
 def test_check_model_reports_every_failure_at_once(broken_registry):
     report = check_model("forgetful", registry=broken_registry, raise_on_failure=False)
-    assert [o.check for o in report.failures] == ["kv_cache"]
-    with pytest.raises(ConformanceError, match=r"1 conformance check\(s\) failed:\n- kv_cache\[model:forgetful\]"):
+    # its broken cache, and the objective of the same plugin whose token_loss() misstates its loss
+    assert [(o.check, o.case) for o in report.failures] == [
+        ("kv_cache", "model:forgetful"), ("gradients", "model:forgetful/objective:misdeclared")
+    ]
+    with pytest.raises(ConformanceError, match=r"2 conformance check\(s\) failed:\n- kv_cache\[model:forgetful\]"):
         report.raise_for_failures()
     assert get_registry() is not broken_registry  # the process-wide registry is back
 

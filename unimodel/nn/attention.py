@@ -195,8 +195,11 @@ class Attention(nn.Module):
             k, v = kv
         else:
             # [q | k | v] along the last dim -> three (B, H, T, hd) views in one reshape
-            qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            if T == 1:  # one decoding step: each view is already head-major, so SDPA reads it as it is
+                q, k, v = self.qkv(x).view(B, 3, self.n_heads, 1, self.head_dim).unbind(1)
+            else:
+                qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
+                q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
@@ -206,4 +209,4 @@ class Attention(nn.Module):
             is_causal=is_causal and mask is None,
             scale=self.scale,
         )  # (B, H, T, hd)
-        return self.out(y.transpose(1, 2).reshape(B, T, self.inner))
+        return self.out(y.view(B, T, self.inner) if T == 1 else y.transpose(1, 2).reshape(B, T, self.inner))

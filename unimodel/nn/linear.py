@@ -50,7 +50,8 @@ class DecodingLayout:
         if w is None or rows > DECODING_MAX_ROWS:
             return F.linear(x, self.weight, self.bias)
         k = w.shape[0]
-        chunks = x.reshape(rows, k, -1).transpose(0, 1)  # (k, rows, in/k)
+        # (k, rows, in/k); one row is a plain view (a strided one would make the multiply copy it)
+        chunks = x.reshape(k, 1, -1) if rows == 1 else x.reshape(rows, k, -1).transpose(0, 1)
         y = torch.bmm(chunks, w) if self.decode_bias is None else torch.baddbmm(self.decode_bias, chunks, w)
         y = y[0] if k == 1 else y.sum(0)
         return y.view(*x.shape[:-1], y.shape[-1])

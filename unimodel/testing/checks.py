@@ -298,6 +298,26 @@ def check_gradients(name: str, objective: str, *, registry: Registry | None = No
         emb = main.get_input_embeddings().weight
         if emb.grad is None or not bool(emb.grad.abs().sum() > 0):
             raise _fail(what, "no gradient reaches the input embeddings: the loss is disconnected from the backbone")
+        if obj.token_loss() is not None:
+            # the loss computed without logits must be the loss() the objective states on the logits
+            model.eval()
+            with torch.no_grad():
+                fused, plain = obj(model, batch).loss, obj(_WithLogits(model), batch).loss
+            _close(fused, plain, what, "the loss computed from token_loss() (without logits) differs from the "
+                                       "objective's loss() on the logits; token_loss() must describe loss()")
+
+
+class _WithLogits:
+    """A model whose every call forms the logits, so its loss comes from ``objective.loss``."""
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._model(*args, **{**kwargs, "return_logits": True})
 
 
 def _vocab_of(name: str, reg: Registry) -> int:
