@@ -1,4 +1,6 @@
-"""Decoding with transposed copies of the widening projections gives the same results."""
+"""Decoding in per-thread chunks (copies, or views of the parameters) gives the same results."""
+
+import contextlib
 
 import pytest
 import torch
@@ -21,16 +23,24 @@ def test_linear_with_decoding_copy_equals_linear(threads, bias, features, shape)
     with decoding_layout(layer, threads=threads) as made:
         if threads == 1 and d_out <= d_in:
             assert not made and layer.decode_weight is None  # one thread: linear reads these fastest
+        elif d_out < d_in:
+            # narrowing: the output split into per-thread blocks of the parameter itself, no copy
+            assert made and layer.decode_split_out and layer.decode_weight.shape == (threads, d_in, d_out // threads)
+            assert layer.decode_weight.data_ptr() == layer.weight.data_ptr()
         else:
-            assert made and layer.decode_weight.shape == (threads, d_in // threads, d_out)
+            assert made and not layer.decode_split_out
+            assert layer.decode_weight.shape == (threads, d_in // threads, d_out)
         torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-6)
-    assert layer.decode_weight is None and layer.decode_bias is None
+    assert layer.decode_weight is None and layer.decode_bias is None and not layer.decode_split_out
 
 
-def test_chunks_divide_the_input_width():
+def test_chunks_divide_the_split_width():
     layer = Linear(18, 40)
     with decoding_layout(layer, threads=4):
-        assert layer.decode_weight.shape == (3, 6, 40)  # 4 does not divide 18; 3 does
+        assert layer.decode_weight.shape == (3, 6, 40)  # 4 does not divide the input 18; 3 does
+    layer = Linear(40, 18)
+    with decoding_layout(layer, threads=4):
+        assert layer.decode_weight.shape == (3, 40, 6)  # a narrowing layer splits its output 18
 
 
 def test_many_rows_use_the_parameter():
@@ -59,6 +69,9 @@ def test_budget_too_small_means_no_copies():
     layer = Linear(8, 32)
     with decoding_layout(layer, budget=8 * 32 * 4 - 1) as made:
         assert not made and layer.decode_weight is None
+    narrowing = Linear(32, 8)  # its layout is a view of the parameter: it takes none of the budget
+    with decoding_layout(narrowing, budget=0, threads=2) as made:
+        assert made and narrowing.decode_split_out
     with decoding_layout(None) as made:
         assert not made
 
@@ -71,6 +84,6 @@ def test_generation_is_the_same_with_and_without_copies(name, monkeypatch):
     kw = dict(max_new_tokens=12, min_new_tokens=12)
     fast = model.generate(ids, **kw)
     beams = model.generate(ids, num_beams=3, **kw)
-    monkeypatch.setattr(generation, "decoding_layout", lambda *modules: decoding_layout(*modules, budget=0))
+    monkeypatch.setattr(generation, "decoding_layout", lambda *modules: contextlib.nullcontext(False))
     assert torch.equal(model.generate(ids, **kw), fast)
     assert torch.equal(model.generate(ids, num_beams=3, **kw), beams)

@@ -128,7 +128,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     strategy = component.load()
 
     was_training = model.training
-    model.eval()
+    switch = any(m.training for m in model.modules())  # eval() on a model already in eval mode costs ms
+    if switch:
+        model.eval()
     try:
         with torch.inference_mode(), decoding_layout(model.decoder, model.heads["lm"] if "lm" in model.heads else None):
             if inputs.encoder_output is None and model.encoder is not None:
@@ -138,7 +140,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
             else:
                 out = strategy(model, inputs, settings)
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
     # A copy made outside inference mode is an ordinary tensor, so the ids can be fed
     # back into a forward pass that autograd records (inference tensors cannot).
     return out.clone()

@@ -157,7 +157,8 @@ class Attention(nn.Module):
         self.cross = cross
         if cross:
             self.q = Linear(d_model, self.inner, bias=bias)
-            self.kv = Linear(kv_dim or d_model, 2 * self.inner, bias=bias)
+            # applied once per generation, to the whole encoder memory: no decoding copy for it
+            self.kv = nn.Linear(kv_dim or d_model, 2 * self.inner, bias=bias)
         else:
             self.qkv = Linear(d_model, 3 * self.inner, bias=bias)
         self.out = Linear(self.inner, d_model, bias=bias)
