@@ -369,8 +369,8 @@ def main() -> None:
               "",
               "Generation at batch 1 reads every weight once per new token, so its speed follows the machine's "
               "memory bandwidth, while transformers' `generate` spends much of each step in Python. unimodel "
-              "decodes from copies of the weights split into one chunk per thread, so that both threads read "
-              "memory at once. The ratio depends on the machine: on a host with more bandwidth per core "
+              "decodes in one chunk of every weight per thread (a copy for widening layers, the parameter in "
+              "place for narrowing ones), so that both threads read memory at once. The ratio depends on the machine: on a host with more bandwidth per core "
               "unimodel's side gains most."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
