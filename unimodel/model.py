@@ -185,38 +185,9 @@ class Model(nn.Module):
             )
             hidden = out.last_hidden_state
             extra.update(out.extra)
-        out_hidden = hidden
         head = self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
         pooled = enc.pooler_output if enc is not None else None
-        logits = None
-        fused = self.objective.token_loss() if labels is not None and not return_logits else None
-        if fused is not None and isinstance(head, LMHead):
-            if logits_at is not None:
-                at = self._check_logits_at(logits_at, hidden)
-                hidden, labels = hidden[at], labels[at]
-            elif fused.shift:
-                hidden, labels = hidden[:, :-1], labels[:, 1:]
-            self._check_labels(labels)
-            loss, correct = head.token_loss(hidden, labels, label_smoothing=fused.label_smoothing)
-            return ModelOutput(
-                logits=None,
-                last_hidden_state=out_hidden,
-                loss=loss,
-                past_key_values=cache if use_cache or past_key_values is not None else None,
-                encoder_last_hidden_state=memory,
-                pooler_output=pooled,
-                extra=extra,
-                n_correct=correct,
-            )
-        if head is not None:
-            if getattr(head, "pooled_input", False):
-                logits = head(pooled)
-            elif logits_at is not None:
-                logits = head(hidden[self._check_logits_at(logits_at, hidden)])  # (N, V)
-                labels = labels[logits_at] if labels is not None else None
-            else:
-                logits = head(hidden)
-        loss = self.objective.loss(logits, labels) if labels is not None and logits is not None else None
+        logits, loss, correct = self._head_and_loss(head, hidden, pooled, labels, logits_at, return_logits)
         return ModelOutput(
             logits=logits,
             last_hidden_state=hidden,
@@ -225,7 +196,37 @@ class Model(nn.Module):
             encoder_last_hidden_state=memory,
             pooler_output=pooled,
             extra=extra,
+            n_correct=correct,
         )
+
+    def _head_and_loss(
+        self,
+        head: nn.Module | None,
+        hidden: Tensor,
+        pooled: Tensor | None,
+        labels: Tensor | None,
+        logits_at: Tensor | None,
+        return_logits: bool,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``(logits, loss, n_correct)`` of the primary head; without logits when the objective's loss is
+        a token cross-entropy and the caller does not want them."""
+        if head is None:
+            return None, None, None
+        if getattr(head, "pooled_input", False):  # a sequence head reads the pooled vector
+            logits = head(pooled)
+            return logits, self.objective.loss(logits, labels) if labels is not None else None, None
+        if logits_at is not None:
+            at = self._check_logits_at(logits_at, hidden)
+            hidden, labels = hidden[at], (labels[at] if labels is not None else None)  # (N, D), (N,)
+        fused = self.objective.token_loss() if labels is not None and not return_logits else None
+        if fused is not None and isinstance(head, LMHead):
+            if fused.shift and logits_at is None:
+                hidden, labels = hidden[:, :-1], labels[:, 1:]
+            self._check_labels(labels)
+            loss, correct = head.token_loss(hidden, labels, label_smoothing=fused.label_smoothing)
+            return None, loss, correct
+        logits = head(hidden)
+        return logits, self.objective.loss(logits, labels) if labels is not None else None, None
 
     @staticmethod
     def _check_logits_at(logits_at: Tensor, hidden: Tensor) -> Tensor:
