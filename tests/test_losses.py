@@ -147,5 +147,6 @@ def test_labels_outside_the_vocabulary_are_refused():
     for bad in (model.vocab_size, -3):
         labels = ids.clone()
         labels[0, 2] = bad
-        with pytest.raises(InputError, match=f"labels contain {bad}.*-100"):
-            model(input_ids=ids, labels=labels, return_logits=False)
+        for return_logits in (False, True):
+            with pytest.raises(InputError, match=f"labels contain {bad}.*-100"):
+                model(input_ids=ids, labels=labels, return_logits=return_logits)

@@ -218,11 +218,12 @@ class Model(nn.Module):
         if logits_at is not None:
             at = self._check_logits_at(logits_at, hidden)
             hidden, labels = hidden[at], (labels[at] if labels is not None else None)  # (N, D), (N,)
+        if labels is not None and isinstance(head, LMHead):
+            self._check_labels(labels)  # token ids, before cross_entropy meets one outside the vocabulary
         fused = self.objective.token_loss() if labels is not None and not return_logits else None
         if fused is not None and isinstance(head, LMHead):
             if fused.shift and logits_at is None:
                 hidden, labels = hidden[:, :-1], labels[:, 1:]
-            self._check_labels(labels)
             loss, correct = head.token_loss(hidden, labels, label_smoothing=fused.label_smoothing)
             return None, loss, correct
         logits = head(hidden)
