@@ -204,7 +204,7 @@ from unimodel.interfaces import Backbone
 from unimodel.registry import Component
 from unimodel_gpt.model import GPT, PROVIDES, GPTDecoder
 from unimodel_gpt.objectives import CausalLM
-from unimodel.interfaces import TokenLoss
+from unimodel.objectives import lm_loss
 
 _TINY = {"vocab_size": 60, "n_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0,
          "attn_dropout": 0.0}
@@ -239,10 +239,10 @@ class Unseeded(GPT):
 
 
 class Misdeclared(CausalLM):
-    """Declares its token loss without the shift its loss() applies."""
+    """Overrides loss() with label smoothing that its token_loss() does not declare."""
 
-    def token_loss(self):
-        return TokenLoss(shift=False)
+    def loss(self, logits, labels):
+        return lm_loss(logits, labels, shift=True, label_smoothing=0.2)
 
 
 @hookimpl

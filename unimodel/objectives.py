@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +14,6 @@ from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError, TrainingError
 from unimodel.interfaces import Objective, ObjectiveOutput, TokenLoss
 from unimodel.nn.losses import IGNORE_INDEX
-
 
 
 def pad_sequences(
@@ -97,6 +97,18 @@ def token_objective_step(
     return ObjectiveOutput(loss=out.loss, n_predictions=n, logits=out.logits, metrics={"accuracy": accuracy})
 
 
+class TokenLossObjective(Objective):
+    """An objective whose loss is a token cross-entropy on the LM head. It states the loss once,
+    in :meth:`token_loss`; :meth:`loss` on logits follows from it, so the two paths cannot disagree."""
+
+    @abstractmethod
+    def token_loss(self) -> TokenLoss: ...
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        spec = self.token_loss()
+        return lm_loss(logits, labels, shift=spec.shift, label_smoothing=spec.label_smoothing)
+
+
 @dataclass(frozen=True)
 class FeaturesConfig(Config):
     section = "objective 'features'"
@@ -143,7 +155,7 @@ class Seq2SeqConfig(Config):
             self.fail("label_smoothing", "must be in [0, 1)")
 
 
-class Seq2Seq(Objective):
+class Seq2Seq(TokenLossObjective):
     """Supervised sequence-to-sequence: the decoder learns the target given the source.
 
     ``prepare`` takes examples ``{"source": ids, "target": ids}``; labels are the
@@ -192,9 +204,6 @@ class Seq2Seq(Objective):
         ids, mask = pad_sequences(src, pad)
         labels, lmask = pad_sequences(tgt, pad)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels.masked_fill(lmask == 0, IGNORE_INDEX)}
-
-    def loss(self, logits, labels):
-        return lm_loss(logits, labels, shift=False, label_smoothing=self.config.label_smoothing)
 
     def token_loss(self) -> TokenLoss:
         return TokenLoss(label_smoothing=self.config.label_smoothing)

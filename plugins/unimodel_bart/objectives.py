@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
-from unimodel.objectives import IGNORE_INDEX, lm_loss, pad_sequences, token_objective_step
+from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ def infill(
     return Noised(document=doc, source=source, spans=spans, replacements=replacements)
 
 
-class TextInfilling(Objective):
+class TextInfilling(TokenLossObjective):
     """BART denoising: reconstruct the original document from its span-masked, permuted form.
 
     ``prepare`` takes packed blocks ``{"input_ids": [...]}`` and returns
@@ -367,9 +367,6 @@ class TextInfilling(Objective):
         return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
     # --------------------------------------------------------------- loss
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return lm_loss(logits, labels, shift=False, label_smoothing=self.config.label_smoothing)
-
     def token_loss(self) -> TokenLoss:
         return TokenLoss(label_smoothing=self.config.label_smoothing)
 

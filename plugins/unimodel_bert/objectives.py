@@ -18,7 +18,15 @@ from torch import Tensor, nn
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
-from unimodel.objectives import IGNORE_INDEX, count_targets, lm_loss, pad_sequences, token_accuracy, token_objective_step
+from unimodel.objectives import (
+    IGNORE_INDEX,
+    TokenLossObjective,
+    count_targets,
+    lm_loss,
+    pad_sequences,
+    token_accuracy,
+    token_objective_step,
+)
 
 MLM_REQUIRES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
 CLASSIFY_REQUIRES = frozenset({Cap.ENCODER_ONLY, Cap.POOLER})
@@ -102,7 +110,7 @@ class MLMConfig(Config):
             self.fail(("whole_word", "continuation_prefix"), "whole-word masking needs a continuation prefix")
 
 
-class MaskedLM(Objective):
+class MaskedLM(TokenLossObjective):
     """BERT's masked language modelling.
 
     A fraction ``mlm_probability`` of the non-special tokens (or of the words,
@@ -208,7 +216,7 @@ class MaskedLM(Objective):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         if not bool((labels != IGNORE_INDEX).any()):
             return logits.sum() * 0.0  # nothing to predict: a zero that keeps the graph
-        return lm_loss(logits, labels, shift=False)
+        return super().loss(logits, labels)
 
     def token_loss(self) -> TokenLoss:
         return TokenLoss()

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
-from unimodel.objectives import IGNORE_INDEX, lm_loss, pad_sequences, token_objective_step
+from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 
 REQUIRES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD})
 
@@ -28,7 +28,7 @@ class CLMConfig(Config):
         self.require_fraction("label_smoothing")
 
 
-class CausalLM(Objective):
+class CausalLM(TokenLossObjective):
     """Next-token prediction: logits[t] predict input_ids[t+1]; padding is not predicted."""
 
     config_class = CLMConfig
@@ -50,9 +50,6 @@ class CausalLM(Objective):
 
     def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
         return self.collate([ex["input_ids"] for ex in examples], tokenizer)
-
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return lm_loss(logits, labels, shift=True, label_smoothing=self.config.label_smoothing)
 
     def token_loss(self) -> TokenLoss:
         return TokenLoss(shift=True, label_smoothing=self.config.label_smoothing)

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
-from unimodel.objectives import IGNORE_INDEX, lm_loss, pad_sequences, token_objective_step
+from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def corrupt_spans(tokens: Sequence[int], mask: Sequence[bool], sentinels: Sequen
 
 
 # ------------------------------------------------------------------ objective
-class SpanCorruption(Objective):
+class SpanCorruption(TokenLossObjective):
     """T5 span corruption: the decoder restores the spans the encoder input lost.
 
     ``prepare`` takes examples ``{"input_ids": [...]}`` (packed blocks) and returns
@@ -209,9 +209,6 @@ class SpanCorruption(Objective):
         return {"input_ids": ids, "attention_mask": mask, "labels": labels.masked_fill(lmask == 0, IGNORE_INDEX)}
 
     # --------------------------------------------------------------- loss
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return lm_loss(logits, labels, shift=False, label_smoothing=self.config.label_smoothing)
-
     def token_loss(self) -> TokenLoss:
         return TokenLoss(label_smoothing=self.config.label_smoothing)
 
