@@ -67,24 +67,62 @@ def make_hf_model(family: str):
 
     torch.manual_seed(0)
     if family == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=8192, n_positions=512, n_embd=384, n_layer=6, n_head=6,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+        cfg = tf.GPT2Config(
+            vocab_size=8192,
+            n_positions=512,
+            n_embd=384,
+            n_layer=6,
+            n_head=6,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         return tf.GPT2LMHeadModel(cfg)
     family = SETUPS[family].get("weights", family)
     if family == "bert":
-        cfg = tf.BertConfig(vocab_size=8192, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
-                            intermediate_size=1536, max_position_embeddings=512,
-                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        cfg = tf.BertConfig(
+            vocab_size=8192,
+            hidden_size=384,
+            num_hidden_layers=6,
+            num_attention_heads=6,
+            intermediate_size=1536,
+            max_position_embeddings=512,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
         return tf.BertForMaskedLM(cfg)
     if family == "t5":
-        cfg = tf.T5Config(vocab_size=8192, d_model=384, d_kv=64, d_ff=1536, num_layers=3, num_heads=6,
-                          dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        cfg = tf.T5Config(
+            vocab_size=8192,
+            d_model=384,
+            d_kv=64,
+            d_ff=1536,
+            num_layers=3,
+            num_heads=6,
+            dropout_rate=0.0,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
         return tf.T5ForConditionalGeneration(cfg)
     if family == "bart":
-        cfg = tf.BartConfig(vocab_size=8192, d_model=384, encoder_layers=3, decoder_layers=3,
-                            encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=1536,
-                            decoder_ffn_dim=1536, max_position_embeddings=512, dropout=0.0,
-                            attention_dropout=0.0, activation_dropout=0.0, forced_eos_token_id=None)
+        cfg = tf.BartConfig(
+            vocab_size=8192,
+            d_model=384,
+            encoder_layers=3,
+            decoder_layers=3,
+            encoder_attention_heads=6,
+            decoder_attention_heads=6,
+            encoder_ffn_dim=1536,
+            decoder_ffn_dim=1536,
+            max_position_embeddings=512,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            forced_eos_token_id=None,
+        )
         return tf.BartForConditionalGeneration(cfg)
     raise SystemExit(f"unknown family {family}")
 
@@ -127,8 +165,13 @@ def load_model(lib: str, family: str, folder: Path):
     if lib == "hf":
         import transformers as tf
 
-        auto = (tf.AutoModelForMaskedLM if family.startswith("bert") else
-                tf.AutoModelForSeq2SeqLM if family in ("t5", "bart") else tf.AutoModelForCausalLM)
+        auto = (
+            tf.AutoModelForMaskedLM
+            if family.startswith("bert")
+            else tf.AutoModelForSeq2SeqLM
+            if family in ("t5", "bart")
+            else tf.AutoModelForCausalLM
+        )
         return auto.from_pretrained(folder, dtype=torch.float32)
     import unimodel as um
 
@@ -151,8 +194,10 @@ def make_inputs(family: str, task: str) -> dict:
         # a masked-LM batch: a fraction of the positions masked and predicted, the rest -100
         ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
         picked = torch.rand(ids.shape, generator=g) < t["predict"]
-        return {"batch": dict(input_ids=ids.masked_fill(picked, 3), labels=ids.masked_fill(~picked, -100)),
-                "n_tokens": ids.numel()}
+        return {
+            "batch": dict(input_ids=ids.masked_fill(picked, 3), labels=ids.masked_fill(~picked, -100)),
+            "n_tokens": ids.numel(),
+        }
     if "seq" in t:
         ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
         return {"batch": dict(input_ids=ids, labels=ids), "n_tokens": ids.numel()}
@@ -170,6 +215,7 @@ def make_runner(lib: str, model, family: str, task: str, inputs: dict):
         batch = inputs["batch"]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         if lib == "hf":
+
             def forward():
                 return model(**batch)
         else:
@@ -216,10 +262,9 @@ def worker(args: argparse.Namespace) -> dict:
     inputs = make_inputs(args.family, args.task)
     runners = {}
     for lib in libs:
-        runners[lib] = make_runner(lib, load_model(lib, args.family, Path(args.folder)), args.family, args.task,
-                                   inputs)
+        runners[lib] = make_runner(lib, load_model(lib, args.family, Path(args.folder)), args.family, args.task, inputs)
     if args.memory:
-        (run, _), = runners.values()
+        ((run, _),) = runners.values()
         base = rss_kib()  # weights loaded, before any activation, gradient or optimizer state exists
         for _ in range(args.warmup):
             run()
@@ -257,8 +302,23 @@ def side_by_side(libs: list[str], family: str, task: str, folder: str, quick: bo
 
 def run_worker(lib: str, family: str, task: str, folder: str, quick: bool, memory: bool = False) -> dict:
     steps = ("4" if quick else "10") if task == "train" else ("2" if quick else "6")
-    cmd = [sys.executable, __file__, "--worker", "--lib", lib, "--family", family, "--task", task, "--folder", folder,
-           "--steps", steps, "--warmup", "1" if quick or memory else "2"]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--lib",
+        lib,
+        "--family",
+        family,
+        "--task",
+        task,
+        "--folder",
+        folder,
+        "--steps",
+        steps,
+        "--warmup",
+        "1" if quick or memory else "2",
+    ]
     if memory:
         cmd.append("--memory")
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
@@ -272,11 +332,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=list(SETUPS), help="families to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not for the record)")
-    ap.add_argument("--tasks", nargs="*", choices=["train", "generate"], default=["train", "generate"],
-                    help="what to time (default: both)")
+    ap.add_argument(
+        "--tasks",
+        nargs="*",
+        choices=["train", "generate"],
+        default=["train", "generate"],
+        help="what to time (default: both)",
+    )
     ap.add_argument("--compile", action="store_true", help="also time unimodel training under torch.compile")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="fresh processes per measurement, each alternating the libraries (default 2; 1 with --quick)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="fresh processes per measurement, each alternating the libraries (default 2; 1 with --quick)",
+    )
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lib", help=argparse.SUPPRESS)
@@ -323,7 +392,8 @@ def main() -> None:
         f"(one random transformers model, loaded by both). fp32, {THREADS} threads, CPU. Speed: both libraries "
         f"run in one process, timed step by step in alternation (transformers, unimodel, then unimodel, "
         f"transformers, ...), so that a slow spell of the shared host falls on both alike; {rounds_done} such "
-        f"process{'es' if rounds_done > 1 else ''}, and each figure is the median over all of one side's timed steps. Memory: each library in "
+        f"process{'es' if rounds_done > 1 else ''}, and each figure is the median over all of one side's timed steps. "
+        "Memory: each library in "
         "a process of its own. "
         f"Produced by `python benchmarks/bench.py{' --compile' if args.compile else ''}`.",
         "",
@@ -333,45 +403,63 @@ def main() -> None:
     ]
     train_rows = [r for r in rows if "train_hf" in r]
     if train_rows:
-        lines += ["", "## Training (forward + backward + AdamW step)", "",
-                  "| model | batch | transformers tok/s | unimodel tok/s | speed-up | transformers peak MiB | "
-                  "unimodel peak MiB |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Training (forward + backward + AdamW step)",
+            "",
+            "| model | batch | transformers tok/s | unimodel tok/s | speed-up | transformers peak MiB | "
+            "unimodel peak MiB |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
     for r in train_rows:
         t = r["train"]
         shape = f"{t['batch']} x {t['seq']}" if "seq" in t else f"{t['batch']} x ({t['source']} + {t['target']})"
         a, b = r["train_hf"], r["train_um"]
-        lines.append(f"| {r['describe']} | {shape} | {a['tokens_per_s']:,.0f} | {b['tokens_per_s']:,.0f} | "
-                     f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x | {a['peak_mib']:,.0f} | {b['peak_mib']:,.0f} |")
+        lines.append(
+            f"| {r['describe']} | {shape} | {a['tokens_per_s']:,.0f} | {b['tokens_per_s']:,.0f} | "
+            f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x | {a['peak_mib']:,.0f} | {b['peak_mib']:,.0f} |"
+        )
         if "train_um_compiled" in r:
             c = r["train_um_compiled"]
-            lines.append(f"| {r['describe']} (unimodel under torch.compile) | {shape} | {a['tokens_per_s']:,.0f} | "
-                         f"{c['tokens_per_s']:,.0f} | {c['tokens_per_s'] / a['tokens_per_s']:.2f}x | "
-                         f"{a['peak_mib']:,.0f} | {c['peak_mib']:,.0f} |")
+            lines.append(
+                f"| {r['describe']} (unimodel under torch.compile) | {shape} | {a['tokens_per_s']:,.0f} | "
+                f"{c['tokens_per_s']:,.0f} | {c['tokens_per_s'] / a['tokens_per_s']:.2f}x | "
+                f"{a['peak_mib']:,.0f} | {c['peak_mib']:,.0f} |"
+            )
     gen_rows = [r for r in rows if "gen_hf" in r]
     if gen_rows:
-        lines += ["", "## Generation (greedy, KV cache)", "",
-                  "| model | batch, prompt, new tokens | transformers `generate` tok/s | unimodel tok/s | speed-up |",
-                  "|---|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Generation (greedy, KV cache)",
+            "",
+            "| model | batch, prompt, new tokens | transformers `generate` tok/s | unimodel tok/s | speed-up |",
+            "|---|---|---:|---:|---:|",
+        ]
         for r in gen_rows:
             g = r["generate"]
             a, b = r["gen_hf"], r["gen_um"]
-            lines.append(f"| {r['describe']} | {g['batch']}, {g['prompt']}, {g['new']} | {a['tokens_per_s']:,.0f} | "
-                         f"{b['tokens_per_s']:,.0f} | {b['tokens_per_s'] / a['tokens_per_s']:.2f}x |")
-    lines += ["", "Peak MiB: the highest resident memory seen (sampled every 2 ms) during two training steps, "
-              "minus the resident memory after the model was loaded: activations, gradients and optimizer "
-              "state, not the weights or the library's import.",
-              "",
-              "Training rows time each library's own training step on the same batch: transformers' "
-              "`model(**batch)` (logits for every position, then the loss) and unimodel's objective step, the "
-              "one `unimodel train` runs (the same loss and gradients, computed in cache-sized chunks without "
-              "forming the logits; the masked-LM objective also runs its head at the predicted positions only).",
-              "",
-              "Generation at batch 1 reads every weight once per new token, so its speed follows the machine's "
-              "memory bandwidth, while transformers' `generate` spends much of each step in Python. unimodel "
-              "decodes in one chunk of every weight per thread (a copy for widening layers, the parameter in "
-              "place for narrowing ones), so that both threads read memory at once. The ratio depends on the machine: on a host with more bandwidth per core "
-              "unimodel's side gains most."]
+            lines.append(
+                f"| {r['describe']} | {g['batch']}, {g['prompt']}, {g['new']} | {a['tokens_per_s']:,.0f} | "
+                f"{b['tokens_per_s']:,.0f} | {b['tokens_per_s'] / a['tokens_per_s']:.2f}x |"
+            )
+    lines += [
+        "",
+        "Peak MiB: the highest resident memory seen (sampled every 2 ms) during two training steps, "
+        "minus the resident memory after the model was loaded: activations, gradients and optimizer "
+        "state, not the weights or the library's import.",
+        "",
+        "Training rows time each library's own training step on the same batch: transformers' "
+        "`model(**batch)` (logits for every position, then the loss) and unimodel's objective step, the "
+        "one `unimodel train` runs (the same loss and gradients, computed in cache-sized chunks without "
+        "forming the logits; the masked-LM objective also runs its head at the predicted positions only).",
+        "",
+        "Generation at batch 1 reads every weight once per new token, so its speed follows the machine's "
+        "memory bandwidth, while transformers' `generate` spends much of each step in Python. unimodel "
+        "decodes in one chunk of every weight per thread (a copy for widening layers, the parameter in "
+        "place for narrowing ones), so that both threads read memory at once. The ratio depends on the machine: "
+        "on a host with more bandwidth per core "
+        "unimodel's side gains most.",
+    ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

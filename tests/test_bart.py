@@ -1,20 +1,29 @@
 """The BART family: registration, config, cached decoding, positions, and the text_infilling objective."""
 
+import itertools
 import math
 from collections import Counter
 
 import pytest
 import torch
+from unimodel_bart.model import BartConfig
+from unimodel_bart.objectives import infill, place_spans, poisson_span_lengths
 
 import unimodel as um
 from unimodel.data.tokenizer import Tokenizer, check_objective_tokens
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
-from unimodel_bart.model import BartConfig
-from unimodel_bart.objectives import infill, place_spans, poisson_span_lengths
 
 TINY = dict(
-    vocab_size=99, max_positions=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_heads=4,
-    decoder_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, dropout=0.0,
+    vocab_size=99,
+    max_positions=64,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_heads=4,
+    decoder_heads=4,
+    encoder_ffn_dim=37,
+    decoder_ffn_dim=37,
+    dropout=0.0,
 )
 TEXT = [
     "The cat sat on the mat. The dog lay by the door. A bird sang in the tree.",
@@ -75,7 +84,9 @@ def test_tokenizer_roles_fit_bart_ids_and_every_encoder_decoder_objective(tok):
     assert spec["kind"] == "bpe"
     defaults = BartConfig()
     assert (tok.special_id("bos"), tok.special_id("pad"), tok.special_id("eos")) == (
-        defaults.bos_token_id, defaults.pad_token_id, defaults.eos_token_id,
+        defaults.bos_token_id,
+        defaults.pad_token_id,
+        defaults.eos_token_id,
     )
     assert tok.roles["mask"] == "<mask>" and tok.roles["unk"] == "<unk>"
     assert [tok.roles[f"sentinel_{i}"] for i in (0, 99)] == ["<extra_id_0>", "<extra_id_99>"]
@@ -204,8 +215,12 @@ def test_noncausal_decoder_option():
 
 def test_bart_parts_pair_with_other_families():
     pair = um.build_model(
-        {"name": "encoder-decoder", "encoder": {"name": "bart", **TINY, "d_model": 48, "encoder_heads": 4},
-         "decoder": {"name": "bart", **TINY}, "vocab_size": 99},
+        {
+            "name": "encoder-decoder",
+            "encoder": {"name": "bart", **TINY, "d_model": 48, "encoder_heads": 4},
+            "decoder": {"name": "bart", **TINY},
+            "vocab_size": 99,
+        },
         objective="text_infilling",
     )
     assert pair.decoder.cross_attention and pair.decoder.config.memory_dim == 32  # projected to the decoder width
@@ -217,8 +232,12 @@ def test_bart_parts_pair_with_other_families():
         out = pair(input_ids=ids, attention_mask=mask, decoder_input_ids=dec[:, :1], use_cache=True)
         steps = [out.logits]
         for t in range(1, 5):
-            out = pair(input_ids=ids, attention_mask=mask, decoder_input_ids=dec[:, t : t + 1],
-                       past_key_values=out.past_key_values)
+            out = pair(
+                input_ids=ids,
+                attention_mask=mask,
+                decoder_input_ids=dec[:, t : t + 1],
+                past_key_values=out.past_key_values,
+            )
             steps.append(out.logits)
     assert full.shape == (2, 5, 99) and torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
@@ -307,7 +326,8 @@ def test_sources_are_shorter_and_padded_labels_ignored():
     assert batch["labels"].shape == (2, 62) and batch["input_ids"].shape[1] < 62
     assert (batch["labels"][1, 22:] == -100).all() and (batch["labels"][1, :22] != -100).all()
     assert batch["attention_mask"].sum(1).tolist() == [
-        len(strip(batch["input_ids"][0], PAD)), len(strip(batch["input_ids"][1], PAD))
+        len(strip(batch["input_ids"][0], PAD)),
+        len(strip(batch["input_ids"][1], PAD)),
     ]
 
 
@@ -377,8 +397,9 @@ def test_random_replacement_and_mask_from_tokenizer(tok):
     assert source[0] == tok.special_id("bos") and source[-1] == tok.special_id("eos")
     assert tok.special_id("mask") not in source and len(source) < len(ids) + 2
     assert not set(source[1:-1]) & tok.special_ids
-    plain = um.build_objective("text_infilling").prepare([{"input_ids": ids}], tokenizer=tok,
-                                                         generator=torch.Generator().manual_seed(0))
+    plain = um.build_objective("text_infilling").prepare(
+        [{"input_ids": ids}], tokenizer=tok, generator=torch.Generator().manual_seed(0)
+    )
     assert tok.special_id("mask") in plain["input_ids"][0].tolist()
 
 
@@ -410,7 +431,7 @@ def test_span_helpers():
     for _ in range(50):
         spans = place_spans(segments, [4, 0, 3, 2, 0, 5, 1], g)
         assert len(spans) == 7 and sum(n for _, n in spans) == 15
-        for (s1, n1), (s2, _) in zip(spans, spans[1:]):
+        for (s1, n1), (s2, _) in itertools.pairwise(spans):
             assert s1 + n1 < s2
         for s, n in spans:
             assert any(a <= s and s + n <= a + m for a, m in segments)
@@ -451,9 +472,14 @@ def test_text_infilling_training_reduces_loss(tok):
 def test_text_infilling_trains_other_encoder_decoders(tok):
     reg = um.get_registry()
     specs = [
-        {"name": "encoder-decoder", "encoder": {"name": "bart", **TINY}, "decoder": {"name": "gpt", "n_layers": 1,
-         "d_model": 32, "n_heads": 4, "n_positions": 64}, "vocab_size": tok.vocab_size, "pad_token_id": 1,
-         "decoder_start_token_id": 2},
+        {
+            "name": "encoder-decoder",
+            "encoder": {"name": "bart", **TINY},
+            "decoder": {"name": "gpt", "n_layers": 1, "d_model": 32, "n_heads": 4, "n_positions": 64},
+            "vocab_size": tok.vocab_size,
+            "pad_token_id": 1,
+            "decoder_start_token_id": 2,
+        },
     ]
     if reg.has("model", "t5"):
         specs.append({"name": "t5", **reg.get("model", "t5").tiny, "vocab_size": tok.vocab_size})

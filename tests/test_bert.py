@@ -172,7 +172,10 @@ def test_tokenizer_without_mask_fails_at_build():
     from tokenizers import models
 
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4}
-    tok = Tokenizer(Backend(models.WordPiece(vocab, unk_token="[UNK]")), {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]"})
+    tok = Tokenizer(
+        Backend(models.WordPiece(vocab, unk_token="[UNK]")),
+        {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]"},
+    )
     with pytest.raises(ConfigError, match="objective 'mlm' needs the special token\\(s\\) mask"):
         um.build_model("bert", **TINY, tokenizer=tok)
     um.build_model("bert", **TINY, tokenizer=tok, objective="tag")  # tagging needs no mask
@@ -199,7 +202,9 @@ def _mlm_batch(seed=0, rows=64, length=500, **kw):
         ids = torch.randint(5, 1000, (n,), generator=g).tolist()
         ids[0], ids[n // 2], ids[-1] = CLS, SEP, SEP
         examples.append({"input_ids": ids})
-    obj = um.build_objective("mlm", mask_token_id=MASK, pad_token_id=PAD, special_token_ids=(CLS, SEP), vocab_size=1000, **kw)
+    obj = um.build_objective(
+        "mlm", mask_token_id=MASK, pad_token_id=PAD, special_token_ids=(CLS, SEP), vocab_size=1000, **kw
+    )
     batch = obj.prepare(examples, generator=torch.Generator().manual_seed(seed))
     original, _ = pad_sequences([e["input_ids"] for e in examples], PAD)
     return batch, original
@@ -276,18 +281,24 @@ def test_whole_word_masking_selects_words_together():
             chosen += int(picked.all())
             total += 1
     assert abs(chosen / total - 0.15) < 0.025
-    assert (sel.sum() > chosen)  # multi-piece words were selected with all their pieces
+    assert sel.sum() > chosen  # multi-piece words were selected with all their pieces
     assert not sel[:, 0].any()
 
 
 def test_mlm_uses_tokenizer_roles_and_trained_wordpiece():
     text = ["the quick brown fox jumps over the lazy dog", "unbelievable jumping foxes are quickly jumping"] * 40
-    tok = Tokenizer.train_wordpiece(text, vocab_size=120, roles=um.get_registry().get("model", "bert").extra["tokenizer"]["roles"])
+    tok = Tokenizer.train_wordpiece(
+        text, vocab_size=120, roles=um.get_registry().get("model", "bert").extra["tokenizer"]["roles"]
+    )
     ids = tok.encode("unbelievable foxes jumping quickly over the lazy dogs")
     assert any(tok.id_to_token(i).startswith("##") for i in ids)
-    model = um.build_model("bert", **{**TINY, "vocab_size": tok.vocab_size}, tokenizer=tok, objective={"name": "mlm", "whole_word": True})
+    model = um.build_model(
+        "bert", **{**TINY, "vocab_size": tok.vocab_size}, tokenizer=tok, objective={"name": "mlm", "whole_word": True}
+    )
     cls, sep = tok.special_id("cls"), tok.special_id("sep")
-    batch = model.objective.prepare([{"input_ids": [cls, *ids, sep]}] * 8, tokenizer=tok, generator=torch.Generator().manual_seed(1))
+    batch = model.objective.prepare(
+        [{"input_ids": [cls, *ids, sep]}] * 8, tokenizer=tok, generator=torch.Generator().manual_seed(1)
+    )
     assert (batch["labels"][:, [0, -1]] == IGNORE_INDEX).all()
     masked_in = batch["input_ids"][batch["labels"] != IGNORE_INDEX]
     assert (masked_in == tok.special_id("mask")).any()
@@ -305,8 +316,10 @@ def test_build_inputs_convention():
 
 def test_classify_prepare_pairs_and_errors():
     obj = um.build_objective("classify", num_labels=3, add_special_tokens=True)
-    batch = obj.prepare([{"input_ids": [7, 8], "input_ids_b": [9], "label": 2}, {"input_ids": [7], "label": 0}],
-                        tokenizer=piece_tokenizer())
+    batch = obj.prepare(
+        [{"input_ids": [7, 8], "input_ids_b": [9], "label": 2}, {"input_ids": [7], "label": 0}],
+        tokenizer=piece_tokenizer(),
+    )
     assert batch["input_ids"].tolist() == [[CLS, 7, 8, SEP, 9, SEP], [CLS, 7, SEP, PAD, PAD, PAD]]
     assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
@@ -321,8 +334,10 @@ def test_classify_prepare_pairs_and_errors():
 
 def test_tag_prepare_aligns_labels():
     obj = um.build_objective("tag", num_labels=3, add_special_tokens=True)
-    batch = obj.prepare([{"input_ids": [7, 8, 9], "labels": [1, -100, 2]}, {"input_ids": [7], "labels": [0]}],
-                        tokenizer=piece_tokenizer())
+    batch = obj.prepare(
+        [{"input_ids": [7, 8, 9], "labels": [1, -100, 2]}, {"input_ids": [7], "labels": [0]}],
+        tokenizer=piece_tokenizer(),
+    )
     assert batch["labels"].tolist() == [[-100, 1, -100, 2, -100], [-100, 0, -100, -100, -100]]
     with pytest.raises(DataError, match="3 tokens but 2 labels"):
         obj.prepare([{"input_ids": [7, 8, 9], "labels": [1, 2]}])
@@ -372,7 +387,10 @@ def test_tag_learns_a_toy_task():
     def batch(step):  # each token's tag: is its id in the upper half of the vocabulary
         ids = torch.randint(5, 99, (16, 10), generator=g)
         return model.objective.prepare(
-            [{"input_ids": r.tolist(), "labels": [int(x >= 52) if j % 4 else -100 for j, x in enumerate(r)]} for r in ids]
+            [
+                {"input_ids": r.tolist(), "labels": [int(x >= 52) if j % 4 else -100 for j, x in enumerate(r)]}
+                for r in ids
+            ]
         )
 
     losses, out = _train(model, batch, 40)

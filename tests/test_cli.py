@@ -38,8 +38,13 @@ def _one_thread():
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "unimodel", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "unimodel", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +189,11 @@ def custom_registry():
 
 
 def test_doctor_on_a_healthy_install(custom_registry, capsys):
-    custom_registry.add_plugin(_Plugin([Component(kind="model", name="gpt", target="unimodel_gpt.model:GPT",
-                                                  summary="GPT")]), "gpt", source="unimodel")
+    custom_registry.add_plugin(
+        _Plugin([Component(kind="model", name="gpt", target="unimodel_gpt.model:GPT", summary="GPT")]),
+        "gpt",
+        source="unimodel",
+    )
     assert cli.main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert f"unimodel {um.__version__} (plugin API {PLUGIN_API_VERSION})" in out
@@ -198,9 +206,17 @@ def test_doctor_on_a_healthy_install(custom_registry, capsys):
 def test_doctor_reports_every_kind_of_breakage(custom_registry, capsys):
     twin = dict(kind="objective", name="twin", target="unimodel_gpt.objectives:CausalLM", summary="t")
     custom_registry.add_plugin(_Plugin([Component(**twin)]), "alpha", source="dist-alpha")
-    custom_registry.add_plugin(_Plugin([Component(**twin),
-                                        Component(kind="model", name="typo", target="unimodel_gpt.model:GTP",
-                                                  summary="bad target")], api=None), "beta", source="dist-beta")
+    custom_registry.add_plugin(
+        _Plugin(
+            [
+                Component(**twin),
+                Component(kind="model", name="typo", target="unimodel_gpt.model:GTP", summary="bad target"),
+            ],
+            api=None,
+        ),
+        "beta",
+        source="dist-beta",
+    )
     custom_registry.add_plugin(_Plugin([], fail="hook exploded"), "gamma", source="dist-gamma")
     assert cli.main(["doctor"]) == 1
     captured = capsys.readouterr()
@@ -236,7 +252,7 @@ def test_generate_streams_the_greedy_continuation(checkpoint, tokenizer, monkeyp
     model = um.load(checkpoint)
     prompt = "hello world"
     ids = torch.tensor([tokenizer.encode(prompt)])
-    expected = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:].tolist()
+    expected = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1] :].tolist()
     writes: list[str] = []
     real_write = sys.stdout.write
     monkeypatch.setattr(sys.stdout, "write", lambda s: writes.append(s) or real_write(s))
@@ -247,8 +263,20 @@ def test_generate_streams_the_greedy_continuation(checkpoint, tokenizer, monkeyp
 
 
 def test_generate_sampling_is_reproducible_with_a_seed_and_beams_work(checkpoint, capsys):
-    args = ["generate", str(checkpoint), "--prompt", "the quick", "--max-new-tokens", "5", "--seed", "3",
-            "--top-k", "20", "--temperature", "0.9"]
+    args = [
+        "generate",
+        str(checkpoint),
+        "--prompt",
+        "the quick",
+        "--max-new-tokens",
+        "5",
+        "--seed",
+        "3",
+        "--top-k",
+        "20",
+        "--temperature",
+        "0.9",
+    ]
     assert cli.main(args) == 0
     first = capsys.readouterr().out
     assert cli.main(args) == 0
@@ -292,8 +320,11 @@ def test_convert_both_ways_round_trips_exactly(checkpoint, tmp_path, capsys):
 # ------------------------------------------------------------------ train and eval
 def test_train_then_eval_then_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    Path("corpus.txt").write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(80)))
-    Path("run.toml").write_text(textwrap.dedent("""
+    Path("corpus.txt").write_text(
+        "".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(80))
+    )
+    Path("run.toml").write_text(
+        textwrap.dedent("""
         [model]
         name = "gpt"
         n_positions = 32
@@ -317,7 +348,8 @@ def test_train_then_eval_then_resume(tmp_path, capsys, monkeypatch):
         checkpoint_every = 0
         progress = false
         sample_prompt = ""
-    """))
+    """)
+    )
     assert cli.main(["train", "run.toml", "--set", "train.max_steps=3"]) == 0
     state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 3  # the --set override reached the trainer

@@ -1,13 +1,14 @@
 """Config validation, loading and round trips."""
 
+import dataclasses
 import json
 
 import pytest
+from unimodel_gpt.model import GPTConfig
 
 import unimodel as um
 from unimodel.config import SCHEMA_VERSION, read_config_file, to_toml
 from unimodel.errors import ConfigError
-from unimodel_gpt.model import GPTConfig
 
 
 def test_unknown_key_suggests_the_close_one():
@@ -31,8 +32,12 @@ def test_impossible_values_name_the_fields():
 
 @pytest.mark.parametrize(
     "field,value,expect",
-    [("n_layers", "3", "n_layers' must be an integer"), ("dropout", True, "must be a number"),
-     ("tie_embeddings", 1, "true or false"), ("d_ff", 2.5, "an integer or null")],
+    [
+        ("n_layers", "3", "n_layers' must be an integer"),
+        ("dropout", True, "must be a number"),
+        ("tie_embeddings", 1, "true or false"),
+        ("d_ff", 2.5, "an integer or null"),
+    ],
 )
 def test_wrong_types_are_errors(field, value, expect):
     with pytest.raises(ConfigError, match=expect):
@@ -47,7 +52,7 @@ def test_lossless_coercions():
 
 def test_configs_are_frozen():
     c = GPTConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.d_model = 3  # type: ignore[misc]
     assert c.replace(d_model=96, n_heads=4).d_model == 96 and c.d_model == 768
 

@@ -37,9 +37,25 @@ def run_kit(tmp_path: Path, *args: str, pythonpath: Path | None = None) -> tuple
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "unimodel", "--unimodel-conformance", "-p", "no:cacheprovider",
-         "-q", "-rfEs", f"--junitxml={junit}", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "unimodel",
+            "--unimodel-conformance",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rfEs",
+            f"--junitxml={junit}",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     outcomes = {}
     if junit.is_file():
@@ -74,20 +90,30 @@ def test_kit_passes_on_every_builtin_component(tmp_path):
 
 
 def test_kit_is_inactive_without_its_flag(tmp_path):
-    (tmp_path / "test_other.py").write_text(textwrap.dedent("""
+    (tmp_path / "test_other.py").write_text(
+        textwrap.dedent("""
         import sys
 
         def test_nothing_of_unimodel_was_loaded():
             assert "torch" not in sys.modules
             assert "unimodel.testing.conformance" not in sys.modules
             assert "unimodel.testing.checks" not in sys.modules
-    """))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_other.py"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_other.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout + proc.stderr
-    assert "--unimodel-conformance" in subprocess.run(
-        [sys.executable, "-m", "pytest", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    ).stdout
+    assert (
+        "--unimodel-conformance"
+        in subprocess.run(
+            [sys.executable, "-m", "pytest", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        ).stdout
+    )
 
 
 def test_unknown_plugin_name_is_a_usage_error(tmp_path):
@@ -114,9 +140,23 @@ def outside_plugin(tmp_path_factory) -> Path:
         (src / path).write_text(body)
     site = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--disable-pip-version-check", "--target", str(site), str(src)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (site / "unimodel_rmsgpt-0.1.0.dist-info" / "entry_points.txt").is_file()
@@ -125,8 +165,9 @@ def outside_plugin(tmp_path_factory) -> Path:
 
 def test_outside_plugin_is_listed(outside_plugin):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(outside_plugin), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "unimodel", "list", "rmsgpt"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unimodel", "list", "rmsgpt"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^  rmsgpt\s+decoder-only transformer with RMSNorm.*\(rmsgpt\)$", proc.stdout, re.M)
     assert re.search(r"^  rmsgpt-small\s+.*\[preset of rmsgpt\]\s+\(rmsgpt\)$", proc.stdout, re.M)
@@ -148,21 +189,53 @@ def test_outside_plugin_builds_and_trains_a_step(outside_plugin, monkeypatch):
         assert torch.isfinite(out.loss) and model.decoder.embed.weight.grad is not None
         # the preset resolves through the plugin, and the plugin's objective trains a built-in family
         assert um.build_model("rmsgpt-small", vocab_size=64, n_positions=16).config.d_model == 512
-        gpt = um.build_model("gpt", vocab_size=64, n_positions=32, d_model=32, n_layers=1, n_heads=4,
-                             objective={"name": "clm_zloss", "z_loss": 1e-3})
+        gpt = um.build_model(
+            "gpt",
+            vocab_size=64,
+            n_positions=32,
+            d_model=32,
+            n_layers=1,
+            n_heads=4,
+            objective={"name": "clm_zloss", "z_loss": 1e-3},
+        )
         assert gpt.objective.config.z_loss == 1e-3
         # its decoder component pairs with a built-in encoder and gains cross-attention
-        pair = um.build_model({"name": "encoder-decoder", "vocab_size": 64,
-                               "encoder": {"name": "bert", "max_positions": 32, "d_model": 32, "n_layers": 1,
-                                           "n_heads": 4, "d_ff": 37},
-                               "decoder": {"name": "rmsgpt", "n_positions": 32, "d_model": 48, "n_layers": 1,
-                                           "n_heads": 4, "d_ff": 48}})
+        pair = um.build_model(
+            {
+                "name": "encoder-decoder",
+                "vocab_size": 64,
+                "encoder": {
+                    "name": "bert",
+                    "max_positions": 32,
+                    "d_model": 32,
+                    "n_layers": 1,
+                    "n_heads": 4,
+                    "d_ff": 37,
+                },
+                "decoder": {
+                    "name": "rmsgpt",
+                    "n_positions": 32,
+                    "d_model": 48,
+                    "n_layers": 1,
+                    "n_heads": 4,
+                    "d_ff": 48,
+                },
+            }
+        )
         assert pair.decoder.cross_attention and pair.objective_name == "seq2seq"
         logits = pair(input_ids=torch.randint(0, 64, (2, 7)), decoder_input_ids=torch.randint(0, 64, (2, 5))).logits
         assert logits.shape == (2, 5, 64)
         report = check_model("rmsgpt")  # the plain-function form of the kit
         assert report.ok and {o.check for o in report.outcomes if o.status == "passed"} >= {
-            "forward", "roundtrip", "kv_cache", "determinism", "config", "capabilities", "input_errors", "gradients"}
+            "forward",
+            "roundtrip",
+            "kv_cache",
+            "determinism",
+            "config",
+            "capabilities",
+            "input_errors",
+            "gradients",
+        }
     finally:
         set_registry(old)
 
@@ -313,7 +386,8 @@ def test_check_model_reports_every_failure_at_once(broken_registry):
     report = check_model("forgetful", registry=broken_registry, raise_on_failure=False)
     # its broken cache, and the objective of the same plugin whose token_loss() misstates its loss
     assert [(o.check, o.case) for o in report.failures] == [
-        ("kv_cache", "model:forgetful"), ("gradients", "model:forgetful/objective:misdeclared")
+        ("kv_cache", "model:forgetful"),
+        ("gradients", "model:forgetful/objective:misdeclared"),
     ]
     with pytest.raises(ConformanceError, match=r"2 conformance check\(s\) failed:\n- kv_cache\[model:forgetful\]"):
         report.raise_for_failures()

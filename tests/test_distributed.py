@@ -55,8 +55,23 @@ def accelerate_launch(*flags: str, args: list[str], cwd: Path) -> subprocess.Com
     with socket.socket() as s:  # other test runs on this machine may hold accelerate's default port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [exe, "launch", *flags, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), "-m", "unimodel", "train", *args]
+    cmd = [
+        exe,
+        "launch",
+        *flags,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "unimodel",
+        "train",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -73,8 +88,9 @@ def test_two_processes_equal_one_process(tmp_path):
     # accelerate starts several CPU processes (gloo) through its multi-process launcher;
     # train.cpu = true keeps them on the CPU.
     out = tmp_path / "two"
-    proc = accelerate_launch("--multi_gpu", "--num_processes", "2", args=[str(cfg), "--set", f"train.output_dir={out}"],
-                             cwd=tmp_path)
+    proc = accelerate_launch(
+        "--multi_gpu", "--num_processes", "2", args=[str(cfg), "--set", f"train.output_dir={out}"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 process(es)" in proc.stdout
     # logging on the main process only
@@ -107,13 +123,23 @@ def test_cpu_flag_starts_the_requested_processes(tmp_path):
     # worker group that --num_processes asked for.
     cfg = tmp_path / "run.toml"
     cfg.write_text(CONFIG)
-    single = train(cfg, overrides=[f"train.output_dir={tmp_path / 'one'}", "train.max_steps=2",
-                                   "train.sample_prompt=''"])
+    single = train(
+        cfg, overrides=[f"train.output_dir={tmp_path / 'one'}", "train.max_steps=2", "train.sample_prompt=''"]
+    )
     out = tmp_path / "out"
     proc = accelerate_launch(
-        "--cpu", "--num_processes", "2",
-        args=[str(cfg), "--set", f"train.output_dir={out}", "--set", "train.max_steps=2",
-              "--set", "train.sample_prompt=''"],
+        "--cpu",
+        "--num_processes",
+        "2",
+        args=[
+            str(cfg),
+            "--set",
+            f"train.output_dir={out}",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.sample_prompt=''",
+        ],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ encoder-decoder assembled from the GPT decoder with cross-attention.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import types
 
@@ -44,8 +45,17 @@ def pair(tmp_path_factory):
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=BOS, eos_token_id=EOS,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.4,
+        vocab_size=VOCAB,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=0.4,
     )
     hf = transformers.GPT2LMHeadModel(config).eval()
     folder = tmp_path_factory.mktemp("gpt2")
@@ -81,7 +91,7 @@ prompt_tokens = st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=12)
 def frequent_tokens(model, ids, mask, n=3):
     """Tokens greedy decoding produces early, to use as EOS so that hypotheses end mid-run."""
     plain = generate(model, ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[])
-    new = plain[:, ids.shape[1]:]
+    new = plain[:, ids.shape[1] :]
     picks = [int(new[0, 2]), int(new[1 % len(new), 4]), int(new[-1, 6])]
     return sorted(set(picks))[:n]
 
@@ -103,10 +113,10 @@ def test_greedy_left_padded_batch_matches_hf_and_each_row_alone(pair, rows, new)
     out = model.generate(ids, attention_mask=mask, max_new_tokens=new, pad_token_id=PAD)
     assert torch.equal(out, hf_generate(hf, ids, attention_mask=mask, max_new_tokens=new))
     for i, row in enumerate(rows):
-        alone = model.generate(torch.tensor([row]), max_new_tokens=new, pad_token_id=PAD)[0, len(row):]
-        got = out[i, ids.shape[1]:]
+        alone = model.generate(torch.tensor([row]), max_new_tokens=new, pad_token_id=PAD)[0, len(row) :]
+        got = out[i, ids.shape[1] :]
         assert torch.equal(got[: len(alone)], alone)
-        assert bool((got[len(alone):] == PAD).all())  # the row ended (EOS) before the batch did
+        assert bool((got[len(alone) :] == PAD).all())  # the row ended (EOS) before the batch did
 
 
 # ------------------------------------------------------------------ beam search
@@ -126,9 +136,14 @@ def test_beam_search_matches_hf(pair, num_beams, length_penalty, early_stopping,
     hf, model = pair
     ids, mask = left_pad(ROWS)
     kw = dict(
-        attention_mask=mask, max_new_tokens=16, num_beams=num_beams, length_penalty=length_penalty,
-        early_stopping=early_stopping, num_return_sequences=num_return,
-        eos_token_id=frequent_tokens(model, ids, mask), pad_token_id=PAD,
+        attention_mask=mask,
+        max_new_tokens=16,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        num_return_sequences=num_return,
+        eos_token_id=frequent_tokens(model, ids, mask),
+        pad_token_id=PAD,
     )
     out = model.generate(ids, **kw)
     assert out.shape[0] == len(ROWS) * num_return
@@ -141,13 +156,22 @@ def test_beam_search_options_change_the_result(pair):
     ids, mask = left_pad(ROWS)
     eos = frequent_tokens(model, ids, mask)
     outs = {
-        (lp, es): model.generate(ids, attention_mask=mask, max_new_tokens=16, num_beams=4, length_penalty=lp,
-                                 early_stopping=es, eos_token_id=eos, pad_token_id=PAD)
-        for lp in (-0.5, 2.0) for es in (True, False, "never")
+        (lp, es): model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=16,
+            num_beams=4,
+            length_penalty=lp,
+            early_stopping=es,
+            eos_token_id=eos,
+            pad_token_id=PAD,
+        )
+        for lp in (-0.5, 2.0)
+        for es in (True, False, "never")
     }
     distinct = {tuple(o.flatten().tolist()) for o in outs.values()}
     assert len(distinct) >= 3
-    ended_early = [o for o in outs.values() if bool(torch.isin(o[:, ids.shape[1]:-1], torch.tensor(eos)).any())]
+    ended_early = [o for o in outs.values() if bool(torch.isin(o[:, ids.shape[1] : -1], torch.tensor(eos)).any())]
     assert ended_early  # some hypotheses finished on EOS before max_length
 
 
@@ -168,8 +192,15 @@ def test_beam_returns_sequences_best_first(pair):
     """With length_penalty=0 and no EOS every hypothesis scores its summed log-probability."""
     _, model = pair
     ids = torch.tensor([[17, 40, 3, 88]])
-    out = model.generate(ids, max_new_tokens=8, num_beams=4, num_return_sequences=4, length_penalty=0.0,
-                         early_stopping="never", eos_token_id=[])
+    out = model.generate(
+        ids,
+        max_new_tokens=8,
+        num_beams=4,
+        num_return_sequences=4,
+        length_penalty=0.0,
+        early_stopping="never",
+        eos_token_id=[],
+    )
     with torch.no_grad():
         logp = model(input_ids=out).logits.log_softmax(-1)[:, 3:-1]
     scores = logp.gather(-1, out[:, 4:, None]).squeeze(-1).sum(-1)
@@ -206,7 +237,7 @@ def test_no_repeat_ngram_leaves_no_repeated_ngram(pair):
     _, model = pair
     ids = torch.tensor([[17, 40, 3, 88, 61]])
     out = model.generate(ids, max_new_tokens=40, no_repeat_ngram_size=2, eos_token_id=[])[0].tolist()
-    bigrams = list(zip(out, out[1:]))
+    bigrams = list(itertools.pairwise(out))
     assert len(bigrams) == len(set(bigrams))
 
 
@@ -273,8 +304,15 @@ def test_sampling_is_reproducible_under_a_seed(pair):
 def test_sampling_matches_hf_under_the_same_global_seed(pair):
     hf, model = pair
     ids, mask = left_pad(ROWS)
-    kw = dict(attention_mask=mask, do_sample=True, max_new_tokens=16, temperature=0.8, top_k=50, top_p=0.9,
-              num_return_sequences=2)
+    kw = dict(
+        attention_mask=mask,
+        do_sample=True,
+        max_new_tokens=16,
+        temperature=0.8,
+        top_k=50,
+        top_p=0.9,
+        num_return_sequences=2,
+    )
     torch.manual_seed(123)
     ours = model.generate(ids, pad_token_id=PAD, **kw)
     torch.manual_seed(123)
@@ -301,8 +339,9 @@ def test_temperature_sharpens_and_flattens(pair):
     greedy_first = int(model.generate(ids, max_new_tokens=1)[0, -1])
 
     def first_tokens(temperature: float) -> list[int]:
-        out = model.generate(ids, do_sample=True, temperature=temperature, max_new_tokens=1,
-                             num_return_sequences=64, seed=0)
+        out = model.generate(
+            ids, do_sample=True, temperature=temperature, max_new_tokens=1, num_return_sequences=64, seed=0
+        )
         return out[:, -1].tolist()
 
     assert set(first_tokens(gap / 25)) == {greedy_first}  # the runner-up keeps e^-25 of the argmax's mass
@@ -340,10 +379,10 @@ def test_cached_steps_equal_full_forward_logits(pair):
         full_mask = torch.cat([mask, torch.ones(len(ROWS), steps, dtype=torch.long)], dim=1)
         full = model(input_ids=seq, attention_mask=full_mask, position_ids=positions_from_mask(full_mask)).logits
     p = ids.shape[1]
-    torch.testing.assert_close(torch.stack(cached, 1), full[:, p - 1:-1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(cached, 1), full[:, p - 1 : -1], rtol=1e-5, atol=1e-5)
     for i, row in enumerate(ROWS):  # each row as if alone: no padding, default positions
-        alone = model(input_ids=seq[i:i + 1, p - len(row):]).logits
-        torch.testing.assert_close(alone[0, len(row) - 1:-1], torch.stack(cached, 1)[i], rtol=1e-5, atol=1e-5)
+        alone = model(input_ids=seq[i : i + 1, p - len(row) :]).logits
+        torch.testing.assert_close(alone[0, len(row) - 1 : -1], torch.stack(cached, 1)[i], rtol=1e-5, atol=1e-5)
 
 
 def test_streamer_receives_exactly_the_new_tokens(pair):
@@ -352,7 +391,7 @@ def test_streamer_receives_exactly_the_new_tokens(pair):
     received: list[torch.Tensor] = []
     out = model.generate(ids, attention_mask=mask, max_new_tokens=12, pad_token_id=PAD, streamer=received.append)
     assert all(t.shape == (len(ROWS),) and t.dtype == torch.long for t in received)
-    assert torch.equal(torch.stack(received, dim=1), out[:, ids.shape[1]:])
+    assert torch.equal(torch.stack(received, dim=1), out[:, ids.shape[1] :])
 
 
 # ------------------------------------------------------------------ a strategy from a plugin
@@ -374,10 +413,19 @@ def test_strategy_resolved_through_the_registry(pair, monkeypatch):
         @um.hookimpl
         def unimodel_components(self):
             return [
-                Component(kind="decoding", name="constant", target="um_test_decoding:first_token_forever",
-                          requires=("causal",), extra={"options": ("token",)}),
-                Component(kind="decoding", name="needs_encoder", target="um_test_decoding:first_token_forever",
-                          requires=("encoder_decoder", "causal")),
+                Component(
+                    kind="decoding",
+                    name="constant",
+                    target="um_test_decoding:first_token_forever",
+                    requires=("causal",),
+                    extra={"options": ("token",)},
+                ),
+                Component(
+                    kind="decoding",
+                    name="needs_encoder",
+                    target="um_test_decoding:first_token_forever",
+                    requires=("encoder_decoder", "causal"),
+                ),
             ]
 
     import unimodel.builtin
@@ -468,17 +516,34 @@ def seq2seq():
     from unimodel_gpt.model import GPTConfig, GPTDecoder
 
     torch.manual_seed(1)
-    config = GPTConfig(vocab_size=VOCAB, n_positions=32, d_model=32, n_layers=2, n_heads=4, dropout=0.0,
-                       attn_dropout=0.0, memory_dim=24, init_std=0.4)
+    config = GPTConfig(
+        vocab_size=VOCAB,
+        n_positions=32,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        dropout=0.0,
+        attn_dropout=0.0,
+        memory_dim=24,
+        init_std=0.4,
+    )
     decoder = GPTDecoder(config)
     encoder = TinyEncoder(vocab_size=VOCAB, d_model=24, n_heads=4, max_positions=32)
     backbone = Backbone(
-        encoder=encoder, decoder=decoder, lm_head=decoder.build_lm_head(),
+        encoder=encoder,
+        decoder=decoder,
+        lm_head=decoder.build_lm_head(),
         provides=frozenset({"encoder_decoder", "causal", "lm_head", "kv_cache"}),
         special_tokens={"bos": BOS, "eos": EOS, "pad": PAD, "decoder_start": START},
     )
-    return um.Model(name="tiny-seq2seq", config=config, backbone=backbone, objective=um.build_objective("clm"),
-                    objective_name="clm", heads={}).eval()
+    return um.Model(
+        name="tiny-seq2seq",
+        config=config,
+        backbone=backbone,
+        objective=um.build_objective("clm"),
+        objective_name="clm",
+        heads={},
+    ).eval()
 
 
 def uncached_greedy(model, ids, mask, new):
@@ -502,8 +567,9 @@ def test_seq2seq_greedy_cached_equals_uncached(seq2seq):
 
 def test_seq2seq_step_logits_equal_full_forward(seq2seq):
     ids, mask = left_pad([[17, 40, 3, 88, 61, 9], [9, 70, 12]], right=True)
-    inputs = GenerationInputs(ids, mask, torch.full((2, 1), START),
-                              encoder_output=seq2seq.encoder(ids, attention_mask=mask))
+    inputs = GenerationInputs(
+        ids, mask, torch.full((2, 1), START), encoder_output=seq2seq.encoder(ids, attention_mask=mask)
+    )
     run = IncrementalDecoder(seq2seq, inputs, capacity=9)
     with torch.no_grad():
         cached = [run.prefill()]
@@ -527,15 +593,22 @@ def test_seq2seq_padded_batch_equals_rows_alone(seq2seq, options):
     assert bool((out[:, 0] == START).all())
     for i, row in enumerate(rows):
         alone = seq2seq.generate(torch.tensor([row]), max_new_tokens=12, eos_token_id=eos, **options)
-        got = out[i * per_input:(i + 1) * per_input]
+        got = out[i * per_input : (i + 1) * per_input]
         assert torch.equal(got[:, : alone.shape[1]], alone)
-        assert bool((got[:, alone.shape[1]:] == PAD).all())
+        assert bool((got[:, alone.shape[1] :] == PAD).all())
 
 
 def test_seq2seq_beam_hypotheses_are_ranked(seq2seq):
     ids = torch.tensor([[17, 40, 3, 88, 61, 9]])
-    out = seq2seq.generate(ids, max_new_tokens=8, num_beams=4, num_return_sequences=4, length_penalty=0.0,
-                           early_stopping="never", eos_token_id=[])
+    out = seq2seq.generate(
+        ids,
+        max_new_tokens=8,
+        num_beams=4,
+        num_return_sequences=4,
+        length_penalty=0.0,
+        early_stopping="never",
+        eos_token_id=[],
+    )
     assert out.shape == (4, 9)
     with torch.no_grad():
         logp = seq2seq(input_ids=ids.expand(4, -1), decoder_input_ids=out).logits.log_softmax(-1)[:, :-1]
@@ -558,16 +631,40 @@ def _tiny_hf_seq2seq(family: str):
     torch.manual_seed(0)
     if family == "bart":
         config = transformers.BartConfig(
-            vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
-            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, init_std=0.3, pad_token_id=1,
-            bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
+            vocab_size=VOCAB,
+            d_model=32,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=37,
+            decoder_ffn_dim=37,
+            max_position_embeddings=64,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            init_std=0.3,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=2,
+            forced_eos_token_id=None,
         )
         hf = transformers.BartForConditionalGeneration(config)
     else:
-        config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                       dropout_rate=0.0, initializer_factor=3.0, pad_token_id=0, eos_token_id=1,
-                                       decoder_start_token_id=0)
+        config = transformers.T5Config(
+            vocab_size=VOCAB,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            initializer_factor=3.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
         hf = transformers.T5ForConditionalGeneration(config)
     # plain HF semantics: no model-specific generation defaults (BART's ship forced EOS, n-gram bans, 4 beams)
     hf.generation_config = transformers.GenerationConfig(
@@ -604,10 +701,21 @@ def test_seq2seq_matches_hf(family, tmp_path):
 
 
 def test_seq2seq_decoder_start_token(seq2seq):
-    backbone = Backbone(encoder=seq2seq.encoder, decoder=seq2seq.decoder, lm_head=seq2seq.heads["lm"],
-                        provides=seq2seq.provides, special_tokens={"eos": EOS})
-    no_start = um.Model(name="no-start", config=seq2seq.config, backbone=backbone,
-                        objective=um.build_objective("clm"), objective_name="clm", heads={})
+    backbone = Backbone(
+        encoder=seq2seq.encoder,
+        decoder=seq2seq.decoder,
+        lm_head=seq2seq.heads["lm"],
+        provides=seq2seq.provides,
+        special_tokens={"eos": EOS},
+    )
+    no_start = um.Model(
+        name="no-start",
+        config=seq2seq.config,
+        backbone=backbone,
+        objective=um.build_objective("clm"),
+        objective_name="clm",
+        heads={},
+    )
     ids = torch.tensor([[17, 40, 3, 88]])
     with pytest.raises(InputError, match="no decoder start token.*pass decoder_start_token_id"):
         no_start.generate(ids, max_new_tokens=4)
@@ -618,19 +726,34 @@ def test_seq2seq_decoder_start_token(seq2seq):
 
 # ------------------------------------------------------------------ models that cannot generate
 def test_encoder_only_model_cannot_generate(seq2seq):
-    backbone = Backbone(encoder=seq2seq.encoder, decoder=None, lm_head=None,
-                        provides=frozenset({"encoder_only"}))
-    model = um.Model(name="encoder-only", config=seq2seq.config, backbone=backbone,
-                     objective=um.build_objective("clm"), objective_name="clm", heads={})
+    backbone = Backbone(encoder=seq2seq.encoder, decoder=None, lm_head=None, provides=frozenset({"encoder_only"}))
+    model = um.Model(
+        name="encoder-only",
+        config=seq2seq.config,
+        backbone=backbone,
+        objective=um.build_objective("clm"),
+        objective_name="clm",
+        heads={},
+    )
     with pytest.raises(InputError, match="no decoder"):
         model.generate(torch.tensor([[17, 40, 3]]))
 
 
 def test_non_causal_decoder_cannot_generate_left_to_right(pair):
     _, model = pair
-    backbone = Backbone(encoder=None, decoder=model.decoder, lm_head=model.heads["lm"],
-                        provides=frozenset({"decoder_only", "noncausal_decoder", "lm_head", "kv_cache"}))
-    noncausal = um.Model(name="noncausal", config=model.config, backbone=backbone,
-                         objective=um.build_objective("clm"), objective_name="clm", heads={})
+    backbone = Backbone(
+        encoder=None,
+        decoder=model.decoder,
+        lm_head=model.heads["lm"],
+        provides=frozenset({"decoder_only", "noncausal_decoder", "lm_head", "kv_cache"}),
+    )
+    noncausal = um.Model(
+        name="noncausal",
+        config=model.config,
+        backbone=backbone,
+        objective=um.build_objective("clm"),
+        objective_name="clm",
+        heads={},
+    )
     with pytest.raises(InputError, match="needs capability 'causal'"):
         noncausal.generate(torch.tensor([[17, 40, 3]]))

@@ -12,8 +12,15 @@ from unimodel.errors import CheckpointError
 transformers = pytest.importorskip("transformers")
 
 TINY = dict(
-    vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-    decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
+    vocab_size=99,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=37,
+    decoder_ffn_dim=37,
+    max_position_embeddings=64,
 )
 REL_TOL = 2e-5
 
@@ -119,12 +126,19 @@ def test_folder_without_model_prefix_and_with_tied_copies(hf_folder, tmp_path):
     shared = tensors["model.shared.weight"]
     variants = {
         "no_prefix": {k.removeprefix("model."): v for k, v in tensors.items()},
-        "copies": {**tensors, "lm_head.weight": shared.clone(), "model.encoder.embed_tokens.weight": shared.clone(),
-                   "model.decoder.embed_tokens.weight": shared.clone(), "model.encoder.version": torch.tensor([2.0])},
-        "copies_without_shared": {**{k: v for k, v in tensors.items() if k != "model.shared.weight"},
-                                  "model.encoder.embed_tokens.weight": shared.clone()},
+        "copies": {
+            **tensors,
+            "lm_head.weight": shared.clone(),
+            "model.encoder.embed_tokens.weight": shared.clone(),
+            "model.decoder.embed_tokens.weight": shared.clone(),
+            "model.encoder.version": torch.tensor([2.0]),
+        },
+        "copies_without_shared": {
+            **{k: v for k, v in tensors.items() if k != "model.shared.weight"},
+            "model.encoder.embed_tokens.weight": shared.clone(),
+        },
     }
-    ids, mask, dec, dmask = padded_batch()
+    ids, mask, dec, _dmask = padded_batch()
     with torch.no_grad():
         expected = um.from_hf(hf_folder)(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
     for name, keys in variants.items():
@@ -207,8 +221,18 @@ def test_missing_and_unexpected_keys_are_named(hf_folder, tmp_path):
 def build_tiny(**overrides):
     torch.manual_seed(0)
     model = um.build_model(
-        "bart", vocab_size=99, max_positions=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_heads=4,
-        decoder_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, dropout=0.0, **overrides,
+        "bart",
+        vocab_size=99,
+        max_positions=64,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_heads=4,
+        decoder_heads=4,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        dropout=0.0,
+        **overrides,
     ).eval()
     if "lm" in model.heads:
         with torch.no_grad():
@@ -236,8 +260,10 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, overrides):
     assert hf.generation_config.decoder_start_token_id == 2 and hf.generation_config.eos_token_id == 2
     again = um.from_hf(tmp_path / "out")
     with torch.no_grad():
-        assert torch.equal(again(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
-                           model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits)
+        assert torch.equal(
+            again(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
+            model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
+        )
 
 
 def test_noncausal_decoder_is_not_exported(tmp_path):

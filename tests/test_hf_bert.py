@@ -11,8 +11,15 @@ from unimodel.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")
 
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, initializer_range=0.2)  # large weights: every mistake shows in the outputs
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    initializer_range=0.2,
+)  # large weights: every mistake shows in the outputs
 TOL = 1e-4
 
 
@@ -110,7 +117,11 @@ def test_base_model_hidden_states_and_pooler_match(base_folder, padded):
 
 @pytest.mark.parametrize(
     "variant",
-    [dict(tie_word_embeddings=False), dict(hidden_act="gelu_new", layer_norm_eps=1e-5), dict(hidden_act="relu", type_vocab_size=3)],
+    [
+        dict(tie_word_embeddings=False),
+        dict(hidden_act="gelu_new", layer_norm_eps=1e-5),
+        dict(hidden_act="relu", type_vocab_size=3),
+    ],
     ids=["untied", "gelu_new-eps", "relu-3types"],
 )
 def test_variants_match(tmp_path, variant):
@@ -140,7 +151,10 @@ def _rewrite(src_folder, dst_folder, change):
 
 def test_legacy_hub_style_mlm_file(mlm_folder, tmp_path):
     def legacy(t):
-        t = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in t.items()}
+        t = {
+            k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+            for k, v in t.items()
+        }
         t["bert.embeddings.position_ids"] = torch.arange(64)[None]
         t["cls.seq_relationship.weight"] = torch.randn(2, 32)  # the NSP head of BertForPreTraining files
         t["cls.seq_relationship.bias"] = torch.randn(2)
@@ -242,8 +256,11 @@ def test_mlm_export_loads_in_transformers(tmp_path):
     with torch.no_grad():
         ours = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
         ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-        pooled = transformers.BertModel.from_pretrained(tmp_path / "out").eval()(
-            input_ids=ids, attention_mask=mask, token_type_ids=types).pooler_output
+        pooled = (
+            transformers.BertModel.from_pretrained(tmp_path / "out")
+            .eval()(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            .pooler_output
+        )
     assert max_err(ours.logits[mask.bool()], ref[mask.bool()]) < TOL
     assert max_err(ours.pooler_output, pooled) < TOL  # the pooler travels with the MLM export
     again = um.from_hf(tmp_path / "out")
@@ -253,8 +270,16 @@ def test_mlm_export_loads_in_transformers(tmp_path):
 
 
 def test_export_without_pooler_roundtrips(tmp_path):
-    model = um.build_model("bert", vocab_size=99, max_positions=64, d_model=32, n_layers=1, n_heads=4, add_pooler=False,
-                           objective="features").eval()
+    model = um.build_model(
+        "bert",
+        vocab_size=99,
+        max_positions=64,
+        d_model=32,
+        n_layers=1,
+        n_heads=4,
+        add_pooler=False,
+        objective="features",
+    ).eval()
     um.to_hf(model, tmp_path / "out")
     assert not any("pooler" in k for k in load_file(str(tmp_path / "out" / "model.safetensors")))
     again = um.from_hf(tmp_path / "out")
@@ -268,18 +293,29 @@ def test_base_model_roundtrip(base_folder, tmp_path):
     model = um.from_hf(base_folder)
     um.to_hf(model, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["BertModel"]
-    assert load_file(str(tmp_path / "out" / "model.safetensors")).keys() == load_file(str(base_folder / "model.safetensors")).keys()
+    assert (
+        load_file(str(tmp_path / "out" / "model.safetensors")).keys()
+        == load_file(str(base_folder / "model.safetensors")).keys()
+    )
     hf = transformers.BertModel.from_pretrained(tmp_path / "out").eval()
-    ids, types, mask = inputs()
+    ids, types, _mask = inputs()
     with torch.no_grad():
-        assert max_err(model(input_ids=ids, token_type_ids=types).pooler_output,
-                       hf(input_ids=ids, token_type_ids=types).pooler_output) < TOL
+        assert (
+            max_err(
+                model(input_ids=ids, token_type_ids=types).pooler_output,
+                hf(input_ids=ids, token_type_ids=types).pooler_output,
+            )
+            < TOL
+        )
 
 
 @pytest.mark.parametrize(
     ("cls_name", "objective", "num_labels"),
-    [("BertForSequenceClassification", "classify", 3), ("BertForSequenceClassification", "classify", 1),
-     ("BertForTokenClassification", "tag", 4)],
+    [
+        ("BertForSequenceClassification", "classify", 3),
+        ("BertForSequenceClassification", "classify", 1),
+        ("BertForTokenClassification", "tag", 4),
+    ],
     ids=["classify", "regression", "tag"],
 )
 def test_classification_heads_both_ways(tmp_path, cls_name, objective, num_labels):
@@ -311,9 +347,16 @@ def test_hf_tokenizer_roles_are_loaded(mlm_folder, tmp_path):
     model = um.from_hf(folder)
     tok = model.tokenizer
     assert {r: tok.special_id(r) for r in ("pad", "unk", "cls", "sep", "mask")} == {
-        "pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+        "pad": 0,
+        "unk": 1,
+        "cls": 2,
+        "sep": 3,
+        "mask": 4,
+    }
     assert tok.encode("hello worlds") == [5, 6, 7]
-    batch = model.objective.prepare([{"input_ids": [2, 5, 6, 7, 3]}], tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    batch = model.objective.prepare(
+        [{"input_ids": [2, 5, 6, 7, 3]}], tokenizer=tok, generator=torch.Generator().manual_seed(0)
+    )
     assert batch["labels"][0, [0, 4]].tolist() == [-100, -100]
     um.to_hf(model, tmp_path / "out")
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
@@ -324,8 +367,9 @@ def test_wordpiece_tokenizer_travels_with_the_folder(tmp_path):
     from unimodel.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train_wordpiece(["hello world, hello unimodel and wordpieces"] * 50, vocab_size=120)
-    model = um.build_model("bert", vocab_size=tok.vocab_size, max_positions=32, d_model=32, n_layers=1, n_heads=4,
-                           tokenizer=tok)
+    model = um.build_model(
+        "bert", vocab_size=tok.vocab_size, max_positions=32, d_model=32, n_layers=1, n_heads=4, tokenizer=tok
+    )
     um.to_hf(model, tmp_path / "hf")
     back = um.from_hf(tmp_path / "hf")
     assert back.tokenizer.encode("hello unimodel") == tok.encode("hello unimodel")

@@ -72,7 +72,11 @@ def test_hub_style_keys_without_prefix_and_with_mask_buffers(hf_folder, tmp_path
 
 @pytest.mark.parametrize(
     "variant",
-    [dict(tie_word_embeddings=False), dict(scale_attn_by_inverse_layer_idx=True), dict(activation_function="relu", n_inner=48)],
+    [
+        dict(tie_word_embeddings=False),
+        dict(scale_attn_by_inverse_layer_idx=True),
+        dict(activation_function="relu", n_inner=48),
+    ],
     ids=["untied", "inverse-layer-scale", "relu-n_inner"],
 )
 def test_variants_match(tmp_path, variant):
@@ -88,7 +92,9 @@ def test_variants_match(tmp_path, variant):
 
 
 def test_export_loads_in_transformers(tmp_path):
-    model = um.build_model("gpt", vocab_size=99, n_positions=64, d_model=32, n_layers=2, n_heads=4, eos_token_id=5).eval()
+    model = um.build_model(
+        "gpt", vocab_size=99, n_positions=64, d_model=32, n_layers=2, n_heads=4, eos_token_id=5
+    ).eval()
     um.to_hf(model, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "gpt2"
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()

@@ -106,8 +106,12 @@ def test_stacks_of_different_depths_match(tmp_path):
 
 @pytest.mark.parametrize(
     "variant,tied,scaled",
-    [("t5_v1_0", True, True), ("t5_v1_1", False, False), ("t5_v1_1_hubstyle", False, False),
-     ("t5_v1_1_untied", False, False)],
+    [
+        ("t5_v1_0", True, True),
+        ("t5_v1_1", False, False),
+        ("t5_v1_1_hubstyle", False, False),
+        ("t5_v1_1_untied", False, False),
+    ],
 )
 def test_head_rules_of_transformers_5(folders, variant, tied, scaled):
     model = um.from_hf(folders[variant])
@@ -216,8 +220,18 @@ def test_export_round_trip(folders, variant, tmp_path):
 @pytest.mark.parametrize("tied", [True, False])
 def test_native_model_exports(tmp_path, tied):
     model = um.build_model(
-        "t5", vocab_size=99, d_model=32, d_kv=16, d_ff=40, n_layers=2, n_decoder_layers=1, n_heads=4, dropout=0.0,
-        feed_forward="relu" if tied else "gated-silu", tie_embeddings=tied, eos_token_id=2,
+        "t5",
+        vocab_size=99,
+        d_model=32,
+        d_kv=16,
+        d_ff=40,
+        n_layers=2,
+        n_decoder_layers=1,
+        n_heads=4,
+        dropout=0.0,
+        feed_forward="relu" if tied else "gated-silu",
+        tie_embeddings=tied,
+        eos_token_id=2,
     ).eval()
     um.to_hf(model, tmp_path / "out")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -240,8 +254,13 @@ def test_generation_matches_transformers(folders, variant):
     greedy_ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
     # an eos the model actually emits, so rows finish early and are padded
     eos = int(greedy_ref[0, 4])
-    for options in (dict(num_beams=1), dict(num_beams=3), dict(num_beams=4), dict(num_beams=1, eos_token_id=eos),
-                    dict(num_beams=3, eos_token_id=eos)):
+    for options in (
+        dict(num_beams=1),
+        dict(num_beams=3),
+        dict(num_beams=4),
+        dict(num_beams=1, eos_token_id=eos),
+        dict(num_beams=3, eos_token_id=eos),
+    ):
         ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, **options)
         ours = model.generate(ids, attention_mask=mask, max_new_tokens=12, **options)
         if "eos_token_id" in options:

@@ -137,7 +137,7 @@ def test_model_loss_without_logits_equals_the_loss_of_its_logits(name):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     shift = model.objective.token_loss().shift
     assert int(without.n_correct) == round(
-        token_accuracy(with_logits.logits, labels, shift=shift) * int((labels[:, 1 if shift else 0:] != -100).sum())
+        token_accuracy(with_logits.logits, labels, shift=shift) * int((labels[:, 1 if shift else 0 :] != -100).sum())
     )
 
 

@@ -48,12 +48,17 @@ def test_incompatible_objective_lists_alternatives():
     class EncoderTask:
         @um.hookimpl
         def unimodel_components(self):
-            return [Component(kind="objective", name="enc_task", target="unimodel.objectives:Features",
-                              requires=("encoder_only",))]
+            return [
+                Component(
+                    kind="objective", name="enc_task", target="unimodel.objectives:Features", requires=("encoder_only",)
+                )
+            ]
 
     reg = Registry()
     reg.add_plugin(EncoderTask(), "enc-task")
-    with pytest.raises(IncompatibleObjectiveError, match=r"needs encoder_only.*Objectives that work with 'gpt': .*clm.*fim"):
+    with pytest.raises(
+        IncompatibleObjectiveError, match=r"needs encoder_only.*Objectives that work with 'gpt': .*clm.*fim"
+    ):
         um.build_model("gpt", objective="enc_task", registry=reg, **TINY)
 
 

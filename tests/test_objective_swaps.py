@@ -35,8 +35,13 @@ def examples(tok, objective, n=4, length=24):
     out = []
     for i in range(n):
         block = ids[i * length : (i + 1) * length]
-        ex = {"input_ids": block, "source": block[: length // 2], "target": block[length // 2 :],
-              "label": i % 2, "labels": torch.randint(0, 2, (len(block),), generator=g).tolist()}
+        ex = {
+            "input_ids": block,
+            "source": block[: length // 2],
+            "target": block[length // 2 :],
+            "label": i % 2,
+            "labels": torch.randint(0, 2, (len(block),), generator=g).tolist(),
+        }
         out.append(ex)
     return out
 
@@ -67,8 +72,14 @@ def test_same_backbone_each_objective_trains(family, objective):
 
 @pytest.mark.parametrize(
     "family,objective",
-    [("gpt", "mlm"), ("gpt", "span_corruption"), ("bert", "clm"), ("bert", "span_corruption"), ("t5", "mlm"),
-     ("bart", "fim")],
+    [
+        ("gpt", "mlm"),
+        ("gpt", "span_corruption"),
+        ("bert", "clm"),
+        ("bert", "span_corruption"),
+        ("t5", "mlm"),
+        ("bart", "fim"),
+    ],
 )
 def test_incompatible_pairs_fail_at_build_listing_the_ones_that_work(family, objective):
     tiny = dict(REG.get("model", family).tiny)

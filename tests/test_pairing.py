@@ -4,11 +4,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
-import unimodel.interfaces
 from torch import nn
 
 import unimodel as um
+import unimodel.interfaces
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Encoder, EncoderOutput
@@ -61,10 +60,22 @@ def registry():
     set_registry(old)
 
 
-SPEC = {"name": "encoder-decoder", "encoder": {"name": "bag"},
-        "decoder": {"name": "gpt", "n_layers": 1, "d_model": 32, "n_heads": 4, "n_positions": 32,
-                    "dropout": 0.0, "attn_dropout": 0.0},
-        "vocab_size": 40, "pad_token_id": 0, "decoder_start_token_id": 1}
+SPEC = {
+    "name": "encoder-decoder",
+    "encoder": {"name": "bag"},
+    "decoder": {
+        "name": "gpt",
+        "n_layers": 1,
+        "d_model": 32,
+        "n_heads": 4,
+        "n_positions": 32,
+        "dropout": 0.0,
+        "attn_dropout": 0.0,
+    },
+    "vocab_size": 40,
+    "pad_token_id": 0,
+    "decoder_start_token_id": 1,
+}
 
 
 def test_pair_builds_with_projection_and_cross_attention(registry):
@@ -132,7 +143,9 @@ class PlainDecoder(um.Decoder):
 class PlainPlugin:
     @um.hookimpl
     def unimodel_components(self):
-        return [Component(kind="decoder", name="plain", target=f"{__name__}:PlainDecoder", provides=("causal", "lm_head"))]
+        return [
+            Component(kind="decoder", name="plain", target=f"{__name__}:PlainDecoder", provides=("causal", "lm_head"))
+        ]
 
 
 def test_a_decoder_that_cannot_cross_attend_is_refused(registry):

@@ -22,14 +22,18 @@ def side(comp, width):
     return {"name": comp.name, **spec}
 
 
-@pytest.mark.parametrize(
-    "enc,dec", list(itertools.product(ENCODERS, DECODERS)), ids=lambda c: c.name
-)
+@pytest.mark.parametrize("enc,dec", list(itertools.product(ENCODERS, DECODERS)), ids=lambda c: c.name)
 def test_pair_trains_and_generates(enc, dec):
     assert ENCODERS and DECODERS
     torch.manual_seed(0)
-    spec = {"name": "encoder-decoder", "encoder": side(enc, 32), "decoder": side(dec, 48), "vocab_size": VOCAB,
-            "pad_token_id": 0, "decoder_start_token_id": 1}
+    spec = {
+        "name": "encoder-decoder",
+        "encoder": side(enc, 32),
+        "decoder": side(dec, 48),
+        "vocab_size": VOCAB,
+        "pad_token_id": 0,
+        "decoder_start_token_id": 1,
+    }
     model = um.build_model(spec)
     assert model.is_encoder_decoder and type(model.encoder).__name__ == "ProjectedEncoder"  # widths 32 -> 48
     obj = model.objective

@@ -98,11 +98,17 @@ def test_plain_text_is_not_pairs(tmp_path):
 
 # ------------------------------------------------------------------ what the objective reads
 def test_text_sources_refused_for_pairs_and_pairs_for_text(tmp_path):
-    with pytest.raises(DataError, match=r"corpus 'pydoc' holds text, but objective 'seq2seq' trains on source -> "
-                                        r"target pairs.*data\.corpus = \"numbers\""):
+    with pytest.raises(
+        DataError,
+        match=r"corpus 'pydoc' holds text, but objective 'seq2seq' trains on source -> "
+        r"target pairs.*data\.corpus = \"numbers\"",
+    ):
         load_data(DataConfig(), kind="pairs", objective="seq2seq")
-    with pytest.raises(DataError, match=r"corpus 'numbers' holds source -> target pairs, but objective 'clm' trains "
-                                        r"on text.*seq2seq"):
+    with pytest.raises(
+        DataError,
+        match=r"corpus 'numbers' holds source -> target pairs, but objective 'clm' trains "
+        r"on text.*seq2seq",
+    ):
         load_data(DataConfig(corpus="numbers"), kind="text", objective="clm")
     tsv = write(tmp_path / "p.tsv", "1\tone\n2\ttwo\n")
     with pytest.raises(DataError) as e:
@@ -111,7 +117,8 @@ def test_text_sources_refused_for_pairs_and_pairs_for_text(tmp_path):
     assert "objective 'clm' trains on text" in str(e.value) and 'data.format = "text"' in str(e.value)
     # read as text when asked
     assert load_data(DataConfig(paths=[str(tsv)], format="text", validation_fraction=0), kind="text").train == [
-        "1\tone\n2\ttwo\n"]
+        "1\tone\n2\ttwo\n"
+    ]
     pairs = write(tmp_path / "p.jsonl", jsonl({"source": "1", "target": "one"}))
     with pytest.raises(DataError, match=r"line 1 holds a source/target pair.*objective 'clm' trains on text"):
         load_data(DataConfig(paths=[str(pairs)]), kind="text", objective="clm")
@@ -153,8 +160,12 @@ def test_numbers_corpus_is_deterministic_with_disjoint_splits():
     assert all(t == number_to_words(int(s)) for s, t in raw.train[:200] + raw.validation)
     assert max(int(s) for s, _ in raw.train) <= 99999
     # options, and max_documents capping the training split only
-    small = load_data(DataConfig(corpus="numbers", corpus_options={"n_train": 50, "n_validation": 5,
-                                                                   "max_value": 99}, max_documents=20), kind="pairs")
+    small = load_data(
+        DataConfig(
+            corpus="numbers", corpus_options={"n_train": 50, "n_validation": 5, "max_value": 99}, max_documents=20
+        ),
+        kind="pairs",
+    )
     assert len(small.train) == 20 and len(small.validation) == 5
     assert all(int(s) <= 99 for s, _ in small.train + small.validation)
 
@@ -163,8 +174,10 @@ def test_bad_corpus_options():
     with pytest.raises(DataError, match=r"corpus 'numbers' has no option 'n_trian'\. Did you mean 'n_train'\?"):
         load_data(DataConfig(corpus="numbers", corpus_options={"n_trian": 5}), kind="pairs")
     with pytest.raises(DataError, match=r"corpus 'numbers': cannot draw 200 distinct numbers.*data\.corpus_options"):
-        load_data(DataConfig(corpus="numbers", corpus_options={"max_value": 9, "n_train": 100,
-                                                               "n_validation": 100}), kind="pairs")
+        load_data(
+            DataConfig(corpus="numbers", corpus_options={"max_value": 9, "n_train": 100, "n_validation": 100}),
+            kind="pairs",
+        )
     with pytest.raises(DataError, match=r"n_train must be a non-negative integer, got 'many'"):
         load_data(DataConfig(corpus="numbers", corpus_options={"n_train": "many"}), kind="pairs")
     with pytest.raises(DataError, match=r"corpus 'pydoc' has no option 'size'.*Its options: none"):
@@ -216,8 +229,17 @@ def test_encoded_pairs_feed_seq2seq(tmp_path):
     tok = Tokenizer.train_bpe(["1 2 3", "one two three"] * 5, vocab_size=300, min_frequency=1)
     examples = encode_pairs(tok, [("1 2", "one two"), ("3", "three")])
     assert examples[0] == {"source": tok.encode("1 2"), "target": tok.encode("one two")}
-    model = um.build_model("t5", vocab_size=tok.vocab_size, d_model=32, d_kv=8, d_ff=37, n_layers=1, n_heads=4,
-                           objective="seq2seq", tokenizer=tok)
+    model = um.build_model(
+        "t5",
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        n_layers=1,
+        n_heads=4,
+        objective="seq2seq",
+        tokenizer=tok,
+    )
     batch = model.objective.prepare(examples, tokenizer=tok)
     eos = tok.special_id("eos")
     assert batch["input_ids"][1].tolist()[: len(examples[1]["source"]) + 1] == [*examples[1]["source"], eos]
@@ -230,7 +252,16 @@ def test_encoded_pairs_feed_seq2seq(tmp_path):
     with pytest.raises(DataError, match=r"seq2seq example 1 has no 'target' \(keys: source\)"):
         model.objective.prepare([examples[0], {"source": [1]}], tokenizer=tok)
     # BART-style framing needs a bos distinct from eos; the byte-level BPE's are one token
-    framed = um.build_model("t5", vocab_size=tok.vocab_size, d_model=32, d_kv=8, d_ff=37, n_layers=1, n_heads=4,
-                            objective={"name": "seq2seq", "add_bos": True}, tokenizer=tok)
+    framed = um.build_model(
+        "t5",
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        n_layers=1,
+        n_heads=4,
+        objective={"name": "seq2seq", "add_bos": True},
+        tokenizer=tok,
+    )
     with pytest.raises(ConfigError, match="bos and eos are one token.*add_bos = false"):
         framed.objective.prepare(examples, tokenizer=tok)

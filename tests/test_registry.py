@@ -42,8 +42,14 @@ def model(name: str, **kw) -> Component:
 
 
 def objective(name: str, requires=(), **kw) -> Component:
-    return Component(kind="objective", name=name, target="unimodel_gpt.objectives:CausalLM", requires=requires,
-                     summary=f"the {name} objective", **kw)
+    return Component(
+        kind="objective",
+        name=name,
+        target="unimodel_gpt.objectives:CausalLM",
+        requires=requires,
+        summary=f"the {name} objective",
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -97,13 +103,16 @@ def test_list_components_of_the_installed_registry():
 
 def test_presets_resolve_through_their_base_chain():
     reg = Registry(discover=False)
-    reg.add_plugin(make_plugin(
-        model("fam", provides=("decoder_only",)),
-        model("fam-base", base="fam", target="", defaults={"n_layers": 4, "d_model": 64}),
-        model("fam-base-wide", base="fam-base", target="", defaults={"d_model": 256}),
-        objective("needs-dec", requires=("decoder_only",)),
-        objective("needs-enc", requires=("encoder_only",)),
-    ), "p")
+    reg.add_plugin(
+        make_plugin(
+            model("fam", provides=("decoder_only",)),
+            model("fam-base", base="fam", target="", defaults={"n_layers": 4, "d_model": 64}),
+            model("fam-base-wide", base="fam-base", target="", defaults={"d_model": 256}),
+            objective("needs-dec", requires=("decoder_only",)),
+            objective("needs-enc", requires=("encoder_only",)),
+        ),
+        "p",
+    )
     family, values = reg.resolve_model("fam-base-wide")
     assert family.name == "fam"
     assert values == {"n_layers": 4, "d_model": 256}  # nearer presets win
@@ -114,9 +123,14 @@ def test_presets_resolve_through_their_base_chain():
 
 def test_preset_cycles_and_missing_bases_are_errors():
     reg = Registry(discover=False)
-    reg.add_plugin(make_plugin(
-        model("a", base="b", target=""), model("b", base="a", target=""), model("orphan", base="nowhere", target=""),
-    ), "p")
+    reg.add_plugin(
+        make_plugin(
+            model("a", base="b", target=""),
+            model("b", base="a", target=""),
+            model("orphan", base="nowhere", target=""),
+        ),
+        "p",
+    )
     with pytest.raises(PluginError, match="cycle"):
         reg.resolve_model("a")
     with pytest.raises(ComponentNotFoundError, match="no model named 'nowhere'"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -36,11 +35,26 @@ def pair_run(out: Path, *, model=None, objective=None, data=None, **train_opts) 
     return {
         "model": {**TINY_T5, **(model or {})},
         "objective": {"name": "seq2seq", **(objective or {})},
-        "data": {"corpus": "numbers", "corpus_options": {"n_train": 256, "n_validation": 16},
-                 "vocab_size": 400, "split_digits": True, **(data or {})},
-        "train": {"output_dir": str(out), "max_steps": 6, "batch_size": 16, "warmup_steps": 2, "learning_rate": 3e-3,
-                  "eval_every": 0, "checkpoint_every": 0, "log_every": 1, "progress": False,
-                  "exact_match_examples": 8, **train_opts},
+        "data": {
+            "corpus": "numbers",
+            "corpus_options": {"n_train": 256, "n_validation": 16},
+            "vocab_size": 400,
+            "split_digits": True,
+            **(data or {}),
+        },
+        "train": {
+            "output_dir": str(out),
+            "max_steps": 6,
+            "batch_size": 16,
+            "warmup_steps": 2,
+            "learning_rate": 3e-3,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "log_every": 1,
+            "progress": False,
+            "exact_match_examples": 8,
+            **train_opts,
+        },
     }
 
 
@@ -65,8 +79,9 @@ def test_exact_match_counts_whitespace_normalised_equality():
 def test_exact_match_scores_the_decodings_against_the_targets(monkeypatch):
     from unimodel import training
 
-    tok = Tokenizer.train_bpe(["four thousand twelve one hundred five seventy 0 1 2 3"] * 4, vocab_size=300,
-                              min_frequency=1)
+    tok = Tokenizer.train_bpe(
+        ["four thousand twelve one hundred five seventy 0 1 2 3"] * 4, vocab_size=300, min_frequency=1
+    )
     references = ["four thousand", "twelve", "one hundred five", "seventy"]
     examples = [{"source": tok.encode(str(i)), "target": tok.encode(r)} for i, r in enumerate(references)]
     predictions = ["four  thousand", " twelve", "one hundred", "seven"]  # by hand: the first two match
@@ -77,8 +92,11 @@ def test_exact_match_scores_the_decodings_against_the_targets(monkeypatch):
     monkeypatch.setattr(training, "generate_targets", decode)
     em = exact_match(None, examples, tokenizer=tok, batch_size=3)
     assert (em.matches, em.total, em.score) == (2, 4, 0.5)
-    assert em.examples == [("0", "four  thousand", "four thousand", True), ("1", " twelve", "twelve", True),
-                           ("2", "one hundred", "one hundred five", False)]
+    assert em.examples == [
+        ("0", "four  thousand", "four thousand", True),
+        ("1", " twelve", "twelve", True),
+        ("2", "one hundred", "one hundred five", False),
+    ]
 
 
 def test_bart_starts_decoding_with_the_tokenizers_eos():
@@ -92,8 +110,12 @@ def test_bart_starts_decoding_with_the_tokenizers_eos():
     assert bart["decoder_start_token_id"] == bart["forced_eos_token_id"] == bart["eos_token_id"] == eos
     t5 = model_spec_for({"name": "t5-tiny"}, tok, registry=get_registry())  # T5 starts with pad: left alone
     assert "decoder_start_token_id" not in t5 and t5["pad_token_id"] == tok.special_id("pad")
-    assert model_spec_for({"name": "bart", "decoder_start_token_id": 5}, tok,
-                          registry=get_registry())["decoder_start_token_id"] == 5  # the table's own value wins
+    assert (
+        model_spec_for({"name": "bart", "decoder_start_token_id": 5}, tok, registry=get_registry())[
+            "decoder_start_token_id"
+        ]
+        == 5
+    )  # the table's own value wins
 
 
 def test_batched_exact_match_equals_decoding_one_pair_at_a_time(tmp_path):
@@ -167,14 +189,26 @@ def test_resume_on_pairs_continues_exactly(tmp_path, monkeypatch):
         assert torch.equal(x, y)
     # other pairs: the fingerprint catches it
     with pytest.raises(Exception, match="training data differs"):
-        train(pair_run(tmp_path / "b", data={"corpus_options": {"n_train": 256, "n_validation": 16, "seed": 1}},
-                       **{**opts, "max_steps": 12}), resume=True)
+        train(
+            pair_run(
+                tmp_path / "b",
+                data={"corpus_options": {"n_train": 256, "n_validation": 16, "seed": 1}},
+                **{**opts, "max_steps": 12},
+            ),
+            resume=True,
+        )
 
 
 def test_wrong_kind_of_data_for_the_objective(tmp_path):
     with pytest.raises(DataError, match="corpus 'numbers' holds source -> target pairs, but objective 'clm' trains"):
-        train({"model": {"name": "gpt2-tiny"}, "objective": {"name": "clm"}, "data": {"corpus": "numbers"},
-               "train": {"output_dir": str(tmp_path / "a")}})
+        train(
+            {
+                "model": {"name": "gpt2-tiny"},
+                "objective": {"name": "clm"},
+                "data": {"corpus": "numbers"},
+                "train": {"output_dir": str(tmp_path / "a")},
+            }
+        )
     # t5's default objective (span_corruption) trains on text too
     with pytest.raises(DataError, match="but objective 'span_corruption' trains on text"):
         train({"model": TINY_T5, "data": {"corpus": "numbers"}, "train": {"output_dir": str(tmp_path / "b")}})
@@ -183,8 +217,17 @@ def test_wrong_kind_of_data_for_the_objective(tmp_path):
     with pytest.raises(DataError, match="the training split has 10 pairs, fewer than one batch.*add pairs"):
         train(pair_run(tmp_path / "d", data={"corpus_options": {"n_train": 10, "n_validation": 2}}))
     short = pair_run(tmp_path / "e")
-    short["model"] = {"name": "bart", "max_positions": 4, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1,
-                      "encoder_heads": 4, "decoder_heads": 4, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32}
+    short["model"] = {
+        "name": "bart",
+        "max_positions": 4,
+        "d_model": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_heads": 4,
+        "decoder_heads": 4,
+        "encoder_ffn_dim": 32,
+        "decoder_ffn_dim": 32,
+    }
     with pytest.raises(ConfigError, match=r"longest source is 6 tokens.*takes \(4 positions\).*max_source_length = 4"):
         train(short)
     with pytest.raises(ConfigError, match="exact_match_examples.*must be 0 or more"):
@@ -195,10 +238,17 @@ def test_pair_files_train_with_validation_files(tmp_path):
     from unimodel.data.synthetic import number_to_words
 
     (tmp_path / "train.tsv").write_text("".join(f"{i}\t{number_to_words(i)}\n" for i in range(64)))
-    (tmp_path / "valid.jsonl").write_text("".join(json.dumps({"src": str(i), "tgt": number_to_words(i)}) + "\n"
-                                                  for i in range(100, 104)))
-    data = {"corpus": None, "corpus_options": {}, "paths": [str(tmp_path / "train.tsv")],
-            "validation_paths": [str(tmp_path / "valid.jsonl")], "source_field": "src", "target_field": "tgt"}
+    (tmp_path / "valid.jsonl").write_text(
+        "".join(json.dumps({"src": str(i), "tgt": number_to_words(i)}) + "\n" for i in range(100, 104))
+    )
+    data = {
+        "corpus": None,
+        "corpus_options": {},
+        "paths": [str(tmp_path / "train.tsv")],
+        "validation_paths": [str(tmp_path / "valid.jsonl")],
+        "source_field": "src",
+        "target_field": "tgt",
+    }
     result = train(pair_run(tmp_path / "run", data=data, max_steps=2))
     assert result.after.n_examples == 4 and result.after.exact_match_examples == 4
 
@@ -206,9 +256,19 @@ def test_pair_files_train_with_validation_files(tmp_path):
 # ------------------------------------------------------------------ the example, from the command line
 def test_t5_example_runs_from_the_cli_then_evaluates_and_translates(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    tiny = ["model.d_model=32", "model.d_kv=8", "model.d_ff=64", "model.n_layers=1", "train.max_steps=4",
-            "train.batch_size=16", "train.eval_every=2", "train.exact_match_examples=4", "train.progress=false",
-            "data.corpus_options={n_train = 64, n_validation = 8}", "data.vocab_size=300"]
+    tiny = [
+        "model.d_model=32",
+        "model.d_kv=8",
+        "model.d_ff=64",
+        "model.n_layers=1",
+        "train.max_steps=4",
+        "train.batch_size=16",
+        "train.eval_every=2",
+        "train.exact_match_examples=4",
+        "train.progress=false",
+        "data.corpus_options={n_train = 64, n_validation = 8}",
+        "data.vocab_size=300",
+    ]
     args = ["train", str(ROOT / "examples" / "t5_numbers.toml")]
     for item in tiny:
         args += ["--set", item]
@@ -248,11 +308,14 @@ def test_two_processes_train_on_pairs(tmp_path):
     run = pair_run(tmp_path / "one", max_steps=2, eval_every=1)
     single = train(run)
     cfg = tmp_path / "run.toml"
-    cfg.write_text(to_toml({k: v for k, v in run.items() if k != "train"}) + to_toml({"train": {
-        k: v for k, v in run["train"].items() if k != "output_dir"}}))
+    cfg.write_text(
+        to_toml({k: v for k, v in run.items() if k != "train"})
+        + to_toml({"train": {k: v for k, v in run["train"].items() if k != "output_dir"}})
+    )
     out = tmp_path / "two"
-    proc = accelerate_launch("--multi_gpu", "--num_processes", "2",
-                             args=[str(cfg), "--set", f"train.output_dir={out}"], cwd=tmp_path)
+    proc = accelerate_launch(
+        "--multi_gpu", "--num_processes", "2", args=[str(cfg), "--set", f"train.output_dir={out}"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 process(es)" in proc.stdout and proc.stdout.count("validation after training") == 1
     recs = metrics(out)

@@ -5,11 +5,24 @@ from unimodel.data.synthetic import number_to_words, numbers_pairs
 
 @pytest.mark.parametrize(
     "n,words",
-    [(0, "zero"), (7, "seven"), (13, "thirteen"), (40, "forty"), (21, "twenty-one"), (100, "one hundred"),
-     (105, "one hundred five"), (999, "nine hundred ninety-nine"), (1000, "one thousand"),
-     (1407, "one thousand four hundred seven"), (90210, "ninety thousand two hundred ten"),
-     (2_000_019, "two million nineteen"), (123_456_789_012,
-      "one hundred twenty-three billion four hundred fifty-six million seven hundred eighty-nine thousand twelve")],
+    [
+        (0, "zero"),
+        (7, "seven"),
+        (13, "thirteen"),
+        (40, "forty"),
+        (21, "twenty-one"),
+        (100, "one hundred"),
+        (105, "one hundred five"),
+        (999, "nine hundred ninety-nine"),
+        (1000, "one thousand"),
+        (1407, "one thousand four hundred seven"),
+        (90210, "ninety thousand two hundred ten"),
+        (2_000_019, "two million nineteen"),
+        (
+            123_456_789_012,
+            "one hundred twenty-three billion four hundred fifty-six million seven hundred eighty-nine thousand twelve",
+        ),
+    ],
 )
 def test_number_to_words(n, words):
     assert number_to_words(n) == words

@@ -4,13 +4,12 @@ import math
 
 import pytest
 import torch
+from unimodel_t5.model import T5Config, relative_position_bucket
+from unimodel_t5.objectives import count_spans, random_spans_noise_mask
 
 import unimodel as um
 from unimodel.errors import ConfigError, DataError, InputError
 from unimodel.registry import get_registry
-
-from unimodel_t5.model import T5Config, relative_position_bucket
-from unimodel_t5.objectives import count_spans, random_spans_noise_mask
 
 TINY = dict(vocab_size=99, d_model=32, d_kv=8, d_ff=37, n_layers=2, n_heads=4, dropout=0.0)
 SPAN = {"name": "span_corruption", "first_sentinel_id": 98, "n_sentinels": 20, "eos_token_id": 1, "pad_token_id": 0}
@@ -143,8 +142,11 @@ def test_decoder_needs_a_memory_and_encoder_refuses_token_types():
     with pytest.raises(InputError, match="memory"):
         m.decoder(torch.randint(0, 99, (1, 3)))
     with pytest.raises(InputError, match="token types"):
-        m(input_ids=torch.randint(0, 99, (1, 3)), token_type_ids=torch.zeros(1, 3, dtype=torch.long),
-          decoder_input_ids=torch.zeros(1, 1, dtype=torch.long))
+        m(
+            input_ids=torch.randint(0, 99, (1, 3)),
+            token_type_ids=torch.zeros(1, 3, dtype=torch.long),
+            decoder_input_ids=torch.zeros(1, 1, dtype=torch.long),
+        )
 
 
 def test_special_tokens_and_shift_right():
@@ -184,9 +186,12 @@ def test_presets():
 
 def test_t5_parts_pair_with_other_families():
     # the T5 decoder behind a narrower T5 encoder (a projection joins them), and a GPT decoder behind a T5 encoder
-    spec = {"name": "encoder-decoder", "vocab_size": 99,
-            "encoder": {"name": "t5", **{k: v for k, v in TINY.items() if k != "vocab_size"}, "d_model": 24},
-            "decoder": {"name": "t5", **{k: v for k, v in TINY.items() if k != "vocab_size"}}}
+    spec = {
+        "name": "encoder-decoder",
+        "vocab_size": 99,
+        "encoder": {"name": "t5", **{k: v for k, v in TINY.items() if k != "vocab_size"}, "d_model": 24},
+        "decoder": {"name": "t5", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+    }
     m = um.build_model(spec, objective=SPAN).eval()
     assert m.decoder.blocks[0].cross is not None
     ids, dec = torch.randint(2, 99, (2, 6)), torch.randint(2, 99, (2, 4))
@@ -207,8 +212,9 @@ def test_save_and_load_round_trip(tmp_path):
         back = um.load(tmp_path / "ckpt")
         ids, dec = torch.randint(2, 99, (2, 6)), torch.randint(2, 99, (2, 4))
         with torch.no_grad():
-            assert torch.equal(back(input_ids=ids, decoder_input_ids=dec).logits,
-                               m(input_ids=ids, decoder_input_ids=dec).logits)
+            assert torch.equal(
+                back(input_ids=ids, decoder_input_ids=dec).logits, m(input_ids=ids, decoder_input_ids=dec).logits
+            )
         assert (back.heads["lm"].weight is back.encoder.embed_tokens.weight) == (not overrides)
 
 
@@ -272,7 +278,7 @@ def test_span_lengths_are_random_with_the_right_mean():
     for _ in range(200):
         mask = random_spans_noise_mask(100, 0.15, 3.0, generator=g)
         run = 0
-        for m in mask + [False]:
+        for m in [*mask, False]:
             if m:
                 run += 1
             elif run:

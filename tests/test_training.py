@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pickle
@@ -14,8 +15,15 @@ import unimodel as um
 from unimodel.errors import ConfigError, DataError, TrainingError
 from unimodel.training import RunConfig, _ObjectiveStep, evaluate, load_run_config, lr_multiplier, param_groups, train
 
-TINY_MODEL = {"name": "gpt", "n_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4,
-              "dropout": 0.0, "attn_dropout": 0.0}
+TINY_MODEL = {
+    "name": "gpt",
+    "n_positions": 32,
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 4,
+    "dropout": 0.0,
+    "attn_dropout": 0.0,
+}
 
 
 def tiny_run(out: Path, *, model=None, objective=None, data=None, **train_opts) -> dict:
@@ -23,9 +31,19 @@ def tiny_run(out: Path, *, model=None, objective=None, data=None, **train_opts) 
     run = {
         "model": {**TINY_MODEL, **(model or {})},
         "data": {"corpus": "pydoc", "max_documents": 10, "vocab_size": 320, "block_size": 32, **(data or {})},
-        "train": {"output_dir": str(out), "max_steps": 4, "batch_size": 8, "warmup_steps": 2, "learning_rate": 3e-3,
-                  "eval_every": 0, "checkpoint_every": 0, "log_every": 1, "progress": False, "sample_prompt": "",
-                  **train_opts},
+        "train": {
+            "output_dir": str(out),
+            "max_steps": 4,
+            "batch_size": 8,
+            "warmup_steps": 2,
+            "learning_rate": 3e-3,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "log_every": 1,
+            "progress": False,
+            "sample_prompt": "",
+            **train_opts,
+        },
     }
     if objective is not None:
         run["objective"] = {"name": objective} if isinstance(objective, str) else objective
@@ -67,8 +85,17 @@ def test_unknown_keys_suggest_the_close_one(tmp_path):
 def test_overrides_are_read_as_toml_values(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text('[model]\nname = "gpt2-tiny"\n\n[objective]\nname = "clm"\n\n[train]\nmax_steps = 5\n')
-    run = load_run_config(cfg, ["train.max_steps=20", "train.compile=true", "train.output_dir=runs/x y",
-                                "data.paths=['a.txt', 'b.txt']", "train.learning_rate=1e-3", "objective.name=fim"])
+    run = load_run_config(
+        cfg,
+        [
+            "train.max_steps=20",
+            "train.compile=true",
+            "train.output_dir=runs/x y",
+            "data.paths=['a.txt', 'b.txt']",
+            "train.learning_rate=1e-3",
+            "objective.name=fim",
+        ],
+    )
     assert isinstance(run, RunConfig)
     assert run.train.max_steps == 20 and run.train.compile is True and run.train.output_dir == "runs/x y"
     assert run.data.paths == ("a.txt", "b.txt") and run.data.corpus is None
@@ -88,7 +115,7 @@ def test_warmup_then_cosine_to_the_floor():
     assert f(60) == pytest.approx(0.55)  # half-way down the cosine: (1 + 0.1) / 2
     assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)  # the floor, and it stays there
     decay = [f(s) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(decay))
     assert lr_multiplier(0, warmup_steps=0, max_steps=10, min_lr_ratio=0.0) == pytest.approx(1.0)
 
 
@@ -117,7 +144,7 @@ def test_no_weight_decay_on_norms_biases_and_embeddings():
 
 # ------------------------------------------------------------------ end to end
 def test_end_to_end_run(trained, capsys):
-    result, run = trained
+    result, _run = trained
     assert result.step == 12 and sorted(result.losses) == list(range(1, 13))
     # perplexity starts near the vocabulary size (uniform guessing) and drops
     assert 200 < result.val_perplexity_before < 600
@@ -147,8 +174,13 @@ def test_evaluate_on_other_data(trained, tmp_path):
     text.write_text("The for statement is used to iterate over the elements of a sequence. " * 20)
     on_file = evaluate(result.output_dir, data=str(text))
     assert on_file.split == "all" and on_file.n_tokens > 100 and math.isfinite(on_file.loss)
-    capped = evaluate(result.model, data={"corpus": "pydoc", "max_documents": 10, "block_size": 32},
-                      split="train", max_batches=1, batch_size=4)
+    capped = evaluate(
+        result.model,
+        data={"corpus": "pydoc", "max_documents": 10, "block_size": 32},
+        split="train",
+        max_batches=1,
+        batch_size=4,
+    )
     assert capped.n_examples > 4 and capped.n_tokens == 4 * 31  # one batch of four 32-token blocks
     with pytest.raises(DataError, match="no data given"):
         evaluate(result.model)
@@ -159,7 +191,7 @@ def test_objective_swap_is_one_line(tmp_path, monkeypatch):
     text = (
         '[model]\nname = "gpt"\nn_positions = 32\nd_model = 32\nn_layers = 2\nn_heads = 4\n\n'
         '[objective]\nname = "clm"\n\n'
-        '[data]\nmax_documents = 10\nvocab_size = 320\nblock_size = 32\n\n'
+        "[data]\nmax_documents = 10\nvocab_size = 320\nblock_size = 32\n\n"
         '[train]\nmax_steps = 2\nbatch_size = 8\nprogress = false\nsample_prompt = ""\neval_every = 0\n'
     )
     Path("clm.toml").write_text(text)
@@ -204,8 +236,13 @@ def _fail_at(monkeypatch, call: int, make) -> None:
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     # 219 blocks, 32 a step: epoch 0 is steps 1-6, so the resumed part crosses into epoch 1
-    opts = {"max_steps": 8, "checkpoint_every": 3, "batch_size": 32, "data": {"max_documents": 2},
-            "model": {"dropout": 0.1, "attn_dropout": 0.1}}
+    opts = {
+        "max_steps": 8,
+        "checkpoint_every": 3,
+        "batch_size": 32,
+        "data": {"max_documents": 2},
+        "model": {"dropout": 0.1, "attn_dropout": 0.1},
+    }
     a = train(tiny_run(tmp_path / "a", **opts))
     assert [m["epoch"] for m in metrics(tmp_path / "a") if "loss" in m] == [0] * 6 + [1] * 2
 
@@ -232,8 +269,16 @@ def test_checkpoint_and_resume_never_use_pickle(trained, tmp_path, monkeypatch):
     result, run = trained
     ckpt = result.checkpoint
     files = sorted(p.name for p in ckpt.iterdir())
-    assert files == ["config.json", "model.safetensors", "optimizer.safetensors", "rng_state.safetensors", "run.json",
-                     "tokenizer.json", "tokenizer_config.json", "trainer_state.json"]
+    assert files == [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng_state.safetensors",
+        "run.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "trainer_state.json",
+    ]
     for f in ckpt.iterdir():
         head = f.read_bytes()[:2]
         assert head not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle / torch.save zip

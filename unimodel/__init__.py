@@ -44,7 +44,14 @@ if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.hf import from_hf, to_hf
     from unimodel.interfaces import (
-        Backbone, Cap, Decoder, Encoder, ModelFamily, ModelOutput, Objective, ObjectiveOutput,
+        Backbone,
+        Cap,
+        Decoder,
+        Encoder,
+        ModelFamily,
+        ModelOutput,
+        Objective,
+        ObjectiveOutput,
     )
     from unimodel.model import Model, build_model, build_objective
     from unimodel.registry import Component, get_registry

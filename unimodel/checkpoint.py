@@ -100,7 +100,7 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[s
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except Exception as exc:
         raise CheckpointError(
             f"{str(path)!r} cannot be read as safetensors (truncated or corrupt?): {type(exc).__name__}: {exc}"
@@ -115,7 +115,8 @@ def refuse_pickles(folder: Path) -> None:
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(
-            f"{str(folder)!r} holds weights only as pickle file(s) ({', '.join(pickles)}); unimodel never loads pickles "
+            f"{str(folder)!r} holds weights only as pickle file(s) ({', '.join(pickles)}); "
+            "unimodel never loads pickles "
             f"because unpickling can execute code. Convert them to {WEIGHTS_FILE} with a tool you trust, in a sandbox."
         )
 
@@ -155,9 +156,7 @@ def load_state_into(
 
 def new_head_prefixes(model: Model, tensors: Mapping[str, Tensor]) -> tuple[str, ...]:
     """Prefixes of the task heads of ``model`` that ``tensors`` has nothing of (heads to initialise)."""
-    return tuple(
-        f"heads.{name}." for name in model.heads if not any(k.startswith(f"heads.{name}.") for k in tensors)
-    )
+    return tuple(f"heads.{name}." for name in model.heads if not any(k.startswith(f"heads.{name}.") for k in tensors))
 
 
 def warn_fresh(keys: list[str], where: str) -> None:
@@ -202,7 +201,9 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
     if not folder.exists():
         raise CheckpointError(f"checkpoint {str(folder)!r} does not exist")
     if folder.is_file():
-        raise CheckpointError(f"{str(folder)!r} is a file; a checkpoint is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise CheckpointError(
+            f"{str(folder)!r} is a file; a checkpoint is a folder with {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
     refuse_pickles(folder)
     config = read_json(folder / CONFIG_FILE)
     if "model" not in config and "model_type" in config:

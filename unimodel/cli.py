@@ -78,7 +78,10 @@ def _warn_registry_problems(reg: Registry, stream: TextIO) -> None:
         _out(f"warning: plugin {rec.name!r} ({rec.source}) failed to load: {rec.error}; run `unimodel doctor`", stream)
     for (kind, name), comps in sorted(reg.conflicts.items()):
         who = " and ".join(repr(c.plugin) for c in comps)
-        _out(f"warning: {kind} {name!r} is registered by both plugins {who}; it cannot be used until one is removed", stream)
+        _out(
+            f"warning: {kind} {name!r} is registered by both plugins {who}; it cannot be used until one is removed",
+            stream,
+        )
 
 
 # ------------------------------------------------------------------ list
@@ -94,8 +97,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         data = {
             kind: [
-                {"name": n, "summary": (c := reg.get(kind, n)).summary, "plugin": c.plugin, "base": c.base}
-                for n in ns
+                {"name": n, "summary": (c := reg.get(kind, n)).summary, "plugin": c.plugin, "base": c.base} for n in ns
             ]
             for kind, ns in names.items()
         }
@@ -256,8 +258,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unimodel import training
 
     workers = training.cpu_worker_command(
-        ["train", args.config, *(["--resume"] if args.resume else []), *(x for s in args.set for x in ("--set", s)),
-         *(["--debug"] if args.debug else [])]
+        [
+            "train",
+            args.config,
+            *(["--resume"] if args.resume else []),
+            *(x for s in args.set for x in ("--set", s)),
+            *(["--debug"] if args.debug else []),
+        ]
     )
     if workers is not None:  # `accelerate launch --cpu --num_processes N`: start the N workers it did not
         import subprocess
@@ -277,14 +284,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CheckpointError(f"checkpoint {args.checkpoint!r} does not exist")
     if args.exact_match_examples is not None and args.exact_match_examples < 0:
         raise InputError(f"--exact-match-examples must be 0 or more, got {args.exact_match_examples}")
-    result = training.evaluate(args.checkpoint, data=args.data, max_batches=args.max_batches,
-                               batch_size=args.batch_size, exact_match_examples=args.exact_match_examples)
+    result = training.evaluate(
+        args.checkpoint,
+        data=args.data,
+        max_batches=args.max_batches,
+        batch_size=args.batch_size,
+        exact_match_examples=args.exact_match_examples,
+    )
     _out(f"loss: {result.loss:.4f}")
     _out(f"perplexity: {result.perplexity:.2f}")
     if result.exact_match is not None:
         matched = round(result.exact_match * result.exact_match_examples)
-        _out(f"exact match: {result.exact_match:.2%} ({matched:,} of {result.exact_match_examples:,} pairs, "
-             "greedy decoding)")
+        _out(
+            f"exact match: {result.exact_match:.2%} ({matched:,} of {result.exact_match_examples:,} pairs, "
+            "greedy decoding)"
+        )
     _out(f"({result.n_tokens:,} predicted tokens in {result.n_examples:,} {result.unit} of the {result.split} split)")
     return EXIT_OK
 
@@ -316,10 +330,12 @@ class TextStreamer:
 
     def _emit(self, text: str) -> None:
         if text.startswith(self.printed):
-            new = text[len(self.printed):]
+            new = text[len(self.printed) :]
         else:  # a decoder that revises earlier text: print from where they differ
-            common = os.path.commonprefix([text, self.printed])
-            new = text[len(common):]
+            same = next(
+                (i for i, (a, b) in enumerate(zip(text, self.printed)) if a != b), min(len(text), len(self.printed))
+            )
+            new = text[same:]
         if new:
             self.stream.write(new)
             self.stream.flush()
@@ -376,7 +392,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prefix = "" if model.is_encoder_decoder else args.prompt
     if beam:  # beams are reordered at every step, so nothing is final until the search ends
         out = model.generate(ids, **options)
-        new = out[0, 1:] if model.is_encoder_decoder else out[0, ids.shape[1]:]
+        new = out[0, 1:] if model.is_encoder_decoder else out[0, ids.shape[1] :]
         sys.stdout.write(prefix + decode(new.tolist()))
     else:
         streamer = TextStreamer(decode, sys.stdout, prefix)
@@ -432,7 +448,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     target = args.to or ("hf" if kind == "unimodel" else "unimodel")
     if target == kind:
         name = "a unimodel checkpoint" if kind == "unimodel" else "a Hugging Face folder"
-        raise CheckpointError(f"{str(src)!r} is already {name}; nothing to convert (drop --to, or pick the other format)")
+        raise CheckpointError(
+            f"{str(src)!r} is already {name}; nothing to convert (drop --to, or pick the other format)"
+        )
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not args.overwrite:
         raise CheckpointError(f"{str(dst)!r} already exists and is not empty; pass --overwrite to replace it")
     if dst.resolve() == src.resolve():
@@ -528,8 +546,13 @@ def _doctor_imports(reg: Registry, verbose: bool) -> int:
     for comp in reg.components():
         if comp.base is not None:  # a preset has no target; its base must exist
             if not reg.has("model", comp.base):
-                failures.append((f"model preset {comp.name!r} from plugin {comp.plugin!r}: "
-                                 f"its base {comp.base!r} is not registered", ""))
+                failures.append(
+                    (
+                        f"model preset {comp.name!r} from plugin {comp.plugin!r}: "
+                        f"its base {comp.base!r} is not registered",
+                        "",
+                    )
+                )
             continue
         imported += 1
         try:
@@ -537,8 +560,10 @@ def _doctor_imports(reg: Registry, verbose: bool) -> int:
         except UnimodelError as exc:
             failures.append((str(exc), traceback.format_exc()))
     _out()
-    _out(f"component imports: {imported - sum(1 for _, tb in failures if tb)} of {imported} OK "
-         f"({time.perf_counter() - start:.1f}s)")
+    _out(
+        f"component imports: {imported - sum(1 for _, tb in failures if tb)} of {imported} OK "
+        f"({time.perf_counter() - start:.1f}s)"
+    )
     for msg, tb in failures:
         _out(f"FAILED {msg}")
         if verbose and tb:
@@ -574,26 +599,40 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
     p = sub.add_parser("list", parents=[common], help="list registered components by kind")
-    p.add_argument("pattern", nargs="?", metavar="PATTERN",
-                   help="shell glob on the name ('gpt2*'); a plain word matches anywhere in the name")
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        metavar="PATTERN",
+        help="shell glob on the name ('gpt2*'); a plain word matches anywhere in the name",
+    )
     p.add_argument("--kind", choices=kinds, help="only this kind")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("info", parents=[common],
-                       help="details of one component: config fields, capabilities, compatible objectives")
+    p = sub.add_parser(
+        "info", parents=[common], help="details of one component: config fields, capabilities, compatible objectives"
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--kind", choices=kinds, help="which kind NAME is (needed when a name is several kinds)")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", parents=[common], help="train from a TOML config ([model], [objective], [data], [train])")
+    p = sub.add_parser(
+        "train", parents=[common], help="train from a TOML config ([model], [objective], [data], [train])"
+    )
     p.add_argument("config", metavar="CONFIG", help="path to a .toml or .json run config")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set train.max_steps=100 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.max_steps=100 (repeatable)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", parents=[common], help="generate text from a checkpoint, streaming tokens as they come")
+    p = sub.add_parser(
+        "generate", parents=[common], help="generate text from a checkpoint, streaming tokens as they come"
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--prompt", required=True, metavar="TEXT")
     p.add_argument("--max-new-tokens", type=int, default=50, metavar="N")
@@ -601,37 +640,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--num-beams", type=int, default=1, help="beam search when > 1 (output printed at the end)")
-    p.add_argument("--greedy", action="store_true",
-                   help="argmax decoding instead of sampling (the default for a model trained on pairs, e.g. seq2seq, "
-                        "unless --temperature, --top-k, --top-p or --seed asks for sampling)")
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="argmax decoding instead of sampling (the default for a model trained on pairs, e.g. seq2seq, "
+        "unless --temperature, --top-k, --top-p or --seed asks for sampling)",
+    )
     p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("eval", parents=[common],
-                       help="loss and perplexity of a checkpoint on held-out data (and exact match on pairs)")
+    p = sub.add_parser(
+        "eval", parents=[common], help="loss and perplexity of a checkpoint on held-out data (and exact match on pairs)"
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--data", metavar="SPEC",
-                   help="a corpus name (see `unimodel list --kind corpus`), a text, JSONL or TSV file, folder or glob, or a "
-                        "run config file; default: the validation split of the run that produced CHECKPOINT")
+    p.add_argument(
+        "--data",
+        metavar="SPEC",
+        help="a corpus name (see `unimodel list --kind corpus`), a text, JSONL or TSV file, folder or glob, or a "
+        "run config file; default: the validation split of the run that produced CHECKPOINT",
+    )
     p.add_argument("--max-batches", type=int, default=None, metavar="N", help="stop after N batches")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="blocks (or pairs) per batch")
-    p.add_argument("--exact-match-examples", type=int, default=500, metavar="N",
-                   help="pair data (seq2seq): greedy-decode the first N pairs and report the exact match "
-                        "(0: skip; default 500)")
+    p.add_argument(
+        "--exact-match-examples",
+        type=int,
+        default=500,
+        metavar="N",
+        help="pair data (seq2seq): greedy-decode the first N pairs and report the exact match (0: skip; default 500)",
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("convert", parents=[common], help="convert between unimodel checkpoints and Hugging Face folders")
+    p = sub.add_parser(
+        "convert", parents=[common], help="convert between unimodel checkpoints and Hugging Face folders"
+    )
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
-    p.add_argument("--to", choices=("hf", "unimodel"),
-                   help="target format (default: the other one than SRC's, read from its config.json)")
+    p.add_argument(
+        "--to",
+        choices=("hf", "unimodel"),
+        help="target format (default: the other one than SRC's, read from its config.json)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("doctor", parents=[common], help="check the installation: versions, plugins, conflicts, imports")
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of failures")
-    p.add_argument("--no-import", action="store_true",
-                   help="skip importing every component (faster; misses broken import paths)")
+    p.add_argument(
+        "--no-import", action="store_true", help="skip importing every component (faster; misses broken import paths)"
+    )
     p.set_defaults(func=cmd_doctor)
     return parser
 

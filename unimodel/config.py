@@ -101,8 +101,7 @@ class Config:
         for key in values:
             if key not in known:
                 raise ConfigError(
-                    f"{where}: unknown key {key!r}.{did_you_mean(key, known)} "
-                    f"Known keys: {', '.join(known)}."
+                    f"{where}: unknown key {key!r}.{did_you_mean(key, known)} Known keys: {', '.join(known)}."
                 )
         return cls(**dict(values))
 

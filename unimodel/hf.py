@@ -64,8 +64,12 @@ class HFConverter(ABC):
 
     def generation_config(self, model: Model) -> dict[str, Any] | None:
         """``generation_config.json`` contents, from the model's special tokens."""
-        roles = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "pad_token_id",
-                 "decoder_start": "decoder_start_token_id"}
+        roles = {
+            "bos": "bos_token_id",
+            "eos": "eos_token_id",
+            "pad": "pad_token_id",
+            "decoder_start": "decoder_start_token_id",
+        }
         out = {key: model.special_tokens.get(role) for role, key in roles.items()}
         return {k: v for k, v in out.items() if v is not None} or None
 
@@ -90,7 +94,8 @@ def _converter_for_model(model: Model, registry: Registry) -> HFConverter:
             return comp.load()()
     exported = sorted({m for c in comps for m in c.extra.get("exports", ())})
     raise ComponentNotFoundError(
-        f"no plugin exports model {model.name!r} to Hugging Face format; exportable models: {', '.join(exported) or '(none)'}"
+        f"no plugin exports model {model.name!r} to Hugging Face format; "
+        f"exportable models: {', '.join(exported) or '(none)'}"
     )
 
 
@@ -178,7 +183,7 @@ def to_hf(model: Model, path: str | Path, *, registry: Registry | None = None) -
 
 def strip_prefix(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """Remove ``prefix`` from every key that has it (hub files vary on such prefixes)."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in tensors.items()}
 
 
 def pop_known(tensors: dict[str, Tensor], suffixes: tuple[str, ...]) -> None:

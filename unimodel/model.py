@@ -162,18 +162,20 @@ class Model(nn.Module):
             if self.encoder is not None:
                 if decoder_input_ids is None:
                     if labels is None:
-                        raise InputError(
-                            f"model {self.name!r} is an encoder-decoder: pass decoder_input_ids or labels"
-                        )
+                        raise InputError(f"model {self.name!r} is an encoder-decoder: pass decoder_input_ids or labels")
                     decoder_input_ids = self.shift_right(labels)
                 dec_ids, dec_mask, dec_pos = decoder_input_ids, decoder_attention_mask, decoder_position_ids
             else:
                 dec_ids, dec_mask, dec_pos = input_ids, attention_mask, position_ids
             past = past_key_values.length if past_key_values is not None else 0
-            self.check_ids(dec_ids, "decoder_input_ids" if self.encoder is not None else "input_ids", self.decoder, past)
+            self.check_ids(
+                dec_ids, "decoder_input_ids" if self.encoder is not None else "input_ids", self.decoder, past
+            )
             cache = past_key_values
             if use_cache and cache is None:
-                cache = self.decoder.new_cache(dec_ids.shape[0], dec_ids.shape[1], dtype=self.dtype, device=dec_ids.device)
+                cache = self.decoder.new_cache(
+                    dec_ids.shape[0], dec_ids.shape[1], dtype=self.dtype, device=dec_ids.device
+                )
             out = self.decoder(
                 dec_ids,
                 attention_mask=dec_mask,
@@ -185,7 +187,9 @@ class Model(nn.Module):
             )
             hidden = out.last_hidden_state
             extra.update(out.extra)
-        head = self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
+        head = (
+            self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
+        )
         pooled = enc.pooler_output if enc is not None else None
         logits, loss, correct = self._head_and_loss(head, hidden, pooled, labels, logits_at, return_logits)
         return ModelOutput(
@@ -255,14 +259,18 @@ class Model(nn.Module):
         dec_keys = _keyword_params(self.decoder)
         unknown = [k for k in inputs if k not in enc_keys and k not in dec_keys]
         if unknown:
-            takes = sorted((enc_keys | dec_keys) - {"attention_mask", "position_ids", "token_type_ids", "memory",
-                                                    "memory_mask", "cache"})
+            takes = sorted(
+                (enc_keys | dec_keys)
+                - {"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"}
+            )
             raise InputError(
                 f"model {self.name!r} does not take input(s) {', '.join(map(repr, unknown))}; besides input_ids, "
                 f"attention_mask, labels and decoder_* inputs it takes: {', '.join(takes) or 'nothing else'}"
             )
-        return ({k: v for k, v in inputs.items() if k in enc_keys},
-                {k: v for k, v in inputs.items() if k in dec_keys and k not in enc_keys})
+        return (
+            {k: v for k, v in inputs.items() if k in enc_keys},
+            {k: v for k, v in inputs.items() if k in dec_keys and k not in enc_keys},
+        )
 
     def check_ids(self, ids: Tensor, name: str, part: nn.Module, past: int = 0) -> None:
         """Reject ids a user could pass by mistake, before torch fails obscurely."""
@@ -358,7 +366,9 @@ def split_spec(spec: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any],
     return model, objective
 
 
-def build_model(spec: Any, *, registry: Registry | None = None, tokenizer: Tokenizer | None = None, **overrides: Any) -> Model:
+def build_model(
+    spec: Any, *, registry: Registry | None = None, tokenizer: Tokenizer | None = None, **overrides: Any
+) -> Model:
     """Build a model from a preset name, a dict, or a ``.toml``/``.json`` file.
 
     Keyword overrides set config fields (``d_model=256``) or the objective

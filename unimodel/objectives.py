@@ -191,8 +191,13 @@ class Seq2Seq(TokenLossObjective):
                         "or TSV)"
                     )
         c = self.config
-        if c.add_bos and tokenizer is not None and tokenizer.has_role("bos") and tokenizer.has_role("eos") \
-                and tokenizer.special_id("bos") == tokenizer.special_id("eos"):
+        if (
+            c.add_bos
+            and tokenizer is not None
+            and tokenizer.has_role("bos")
+            and tokenizer.has_role("eos")
+            and tokenizer.special_id("bos") == tokenizer.special_id("eos")
+        ):
             raise ConfigError(
                 f"objective 'seq2seq': add_bos = true, but the tokenizer's bos and eos are one token "
                 f"({tokenizer.roles['bos']!r}), so every target would start with its own end and generation would "

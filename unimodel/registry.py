@@ -34,6 +34,7 @@ from unimodel.errors import (
 KINDS = ("model", "encoder", "decoder", "objective", "decoding", "hf_converter", "corpus")
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 
+
 @dataclass(frozen=True)
 class Component:
     """A registered component: metadata plus the import path of what builds it.
@@ -69,9 +70,7 @@ class Component:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise PluginError(
-                f"component {self.name!r} has unknown kind {self.kind!r}; kinds are {', '.join(KINDS)}"
-            )
+            raise PluginError(f"component {self.name!r} has unknown kind {self.kind!r}; kinds are {', '.join(KINDS)}")
         if ":" not in self.target and self.base is None:
             raise PluginError(
                 f"{self.kind} {self.name!r}: target {self.target!r} must look like 'package.module:attribute'"
@@ -230,17 +229,17 @@ class Registry:
     def names(self, kind: str | None = None, pattern: str | None = None) -> dict[str, list[str]]:
         """Component names by kind, sorted; ``pattern`` is a shell glob on the name."""
         if kind is not None and kind not in KINDS:
-            raise ComponentNotFoundError(f"unknown component kind {kind!r}.{did_you_mean(kind, KINDS)} Kinds: {', '.join(KINDS)}")
+            raise ComponentNotFoundError(
+                f"unknown component kind {kind!r}.{did_you_mean(kind, KINDS)} Kinds: {', '.join(KINDS)}"
+            )
         out: dict[str, list[str]] = {k: [] for k in KINDS if kind in (None, k)}
-        for (k, n) in self._table:
+        for k, n in self._table:
             if k in out and (pattern is None or fnmatch.fnmatchcase(n, pattern)):
                 out[k].append(n)
         return {k: sorted(v) for k, v in out.items()}
 
     def components(self, kind: str | None = None) -> list[Component]:
-        return sorted(
-            (c for (k, _), c in self._table.items() if kind in (None, k)), key=lambda c: (c.kind, c.name)
-        )
+        return sorted((c for (k, _), c in self._table.items() if kind in (None, k)), key=lambda c: (c.kind, c.name))
 
     def has(self, kind: str, name: str) -> bool:
         return (kind, name) in self._table
@@ -305,7 +304,7 @@ def _hook_hint(plugin: object) -> str:
     for attr in dir(plugin):
         if attr.startswith(prefix) and attr not in specs:
             # compare without the shared prefix, which would make every hook look close
-            close = difflib.get_close_matches(attr[len(prefix):], [n[len(prefix):] for n in specs], n=1, cutoff=0.6)
+            close = difflib.get_close_matches(attr[len(prefix) :], [n[len(prefix) :] for n in specs], n=1, cutoff=0.6)
             if close:
                 hints.append(f"{attr!r} -> did you mean {prefix + close[0]!r}?")
     return (" (" + "; ".join(hints) + ")") if hints else ""

@@ -108,14 +108,16 @@ class TrainConfig(Config):
     checkpoint_every: int = param(500, "write the checkpoint every N steps (0: only at the end)")
     progress: bool = param(True, "show a progress bar")
     sample_prompt: str = param(
-        "The", "after training, a causal model continues this prompt ('' for no sample); a run on pairs shows "
-        "validation pairs decoded instead"
+        "The",
+        "after training, a causal model continues this prompt ('' for no sample); a run on pairs shows "
+        "validation pairs decoded instead",
     )
     sample_tokens: int = param(48, "tokens to generate for the sample")
     sample_top_k: int = param(40, "top-k of the sample's sampling (0 keeps every token)")
     exact_match_examples: int | None = param(
-        500, "pair data: at each evaluation after step 0, greedy-decode this many validation pairs and report the "
-        "exact match (0: never; null: all of them)"
+        500,
+        "pair data: at each evaluation after step 0, greedy-decode this many validation pairs and report the "
+        "exact match (0: never; null: all of them)",
     )
 
     def check(self) -> None:
@@ -129,8 +131,10 @@ class TrainConfig(Config):
             if getattr(self, name) < 0:
                 self.fail(name, "must be 0 or more")
         if self.batch_size % self.gradient_accumulation_steps:
-            self.fail(("batch_size", "gradient_accumulation_steps"),
-                      "batch_size is the global batch; it must be divisible by gradient_accumulation_steps")
+            self.fail(
+                ("batch_size", "gradient_accumulation_steps"),
+                "batch_size is the global batch; it must be divisible by gradient_accumulation_steps",
+            )
         if self.learning_rate <= 0:
             self.fail("learning_rate", "must be positive")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -160,10 +164,10 @@ class RunConfig(Config):
     def check(self) -> None:
         if not isinstance(self.model.get("name"), str):
             raise ConfigError(
-                "run: [model] needs a name, a model or preset such as \"gpt2-tiny\" (see `unimodel list model`)"
+                'run: [model] needs a name, a model or preset such as "gpt2-tiny" (see `unimodel list model`)'
             )
         if self.objective is not None and not isinstance(self.objective.get("name"), str):
-            raise ConfigError("run: [objective] needs a name, e.g. name = \"clm\" (see `unimodel list objective`)")
+            raise ConfigError('run: [objective] needs a name, e.g. name = "clm" (see `unimodel list objective`)')
 
     @property
     def objective_name(self) -> str | None:
@@ -496,8 +500,10 @@ class Trainer:
 
                 with atomic_dir(folder) as tmp:
                     tok.save(tmp)
-                self.log(f"trained a {data.tokenizer} tokenizer: {tok.vocab_size} tokens "
-                         f"in {time.perf_counter() - started:.1f}s -> {folder}")
+                self.log(
+                    f"trained a {data.tokenizer} tokenizer: {tok.vocab_size} tokens "
+                    f"in {time.perf_counter() - started:.1f}s -> {folder}"
+                )
             else:
                 tok = Tokenizer.load(folder)
         return tok
@@ -586,8 +592,9 @@ class Trainer:
         acc.wait_for_everyone()
         elapsed = time.perf_counter() - started
         scored = "" if after is None or after.exact_match is None else f", exact match {after.exact_match:.2%}"
-        self.log(f"done: {self.step} steps, {self.tokens_seen:,} tokens, {elapsed:.1f}s{scored}; "
-                 f"checkpoint: {self.ckpt_dir}")
+        self.log(
+            f"done: {self.step} steps, {self.tokens_seen:,} tokens, {elapsed:.1f}s{scored}; checkpoint: {self.ckpt_dir}"
+        )
         return TrainResult(
             output_dir=self.out,
             checkpoint=self.ckpt_dir if self.last_checkpoint_step is not None or self.resume else None,
@@ -602,8 +609,15 @@ class Trainer:
             model=model,
         )
 
-    def loop(self, step_module: nn.Module, opt: Any, sched: Any, optimizer: torch.optim.Optimizer,
-             scheduler: Any, fingerprint: str) -> dict[int, float]:
+    def loop(
+        self,
+        step_module: nn.Module,
+        opt: Any,
+        sched: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        fingerprint: str,
+    ) -> dict[int, float]:
         from tqdm.auto import tqdm
 
         tc, acc, model = self.tc, self.accelerator, self.model
@@ -614,8 +628,15 @@ class Trainer:
         n_train = self.data.n_train
         accum = tc.gradient_accumulation_steps
         model.train()
-        self.bar = tqdm(total=tc.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                        disable=not (self.main and tc.progress), file=sys.stderr)
+        self.bar = tqdm(
+            total=tc.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.main and tc.progress),
+            file=sys.stderr,
+        )
         window: list[float] = []
         window_tokens, window_start = 0, time.perf_counter()
         try:
@@ -629,11 +650,16 @@ class Trainer:
                 chosen = order[pos.examples_in_epoch : pos.examples_in_epoch + steps_here * tc.batch_size]
                 # every process iterates the same global order; accelerate gives each its share of each micro-batch
                 loader = acc.prepare_data_loader(
-                    torch.utils.data.DataLoader(_ExampleDataset(self.data), batch_size=self.micro_batch,
-                                                sampler=chosen, drop_last=False, collate_fn=_as_list,
-                                                # its own generator: a new iterator must not draw from the
-                                                # global RNG that dropout uses (resume would drift)
-                                                generator=torch.Generator()),
+                    torch.utils.data.DataLoader(
+                        _ExampleDataset(self.data),
+                        batch_size=self.micro_batch,
+                        sampler=chosen,
+                        drop_last=False,
+                        collate_fn=_as_list,
+                        # its own generator: a new iterator must not draw from the
+                        # global RNG that dropout uses (resume would drift)
+                        generator=torch.Generator(),
+                    ),
                     device_placement=False,
                 )
                 steps_done = 0  # optimizer steps taken in this stretch of `chosen`
@@ -677,11 +703,17 @@ class Trainer:
                     self.bar.update(1)
                     window_tokens += tokens_per_step
                     if self.step % tc.log_every == 0 or self.step == tc.max_steps:
-                        self.write_metrics({
-                            "step": self.step, "loss": sum(window) / len(window), "lr": lr,
-                            "grad_norm": grad_norm, "tokens": self.tokens_seen, "epoch": pos.epoch,
-                            "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
-                        })
+                        self.write_metrics(
+                            {
+                                "step": self.step,
+                                "loss": sum(window) / len(window),
+                                "lr": lr,
+                                "grad_norm": grad_norm,
+                                "tokens": self.tokens_seen,
+                                "epoch": pos.epoch,
+                                "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                            }
+                        )
                         window, window_tokens, window_start = [], 0, time.perf_counter()
                     if tc.eval_every and self.step % tc.eval_every == 0 and self.step != tc.max_steps:
                         self.evaluate_validation(f"step {self.step}")
@@ -699,8 +731,10 @@ class Trainer:
         step = self.step + 1
         self.write_metrics({"step": step, "event": "non_finite_loss", "loss": str(value)})
         if self.last_checkpoint_step is not None:
-            kept = (f"the last good checkpoint, from step {self.last_checkpoint_step}, is in place at "
-                    f"{str(self.ckpt_dir)!r}")
+            kept = (
+                f"the last good checkpoint, from step {self.last_checkpoint_step}, is in place at "
+                f"{str(self.ckpt_dir)!r}"
+            )
         elif self.resume:
             kept = f"the checkpoint this run resumed from is in place at {str(self.ckpt_dir)!r}"
         else:
@@ -718,17 +752,34 @@ class Trainer:
         tc = self.tc
         batch_size = tc.eval_batch_size or tc.batch_size
         result = evaluate_examples(
-            self.model, examples, tokenizer=self.tokenizer, batch_size=batch_size, seed=tc.seed,
-            max_batches=tc.max_eval_batches, accelerator=self.accelerator, unit=self.data.unit,
+            self.model,
+            examples,
+            tokenizer=self.tokenizer,
+            batch_size=batch_size,
+            seed=tc.seed,
+            max_batches=tc.max_eval_batches,
+            accelerator=self.accelerator,
+            unit=self.data.unit,
         )
-        line = (f"validation {when}: loss {result.loss:.4f}, perplexity {result.perplexity:,.2f} "
-                f"({result.n_tokens:,} tokens)")
-        record: dict[str, Any] = {"step": self.step, "val_loss": result.loss, "val_perplexity": result.perplexity,
-                                  "val_tokens": result.n_tokens}
+        line = (
+            f"validation {when}: loss {result.loss:.4f}, perplexity {result.perplexity:,.2f} "
+            f"({result.n_tokens:,} tokens)"
+        )
+        record: dict[str, Any] = {
+            "step": self.step,
+            "val_loss": result.loss,
+            "val_perplexity": result.perplexity,
+            "val_tokens": result.n_tokens,
+        }
         # an untrained model matches nothing: exact match starts after the first step
         if isinstance(self.data, PairData) and tc.exact_match_examples != 0 and self.step > 0:
-            em = exact_match(self.model, examples[: tc.exact_match_examples], tokenizer=self.tokenizer,
-                             batch_size=batch_size, accelerator=self.accelerator)
+            em = exact_match(
+                self.model,
+                examples[: tc.exact_match_examples],
+                tokenizer=self.tokenizer,
+                batch_size=batch_size,
+                accelerator=self.accelerator,
+            )
             result.exact_match, result.exact_match_examples = em.score, em.total
             line += f"; exact match {em.score:.2%} ({em.matches}/{em.total} pairs, greedy)"
             record.update(val_exact_match=em.score, val_exact_match_examples=em.total)
@@ -747,8 +798,14 @@ class Trainer:
             return None
         text = None
         if self.main:
-            text = generate_sample(self.model, self.tokenizer, tc.sample_prompt, max_new_tokens=tc.sample_tokens,
-                                   top_k=tc.sample_top_k or None, seed=tc.seed)
+            text = generate_sample(
+                self.model,
+                self.tokenizer,
+                tc.sample_prompt,
+                max_new_tokens=tc.sample_tokens,
+                top_k=tc.sample_top_k or None,
+                seed=tc.seed,
+            )
             self.log(f"sample (prompt {tc.sample_prompt!r}, top-k {tc.sample_top_k}):\n{text}")
         return text
 
@@ -757,8 +814,9 @@ class Trainer:
         em = self.last_exact_match
         if em is None or not em.examples:
             return None
-        lines = [f"  {src!r} -> {pred!r}" + ("" if ok else f"   (target {ref!r})")
-                 for src, pred, ref, ok in em.examples]
+        lines = [
+            f"  {src!r} -> {pred!r}" + ("" if ok else f"   (target {ref!r})") for src, pred, ref, ok in em.examples
+        ]
         text = "\n".join(lines)
         self.log(f"validation pairs, greedy decoding:\n{text}")
         return text
@@ -802,8 +860,9 @@ class Trainer:
         acc.wait_for_everyone()
         self.last_checkpoint_step = self.step
 
-    def restore(self, state: Mapping[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
-                fingerprint: str) -> dict[str, Tensor]:
+    def restore(
+        self, state: Mapping[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any, fingerprint: str
+    ) -> dict[str, Tensor]:
         """Load optimizer, schedule and position from a checkpoint; returns the saved RNG tensors."""
         from unimodel.checkpoint import load_tensors
 
@@ -892,8 +951,8 @@ def _make_accelerator(tc: TrainConfig) -> Accelerator:
         raise ConfigError(f"train: accelerate cannot run this configuration: {exc}") from None
     if tc.mixed_precision == "fp16" and acc.device.type == "cpu":
         raise ConfigError(
-            "train: mixed_precision = \"fp16\" needs a GPU: on the CPU accelerate neither autocasts nor scales "
-            "fp16, so the run would silently train in fp32. Use \"bf16\" on the CPU, or set train.cpu = false on a "
+            'train: mixed_precision = "fp16" needs a GPU: on the CPU accelerate neither autocasts nor scales '
+            'fp16, so the run would silently train in fp32. Use "bf16" on the CPU, or set train.cpu = false on a '
             "machine with a GPU"
         )
     return acc
@@ -918,7 +977,7 @@ def _requested_cpu_processes() -> int | None:
         import psutil
 
         cmdline = psutil.Process().parent().cmdline()
-    except Exception:  # noqa: BLE001 - no psutil, no parent, no permission: the count is unknown
+    except Exception:
         return None
     if "launch" not in cmdline:
         return None
@@ -961,10 +1020,20 @@ def cpu_worker_command(train_args: Sequence[str]) -> list[str] | None:
         return None
     env = os.environ
     return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", "1", "--nproc_per_node", str(n),
-        "--master_addr", env.get("MASTER_ADDR", "127.0.0.1"), "--master_port", env["MASTER_PORT"],
-        "-m", "unimodel", *train_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        env.get("MASTER_ADDR", "127.0.0.1"),
+        "--master_port",
+        env["MASTER_PORT"],
+        "-m",
+        "unimodel",
+        *train_args,
     ]
 
 
@@ -1064,8 +1133,9 @@ def check_pair_lengths(model: Model, data: PairData, tokenizer: Tokenizer) -> No
             )
 
 
-def generate_sample(model: Model, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int, top_k: int | None,
-                    seed: int) -> str:
+def generate_sample(
+    model: Model, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int, top_k: int | None, seed: int
+) -> str:
     """Sample a continuation of ``prompt``; returns the decoded text (prompt included for decoder-only models)."""
     ids = tokenizer.encode(prompt)
     if not ids:
@@ -1073,16 +1143,22 @@ def generate_sample(model: Model, tokenizer: Tokenizer, prompt: str, *, max_new_
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=max_new_tokens,
-                             do_sample=True, top_k=top_k, seed=seed)
+        out = model.generate(
+            torch.tensor([ids], device=model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            top_k=top_k,
+            seed=seed,
+        )
     finally:
         model.train(was_training)
     return tokenizer.decode(out[0].tolist())
 
 
 # ================================================================= evaluation
-def _my_share(n: int, batch_size: int, accelerator: Accelerator | None,
-              limit: int | None = None) -> tuple[list[int], int]:
+def _my_share(
+    n: int, batch_size: int, accelerator: Accelerator | None, limit: int | None = None
+) -> tuple[list[int], int]:
     """(indices of the first ``limit`` of ``n`` examples this process handles, its per-batch count).
 
     With several processes each takes a contiguous share and the global ``batch_size`` is split
@@ -1142,8 +1218,9 @@ def evaluate_examples(
     total = _reduce_sum(total, accelerator)
     n = int(total[1])
     loss = float(total[0] / n) if n else float("nan")
-    return EvalResult(loss=loss, perplexity=_perplexity(loss), n_tokens=n, n_examples=len(examples), split=split,
-                      unit=unit)
+    return EvalResult(
+        loss=loss, perplexity=_perplexity(loss), n_tokens=n, n_examples=len(examples), split=split, unit=unit
+    )
 
 
 def evaluate_blocks(model: Model, blocks: Sequence[Sequence[int]], **options: Any) -> EvalResult:
@@ -1177,8 +1254,9 @@ class ExactMatch:
 
 
 @torch.no_grad()
-def generate_targets(model: Model, examples: Sequence[Mapping[str, Sequence[int]]], *, tokenizer: Tokenizer,
-                     batch_size: int = 64) -> list[str]:
+def generate_targets(
+    model: Model, examples: Sequence[Mapping[str, Sequence[int]]], *, tokenizer: Tokenizer, batch_size: int = 64
+) -> list[str]:
     """Greedy decodings (text) of the sources of pair ``examples``, in order.
 
     Sources are framed and padded by the objective's ``prepare`` exactly as in
@@ -1194,8 +1272,9 @@ def generate_targets(model: Model, examples: Sequence[Mapping[str, Sequence[int]
         part = list(examples[start : start + batch_size])
         batch = model.objective.prepare(part, tokenizer=tokenizer, generator=torch.Generator().manual_seed(0))
         caps = [len(ex["target"]) + 3 for ex in part]
-        out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
-                             max_new_tokens=max(caps))
+        out = model.generate(
+            batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False, max_new_tokens=max(caps)
+        )
         for row, cap in zip(out[:, 1 if has_start else 0 :].tolist(), caps):
             row = row[:cap]
             if eos is not None and eos in row:
@@ -1204,8 +1283,15 @@ def generate_targets(model: Model, examples: Sequence[Mapping[str, Sequence[int]
     return texts
 
 
-def exact_match(model: Model, examples: Sequence[Mapping[str, Sequence[int]]], *, tokenizer: Tokenizer,
-                batch_size: int = 64, accelerator: Accelerator | None = None, keep: int = 3) -> ExactMatch:
+def exact_match(
+    model: Model,
+    examples: Sequence[Mapping[str, Sequence[int]]],
+    *,
+    tokenizer: Tokenizer,
+    batch_size: int = 64,
+    accelerator: Accelerator | None = None,
+    keep: int = 3,
+) -> ExactMatch:
     """Share of pair ``examples`` whose greedy decoding equals the target text (whitespace normalised).
 
     The reference is the target as the tokenizer writes it back
@@ -1219,8 +1305,10 @@ def exact_match(model: Model, examples: Sequence[Mapping[str, Sequence[int]]], *
     references = [tokenizer.decode(ex["target"]) for ex in mine]
     matches = count_exact_matches(predictions, references)
     total = _reduce_sum(torch.tensor([matches, len(mine)], dtype=torch.float64), accelerator)
-    shown = [(tokenizer.decode(ex["source"]), p, r, normalize_whitespace(p) == normalize_whitespace(r))
-             for ex, p, r in zip(mine[:keep], predictions, references)]
+    shown = [
+        (tokenizer.decode(ex["source"]), p, r, normalize_whitespace(p) == normalize_whitespace(r))
+        for ex, p, r in zip(mine[:keep], predictions, references)
+    ]
     return ExactMatch(matches=int(total[0]), total=int(total[1]), examples=shown)
 
 
@@ -1284,8 +1372,13 @@ def evaluate(
             f"evaluate: the {split} split is empty (no validation data in the run's [data]); "
             "evaluate with split='all' or give other data"
         )
-    options = {"tokenizer": tokenizer, "batch_size": batch_size, "seed": seed, "max_batches": max_batches,
-               "split": split}
+    options = {
+        "tokenizer": tokenizer,
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_batches": max_batches,
+        "split": split,
+    }
     if kind == "pairs":
         examples = encode_pairs(tokenizer, items)
         result = evaluate_examples(model, examples, unit="pairs", **options)
@@ -1350,7 +1443,21 @@ def train(
 
 
 __all__ = [
-    "DataConfig", "EvalResult", "ExactMatch", "RunConfig", "TrainConfig", "TrainResult", "Trainer",
-    "count_exact_matches", "evaluate", "evaluate_blocks", "evaluate_examples", "exact_match", "generate_targets",
-    "load_run_config", "lr_multiplier", "param_groups", "train",
+    "DataConfig",
+    "EvalResult",
+    "ExactMatch",
+    "RunConfig",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "count_exact_matches",
+    "evaluate",
+    "evaluate_blocks",
+    "evaluate_examples",
+    "exact_match",
+    "generate_targets",
+    "load_run_config",
+    "lr_multiplier",
+    "param_groups",
+    "train",
 ]

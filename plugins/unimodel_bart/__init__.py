@@ -13,9 +13,18 @@ _PROVIDES = ("encoder_decoder", "causal", "lm_head", "kv_cache")
 _ENCODER_PROVIDES = ("encoder_only", "lm_head")
 _DECODER_PROVIDES = ("decoder_only", "causal", "lm_head", "kv_cache")
 _TINY = {
-    "vocab_size": 99, "max_positions": 64, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
-    "encoder_heads": 4, "decoder_heads": 4, "encoder_ffn_dim": 37, "decoder_ffn_dim": 37,
-    "dropout": 0.0, "attn_dropout": 0.0, "act_dropout": 0.0,
+    "vocab_size": 99,
+    "max_positions": 64,
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_heads": 4,
+    "decoder_heads": 4,
+    "encoder_ffn_dim": 37,
+    "decoder_ffn_dim": 37,
+    "dropout": 0.0,
+    "attn_dropout": 0.0,
+    "act_dropout": 0.0,
 }
 
 # Byte-level BPE with BART's special tokens first, so <s>, <pad>, </s>, <unk> get
@@ -101,8 +110,13 @@ def unimodel_components() -> list[Component]:
                 base="bart",
                 summary=summary,
                 defaults={
-                    "d_model": d, "encoder_layers": layers, "decoder_layers": layers, "encoder_heads": heads,
-                    "decoder_heads": heads, "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn,
+                    "d_model": d,
+                    "encoder_layers": layers,
+                    "decoder_layers": layers,
+                    "encoder_heads": heads,
+                    "decoder_heads": heads,
+                    "encoder_ffn_dim": ffn,
+                    "decoder_ffn_dim": ffn,
                 },
                 provides=_PROVIDES,
                 default_objective="text_infilling",

@@ -74,17 +74,28 @@ class BartConfig(Config):
     forced_eos_token_id: int | None = param(2, "Hugging Face's forced final eos; carried to exported configs")
 
     def check(self) -> None:
-        self.require_positive("vocab_size", "max_positions", "d_model", "encoder_layers", "decoder_layers",
-                              "encoder_heads", "decoder_heads", "encoder_ffn_dim", "decoder_ffn_dim", "memory_dim",
-                              "init_std")
+        self.require_positive(
+            "vocab_size",
+            "max_positions",
+            "d_model",
+            "encoder_layers",
+            "decoder_layers",
+            "encoder_heads",
+            "decoder_heads",
+            "encoder_ffn_dim",
+            "decoder_ffn_dim",
+            "memory_dim",
+            "init_std",
+        )
         for heads in ("encoder_heads", "decoder_heads"):
             if self.d_model % getattr(self, heads):
                 self.fail(("d_model", heads), f"d_model must be divisible by {heads}")
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
         self.require_fraction("dropout", "attn_dropout", "act_dropout", "encoder_layerdrop", "decoder_layerdrop")
-        self.require_token_ids("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-                               "forced_eos_token_id")
+        self.require_token_ids(
+            "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_eos_token_id"
+        )
 
 
 class _Embeddings:
@@ -251,7 +262,7 @@ class BartDecoder(_Embeddings, Decoder):
         cache: KVCache | None = None,
     ) -> DecoderOutput:
         """input_ids (B, T); attention_mask (B, cached + T); memory (B, S, D_mem); memory_mask (B, S)."""
-        B, T = input_ids.shape
+        _B, T = input_ids.shape
         if cache is not None and not self.is_causal:
             raise InputError("a non-causal BART decoder sees its whole input at once; it cannot decode with a cache")
         have_cached_memory = cache is not None and cache.cross[0] is not None

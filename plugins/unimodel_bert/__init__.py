@@ -11,12 +11,22 @@ from unimodel.hookspecs import PLUGIN_API_VERSION
 from unimodel.registry import Component
 
 _PROVIDES = ("encoder_only", "lm_head", "token_types", "pooler")
-_TINY = {"vocab_size": 99, "max_positions": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 37,
-         "dropout": 0.0, "attn_dropout": 0.0}
+_TINY = {
+    "vocab_size": 99,
+    "max_positions": 64,
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 4,
+    "d_ff": 37,
+    "dropout": 0.0,
+    "attn_dropout": 0.0,
+}
 # The roles cover every objective that fits an encoder: mlm needs mask; classify/tag
 # wrap inputs as [CLS] A [SEP]; padding needs pad.
-_TOKENIZER = {"kind": "wordpiece",
-              "roles": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}}
+_TOKENIZER = {
+    "kind": "wordpiece",
+    "roles": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+}
 
 # name: (n_layers, d_model, n_heads, d_ff, summary)
 _PRESETS = {

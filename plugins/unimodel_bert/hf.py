@@ -20,8 +20,16 @@ from torch import Tensor
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter, pop_known, strip_prefix
 
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                "relu": "relu", "silu": "silu", "swish": "silu", "tanh": "tanh"}
+_ACT_FROM_HF = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+}
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu", "tanh": "tanh"}
 
 # architecture -> (objective it loads with, whether it has a pooler)
@@ -68,9 +76,7 @@ def _architecture(hf_config: Mapping[str, Any]) -> tuple[str, str, bool]:
     for arch in archs:
         if arch in _ARCHITECTURES:
             return (arch, *_ARCHITECTURES[arch])
-    raise CheckpointError(
-        f"BERT architecture {archs[0]!r} is not supported; supported: {', '.join(_ARCHITECTURES)}"
-    )
+    raise CheckpointError(f"BERT architecture {archs[0]!r} is not supported; supported: {', '.join(_ARCHITECTURES)}")
 
 
 def _num_labels(hf_config: Mapping[str, Any]) -> int:
@@ -97,7 +103,9 @@ class BertConverter(HFConverter):
         c = hf_config
         _, objective, pooler = _architecture(c)
         if c.get("is_decoder") or c.get("add_cross_attention"):
-            raise CheckpointError("BERT folders with is_decoder or add_cross_attention (BertLMHeadModel) are not supported")
+            raise CheckpointError(
+                "BERT folders with is_decoder or add_cross_attention (BertLMHeadModel) are not supported"
+            )
         if c.get("position_embedding_type", "absolute") != "absolute":
             raise CheckpointError(
                 f"BERT position_embedding_type {c['position_embedding_type']!r} is not supported; only 'absolute'"
@@ -168,7 +176,9 @@ class BertConverter(HFConverter):
         return out
 
     @staticmethod
-    def _head_from_hf(src: dict[str, Tensor], out: dict[str, Tensor], hf_config: Mapping[str, Any], objective: str) -> None:
+    def _head_from_hf(
+        src: dict[str, Tensor], out: dict[str, Tensor], hf_config: Mapping[str, Any], objective: str
+    ) -> None:
         # With tied embeddings transformers ties decoder.bias to cls.predictions.bias, and files hold
         # either or both. Untied (transformers 5), decoder.bias is its own parameter and the one used.
         decoder_bias = src.pop("cls.predictions.decoder.bias", None)

@@ -26,7 +26,9 @@ class BertConfig(Config):
     n_layers: int = param(12, "number of transformer blocks")
     n_heads: int = param(12, "attention heads; must divide d_model")
     d_ff: int | None = param(None, "feed-forward width; 4 * d_model when null")
-    activation: str = param("gelu", "activation of the feed-forward and the MLM head transform: " + ", ".join(ACTIVATIONS))
+    activation: str = param(
+        "gelu", "activation of the feed-forward and the MLM head transform: " + ", ".join(ACTIVATIONS)
+    )
     layer_norm_eps: float = param(1e-12, "LayerNorm epsilon (every norm, the MLM head's included)")
     dropout: float = param(0.1, "dropout after the embeddings and on every residual branch")
     attn_dropout: float = param(0.1, "dropout on attention probabilities")
@@ -36,8 +38,9 @@ class BertConfig(Config):
     pad_token_id: int | None = param(0, "padding id; its embedding row starts at zero and gets no gradient")
 
     def check(self) -> None:
-        self.require_positive("vocab_size", "max_positions", "type_vocab_size", "d_model", "n_layers", "n_heads",
-                              "d_ff", "layer_norm_eps")
+        self.require_positive(
+            "vocab_size", "max_positions", "type_vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "layer_norm_eps"
+        )
         if self.d_model % self.n_heads:
             self.fail(("d_model", "n_heads"), "d_model must be divisible by n_heads")
         if self.activation not in ACTIVATIONS:
@@ -107,7 +110,7 @@ class BertEncoder(Encoder):
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None, position_ids: Tensor | None) -> Tensor:
         """(B, S) ids -> normalised embeddings (B, S, D)."""
-        B, S = input_ids.shape
+        _B, S = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(S, device=input_ids.device)
         if token_type_ids is None:

@@ -134,7 +134,11 @@ class MaskedLM(TokenLossObjective):
 
     def _vocab_tables(self, tokenizer: Any, vocab_size: int) -> tuple[Tensor, Tensor]:
         """(is_special (V,), is_continuation (V,)) boolean lookup tables."""
-        if self._vocab_cache is not None and self._vocab_cache[0] is tokenizer and len(self._vocab_cache[1]) == vocab_size:
+        if (
+            self._vocab_cache is not None
+            and self._vocab_cache[0] is tokenizer
+            and len(self._vocab_cache[1]) == vocab_size
+        ):
             return self._vocab_cache[1], self._vocab_cache[2]
         c = self.config
         special = torch.zeros(vocab_size, dtype=torch.bool)
@@ -156,8 +160,15 @@ class MaskedLM(TokenLossObjective):
         self._vocab_cache = (tokenizer, special, cont)
         return special, cont
 
-    def select(self, ids: Tensor, attention_mask: Tensor, *, tokenizer: Any = None,
-               generator: torch.Generator | None = None, vocab_size: int | None = None) -> Tensor:
+    def select(
+        self,
+        ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        tokenizer: Any = None,
+        generator: torch.Generator | None = None,
+        vocab_size: int | None = None,
+    ) -> Tensor:
         """Which positions of ``ids`` (B, T) are predicted: a bool (B, T).
 
         Whole-word selection draws once per word (a non-special token and the
@@ -269,7 +280,9 @@ class ClassifyConfig(Config):
         self.require_fraction("dropout")
 
 
-def _wrap(examples, tokenizer, add_special_tokens: bool, objective: str) -> tuple[list[list[int]], list[list[int]] | None]:
+def _wrap(
+    examples, tokenizer, add_special_tokens: bool, objective: str
+) -> tuple[list[list[int]], list[list[int]] | None]:
     """Input ids (and token types) of each example, with BERT's special tokens when asked."""
     if not add_special_tokens:
         seqs = [list(ex["input_ids"]) for ex in examples]
@@ -300,8 +313,11 @@ class SequenceClassification(Objective):
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         assert backbone.encoder is not None
         c = self.config
-        return {"classify": SequenceClassificationHead(
-            d_model=backbone.encoder.d_model, num_labels=c.num_labels, dropout=c.dropout, init_std=c.init_std)}
+        return {
+            "classify": SequenceClassificationHead(
+                d_model=backbone.encoder.d_model, num_labels=c.num_labels, dropout=c.dropout, init_std=c.init_std
+            )
+        }
 
     def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
         c = self.config
@@ -311,7 +327,9 @@ class SequenceClassification(Objective):
                 raise DataError(f"objective 'classify': example {i} has no 'label' (keys: {', '.join(ex)})")
             y = ex["label"]
             if c.num_labels > 1 and not (isinstance(y, int) and 0 <= y < c.num_labels):
-                raise DataError(f"objective 'classify': example {i} has label {y!r}, expected an int in 0..{c.num_labels - 1}")
+                raise DataError(
+                    f"objective 'classify': example {i} has label {y!r}, expected an int in 0..{c.num_labels - 1}"
+                )
             labels.append(y)
         seqs, types = _wrap(examples, tokenizer, c.add_special_tokens, "classify")
         ids, attn = pad_sequences(seqs, _pad_id(c.pad_token_id, tokenizer))
@@ -336,7 +354,9 @@ class SequenceClassification(Objective):
             metrics = {"mse": float(F.mse_loss(logits.detach().squeeze(-1).float(), labels.float()))}
         else:
             metrics = {"accuracy": token_accuracy(logits.detach(), labels, shift=False)}
-        return ObjectiveOutput(loss=self.loss(logits, labels), n_predictions=len(labels), logits=logits, metrics=metrics)
+        return ObjectiveOutput(
+            loss=self.loss(logits, labels), n_predictions=len(labels), logits=logits, metrics=metrics
+        )
 
 
 @dataclass(frozen=True)
@@ -366,8 +386,11 @@ class TokenClassification(Objective):
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         assert backbone.encoder is not None
         c = self.config
-        return {"tag": TokenClassificationHead(
-            d_model=backbone.encoder.d_model, num_labels=c.num_labels, dropout=c.dropout, init_std=c.init_std)}
+        return {
+            "tag": TokenClassificationHead(
+                d_model=backbone.encoder.d_model, num_labels=c.num_labels, dropout=c.dropout, init_std=c.init_std
+            )
+        }
 
     def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
         c = self.config
@@ -380,7 +403,9 @@ class TokenClassification(Objective):
                 raise DataError(f"objective 'tag': example {i} has {len(ex['input_ids'])} tokens but {len(y)} labels")
             bad = [v for v in y if v != IGNORE_INDEX and not 0 <= v < c.num_labels]
             if bad:
-                raise DataError(f"objective 'tag': example {i} has label {bad[0]!r}, expected 0..{c.num_labels - 1} or -100")
+                raise DataError(
+                    f"objective 'tag': example {i} has label {bad[0]!r}, expected 0..{c.num_labels - 1} or -100"
+                )
             if c.add_special_tokens:
                 y = [IGNORE_INDEX, *y, IGNORE_INDEX]
                 if ex.get("input_ids_b") is not None:

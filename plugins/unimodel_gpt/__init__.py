@@ -12,7 +12,15 @@ from unimodel.registry import Component
 
 _PROVIDES = ("decoder_only", "causal", "lm_head", "kv_cache")
 _REQUIRES = ("decoder_only", "causal", "lm_head")
-_TINY = {"vocab_size": 99, "n_positions": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0, "attn_dropout": 0.0}
+_TINY = {
+    "vocab_size": 99,
+    "n_positions": 64,
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 4,
+    "dropout": 0.0,
+    "attn_dropout": 0.0,
+}
 
 # Byte-level BPE reserving what clm and fim need (and a mask, for pairings with encoder objectives).
 _ROLES = dict(DEFAULT_BPE_ROLES)

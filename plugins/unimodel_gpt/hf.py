@@ -14,8 +14,16 @@ from torch import Tensor
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter, pop_known, strip_prefix
 
-_ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu", "tanh": "tanh"}
+_ACT_FROM_HF = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+}
 _ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu", "tanh": "tanh"}
 
 # unimodel block key -> (HF key, transposed)
@@ -58,7 +66,9 @@ class GPT2Converter(HFConverter):
         c = hf_config
         act = c.get("activation_function", "gelu_new")
         if act not in _ACT_FROM_HF:
-            raise CheckpointError(f"GPT-2 activation_function {act!r} is not supported; supported: {', '.join(_ACT_FROM_HF)}")
+            raise CheckpointError(
+                f"GPT-2 activation_function {act!r} is not supported; supported: {', '.join(_ACT_FROM_HF)}"
+            )
         if c.get("add_cross_attention"):
             raise CheckpointError("GPT-2 folders with add_cross_attention are not supported")
         return {

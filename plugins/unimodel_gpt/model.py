@@ -106,7 +106,7 @@ class GPTDecoder(Decoder):
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
     ) -> DecoderOutput:
-        B, T = input_ids.shape
+        _B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)

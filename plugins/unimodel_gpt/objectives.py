@@ -58,7 +58,9 @@ class CausalLM(TokenLossObjective):
         mask = batch.get("attention_mask")
         if mask is not None and bool(mask.all()):
             mask = None  # packed blocks: let attention take its causal fast path
-        return token_objective_step(self, model, {"input_ids": batch["input_ids"], "attention_mask": mask}, batch["labels"])
+        return token_objective_step(
+            self, model, {"input_ids": batch["input_ids"], "attention_mask": mask}, batch["labels"]
+        )
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,11 @@ class FillInTheMiddle(CausalLM):
     def _sentinels(self, tokenizer) -> tuple[int, int, int]:
         c = self.config
         ids = []
-        for role, given in (("fim_prefix", c.fim_prefix_id), ("fim_middle", c.fim_middle_id), ("fim_suffix", c.fim_suffix_id)):
+        for role, given in (
+            ("fim_prefix", c.fim_prefix_id),
+            ("fim_middle", c.fim_middle_id),
+            ("fim_suffix", c.fim_suffix_id),
+        ):
             if given is None:
                 if tokenizer is None:
                     raise ConfigError(f"objective 'fim' needs a tokenizer with a {role} token, or {role}_id set")

@@ -29,18 +29,30 @@ _TOKENIZER = {
 _V1_1 = {"feed_forward": "gated-gelu", "tie_embeddings": False, "scale_decoder_outputs": False}
 # name: (config values, summary)
 _PRESETS = {
-    "t5-tiny": ({"n_layers": 2, "d_model": 128, "d_kv": 32, "n_heads": 4, "d_ff": 512},
-                "2+2 layers, d 128: for tests and quick experiments"),
-    "t5-mini": ({"n_layers": 3, "d_model": 384, "d_kv": 64, "n_heads": 6, "d_ff": 1536},
-                "3+3 layers, d 384, 6 heads, ffn 1536"),
-    "t5-small": ({"n_layers": 6, "d_model": 512, "d_kv": 64, "n_heads": 8, "d_ff": 2048},
-                 "T5 v1.0 small: 6+6 layers, d 512 (60M at vocab 32128)"),
-    "t5-base": ({"n_layers": 12, "d_model": 768, "d_kv": 64, "n_heads": 12, "d_ff": 3072},
-                "T5 v1.0 base: 12+12 layers, d 768 (220M at vocab 32128)"),
-    "t5-v1_1-small": ({"n_layers": 8, "d_model": 512, "d_kv": 64, "n_heads": 6, "d_ff": 1024, **_V1_1},
-                      "T5 v1.1 small: 8+8 layers, d 512, gated GELU, untied head (77M)"),
-    "t5-v1_1-base": ({"n_layers": 12, "d_model": 768, "d_kv": 64, "n_heads": 12, "d_ff": 2048, **_V1_1},
-                     "T5 v1.1 base: 12+12 layers, d 768, gated GELU, untied head (248M)"),
+    "t5-tiny": (
+        {"n_layers": 2, "d_model": 128, "d_kv": 32, "n_heads": 4, "d_ff": 512},
+        "2+2 layers, d 128: for tests and quick experiments",
+    ),
+    "t5-mini": (
+        {"n_layers": 3, "d_model": 384, "d_kv": 64, "n_heads": 6, "d_ff": 1536},
+        "3+3 layers, d 384, 6 heads, ffn 1536",
+    ),
+    "t5-small": (
+        {"n_layers": 6, "d_model": 512, "d_kv": 64, "n_heads": 8, "d_ff": 2048},
+        "T5 v1.0 small: 6+6 layers, d 512 (60M at vocab 32128)",
+    ),
+    "t5-base": (
+        {"n_layers": 12, "d_model": 768, "d_kv": 64, "n_heads": 12, "d_ff": 3072},
+        "T5 v1.0 base: 12+12 layers, d 768 (220M at vocab 32128)",
+    ),
+    "t5-v1_1-small": (
+        {"n_layers": 8, "d_model": 512, "d_kv": 64, "n_heads": 6, "d_ff": 1024, **_V1_1},
+        "T5 v1.1 small: 8+8 layers, d 512, gated GELU, untied head (77M)",
+    ),
+    "t5-v1_1-base": (
+        {"n_layers": 12, "d_model": 768, "d_kv": 64, "n_heads": 12, "d_ff": 2048, **_V1_1},
+        "T5 v1.1 base: 12+12 layers, d 768, gated GELU, untied head (248M)",
+    ),
 }
 
 

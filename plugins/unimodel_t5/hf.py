@@ -26,7 +26,6 @@ from torch import Tensor
 
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter
-
 from unimodel_t5.model import parse_feed_forward
 
 _EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -34,8 +33,8 @@ _EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embe
 _IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
 _TIED_HEAD_MISMATCH = (
     "{where}: lm_head.weight differs from the shared embedding, but config.json asks for a tied head with "
-    "scaled decoder outputs. To load the two separately, set \"tie_word_embeddings\": false and "
-    "\"scale_decoder_outputs\": true in config.json"
+    'scaled decoder outputs. To load the two separately, set "tie_word_embeddings": false and '
+    '"scale_decoder_outputs": true in config.json'
 )
 
 

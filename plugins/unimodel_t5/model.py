@@ -38,8 +38,15 @@ DECODER_PROVIDES = frozenset({Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
 
 # Activation names T5 configs use (HF's ``feed_forward_proj`` = "[gated-]<act>") -> unimodel's.
 # HF maps the legacy "gated-gelu" to the tanh approximation ("gelu_new"); plain "gelu" stays exact.
-_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "silu": "silu", "swish": "silu", "tanh": "tanh"}
+_ACTIVATIONS = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+}
 
 
 def parse_feed_forward(spec: str) -> tuple[str, bool] | None:
@@ -81,8 +88,18 @@ class T5Config(Config):
     decoder_start_token_id: int | None = param(None, "first decoder input; pad_token_id when null")
 
     def check(self) -> None:
-        self.require_positive("vocab_size", "d_model", "d_kv", "d_ff", "n_layers", "n_heads", "n_decoder_layers",
-                              "layer_norm_eps", "init_factor", "memory_dim")
+        self.require_positive(
+            "vocab_size",
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "n_layers",
+            "n_heads",
+            "n_decoder_layers",
+            "layer_norm_eps",
+            "init_factor",
+            "memory_dim",
+        )
         if self.relative_attention_num_buckets < 4:
             self.fail("relative_attention_num_buckets", "needs at least 4 buckets (2 exact ones per direction)")
         if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
@@ -109,8 +126,9 @@ class T5Config(Config):
 
 
 # ------------------------------------------------------------------ position bias
-def relative_position_bucket(relative_position: Tensor, *, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> Tensor:
+def relative_position_bucket(
+    relative_position: Tensor, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Tensor:
     """Bucket of each ``key_pos - query_pos`` (any integer shape -> same shape, long).
 
     Bidirectional (encoder): half the buckets for keys after the query, half for
@@ -148,7 +166,9 @@ class RelativePositionBias(nn.Module):
         q_pos = torch.arange(past, past + q_len, device=device)[:, None]
         k_pos = torch.arange(k_len, device=device)[None, :]
         buckets = relative_position_bucket(
-            k_pos - q_pos, bidirectional=self.bidirectional, num_buckets=self.num_buckets,
+            k_pos - q_pos,
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
             max_distance=self.max_distance,
         )  # (T, S)
         return F.embedding(buckets, self.weight).permute(2, 0, 1)[None]
@@ -251,8 +271,10 @@ class T5Encoder(_T5Stack, Encoder):
         self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, None
         self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
         self.relative_bias = RelativePositionBias(
-            n_heads=c.n_heads, num_buckets=c.relative_attention_num_buckets,
-            max_distance=c.relative_attention_max_distance, bidirectional=True,
+            n_heads=c.n_heads,
+            num_buckets=c.relative_attention_num_buckets,
+            max_distance=c.relative_attention_max_distance,
+            bidirectional=True,
         )
         self.blocks = _blocks(c, c.n_layers, cross=False)
         self.final_norm = RMSNorm(c.d_model, eps=c.layer_norm_eps)
@@ -303,8 +325,10 @@ class T5Decoder(_T5Stack, Decoder):
         self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, None
         self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
         self.relative_bias = RelativePositionBias(
-            n_heads=c.n_heads, num_buckets=c.relative_attention_num_buckets,
-            max_distance=c.relative_attention_max_distance, bidirectional=False,
+            n_heads=c.n_heads,
+            num_buckets=c.relative_attention_num_buckets,
+            max_distance=c.relative_attention_max_distance,
+            bidirectional=False,
         )
         self.blocks = _blocks(c, c.decoder_layers, cross=True)
         self.final_norm = RMSNorm(c.d_model, eps=c.layer_norm_eps)
@@ -327,7 +351,7 @@ class T5Decoder(_T5Stack, Decoder):
     ) -> DecoderOutput:
         """input_ids (B, T); attention_mask (B, P+T) over cached and new tokens; memory (B, S, D_mem);
         memory_mask (B, S). ``position_ids`` are ignored (relative positions only)."""
-        B, T = input_ids.shape
+        _B, T = input_ids.shape
         past = cache.length if cache is not None else 0
         if memory is None and (cache is None or cache.cross[0] is None):
             raise InputError("the T5 decoder cross-attends to an encoder memory: pass memory (the encoder output)")
@@ -353,7 +377,6 @@ class T5Decoder(_T5Stack, Decoder):
             cache.advance(T)
         return DecoderOutput(last_hidden_state=self.drop(self.final_norm(x)), cache=cache)
 
-
     def _step_bias(self, cache: KVCache, past: int, dtype: torch.dtype) -> Tensor:
         """Bias of the query at position ``past`` over keys ``0 .. past``: (1, H, 1, past + 1).
 
@@ -367,7 +390,7 @@ class T5Decoder(_T5Stack, Decoder):
             table = self.relative_bias(1, n, n - 1).to(dtype).contiguous()
             cache.extra["t5_step_bias"] = table
         n = table.shape[-1]
-        return table[..., n - 1 - past:]
+        return table[..., n - 1 - past :]
 
 
 class T5(ModelFamily):

@@ -18,6 +18,7 @@ from its config, so it trains any encoder-decoder with an LM head.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ def random_segmentation(num_items: int, num_segments: int, generator: torch.Gene
         return [num_items]
     cuts = (torch.randperm(num_items - 1, generator=generator)[: num_segments - 1] + 1).sort().values.tolist()
     bounds = [0, *cuts, num_items]
-    return [b - a for a, b in zip(bounds, bounds[1:])]
+    return [b - a for a, b in itertools.pairwise(bounds)]
 
 
 def random_spans_noise_mask(
@@ -176,7 +177,12 @@ class SpanCorruption(TokenLossObjective):
 
     # ------------------------------------------------------------ data side
     def corrupt(
-        self, ids: Sequence[int], sentinels: Sequence[int], eos: int, *, generator: torch.Generator | None = None,
+        self,
+        ids: Sequence[int],
+        sentinels: Sequence[int],
+        eos: int,
+        *,
+        generator: torch.Generator | None = None,
         index: int = 0,
     ) -> tuple[list[int], list[int]]:
         """One example -> (inputs, targets), each ending with ``eos``."""
@@ -216,5 +222,7 @@ class SpanCorruption(TokenLossObjective):
         if "labels" not in batch:
             raise DataError("a span_corruption batch needs 'labels'; build it with objective.prepare")
         # without decoder_input_ids the model shifts the labels right behind its own start token
-        inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")}
+        inputs = {
+            k: batch.get(k) for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+        }
         return token_objective_step(self, model, inputs, batch["labels"])

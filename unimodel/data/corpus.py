@@ -76,8 +76,11 @@ def _call(name: str, component: Any, options: Mapping[str, Any] | None, **args: 
     if options:
         params = inspect.signature(target).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        known = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or
-                 (p.kind is p.POSITIONAL_OR_KEYWORD and n not in args)]
+        known = [
+            n
+            for n, p in params.items()
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and n not in args)
+        ]
         unknown = [k for k in options if k not in known and not takes_any]
         if unknown:
             from unimodel.errors import did_you_mean
@@ -107,7 +110,7 @@ def load_corpus(
     if corpus_kind(name, registry=registry) == "pairs":
         raise DataError(
             f"corpus {name!r} holds source -> target pairs, but {objective_phrase(objective)} trains on text. "
-            "Train on it with objective \"seq2seq\" and an encoder-decoder (t5, bart), or choose a text corpus "
+            'Train on it with objective "seq2seq" and an encoder-decoder (t5, bart), or choose a text corpus '
             "(`unimodel list --kind corpus`)"
         )
     source: Any = _call(name, comp, options)
@@ -122,7 +125,11 @@ def load_corpus(
 
 
 def load_pair_corpus(
-    name: str, split: str, *, registry: Any = None, options: Mapping[str, Any] | None = None,
+    name: str,
+    split: str,
+    *,
+    registry: Any = None,
+    options: Mapping[str, Any] | None = None,
     objective: str | None = None,
 ) -> list[tuple[str, str]]:
     """The ``(source, target)`` pairs of the ``split`` (``"train"`` or ``"validation"``) of pair corpus ``name``."""
@@ -132,13 +139,15 @@ def load_pair_corpus(
     if corpus_kind(name, registry=registry) != "pairs":
         raise DataError(
             f"corpus {name!r} holds text, but {objective_phrase(objective)} trains on source -> target pairs. "
-            "Use a pair corpus (e.g. data.corpus = \"numbers\"; `unimodel list --kind corpus`), or give data.paths: "
+            'Use a pair corpus (e.g. data.corpus = "numbers"; `unimodel list --kind corpus`), or give data.paths: '
             "JSONL files with source and target fields, or TSV files (source<TAB>target per line)"
         )
     source: Any = _call(name, comp, options, split=split)
     if isinstance(source, (str, Mapping)) or not isinstance(source, Iterable):
-        raise DataError(f"corpus {name!r} returned {type(source).__name__} for split {split!r}; a pair corpus must "
-                        "return an iterable of pairs")
+        raise DataError(
+            f"corpus {name!r} returned {type(source).__name__} for split {split!r}; a pair corpus must "
+            "return an iterable of pairs"
+        )
     pairs = []
     for i, item in enumerate(source):
         if isinstance(item, Mapping):
@@ -150,7 +159,7 @@ def load_pair_corpus(
         if not all(isinstance(x, str) for x in pair):
             raise DataError(
                 f"corpus {name!r} split {split!r}: item {i} is not a pair of strings (got {item!r:.80}); a pair "
-                "corpus yields {\"source\": str, \"target\": str} mappings or (source, target) tuples"
+                'corpus yields {"source": str, "target": str} mappings or (source, target) tuples'
             )
         pairs.append(pair)
     if not pairs:

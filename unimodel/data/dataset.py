@@ -40,8 +40,9 @@ class DataConfig(Config):
     section = "data"
 
     corpus: str | None = param(
-        None, "a registered corpus (see `unimodel list --kind corpus`): text, or source -> target pairs for a pair "
-        "objective such as seq2seq; pydoc when neither corpus nor paths is set"
+        None,
+        "a registered corpus (see `unimodel list --kind corpus`): text, or source -> target pairs for a pair "
+        "objective such as seq2seq; pydoc when neither corpus nor paths is set",
     )
     corpus_options: dict[str, Any] = param(
         doc="keyword options of the corpus, e.g. { max_value = 9999 } for numbers", default_factory=dict
@@ -53,8 +54,8 @@ class DataConfig(Config):
         (), "files (folders, globs) held out for validation; when set, validation_fraction is not used"
     )
     format: Literal["auto", "text", "jsonl", "tsv"] = param(
-        "auto", "file format; auto reads .jsonl/.ndjson as JSONL, .tsv as source<TAB>target pairs, the rest as "
-        "UTF-8 text"
+        "auto",
+        "file format; auto reads .jsonl/.ndjson as JSONL, .tsv as source<TAB>target pairs, the rest as UTF-8 text",
     )
     text_field: str = param("text", "the JSONL field holding each record's text")
     source_field: str = param("source", "the JSONL field holding each pair's source (pair objectives)")
@@ -149,8 +150,10 @@ class PackedData:
         return sum(len(b) for b in self.validation)
 
     def describe(self) -> str:
-        return (f"{self.n_train_documents} documents -> {self.n_train} blocks of {self.block_size} tokens for "
-                f"training, {self.n_validation_documents} documents ({self.n_validation_tokens} tokens) for validation")
+        return (
+            f"{self.n_train_documents} documents -> {self.n_train} blocks of {self.block_size} tokens for "
+            f"training, {self.n_validation_documents} documents ({self.n_validation_tokens} tokens) for validation"
+        )
 
     def fix_for_too_few(self) -> str:
         return "add text, lower data.block_size or lower train.batch_size"
@@ -195,8 +198,10 @@ class PairData:
         return sum(len(ex["source"]) + len(ex["target"]) for ex in self.validation)
 
     def describe(self) -> str:
-        return (f"{self.n_train:,} pairs ({self.n_train_tokens:,} tokens) for training, "
-                f"{len(self.validation):,} pairs for validation")
+        return (
+            f"{self.n_train:,} pairs ({self.n_train_tokens:,} tokens) for training, "
+            f"{len(self.validation):,} pairs for validation"
+        )
 
     def fix_for_too_few(self) -> str:
         return "add pairs or lower train.batch_size"
@@ -249,9 +254,13 @@ def load_data(
     )
     if config.validation_paths:
         held_out = read_documents(
-            paths=tuple(config.validation_paths), format=config.format, text_field=config.text_field,
-            pair_fields=(config.source_field, config.target_field), extensions=config.extensions_for("text"),
-            document_unit=config.document_unit, objective=objective,
+            paths=tuple(config.validation_paths),
+            format=config.format,
+            text_field=config.text_field,
+            pair_fields=(config.source_field, config.target_field),
+            extensions=config.extensions_for("text"),
+            document_unit=config.document_unit,
+            objective=objective,
         )
         return RawData("text", docs, held_out, fixed_validation=True)
     train_idx, val_idx = split_documents(docs, validation_fraction=config.validation_fraction, seed=config.seed)
@@ -262,9 +271,15 @@ def _load_pairs(config: DataConfig, *, objective: str | None, registry: Any) -> 
     from unimodel.data.corpus import load_pair_corpus
 
     def read(paths: Sequence[str], limit: int | None = None) -> list[Pair]:
-        return read_pairs(paths, format=config.format, source_field=config.source_field,
-                          target_field=config.target_field, extensions=config.extensions_for("pairs"),
-                          max_pairs=limit, objective=objective)
+        return read_pairs(
+            paths,
+            format=config.format,
+            source_field=config.source_field,
+            target_field=config.target_field,
+            extensions=config.extensions_for("pairs"),
+            max_pairs=limit,
+            objective=objective,
+        )
 
     train: list[Pair] = []
     validation: list[Pair] = []
@@ -285,8 +300,7 @@ def _load_pairs(config: DataConfig, *, objective: str | None, registry: Any) -> 
             )
         else:
             keys = [pair_key(p) for p in pairs]
-            train_idx, val_idx = split_documents(keys, validation_fraction=config.validation_fraction,
-                                                 seed=config.seed)
+            train_idx, val_idx = split_documents(keys, validation_fraction=config.validation_fraction, seed=config.seed)
             train += [pairs[i] for i in train_idx]
             validation += [pairs[i] for i in val_idx]
     if config.validation_paths:
@@ -335,8 +349,9 @@ def make_tokenizer(config: DataConfig, train_texts: Sequence[str], *, needed_rol
         roles = tokenizer_roles(config.tokenizer, needed_roles)
         # the Unigram trainer has no frequency threshold
         options: dict[str, Any] = {} if config.tokenizer == "unigram" else {"min_frequency": config.min_frequency}
-        return Tokenizer.train(config.tokenizer, train_texts, config.vocab_size, roles,
-                               split_digits=config.split_digits, **options)
+        return Tokenizer.train(
+            config.tokenizer, train_texts, config.vocab_size, roles, split_digits=config.split_digits, **options
+        )
     folder = Path(config.tokenizer).expanduser()
     if not (folder / TOKENIZER_FILE).is_file():
         raise DataError(
@@ -353,7 +368,7 @@ def separator_id(tokenizer: Tokenizer) -> int:
             return tokenizer.special_id(role)
     raise DataError(
         f"the tokenizer has no eos (or sep) token to separate packed documents (its roles: "
-        f"{', '.join(sorted(tokenizer.roles)) or 'none'}); train one with data.tokenizer = \"bpe\" or add an eos role"
+        f'{", ".join(sorted(tokenizer.roles)) or "none"}); train one with data.tokenizer = "bpe" or add an eos role'
     )
 
 

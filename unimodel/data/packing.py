@@ -21,9 +21,7 @@ def document_key(text: str, seed: int) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=str(seed).encode()).digest()
 
 
-def split_documents(
-    docs: Sequence[str], *, validation_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
+def split_documents(docs: Sequence[str], *, validation_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices of the (train, validation) documents, each in corpus order.
 
     The ``round(validation_fraction * len(docs))`` documents with the
@@ -38,7 +36,7 @@ def split_documents(
     if n < 2:
         raise DataError(
             f"the corpus has {n} document(s), too few to hold some out for validation; add documents, set "
-            "data.document_unit = \"paragraph\" (or \"line\") to split files, or set data.validation_fraction = 0"
+            'data.document_unit = "paragraph" (or "line") to split files, or set data.validation_fraction = 0'
         )
     n_val = min(max(1, round(validation_fraction * n)), n - 1)
     order = sorted(range(n), key=lambda i: (document_key(docs[i], seed), i))

@@ -111,7 +111,7 @@ def read_pairs(
                 f"{str(path)!r} is read as plain text ({format_reason(path, format)}), but "
                 f"{objective_phrase(objective)} trains on source -> target pairs. Give JSONL files with "
                 f"{source_field!r} and {target_field!r} fields or TSV files (source<TAB>target per line), or set "
-                "data.format = \"tsv\" (or \"jsonl\") to read this file as pairs"
+                'data.format = "tsv" (or "jsonl") to read this file as pairs'
             )
         if not found:
             raise DataError(

@@ -53,7 +53,7 @@ def format_reason(path: Path, format: Format) -> str:
     """Why :func:`file_format` chose what it chose, for error messages."""
     if format != "auto":
         return f"data.format = {format!r}"
-    return f"data.format \"auto\" reads a {path.suffix or 'file without an ending'} file as {file_format(path, format)}"
+    return f'data.format "auto" reads a {path.suffix or "file without an ending"} file as {file_format(path, format)}'
 
 
 def resolve_paths(paths: Sequence[str], *, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> list[Path]:
@@ -154,7 +154,7 @@ def read_jsonl(
             raise DataError(
                 f"{str(path)!r} line {lineno} holds a source/target pair (fields {src!r} and {tgt!r}) and no "
                 f"{text_field!r} text, but {objective_phrase(objective)} trains on text. Train on pairs with "
-                "objective \"seq2seq\" (an encoder-decoder such as t5 or bart), or set data.text_field to a field "
+                'objective "seq2seq" (an encoder-decoder such as t5 or bart), or set data.text_field to a field '
                 "holding text"
             )
         value = string_field(record, text_field, path=path, lineno=lineno, option="text_field", what="text")
@@ -185,7 +185,7 @@ def read_documents(
     documents are dropped; an empty result is a :class:`DataError`.
     """
     if corpus is None and not paths:
-        raise DataError("no data source: set data.corpus (e.g. \"pydoc\") or data.paths (files, folders or globs)")
+        raise DataError('no data source: set data.corpus (e.g. "pydoc") or data.paths (files, folders or globs)')
     docs: list[str] = []
     if corpus is not None:
         from unimodel.data.corpus import load_corpus
@@ -197,8 +197,8 @@ def read_documents(
         if kind == "tsv":
             raise DataError(
                 f"{str(path)!r} is read as TSV source<TAB>target pairs ({format_reason(path, format)}), but "
-                f"{objective_phrase(objective)} trains on text. Set data.format = \"text\" to read it as plain "
-                "text, or train on the pairs with objective \"seq2seq\" (an encoder-decoder such as t5 or bart)"
+                f'{objective_phrase(objective)} trains on text. Set data.format = "text" to read it as plain '
+                'text, or train on the pairs with objective "seq2seq" (an encoder-decoder such as t5 or bart)'
             )
         if kind == "jsonl":
             docs.extend(read_jsonl(path, text_field=text_field, pair_fields=pair_fields, objective=objective))

@@ -27,8 +27,15 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 # Role names Hugging Face's tokenizer_config.json uses, and ours.
-_HF_ROLE_KEYS = {"bos": "bos_token", "eos": "eos_token", "pad": "pad_token", "unk": "unk_token", "mask": "mask_token",
-                 "cls": "cls_token", "sep": "sep_token"}
+_HF_ROLE_KEYS = {
+    "bos": "bos_token",
+    "eos": "eos_token",
+    "pad": "pad_token",
+    "unk": "unk_token",
+    "mask": "mask_token",
+    "cls": "cls_token",
+    "sep": "sep_token",
+}
 
 DEFAULT_BPE_ROLES = {
     "eos": "<|endoftext|>",
@@ -193,7 +200,9 @@ class Tokenizer:
         roles = dict(DEFAULT_BPE_ROLES if roles is None else roles)
         specials = list(dict.fromkeys(roles.values()))
         if vocab_size < 256 + len(specials):
-            raise ConfigError(f"vocab_size {vocab_size} is too small for byte-level BPE: use at least {256 + len(specials)}")
+            raise ConfigError(
+                f"vocab_size {vocab_size} is too small for byte-level BPE: use at least {256 + len(specials)}"
+            )
         backend = HFTokenizer(models.BPE())
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.pre_tokenizer = _with_digits(byte_level, split_digits, first=True)
@@ -209,7 +218,6 @@ class Tokenizer:
         if backend.get_vocab_size() == 0:
             raise DataError("tokenizer training saw no text")
         return cls(backend, roles)
-
 
     @classmethod
     def train_wordpiece(
@@ -269,8 +277,9 @@ class Tokenizer:
         return cls(backend, roles)
 
     @classmethod
-    def train(cls, kind: str, texts: Iterable[str], vocab_size: int, roles: Mapping[str, str] | None = None,
-              **options: object) -> Tokenizer:
+    def train(
+        cls, kind: str, texts: Iterable[str], vocab_size: int, roles: Mapping[str, str] | None = None, **options: object
+    ) -> Tokenizer:
         """Train a tokenizer of ``kind`` (``"bpe"``, ``"wordpiece"`` or ``"unigram"``)."""
         trainers = {"bpe": cls.train_bpe, "wordpiece": cls.train_wordpiece, "unigram": cls.train_unigram}
         if kind not in trainers:

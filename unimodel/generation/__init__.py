@@ -48,7 +48,6 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import InputError
-from unimodel.nn.linear import decoding_layout
 from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
 from unimodel.generation.settings import (
     OPTIONS,
@@ -57,6 +56,7 @@ from unimodel.generation.settings import (
     choose_strategy,
     resolve_settings,
 )
+from unimodel.nn.linear import decoding_layout
 from unimodel.registry import Registry, get_registry
 
 if TYPE_CHECKING:
@@ -132,7 +132,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     if switch:
         model.eval()
     try:
-        with torch.inference_mode(), decoding_layout(model.decoder, model.heads["lm"] if "lm" in model.heads else None):
+        lm_head = model.heads["lm"] if "lm" in model.heads else None  # noqa: SIM401 - nn.ModuleDict has no get()
+        with torch.inference_mode(), decoding_layout(model.decoder, lm_head):
             if inputs.encoder_output is None and model.encoder is not None:
                 inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:

@@ -192,8 +192,14 @@ def beam_search(model: Model, inputs: GenerationInputs, settings: GenerationSett
         # d. can anything still change?
         length += 1
         can_improve = _can_improve(
-            can_improve, running_scores, done_scores, done_flag,
-            generated=length - p, max_new=max_length - p, length_penalty=lp, early_stopping=early_stopping,
+            can_improve,
+            running_scores,
+            done_scores,
+            done_flag,
+            generated=length - p,
+            max_new=max_length - p,
+            length_penalty=lp,
+            early_stopping=early_stopping,
         )
         if not bool(can_improve.any()):
             break

@@ -80,12 +80,9 @@ class KVCache:
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
         self.cross = [
-            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
-            for kv in self.cross
+            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index)) for kv in self.cross
         ]
-        self.extra = {
-            name: t.index_select(0, index) if t.shape[0] == batch else t for name, t in self.extra.items()
-        }
+        self.extra = {name: t.index_select(0, index) if t.shape[0] == batch else t for name, t in self.extra.items()}
 
 
 def attention_mask_for(
@@ -204,7 +201,9 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal and mask is None,

@@ -51,7 +51,9 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.prenorm = prenorm
-        attn_kw = dict(d_model=d_model, n_heads=n_heads, head_dim=head_dim, bias=bias, scale=scale, dropout=attn_dropout)
+        attn_kw = dict(
+            d_model=d_model, n_heads=n_heads, head_dim=head_dim, bias=bias, scale=scale, dropout=attn_dropout
+        )
         self.norm_attn = make_norm(norm, d_model, norm_eps)
         self.attn = Attention(**attn_kw)
         if cross_attention:
@@ -84,5 +86,7 @@ class Block(nn.Module):
     ) -> Tensor:
         x = self._sublayer(x, self.norm_attn, self.attn, mask=mask, is_causal=is_causal, cache=cache, layer=layer)
         if self.cross is not None:
-            x = self._sublayer(x, self.norm_cross, self.cross, mask=memory_mask, cache=cache, layer=layer, memory=memory)
+            x = self._sublayer(
+                x, self.norm_cross, self.cross, mask=memory_mask, cache=cache, layer=layer, memory=memory
+            )
         return self._sublayer(x, self.norm_ffn, self.ffn)

@@ -133,7 +133,10 @@ def decoding_layout(
     """
     threads = torch.get_num_threads() if threads is None else threads
     layers = {
-        id(m): m for module in modules if module is not None for m in module.modules()
+        id(m): m
+        for module in modules
+        if module is not None
+        for m in module.modules()
         if isinstance(m, DecodingLayout) and m.decode_weight is None
     }.values()
     plans = [(m, plan) for m in layers if (plan := _plan(m, threads)) is not None]

@@ -61,7 +61,9 @@ def _families(reg: Registry) -> list[Component]:
     return [c for c in reg.components("model") if c.base is None]
 
 
-def model_cases(reg: Registry | None = None, sel: Selection = Selection(), *, capability: str | None = None) -> list[Case]:
+def model_cases(
+    reg: Registry | None = None, sel: Selection = Selection(), *, capability: str | None = None
+) -> list[Case]:
     """One case per selected model family (presets are covered through their family's tiny config)."""
     reg = reg or get_registry()
     out = []

@@ -160,8 +160,9 @@ def synthetic_examples(n_plain: int, lengths: Sequence[int] = (12, 9, 16), seed:
     for i, n in enumerate(lengths):
         ids = torch.randint(0, n_plain, (n,), generator=g).tolist()
         target = torch.randint(0, n_plain, (max(2, n // 2),), generator=g).tolist()
-        out.append({"input_ids": ids, "label": i % 2, "labels": [j % 2 for j in range(n)], "source": ids,
-                    "target": target})
+        out.append(
+            {"input_ids": ids, "label": i % 2, "labels": [j % 2 for j in range(n)], "source": ids, "target": target}
+        )
     return out
 
 
@@ -189,7 +190,9 @@ def _needs_ids(model: Model, what: str) -> None:
         raise NotApplicable(f"{what}: takes continuous inputs; the kit feeds token ids only")
 
 
-def model_inputs(model: Model, *, batch: int = 2, src_len: int = 7, tgt_len: int = 6, seed: int = 0) -> dict[str, Tensor]:
+def model_inputs(
+    model: Model, *, batch: int = 2, src_len: int = 7, tgt_len: int = 6, seed: int = 0
+) -> dict[str, Tensor]:
     """Random in-vocabulary inputs: ``input_ids`` (B, S) and, for encoder-decoders, ``decoder_input_ids`` (B, T)."""
     g = torch.Generator().manual_seed(seed)
     if model.is_encoder_decoder:
@@ -226,13 +229,17 @@ def check_forward(name: str, *, registry: Registry | None = None) -> None:
         B = inputs["input_ids"].shape[0]
         T = inputs[_decoder_key(model)].shape[1] if model.decoder is not None else inputs["input_ids"].shape[1]
         if tuple(out.last_hidden_state.shape) != (B, T, main.d_model):
-            raise _fail(what, f"last_hidden_state has shape {tuple(out.last_hidden_state.shape)}, "
-                              f"expected (batch, length, d_model) = {(B, T, main.d_model)}")
+            raise _fail(
+                what,
+                f"last_hidden_state has shape {tuple(out.last_hidden_state.shape)}, "
+                f"expected (batch, length, d_model) = {(B, T, main.d_model)}",
+            )
         _finite(out.last_hidden_state, what, "last_hidden_state")
-        if model.primary_head == "lm":
-            if out.logits is None or tuple(out.logits.shape) != (B, T, model.vocab_size):
-                got = None if out.logits is None else tuple(out.logits.shape)
-                raise _fail(what, f"LM logits have shape {got}, expected (batch, length, vocab) = {(B, T, model.vocab_size)}")
+        if model.primary_head == "lm" and (out.logits is None or tuple(out.logits.shape) != (B, T, model.vocab_size)):
+            got = None if out.logits is None else tuple(out.logits.shape)
+            raise _fail(
+                what, f"LM logits have shape {got}, expected (batch, length, vocab) = {(B, T, model.vocab_size)}"
+            )
         if out.logits is not None:
             if out.logits.shape[0] != B:
                 raise _fail(what, f"logits have batch size {out.logits.shape[0]}, expected {B}")
@@ -241,8 +248,11 @@ def check_forward(name: str, *, registry: Registry | None = None) -> None:
             S = inputs["input_ids"].shape[1]
             enc = out.encoder_last_hidden_state
             if enc is None or tuple(enc.shape[:2]) != (B, S):
-                raise _fail(what, f"encoder_last_hidden_state should have shape (batch, source length, ...) = {(B, S)}, "
-                                  f"got {None if enc is None else tuple(enc.shape)}")
+                raise _fail(
+                    what,
+                    f"encoder_last_hidden_state should have shape (batch, source length, ...) = {(B, S)}, "
+                    f"got {None if enc is None else tuple(enc.shape)}",
+                )
         _check_padding(model, inputs, what)
 
 
@@ -258,8 +268,13 @@ def _check_padding(model: Model, inputs: dict[str, Tensor], what: str) -> None:
     alone = model(**alone_inputs).last_hidden_state[0]
     if not model.is_encoder_decoder:
         padded = padded[: ids.shape[1] - n_pad]  # only real positions are defined
-    _close(padded, alone, what, "hidden states of a right-padded row (attention_mask 0 on the padding) differ from "
-                                "the same row without padding: padding leaks into real tokens")
+    _close(
+        padded,
+        alone,
+        what,
+        "hidden states of a right-padded row (attention_mask 0 on the padding) differ from "
+        "the same row without padding: padding leaks into real tokens",
+    )
 
 
 def check_gradients(name: str, objective: str, *, registry: Registry | None = None) -> None:
@@ -278,7 +293,9 @@ def check_gradients(name: str, objective: str, *, registry: Registry | None = No
         if not_tensors:
             raise _fail(what, f"prepare() returned non-tensor values for {', '.join(not_tensors)}")
         if obj.primary_head is None:
-            raise NotApplicable(f"objective {objective!r} declares no head (primary_head=None), so it has no loss to train")
+            raise NotApplicable(
+                f"objective {objective!r} declares no head (primary_head=None), so it has no loss to train"
+            )
         out = obj(model, batch)
         loss = out.loss
         if not isinstance(loss, Tensor) or loss.dim() != 0:
@@ -287,8 +304,11 @@ def check_gradients(name: str, objective: str, *, registry: Registry | None = No
             raise _fail(what, "the loss does not depend on any parameter (requires_grad is False)")
         _finite(loss, what, "the loss")
         if out.n_predictions <= 0:
-            raise _fail(what, f"n_predictions is {out.n_predictions} for a batch of {len(batch)} tensors; "
-                              "prepare() produced no positions to predict")
+            raise _fail(
+                what,
+                f"n_predictions is {out.n_predictions} for a batch of {len(batch)} tensors; "
+                "prepare() produced no positions to predict",
+            )
         loss.backward()
         bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         if bad:
@@ -303,8 +323,13 @@ def check_gradients(name: str, objective: str, *, registry: Registry | None = No
             model.eval()
             with torch.no_grad():
                 fused, plain = obj(model, batch).loss, obj(_WithLogits(model), batch).loss
-            _close(fused, plain, what, "the loss computed from token_loss() (without logits) differs from the "
-                                       "objective's loss() on the logits; token_loss() must describe loss()")
+            _close(
+                fused,
+                plain,
+                what,
+                "the loss computed from token_loss() (without logits) differs from the "
+                "objective's loss() on the logits; token_loss() must describe loss()",
+            )
 
 
 class _WithLogits:
@@ -339,7 +364,7 @@ def check_roundtrip(name: str, *, registry: Registry | None = None) -> None:
     with kit_context(registry) as reg, torch.no_grad():
         family, _ = family_and_tiny(name, reg)
         objectives = reg.compatible_objectives(family.provides)
-        tok, n_plain = synthetic_tokenizer(_vocab_of(name, reg), objective_roles(objectives, reg))
+        tok, _n_plain = synthetic_tokenizer(_vocab_of(name, reg), objective_roles(objectives, reg))
         for objective in objectives:
             what = f"model {name!r} with objective {objective!r}"
             model = build_tiny(name, objective, registry=reg, tokenizer=tok).eval()
@@ -359,8 +384,11 @@ def check_roundtrip(name: str, *, registry: Registry | None = None) -> None:
                 raise _fail(what, f"config changed in the round trip:\n saved  {model.spec()}\n loaded {loaded.spec()}")
             ours, theirs = model.state_dict(), loaded.state_dict()
             if set(ours) != set(theirs):
-                raise _fail(what, f"state dict keys differ: only saved {sorted(set(ours) - set(theirs))}, "
-                                  f"only loaded {sorted(set(theirs) - set(ours))}")
+                raise _fail(
+                    what,
+                    f"state dict keys differ: only saved {sorted(set(ours) - set(theirs))}, "
+                    f"only loaded {sorted(set(theirs) - set(ours))}",
+                )
             changed = [k for k in ours if not torch.equal(ours[k], theirs[k])]
             if changed:
                 raise _fail(what, f"tensors changed in the round trip: {', '.join(changed[:5])}")
@@ -371,7 +399,8 @@ def check_roundtrip(name: str, *, registry: Registry | None = None) -> None:
 
 
 def check_kv_cache(name: str, *, registry: Registry | None = None) -> None:
-    """Decoding with the KV cache (a 3-token prefill, a 2-token chunk, then one token at a time) equals the full forward."""
+    """Decoding with the KV cache (a 3-token prefill, a 2-token chunk, then one token at a time) equals the full
+    forward pass."""
     what = f"model {name!r}"
     with kit_context(registry) as reg, torch.no_grad():
         if Cap.KV_CACHE not in reg.resolve_model(name)[0].provides:
@@ -391,8 +420,12 @@ def check_kv_cache(name: str, *, registry: Registry | None = None) -> None:
                 raise _fail(what, "use_cache=True returned no past_key_values")
             cache = out.past_key_values
             pieces.append(_main_output(out))
-        _close(torch.cat(pieces, dim=1), full, what,
-               "outputs decoded incrementally with the KV cache differ from the full forward pass")
+        _close(
+            torch.cat(pieces, dim=1),
+            full,
+            what,
+            "outputs decoded incrementally with the KV cache differ from the full forward pass",
+        )
 
 
 def check_determinism(name: str, *, registry: Registry | None = None) -> None:
@@ -408,8 +441,11 @@ def check_determinism(name: str, *, registry: Registry | None = None) -> None:
         sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
         differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
         if differ:
-            raise _fail(what, f"two builds under the same seed differ in {', '.join(differ[:5])}; "
-                              "initialise only from torch's global RNG")
+            raise _fail(
+                what,
+                f"two builds under the same seed differ in {', '.join(differ[:5])}; "
+                "initialise only from torch's global RNG",
+            )
         if all(torch.equal(sa[k], sc[k]) for k in sa):
             raise _fail(what, "builds under different seeds have identical weights: initialisation ignores the seed")
         inputs = model_inputs(a)
@@ -494,12 +530,19 @@ def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
             Cap.DECODER_ONLY: (enc is None and dec is not None, "decoder_only needs a decoder and no encoder"),
             Cap.ENCODER_ONLY: (enc is not None and dec is None, "encoder_only needs an encoder and no decoder"),
             Cap.ENCODER_DECODER: (enc is not None and dec is not None, "encoder_decoder needs both"),
-            Cap.CAUSAL: (dec is not None and bool(getattr(dec, "is_causal", False)), "causal needs a decoder with is_causal"),
-            Cap.NONCAUSAL_DECODER: (dec is not None and not getattr(dec, "is_causal", True),
-                                    "noncausal_decoder needs a decoder with is_causal False"),
+            Cap.CAUSAL: (
+                dec is not None and bool(getattr(dec, "is_causal", False)),
+                "causal needs a decoder with is_causal",
+            ),
+            Cap.NONCAUSAL_DECODER: (
+                dec is not None and not getattr(dec, "is_causal", True),
+                "noncausal_decoder needs a decoder with is_causal False",
+            ),
             Cap.LM_HEAD: (backbone.lm_head is not None, "lm_head needs Backbone.lm_head"),
-            Cap.KV_CACHE: (dec is not None and bool(getattr(dec, "is_causal", False)),
-                           "kv_cache needs a causal decoder (Decoder.new_cache)"),
+            Cap.KV_CACHE: (
+                dec is not None and bool(getattr(dec, "is_causal", False)),
+                "kv_cache needs a causal decoder (Decoder.new_cache)",
+            ),
         }
         for cap, (ok, rule) in rules.items():
             if cap in built and not ok:
@@ -511,8 +554,11 @@ def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
                         raise _fail(what, f"{type(part).__name__} has no attribute {attr!r} (see unimodel.interfaces)")
         compatible = reg.compatible_objectives(family.provides)
         if family.default_objective is not None and family.default_objective not in compatible:
-            raise _fail(what, f"default objective {family.default_objective!r} is not among the compatible ones "
-                              f"({', '.join(compatible)})")
+            raise _fail(
+                what,
+                f"default objective {family.default_objective!r} is not among the compatible ones "
+                f"({', '.join(compatible)})",
+            )
         for comp in reg.components("objective"):
             if comp.name in compatible:
                 continue
@@ -520,11 +566,17 @@ def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
                 build_tiny(name, comp.name, registry=reg)
             except IncompatibleObjectiveError as exc:
                 if compatible and not any(c in str(exc) for c in compatible):
-                    raise _fail(what, f"building with incompatible objective {comp.name!r} fails, but the message "
-                                      f"does not list the objectives that work: {exc}") from exc
+                    raise _fail(
+                        what,
+                        f"building with incompatible objective {comp.name!r} fails, but the message "
+                        f"does not list the objectives that work: {exc}",
+                    ) from exc
             else:
-                raise _fail(what, f"objective {comp.name!r} requires {sorted(comp.requires)}, which the model lacks, "
-                                  "yet building the pair succeeded; it should raise IncompatibleObjectiveError")
+                raise _fail(
+                    what,
+                    f"objective {comp.name!r} requires {sorted(comp.requires)}, which the model lacks, "
+                    "yet building the pair succeeded; it should raise IncompatibleObjectiveError",
+                )
 
 
 def check_known_caps(caps: Sequence[str], what: str, field_name: str) -> None:
@@ -561,16 +613,23 @@ def check_input_errors(name: str, *, registry: Registry | None = None) -> None:
             ]
             if part.max_positions is not None:
                 long = torch.zeros(1, part.max_positions + 1, dtype=torch.long)
-                bad_cases.append((f"{key} longer than max_positions ({part.max_positions})",
-                                  {k: (long if k == key else v[:1]) for k, v in good.items()}))
+                bad_cases.append(
+                    (
+                        f"{key} longer than max_positions ({part.max_positions})",
+                        {k: (long if k == key else v[:1]) for k, v in good.items()},
+                    )
+                )
         for label, inputs in bad_cases:
             try:
                 model(**inputs)
             except InputError:
                 continue
             except Exception as exc:
-                raise _fail(what, f"{label} raised {type(exc).__name__} ({exc}); it should raise unimodel's InputError "
-                                  "with a message naming the problem") from exc
+                raise _fail(
+                    what,
+                    f"{label} raised {type(exc).__name__} ({exc}); it should raise unimodel's InputError "
+                    "with a message naming the problem",
+                ) from exc
             raise _fail(what, f"{label} was accepted; it should raise InputError")
 
 
@@ -586,8 +645,11 @@ def check_preset(name: str, *, registry: Registry | None = None) -> None:
             raise _fail(what, str(exc)) from exc
         comp = reg.get("model", name)
         if comp.provides and set(comp.provides) != set(family.provides):
-            raise _fail(what, f"declares provides {sorted(comp.provides)} but its family {family.name!r} "
-                              f"provides {sorted(family.provides)}")
+            raise _fail(
+                what,
+                f"declares provides {sorted(comp.provides)} but its family {family.name!r} "
+                f"provides {sorted(family.provides)}",
+            )
 
 
 # ------------------------------------------------------------------ objectives, encoders, decoders
@@ -601,7 +663,9 @@ def check_objective(name: str, *, registry: Registry | None = None) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Objective)):
             raise _fail(what, f"target {comp.target!r} is {cls!r}, not a unimodel.interfaces.Objective subclass")
         if set(cls.requires) != set(comp.requires):
-            raise _fail(what, f"registered requires {sorted(comp.requires)} but the class declares {sorted(cls.requires)}")
+            raise _fail(
+                what, f"registered requires {sorted(comp.requires)} but the class declares {sorted(cls.requires)}"
+            )
         roles = cls.special_tokens
         if not isinstance(roles, tuple) or not all(isinstance(r, str) for r in roles):
             raise _fail(what, f"special_tokens must be a tuple of role names, got {roles!r}")
@@ -628,7 +692,9 @@ def _check_part_basics(kind: str, name: str, comp: Component, part: nn.Module) -
     what = f"{kind} {name!r}"
     check_known_caps(comp.provides, what, "provides")
     if set(comp.provides) != set(type(part).provides):
-        raise _fail(what, f"registered provides {sorted(comp.provides)} but the class declares {sorted(type(part).provides)}")
+        raise _fail(
+            what, f"registered provides {sorted(comp.provides)} but the class declares {sorted(type(part).provides)}"
+        )
     for attr in ("d_model", "vocab_size", "max_positions"):
         if not hasattr(part, attr):
             raise _fail(what, f"has no attribute {attr!r} (see unimodel.interfaces)")
@@ -658,8 +724,9 @@ def check_encoder(name: str, *, registry: Registry | None = None) -> None:
         _close(padded, alone, what, "padding (attention_mask 0) changes the states of real tokens")
         logits = enc.build_lm_head()(h)
         if tuple(logits.shape) != (2, 6, enc.vocab_size):
-            raise _fail(what, f"build_lm_head() gives logits of shape {tuple(logits.shape)}, "
-                              f"expected {(2, 6, enc.vocab_size)}")
+            raise _fail(
+                what, f"build_lm_head() gives logits of shape {tuple(logits.shape)}, expected {(2, 6, enc.vocab_size)}"
+            )
         logits.float().pow(2).mean().backward()
         _check_grads(enc, what)
 
@@ -694,16 +761,21 @@ def check_decoder(name: str, *, registry: Registry | None = None) -> None:
             raise _fail(what, f"is_causal is {causal} but 'causal' {'is not' if causal else 'is'} in its provides")
         logits = dec.build_lm_head()(h)
         if tuple(logits.shape) != (2, 6, dec.vocab_size):
-            raise _fail(what, f"build_lm_head() gives logits of shape {tuple(logits.shape)}, "
-                              f"expected {(2, 6, dec.vocab_size)}")
+            raise _fail(
+                what, f"build_lm_head() gives logits of shape {tuple(logits.shape)}, expected {(2, 6, dec.vocab_size)}"
+            )
         logits.float().pow(2).mean().backward()
         _check_grads(dec, what)
         with torch.no_grad():
             if causal:
                 cache = dec.new_cache(2, 2, dtype=h.dtype, device=h.device)  # small: the cache must grow
-                steps = [dec(ids[:, a:b], memory=memory, cache=cache).last_hidden_state
-                         for a, b in ((0, 3), (3, 4), (4, 5), (5, 6))]
-                _close(torch.cat(steps, 1), h.detach(), what, "incremental decoding with new_cache() differs from one pass")
+                steps = [
+                    dec(ids[:, a:b], memory=memory, cache=cache).last_hidden_state
+                    for a, b in ((0, 3), (3, 4), (4, 5), (5, 6))
+                ]
+                _close(
+                    torch.cat(steps, 1), h.detach(), what, "incremental decoding with new_cache() differs from one pass"
+                )
             if "memory_dim" in dec.config_class.field_names():
                 _, xdec, xconfig = _build_part("decoder", name, reg, memory_dim=24)
                 xdec.eval()
@@ -713,7 +785,9 @@ def check_decoder(name: str, *, registry: Registry | None = None) -> None:
                 y1 = xdec(ids, memory=m1).last_hidden_state
                 y2 = xdec(ids, memory=m2).last_hidden_state
                 if tuple(y1.shape) != (2, 6, xdec.d_model):
-                    raise _fail(what, f"with a memory, output shape is {tuple(y1.shape)}, expected {(2, 6, xdec.d_model)}")
+                    raise _fail(
+                        what, f"with a memory, output shape is {tuple(y1.shape)}, expected {(2, 6, xdec.d_model)}"
+                    )
                 if torch.equal(y1, y2):
                     raise _fail(what, "with cross-attention, the output does not depend on the memory")
 
@@ -750,9 +824,8 @@ def check_declaration(kind: str, name: str, *, registry: Registry | None = None)
             raise _fail(what, str(exc)) from exc
         if kind == "hf_converter" and not comp.model_types:
             raise _fail(what, "an hf_converter must list the Hugging Face model_types it reads")
-        if kind == "model":
-            if comp.default_objective is not None and not reg.has("objective", comp.default_objective):
-                raise _fail(what, f"its default objective {comp.default_objective!r} is not registered")
+        if kind == "model" and comp.default_objective is not None and not reg.has("objective", comp.default_objective):
+            raise _fail(what, f"its default objective {comp.default_objective!r} is not registered")
 
 
 # ------------------------------------------------------------------ aggregate runs
@@ -798,7 +871,9 @@ class Report:
         return self
 
     def __str__(self) -> str:
-        return "\n".join(f"{o.status:8} {o.check}[{o.case}]" + (f": {o.message}" if o.message else "") for o in self.outcomes)
+        return "\n".join(
+            f"{o.status:8} {o.check}[{o.case}]" + (f": {o.message}" if o.message else "") for o in self.outcomes
+        )
 
 
 MODEL_CHECKS: dict[str, Callable[..., None]] = {

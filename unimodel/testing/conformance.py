@@ -47,10 +47,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("plugin", plugins, ids=[f"plugin:{p}" for p in plugins])
         return
     found = _CASES[name](reg, sel)
-    params = [
-        pytest.param(c, id=c.id, marks=[pytest.mark.skip(reason=c.skip)] if c.skip else [])
-        for c in found
-    ]
+    params = [pytest.param(c, id=c.id, marks=[pytest.mark.skip(reason=c.skip)] if c.skip else []) for c in found]
     if not params:  # say so, rather than pytest's anonymous "empty parameter set"
         params = [pytest.param(None, id="none", marks=pytest.mark.skip(reason="no selected component to check"))]
     metafunc.parametrize("case", params)
@@ -71,14 +68,19 @@ def test_plugin_loaded(plugin: str) -> None:
     reg = get_registry()
     rec = reg.plugins[plugin]
     if not rec.ok:
-        pytest.fail(f"plugin {plugin!r} ({rec.source}) failed to load: {rec.error}\n{rec.traceback or ''}", pytrace=False)
+        pytest.fail(
+            f"plugin {plugin!r} ({rec.source}) failed to load: {rec.error}\n{rec.traceback or ''}", pytrace=False
+        )
     clashes = [f"{k} {n!r}" for (k, n), comps in reg.conflicts.items() if any(c.plugin == plugin for c in comps)]
     if clashes:
-        pytest.fail(f"plugin {plugin!r} registers names another plugin also registers: {', '.join(clashes)}",
-                    pytrace=False)
+        pytest.fail(
+            f"plugin {plugin!r} registers names another plugin also registers: {', '.join(clashes)}", pytrace=False
+        )
     if rec.api_version is None:
-        pytest.fail(f"plugin {plugin!r} does not declare its plugin API version; implement the "
-                    "unimodel_api_version hook", pytrace=False)
+        pytest.fail(
+            f"plugin {plugin!r} does not declare its plugin API version; implement the unimodel_api_version hook",
+            pytrace=False,
+        )
 
 
 def test_declaration(case: C.Case) -> None:
