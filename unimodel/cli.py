@@ -284,6 +284,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CheckpointError(f"checkpoint {args.checkpoint!r} does not exist")
     if args.exact_match_examples is not None and args.exact_match_examples < 0:
         raise InputError(f"--exact-match-examples must be 0 or more, got {args.exact_match_examples}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be 1 or more, got {args.batch_size}")
+    if args.max_batches is not None and args.max_batches < 1:
+        raise InputError(
+            f"--max-batches must be 1 or more (leave it out to evaluate every batch), got {args.max_batches}"
+        )
     result = training.evaluate(
         args.checkpoint,
         data=args.data,
@@ -460,11 +466,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if target == "hf":
         model = um.load(src)
-        um.to_hf(model, dst)
+        um.to_hf(model, dst, overwrite=args.overwrite)
         _out(f"wrote Hugging Face folder {dst} (model {model.name!r})")
     else:
         model = um.from_hf(src)
-        model.save(dst)
+        model.save(dst, overwrite=args.overwrite)
         _out(f"wrote unimodel checkpoint {dst} (model {model.name!r}, objective {model.objective_name!r})")
     return EXIT_OK
 

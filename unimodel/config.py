@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -54,6 +55,11 @@ class Config:
                 raise ConfigError(
                     f"{self.section}: field {f.name!r} must be {_type_name(hints[f.name])}, got {value!r}{exc.where}"
                 ) from None
+            except _NotFinite as exc:
+                raise ConfigError(
+                    f"{self.section}: field {f.name!r} must be a finite number, got {exc.value!r}"
+                    f"{'' if exc.value is value else f' (in {value!r})'}; NaN and infinity are never valid settings"
+                ) from None
             if coerced is not value:
                 object.__setattr__(self, f.name, coerced)
         self.check()
@@ -67,16 +73,27 @@ class Config:
         raise ConfigError(f"{self.section}: impossible config ({shown}): {problem}")
 
     def require_positive(self, *names: str) -> None:
-        """Fail on the first of ``names`` that is set and not > 0 (``None`` means "unset" and passes)."""
+        """Fail on the first of ``names`` that is set and not > 0 (``None`` means "unset" and passes).
+
+        For ``layer_norm_eps``, ``init_std``, temperatures, widths and counts."""
         for name in names:
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:
                 self.fail(name, "must be positive")
+
+    def require_at_least(self, minimum: float, *names: str) -> None:
+        """Fail on the first of ``names`` that is set and below ``minimum`` (``None`` passes)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and not value >= minimum:
+                self.fail(name, f"must be {minimum} or more")
 
     def require_fraction(self, *names: str, inclusive: bool = False) -> None:
         """Fail on the first of ``names`` outside [0, 1) (or [0, 1] when ``inclusive``)."""
         for name in names:
             value = getattr(self, name)
+            if value is None:
+                continue
             if not (0.0 <= value <= 1.0 if inclusive else 0.0 <= value < 1.0):
                 self.fail(name, "must be in [0, 1]" if inclusive else "must be in [0, 1)")
 
@@ -127,6 +144,13 @@ class _TypeMismatch(Exception):
         self.where = where
 
 
+class _NotFinite(Exception):
+    """A float field holding NaN or an infinity (JSON and TOML can both spell them)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
 def _coerce(value: Any, tp: Any) -> Any:
     """Check ``value`` against annotation ``tp``; return it, converted where lossless."""
     origin = typing.get_origin(tp)
@@ -160,7 +184,13 @@ def _coerce(value: Any, tp: Any) -> Any:
         raise _TypeMismatch()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range
+                raise _NotFinite(value) from None
+            if not math.isfinite(number):
+                raise _NotFinite(number)
+            return number
         raise _TypeMismatch()
     if tp is str:
         if isinstance(value, str):

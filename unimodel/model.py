@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from unimodel.bounds import check_model_memory
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
+from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
 from unimodel.interfaces import Backbone, Cap, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
@@ -134,15 +137,32 @@ class Model(nn.Module):
         enc_extra, dec_extra = self._route(inputs)
         if input_ids is None and encoder_outputs is None and not enc_extra:
             raise InputError("model call needs input_ids")
+        head = (
+            self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
+        )
+        lm_labels = isinstance(head, LMHead)
+        fused = self.objective.token_loss() if lm_labels and labels is not None else None
+        targets = check_call(  # shapes, dtypes, batch sizes, and every value range with one host sync
+            self,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            decoder_position_ids=decoder_position_ids,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            labels=labels,
+            logits_at=logits_at,
+            lm_labels=lm_labels,
+            shifted=fused is not None and fused.shift,
+        )
         enc = None
         memory = memory_mask = None
         extra: dict[str, Any] = {}
         if self.encoder is not None:
             if encoder_outputs is None:
-                if input_ids is not None:
-                    self.check_ids(input_ids, "input_ids", self.encoder)
-                if token_type_ids is not None:
-                    _check_integer(token_type_ids, "token_type_ids")
                 enc = self.encoder(
                     input_ids,
                     attention_mask=attention_mask,
@@ -167,10 +187,6 @@ class Model(nn.Module):
                 dec_ids, dec_mask, dec_pos = decoder_input_ids, decoder_attention_mask, decoder_position_ids
             else:
                 dec_ids, dec_mask, dec_pos = input_ids, attention_mask, position_ids
-            past = past_key_values.length if past_key_values is not None else 0
-            self.check_ids(
-                dec_ids, "decoder_input_ids" if self.encoder is not None else "input_ids", self.decoder, past
-            )
             cache = past_key_values
             if use_cache and cache is None:
                 cache = self.decoder.new_cache(
@@ -187,11 +203,10 @@ class Model(nn.Module):
             )
             hidden = out.last_hidden_state
             extra.update(out.extra)
-        head = (
-            self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
-        )
         pooled = enc.pooler_output if enc is not None else None
         logits, loss, correct = self._head_and_loss(head, hidden, pooled, labels, logits_at, return_logits)
+        if targets == 0 and loss is not None:
+            loss = _no_target_loss(hidden)
         return ModelOutput(
             logits=logits,
             last_hidden_state=hidden,
@@ -219,11 +234,14 @@ class Model(nn.Module):
         if getattr(head, "pooled_input", False):  # a sequence head reads the pooled vector
             logits = head(pooled)
             return logits, self.objective.loss(logits, labels) if labels is not None else None, None
+        if labels is not None and labels.shape != hidden.shape[:2]:
+            raise InputError(
+                f"labels must have shape {tuple(hidden.shape[:2])} (batch, positions), one per position of the "
+                f"{'decoder' if self.decoder is not None else 'encoder'} input; got {tuple(labels.shape)}"
+            )
         if logits_at is not None:
             at = self._check_logits_at(logits_at, hidden)
             hidden, labels = hidden[at], (labels[at] if labels is not None else None)  # (N, D), (N,)
-        if labels is not None and isinstance(head, LMHead):
-            self._check_labels(labels)  # token ids, before cross_entropy meets one outside the vocabulary
         fused = self.objective.token_loss() if labels is not None and not return_logits else None
         if fused is not None and isinstance(head, LMHead):
             if fused.shift and logits_at is None:
@@ -241,15 +259,6 @@ class Model(nn.Module):
                 f"{logits_at.dtype} {tuple(logits_at.shape)}"
             )
         return logits_at
-
-    def _check_labels(self, labels: Tensor) -> None:
-        _check_integer(labels, "labels")
-        bad = (labels >= self.vocab_size) | ((labels < 0) & (labels != IGNORE_INDEX))
-        if bool(bad.any()):
-            raise InputError(
-                f"labels contain {int(labels[bad][0])}, which is neither a token id of this model's vocabulary "
-                f"(0..{self.vocab_size - 1}) nor {IGNORE_INDEX} (ignored)"
-            )
 
     def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split family-specific inputs between encoder and decoder by their signatures."""
@@ -273,26 +282,18 @@ class Model(nn.Module):
         )
 
     def check_ids(self, ids: Tensor, name: str, part: nn.Module, past: int = 0) -> None:
-        """Reject ids a user could pass by mistake, before torch fails obscurely."""
-        _check_integer(ids, name)
-        if ids.dim() != 2:
-            raise InputError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
-        if ids.numel() == 0:
-            raise InputError(f"{name} is empty (shape {tuple(ids.shape)})")
-        lo, hi = int(ids.min()), int(ids.max())
-        vocab = part.vocab_size  # type: ignore[attr-defined]
-        if lo < 0 or hi >= vocab:
-            bad = lo if lo < 0 else hi
-            raise InputError(
-                f"{name} contains token id {bad}, outside this model's vocabulary of {vocab} (ids 0..{vocab - 1}); "
-                "was the text encoded with another tokenizer?"
-            )
+        """Reject ids a user could pass by mistake (dtype, shape, vocabulary, position table), before torch
+        fails obscurely; one host sync."""
+        ids = check_ids_shape(ids, name)
+        checks = RangeChecks()
+        check_ids_range(checks, ids, name, part.vocab_size)  # type: ignore[arg-type]
         max_pos = part.max_positions  # type: ignore[attr-defined]
         if max_pos is not None and past + ids.shape[1] > max_pos:
             raise InputError(
                 f"{name} has {past + ids.shape[1]} positions (including {past} cached) but model {self.name!r} "
                 f"has a position table of {max_pos}; truncate the input or build with a larger n_positions"
             )
+        checks.run()
 
     def shift_right(self, labels: Tensor) -> Tensor:
         """Decoder inputs from labels: prepend the decoder start token, drop the last, -100 -> pad."""
@@ -314,11 +315,15 @@ class Model(nn.Module):
         return generate(self, input_ids, **kwargs)
 
     # ------------------------------------------------------------------- I/O
-    def save(self, path: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json``) to a folder."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json``) to a folder.
+
+        The folder may be new, empty, or a checkpoint (replaced). A folder holding other files is refused
+        unless ``overwrite``; then only the checkpoint's files are replaced and the other files are kept.
+        """
         from unimodel.checkpoint import save
 
-        return save(self, path)
+        return save(self, path, overwrite=overwrite)
 
 
 def _keyword_params(part: nn.Module | None) -> set[str]:
@@ -328,11 +333,15 @@ def _keyword_params(part: nn.Module | None) -> set[str]:
     return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
 
 
-def _check_integer(t: Tensor, name: str) -> None:
-    if not isinstance(t, Tensor):
-        raise InputError(f"{name} must be a torch tensor of token ids, got {type(t).__name__}")
-    if t.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise InputError(f"{name} must hold integer token ids (torch.long), got dtype {t.dtype}")
+def _no_target_loss(hidden: Tensor) -> Tensor:
+    """The loss of a batch whose labels are all -100: zero (a mean over no target would be NaN), still part
+    of the graph so that ``backward()`` works and gives zero gradients."""
+    warnings.warn(
+        f"labels hold no target: every position is {IGNORE_INDEX} (ignored), so the loss is 0 and teaches nothing; "
+        "check the objective's masking or the batch",
+        stacklevel=5,  # the caller of the model
+    )
+    return hidden.new_zeros(()) + hidden.sum() * 0.0  # + 0 makes a -0.0 a 0.0
 
 
 # ---------------------------------------------------------------- build API
@@ -357,12 +366,17 @@ def split_spec(spec: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any],
     if "objective" in extra:
         objective = extra.pop("objective")
     model.update(extra)
-    if "name" not in model:
-        raise ConfigError("model spec needs a 'name' (a model or preset; see `unimodel list model`)")
+    if not isinstance(model.get("name"), str):
+        raise ConfigError("model spec needs a 'name', a string (a model or preset; see `unimodel list model`)")
     if isinstance(objective, str):
         objective = {"name": objective}
-    elif objective is not None:
+    elif isinstance(objective, Mapping):
         objective = dict(objective)
+    elif objective is not None:
+        raise ConfigError(
+            f"objective must be a name or a table with a name (e.g. {{name = 'fim', rate = 0.5}}), "
+            f"got {type(objective).__name__} {objective!r:.60}"
+        )
     return model, objective
 
 
@@ -388,6 +402,7 @@ def build_model(
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
     objective = build_objective(objective_spec, registry=reg, provides=provides, model_name=name)
 
+    check_model_memory(family, config, objective, f"model {name!r}")  # before any parameter is allocated
     backbone = family.build_backbone(config)
     missing = set(type(objective).requires) - set(backbone.provides)
     if missing:  # the registry metadata promised more than the built backbone has
@@ -423,11 +438,13 @@ def build_objective(
     """Build an objective by name or dict. With ``provides`` (a backbone's
     capabilities), an objective that needs more fails with the list of ones that fit."""
     reg = registry or get_registry()
+    if not isinstance(spec, (str, Mapping)):
+        raise ConfigError(f"build_objective takes an objective name or a dict, got {type(spec).__name__}")
     values = {"name": spec} if isinstance(spec, str) else dict(spec)
     values.update(overrides)
     name = values.pop("name", None)
-    if name is None:
-        raise ConfigError("objective spec needs a 'name' (see `unimodel list objective`)")
+    if not isinstance(name, str):
+        raise ConfigError("objective spec needs a 'name', a string (see `unimodel list objective`)")
     comp = reg.get("objective", name)
     if provides is not None:
         missing = set(comp.requires) - set(provides)

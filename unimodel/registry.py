@@ -10,13 +10,15 @@ imports torch or model code.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import importlib
 import importlib.metadata
+import signal
 import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -33,6 +35,46 @@ from unimodel.errors import (
 
 KINDS = ("model", "encoder", "decoder", "objective", "decoding", "hf_converter", "corpus")
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+
+
+class PluginAbort(Exception):
+    """Plugin code raised ``SystemExit`` or another ``BaseException`` (recorded like any plugin failure)."""
+
+
+@contextlib.contextmanager
+def plugin_code() -> Iterator[None]:
+    """Run a plugin's import or hook: a ``sys.exit()`` (or a ``KeyboardInterrupt`` raised by the code rather
+    than by a real Ctrl-C, or any other ``BaseException``) becomes a :class:`PluginAbort`, so the plugin
+    is recorded as failed instead of ending the program. A real Ctrl-C still interrupts."""
+    interrupted = False
+    # A real Ctrl-C reaches Python through the SIGINT handler (main thread only): note it there.
+    watch = threading.current_thread() is threading.main_thread()
+    previous: Any = signal.getsignal(signal.SIGINT) if watch else None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+    if watch and previous != signal.SIG_IGN:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if interrupted:
+            raise
+        raise PluginAbort("raised KeyboardInterrupt while no Ctrl-C was pressed") from None
+    except Exception:
+        raise
+    except BaseException as exc:  # SystemExit and the like: sys.exit() in plugin code must not end the program
+        detail = f"({exc.code!r}), as sys.exit() does" if isinstance(exc, SystemExit) else f": {exc}"
+        raise PluginAbort(f"raised {type(exc).__name__}{detail}") from None
+    finally:
+        if watch and previous != signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 @dataclass(frozen=True)
@@ -84,7 +126,8 @@ class Component:
         """Import and return the object at :attr:`target`."""
         module_name, _, attr = self.target.partition(":")
         try:
-            obj: Any = importlib.import_module(module_name)
+            with plugin_code():
+                obj: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except Exception as exc:
@@ -138,7 +181,8 @@ class Registry:
                 self._record_name_clash(ep.name, source)
                 continue
             try:
-                plugin = ep.load()
+                with plugin_code():
+                    plugin = ep.load()
             except Exception as exc:
                 self._record_failure(ep.name, source, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
                 continue
@@ -154,7 +198,8 @@ class Registry:
         record = PluginRecord(name=name, source=source)
         self.plugins[name] = record
         try:
-            self.pm.register(plugin, name=name)
+            with plugin_code():
+                self.pm.register(plugin, name=name)
             self.pm.check_pending()  # a misspelled hook name is an error, not a silent no-op
         except Exception as exc:
             if self.pm.is_registered(plugin):
@@ -164,13 +209,15 @@ class Registry:
         caller = self.pm.subset_hook_caller  # call this plugin's hooks only
         others = [p for p in self.pm.get_plugins() if p is not plugin]
         try:
-            versions = caller("unimodel_api_version", others)()
+            with plugin_code():
+                versions = caller("unimodel_api_version", others)()
             record.api_version = versions[0] if versions else None
             if record.api_version is not None and record.api_version != hookspecs.PLUGIN_API_VERSION:
                 raise PluginError(
                     f"targets plugin API {record.api_version}, this unimodel speaks {hookspecs.PLUGIN_API_VERSION}"
                 )
-            lists = caller("unimodel_components", others)()
+            with plugin_code():
+                lists = caller("unimodel_components", others)()
             comps = [c for lst in lists for c in (lst or [])]
             for c in comps:
                 if not isinstance(c, Component):

@@ -46,6 +46,7 @@ class BertConfig(Config):
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
         self.require_fraction("dropout", "attn_dropout")
+        self.require_positive("init_std")
         self.require_token_ids("pad_token_id")
 
 

@@ -278,6 +278,7 @@ class ClassifyConfig(Config):
         if self.num_labels < 1:
             self.fail("num_labels", "must be at least 1")
         self.require_fraction("dropout")
+        self.require_positive("init_std")
 
 
 def _wrap(

@@ -45,6 +45,7 @@ class GPTConfig(Config):
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
         self.require_fraction("dropout", "attn_dropout")
+        self.require_positive("layer_norm_eps", "init_std")
         self.require_token_ids("bos_token_id", "eos_token_id", "pad_token_id")
 
 

@@ -24,6 +24,7 @@ import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
+from unimodel.bounds import check_corpus_memory
 from unimodel.errors import DataError, UnimodelError
 
 
@@ -90,6 +91,7 @@ def _call(name: str, component: Any, options: Mapping[str, Any] | None, **args: 
                 f"{did_you_mean(unknown[0], known)} Its options: {', '.join(known) or 'none'}."
             )
     try:
+        check_corpus_memory(name, target, {**args, **options})  # before the corpus builds anything
         return target(**args, **options)
     except ValueError as exc:  # a corpus rejecting its options' values
         raise DataError(f"corpus {name!r}: {exc}; change data.corpus_options") from None

@@ -119,6 +119,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         prompt_length = ids.shape[1]
     extra = {name: options[name] for name in declared if name in options}
     settings = resolve_settings(model, options, strategy=strategy_name, prompt_length=prompt_length, extra=extra)
+    from unimodel.bounds import check_generation_memory
+
+    check_generation_memory(model, ids, settings)  # before any cache or beam buffer is allocated
     if model.encoder is None:
         inputs = GenerationInputs(ids, mask, ids)
     else:
