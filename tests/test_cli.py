@@ -367,3 +367,18 @@ def test_train_then_eval_then_resume(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
     assert cli.main(["train", "run.toml", "--set", "trian.max_steps=1"]) == 2
     assert "unknown section 'trian'. Did you mean 'train'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be 1 or more, got 0"),
+        (["--batch-size", "-3"], "--batch-size must be 1 or more, got -3"),
+        (["--max-batches", "0"], "--max-batches must be 1 or more (leave it out to evaluate every batch), got 0"),
+    ],
+)
+def test_eval_refuses_batch_counts_that_evaluate_nothing(checkpoint, tmp_path, capsys, flags, message):
+    (tmp_path / "text.txt").write_text("hello world, the quick brown fox jumps over the lazy dog.\n" * 20)
+    assert cli.main(["eval", str(checkpoint), "--data", str(tmp_path / "text.txt"), *flags]) == 2
+    out = capsys.readouterr()
+    assert message in out.err and "loss" not in out.out

@@ -318,3 +318,72 @@ def test_discovery_refuses_a_second_distribution_with_a_taken_plugin_name(tmp_pa
     clash = reg.plugins["gpt (unimodel-impostor)"]
     assert not clash.ok and "plugin name 'gpt' is already taken" in clash.error and "unimodel-impostor" in clash.error
     assert not reg.has("objective", "outside_clm")
+
+
+# ------------------------------------------------------------------ plugins that try to end the program
+EXITING_IMPORT = """
+    import sys
+    sys.exit(3)
+"""
+
+INTERRUPTING_IMPORT = """
+    raise KeyboardInterrupt  # raised by the code itself, not by a Ctrl-C
+"""
+
+CTRL_C_DURING_IMPORT = """
+    import os, signal, time
+    os.kill(os.getpid(), signal.SIGINT)  # what pressing Ctrl-C does
+    time.sleep(5)
+"""
+
+EXITING_MODEL_MODULE = """
+    import sys
+    sys.exit("this module ends the program when imported")
+"""
+
+
+def test_a_plugin_calling_sys_exit_at_import_is_a_failed_plugin(site, global_registry):
+    write_dist(site, "unimodel-exits", {"exits": "um_exiting_plugin"}, {"um_exiting_plugin": EXITING_IMPORT})
+    write_dist(
+        site, "unimodel-breaks", {"breaks": "um_interrupting_plugin"}, {"um_interrupting_plugin": INTERRUPTING_IMPORT}
+    )
+    write_dist(site, "unimodel-outside", {"outside": "um_outside_plugin"}, {"um_outside_plugin": GOOD_PLUGIN})
+    reg = Registry()
+    exits, breaks = reg.plugins["exits"], reg.plugins["breaks"]
+    assert not exits.ok and "raised SystemExit(3), as sys.exit() does" in exits.error
+    assert not breaks.ok and "raised KeyboardInterrupt while no Ctrl-C was pressed" in breaks.error
+    assert reg.plugins["outside"].ok and reg.has("model", "gpt")  # the others loaded
+    set_registry(reg)
+    assert unimodel.build_model("gpt", vocab_size=50, n_positions=8, d_model=8, n_layers=1, n_heads=2) is not None
+
+
+def test_a_hook_raising_system_exit_is_a_failed_plugin():
+    class Exiting:
+        @hookimpl
+        def unimodel_components(self):
+            raise SystemExit(0)
+
+    class Interrupting:
+        @hookimpl
+        def unimodel_api_version(self):
+            raise KeyboardInterrupt
+
+    reg = Registry(discover=False)
+    exiting = reg.add_plugin(Exiting(), "exiting")
+    interrupting = reg.add_plugin(Interrupting(), "interrupting")
+    assert not exiting.ok and "SystemExit(0)" in exiting.error and len(reg.pm.get_plugins()) == 0
+    assert not interrupting.ok and "KeyboardInterrupt" in interrupting.error
+
+
+def test_a_component_module_calling_sys_exit_is_a_plugin_error(site):
+    (site / "um_exiting_model.py").write_text(textwrap.dedent(EXITING_MODEL_MODULE))
+    reg = Registry(discover=False)
+    reg.add_plugin(make_plugin(model("exits", target="um_exiting_model:Family")), "exits")
+    with pytest.raises(PluginError, match=r"model 'exits' from plugin 'exits' could not be imported .*SystemExit"):
+        reg.load("model", "exits")
+
+
+def test_a_real_ctrl_c_during_plugin_import_still_interrupts(site, global_registry):
+    write_dist(site, "unimodel-slow", {"slow": "um_slow_plugin"}, {"um_slow_plugin": CTRL_C_DURING_IMPORT})
+    with pytest.raises(KeyboardInterrupt):
+        Registry()

@@ -121,12 +121,14 @@ def _system_available() -> int | None:
 
 
 def format_size(nbytes: float) -> str:
-    """``"51.2 GiB"``, ``"1.5 MiB"``: sizes as messages show them."""
+    """``"51.2 GiB"``, ``"1.5 MiB"``, ``"10.0 KiB"``: sizes as messages show them."""
     if nbytes >= 100 * GIB:
         return f"{nbytes / GIB:,.0f} GiB"
     if nbytes >= GIB / 10:
         return f"{nbytes / GIB:.1f} GiB"
-    return f"{nbytes / (1 << 20):.1f} MiB"
+    if nbytes >= (1 << 20) / 10:
+        return f"{nbytes / (1 << 20):.1f} MiB"
+    return f"{nbytes / (1 << 10):.1f} KiB"
 
 
 def check_memory(
