@@ -5,14 +5,19 @@ Every size a user or a file supplies (``n_layers``, ``vocab_size``, ``num_beams`
 request that needs more than the memory available with a :class:`ResourceError`
 saying "this needs about N GiB, more than the M GiB available".
 
-- **Models** (:func:`check_model_memory`): the backbone and the objective's
-  heads are built on the ``meta`` device (shapes, no storage, no
-  initialisation) while a parameter/buffer registration hook sums their bytes.
-  The build stops as soon as the sum passes the budget; when a ``ModuleList``
-  is filled from a generator over a ``range`` (``nn.ModuleList(Block() for _ in
+- **Models** (:func:`build_within_memory`): a parameter/buffer registration
+  hook sums the bytes modules register while the backbone and the objective's
+  heads are built, and stops the build once the sum passes a limit. A model
+  is first built for real with the limit at :data:`PROBE_BYTES` (64 MiB):
+  ``nn.Linear`` and ``nn.Embedding`` register their weight before writing it,
+  so nothing large is ever filled. A model that passes it is then built on the
+  ``meta`` device (shapes, no storage, initialisers skipped) with the limit at
+  the memory available (:func:`estimate_model_bytes`), refused if it does not
+  fit, and built again from the same random state. When a ``ModuleList`` is
+  filled from a generator over a ``range`` (``nn.ModuleList(Block() for _ in
   range(n))``), the children still to come are projected from the ones built
-  so far, so ``n_layers = 10**6`` stops after two layers. Estimates of
-  complete builds are cached per config.
+  so far, so ``n_layers = 10**6`` stops after two layers. Meta estimates are
+  cached per config.
 - **Generation** (:func:`check_generation_memory`): the decoder's own
   ``new_cache(rows, max_length)`` is created on the ``meta`` device and
   measured, plus per-row logits and sequences, plus cross-attention memory.
@@ -36,7 +41,7 @@ import random
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -194,6 +199,10 @@ _ESTIMATES: dict[str, int] = {}
 _MAX_CACHED = 256
 _local = threading.local()
 
+PROBE_BYTES = 64 << 20
+"""A model is first built for real while its registered tensors stay under this many bytes (and under an
+eighth of the memory available); one that passes it is measured on ``meta`` before being built."""
+
 
 class _OverBudget(Exception):
     def __init__(self, nbytes: int, projected: bool) -> None:
@@ -201,47 +210,56 @@ class _OverBudget(Exception):
 
 
 class _Tally:
-    """Bytes of the parameters and buffers registered while a build runs on ``meta``."""
+    """Bytes of the parameters and buffers modules hold while a build runs; past ``budget`` it stops the build.
+
+    A tensor held by several modules (tied weights) counts once; one that a module stops holding (a weight
+    replaced by a tied one) stops counting when no module holds it any more. A ``ModuleList`` filled from a
+    generator over a ``range`` has its children still to come projected from the ones built so far.
+    """
 
     def __init__(self, budget: int | None) -> None:
         self.budget = budget
         self.total = 0
-        self.seen: set[int] = set()
-        self.child_bytes: dict[int, int] = {}  # container id -> smallest child seen
+        self.slots: dict[tuple[int, str], int] = {}  # (module id, attribute) -> tensor id
+        self.held: dict[int, list[Any]] = {}  # tensor id -> [holders, bytes, the tensor (keeps its id unique)]
+        self.smallest_child: dict[int, int] = {}  # ModuleList id -> bytes of its smallest child so far
 
-    def add(self, tensor: Any) -> None:
-        if tensor is None or id(tensor) in self.seen:
+    def add(self, module: Any, name: str, tensor: Any) -> None:
+        key = (id(module), name)
+        previous = self.slots.pop(key, None)
+        if previous is not None:
+            entry = self.held[previous]
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.total -= entry[1]
+                del self.held[previous]
+        if tensor is None:
             return
-        self.seen.add(id(tensor))
-        self.total += tensor.numel() * tensor.element_size()
+        self.slots[key] = id(tensor)
+        entry = self.held.get(id(tensor))
+        if entry is not None:
+            entry[0] += 1
+            return
+        nbytes = tensor.numel() * tensor.element_size()
+        self.held[id(tensor)] = [1, nbytes, tensor]
+        self.total += nbytes
         if self.budget is not None and self.total > self.budget:
             raise _OverBudget(self.total, projected=False)
 
-    def add_child(self, container: nn.Module, child: nn.Module) -> None:
-        """Project the children a ``ModuleList`` has still to receive from a generator over a range."""
+    def add_child(self, container: Any, child: Any) -> None:
         if self.budget is None:
             return
         size = sum(t.numel() * t.element_size() for t in _unique_tensors(child))
-        smallest = min(size, self.child_bytes.get(id(container), size))
-        self.child_bytes[id(container)] = smallest
-        remaining = _children_to_come()
-        if remaining:
-            projected = self.total + remaining * smallest
-            if projected > self.budget:
-                raise _OverBudget(projected, projected=True)
+        smallest = min(size, self.smallest_child.get(id(container), size))
+        self.smallest_child[id(container)] = smallest
+        projected = self.total + (_children_to_come() or 0) * smallest
+        if projected > self.budget:
+            raise _OverBudget(projected, projected=True)
 
 
-def _unique_tensors(module: nn.Module) -> list[Any]:
-    return _unique_tensors_of([module])
-
-
-def _unique_tensors_of(modules: Iterable[nn.Module]) -> list[Any]:
+def _unique_tensors(*modules: nn.Module) -> list[Any]:
     """Parameters and buffers of ``modules``, each tied tensor once."""
-    found: dict[int, Any] = {}
-    for module in modules:
-        for t in [*module.parameters(), *module.buffers()]:
-            found[id(t)] = t
-    return list(found.values())
+    return list({id(t): t for m in modules for t in [*m.parameters(), *m.buffers()]}.values())
 
 
 def _children_to_come() -> int | None:
@@ -250,8 +268,8 @@ def _children_to_come() -> int | None:
     from torch import nn
 
     extend_code = nn.ModuleList.extend.__code__
-    frame = sys._getframe(2)
-    for _ in range(8):  # hook <- add_module <- extend, with room for wrappers
+    frame = sys._getframe(1)
+    for _ in range(10):  # ... <- the registration hook <- add_module <- extend, with room for wrappers
         if frame is None:
             return None
         if frame.f_code is extend_code:
@@ -266,32 +284,49 @@ def _children_to_come() -> int | None:
 def _on_tensor(module: nn.Module, name: str, tensor: Any) -> None:
     tally = getattr(_local, "tally", None)
     if tally is not None:
-        tally.add(tensor)
+        tally.add(module, name, tensor)
 
 
 def _on_module(module: nn.Module, name: str, child: Any) -> None:
-    from torch import nn
-
     tally = getattr(_local, "tally", None)
-    if tally is not None and child is not None and isinstance(module, nn.ModuleList):
+    if tally is not None and child is not None and type(module).__name__ == "ModuleList":
         tally.add_child(module, child)
 
 
+@contextlib.contextmanager
+def _tallying(tally: _Tally) -> Iterator[None]:
+    """Count, in ``tally``, what modules built in this thread register."""
+    from torch.nn.modules import module as torch_module
+
+    hooks = [
+        torch_module.register_module_parameter_registration_hook(_on_tensor),
+        torch_module.register_module_buffer_registration_hook(_on_tensor),
+        torch_module.register_module_module_registration_hook(_on_module),
+    ]
+    _local.tally = tally
+    try:
+        yield
+    finally:
+        _local.tally = None
+        for hook in hooks:
+            hook.remove()
+
+
 def _meta_mode() -> Any:
+    """A mode in which tensors are created on ``meta`` (whatever device is asked for) and initialisers do nothing."""
     import torch
     from torch.overrides import TorchFunctionMode
 
-    meta = torch.device("meta")
     try:
         from torch.utils._device import _device_constructors
 
         constructors = _device_constructors()
-    except ImportError:  # pragma: no cover - older or newer torch: every tensor made on meta is still counted
-        constructors = set()
+    except ImportError:  # pragma: no cover - a torch without the list: the common factories
+        names = ("empty", "zeros", "ones", "full", "rand", "randn", "randint", "arange", "tensor", "eye")
+        constructors = {getattr(torch, n) for n in names}
+    meta = torch.device("meta")
 
     class MetaBuild(TorchFunctionMode):
-        """Tensors are created on ``meta`` (whatever device is asked for); initialisers do nothing."""
-
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
             if func in constructors:
@@ -303,6 +338,38 @@ def _meta_mode() -> Any:
             return func(*args, **kwargs)
 
     return MetaBuild()
+
+
+def build_within_memory(family: type[ModelFamily], config: Any, objective: Objective, what: str) -> tuple[Any, Any]:
+    """``(backbone, heads)``: ``family.build_backbone(config)`` and ``objective.build_heads(backbone)``, built
+    only when their parameters and buffers fit in the memory available, else a :class:`ResourceError`.
+
+    The build first runs for real under a registration hook that stops it as soon as the registered tensors
+    pass :data:`PROBE_BYTES` (an ``nn.Linear`` or ``nn.Embedding`` registers its weight before initialising
+    it, so a large weight is never written). A small model is then simply built. One that passes the
+    probe, or whose allocation fails, is measured on the ``meta`` device (:func:`estimate_model_bytes`),
+    refused if it does not fit, and built again from the caller's random state, so seeded builds give the
+    same weights either way.
+    """
+    import torch
+
+    budget = available_memory()
+    if _cache_key(family, config, objective) not in _ESTIMATES and budget is not None:
+        rng, py_rng = torch.random.get_rng_state(), random.getstate()
+        try:
+            with _tallying(_Tally(min(PROBE_BYTES, budget.nbytes // 8))):
+                backbone = family.build_backbone(config)
+                return backbone, objective.build_heads(backbone)
+        except _OverBudget:
+            pass
+        except RuntimeError as exc:  # the allocator refusing a tensor larger than the machine
+            if "alloc" not in str(exc).lower():
+                raise
+        torch.random.set_rng_state(rng)
+        random.setstate(py_rng)
+    check_model_memory(family, config, objective, what, budget=budget)
+    backbone = family.build_backbone(config)
+    return backbone, objective.build_heads(backbone)
 
 
 def _cache_key(family: type, config: Any, objective: Objective | None) -> str:
@@ -331,38 +398,27 @@ def estimate_model_bytes(
     and buffers, from a build on the ``meta`` device that stops once it passes ``budget`` bytes.
 
     ``None`` when the family cannot be built on ``meta`` (no estimate; the real build goes ahead).
-    Torch's and Python's RNG states are left as they were.
+    Torch's and Python's random states are left as they were. Complete estimates are cached per config.
     """
     import torch
-    from torch.nn.modules import module as torch_module
 
     key = _cache_key(family, config, objective)
     cached = _ESTIMATES.get(key)
     if cached is not None:
         return ModelEstimate(cached)
-    tally = _Tally(budget)
     rng, py_rng = torch.random.get_rng_state(), random.getstate()
-    hooks = [
-        torch_module.register_module_parameter_registration_hook(_on_tensor),
-        torch_module.register_module_buffer_registration_hook(_on_tensor),
-        torch_module.register_module_module_registration_hook(_on_module),
-    ]
-    _local.tally = tally
     try:
-        with _meta_mode():
+        with _tallying(_Tally(budget)), _meta_mode():
             backbone = family.build_backbone(config)
             heads = objective.build_heads(backbone) if objective is not None else {}
-        # What the built model keeps: a weight replaced by a tied one while building is not counted.
+        # What the model keeps: a module replaced by a shared one while building (T5's decoder embedding) drops out.
         parts = [backbone.encoder, backbone.decoder, backbone.lm_head, *heads.values()]
-        total = sum(t.numel() * t.element_size() for t in _unique_tensors_of(p for p in parts if p is not None))
+        total = sum(t.numel() * t.element_size() for t in _unique_tensors(*(p for p in parts if p is not None)))
     except _OverBudget as over:
         return ModelEstimate(over.nbytes, complete=False, lower_bound=not over.projected)
     except Exception:  # a family that cannot be built on meta is built without a prior estimate
         return None
     finally:
-        _local.tally = None
-        for hook in hooks:
-            hook.remove()
         torch.random.set_rng_state(rng)
         random.setstate(py_rng)
     if len(_ESTIMATES) >= _MAX_CACHED:
@@ -372,10 +428,10 @@ def estimate_model_bytes(
 
 
 def check_model_memory(
-    family: type[ModelFamily], config: Any, objective: Objective | None, what: str
+    family: type[ModelFamily], config: Any, objective: Objective | None, what: str, *, budget: Budget | None = None
 ) -> ModelEstimate | None:
     """Refuse a model whose parameters and buffers need more memory than is available, before building it."""
-    budget = available_memory()
+    budget = budget or available_memory()
     estimate = estimate_model_bytes(family, config, objective, budget=budget.nbytes if budget else None)
     if estimate is not None:
         check_memory(estimate.nbytes, what, budget=budget, at_least=estimate.lower_bound, fix=_FIX)
@@ -478,6 +534,7 @@ __all__ = [
     "Budget",
     "ModelEstimate",
     "available_memory",
+    "build_within_memory",
     "check_corpus_memory",
     "check_generation_memory",
     "check_memory",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from unimodel.bounds import check_model_memory
+from unimodel.bounds import build_within_memory
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
 from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
@@ -402,8 +402,7 @@ def build_model(
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
     objective = build_objective(objective_spec, registry=reg, provides=provides, model_name=name)
 
-    check_model_memory(family, config, objective, f"model {name!r}")  # before any parameter is allocated
-    backbone = family.build_backbone(config)
+    backbone, heads = build_within_memory(family, config, objective, f"model {name!r}")  # or a ResourceError
     missing = set(type(objective).requires) - set(backbone.provides)
     if missing:  # the registry metadata promised more than the built backbone has
         raise IncompatibleObjectiveError(
@@ -414,7 +413,6 @@ def build_model(
         from unimodel.data.tokenizer import check_objective_tokens
 
         check_objective_tokens(tokenizer, objective, objective_spec["name"])
-    heads = objective.build_heads(backbone)
     return Model(
         name=family_comp.name,
         preset=name if name != family_comp.name else None,
