@@ -174,3 +174,17 @@ def test_a_toml_run_is_refused_before_building(tmp_path, monkeypatch):
     run["model"] = {"name": "t5", **TINY["t5"]}
     with pytest.raises(ResourceError, match="corpus 'numbers'"):
         training.train(run)
+
+
+def test_a_model_past_the_probe_is_measured_then_built_with_the_same_weights(monkeypatch):
+    comp, _ = um.get_registry().resolve_model("gpt")
+    family = comp.load()
+    torch.manual_seed(3)
+    direct = family.build_backbone(family.config_class.from_dict(TINY["gpt"]))
+    monkeypatch.setattr(bounds, "PROBE_BYTES", 10_000)  # the tiny model passes it: the meta path runs
+    bounds._ESTIMATES.clear()
+    torch.manual_seed(3)
+    model = um.build_model("gpt", **TINY["gpt"])
+    assert any(k.startswith("unimodel_gpt.model.GPT|") for k in bounds._ESTIMATES)  # it was measured on meta
+    expected = direct.decoder.state_dict()
+    assert all(torch.equal(t, expected[k]) for k, t in model.decoder.state_dict().items())
