@@ -121,6 +121,10 @@ def test_good_inputs_of_every_accepted_form_run(models):
         for pos in (torch.arange(5), torch.arange(5)[None], torch.arange(5).expand(2, 5)):
             assert torch.allclose(gpt(x, position_ids=pos).logits, base, atol=1e-6)
         bert(x, token_type_ids=torch.zeros(2, 5, dtype=torch.long), attention_mask=ones(2, 5))
+        paired = um.build_model(
+            {"name": "encoder-decoder", "encoder": {"name": "bert", **BERT}, "decoder": {"name": "gpt", **GPT}}
+        )
+        paired(x, token_type_ids=torch.zeros(2, 5, dtype=torch.long), decoder_input_ids=ids(2, 3))  # BERT's types
 
 
 @pytest.mark.parametrize(("name", "fused"), [("gpt", False), ("gpt", True), ("t5", False), ("t5", True)])

@@ -44,6 +44,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from unimodel.errors import ConfigError, ResourceError
@@ -236,9 +237,9 @@ class _Tally:
         if tensor is None:
             return
         self.slots[key] = id(tensor)
-        entry = self.held.get(id(tensor))
-        if entry is not None:
-            entry[0] += 1
+        holding = self.held.get(id(tensor))
+        if holding is not None:
+            holding[0] += 1
             return
         nbytes = tensor.numel() * tensor.element_size()
         self.held[id(tensor)] = [1, nbytes, tensor]
@@ -268,7 +269,7 @@ def _children_to_come() -> int | None:
     from torch import nn
 
     extend_code = nn.ModuleList.extend.__code__
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(10):  # ... <- the registration hook <- add_module <- extend, with room for wrappers
         if frame is None:
             return None

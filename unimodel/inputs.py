@@ -77,9 +77,9 @@ class RangeChecks:
             if hi is not None and vmax > hi:
                 raise InputError(message(vmax))
         counts = dict(zip([key for key, _ in self._counted], values[2 * len(self._limits) :], strict=True))
-        for key, message in self._zero.items():
+        for key, explanation in self._zero.items():
             if counts[key]:
-                raise InputError(message)
+                raise InputError(explanation)
         return counts
 
 
@@ -256,7 +256,8 @@ def _check_memory(checks: RangeChecks, encoder_outputs: Any, attention_mask: Any
 
 
 def _check_token_types(model: Model, token_type_ids: Any, input_ids: Any) -> None:
-    if Cap.TOKEN_TYPES not in model.provides:
+    encoder_types = model.encoder is not None and Cap.TOKEN_TYPES in getattr(model.encoder, "provides", ())
+    if Cap.TOKEN_TYPES not in model.provides and not encoder_types:  # a paired BERT encoder has them
         raise InputError(
             f"model {model.name!r} has no token types (segment embeddings), so token_type_ids would be ignored; "
             "do not pass them"

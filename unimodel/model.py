@@ -15,7 +15,7 @@ from unimodel.bounds import build_within_memory
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
 from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
-from unimodel.interfaces import Backbone, Cap, ModelFamily, ModelOutput, Objective
+from unimodel.interfaces import Backbone, Cap, Decoder, Encoder, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
 from unimodel.registry import Registry, get_registry
@@ -119,7 +119,8 @@ class Model(nn.Module):
             decoder_input_ids: (B, T) decoder input of an encoder-decoder model;
                 derived from ``labels`` by a right shift when absent.
             past_key_values: a cache from a previous call (``use_cache=True``).
-            labels: targets for the objective's loss (-100 ignored).
+            labels: targets for the objective's loss (-100 ignored). When no position has a target
+                (all -100), ``loss`` is 0 (a zero-gradient part of the graph) and a warning says so.
             logits_at: (B, T) bool; when given, the head runs only at the True
                 positions and ``logits`` is (N, V) for those N positions in
                 row-major order (``loss`` then pairs them with ``labels[logits_at]``).
@@ -133,6 +134,11 @@ class Model(nn.Module):
             **inputs: family-specific inputs (``perm_mask``, ``mems``,
                 ``pixel_values`` ...), passed to the encoder or decoder whose
                 ``forward`` declares them.
+
+        Raises:
+            InputError: an input of the wrong type, dtype, shape or batch size, or values out of range
+                (ids outside the vocabulary, masks other than 0/1, positions past the position table);
+                the message names the argument and the expected shape (see :mod:`unimodel.inputs`).
         """
         enc_extra, dec_extra = self._route(inputs)
         if input_ids is None and encoder_outputs is None and not enc_extra:
@@ -179,6 +185,7 @@ class Model(nn.Module):
             hidden = enc.last_hidden_state
             cache = None
         else:
+            dec_ids: Tensor | None
             if self.encoder is not None:
                 if decoder_input_ids is None:
                     if labels is None:
@@ -187,6 +194,8 @@ class Model(nn.Module):
                 dec_ids, dec_mask, dec_pos = decoder_input_ids, decoder_attention_mask, decoder_position_ids
             else:
                 dec_ids, dec_mask, dec_pos = input_ids, attention_mask, position_ids
+            if dec_ids is None:
+                raise InputError(f"model {self.name!r} needs input_ids for its decoder")
             cache = past_key_values
             if use_cache and cache is None:
                 cache = self.decoder.new_cache(
@@ -243,7 +252,7 @@ class Model(nn.Module):
             at = self._check_logits_at(logits_at, hidden)
             hidden, labels = hidden[at], (labels[at] if labels is not None else None)  # (N, D), (N,)
         fused = self.objective.token_loss() if labels is not None and not return_logits else None
-        if fused is not None and isinstance(head, LMHead):
+        if fused is not None and isinstance(head, LMHead) and labels is not None:
             if fused.shift and logits_at is None:
                 hidden, labels = hidden[:, :-1], labels[:, 1:]
             loss, correct = head.token_loss(hidden, labels, label_smoothing=fused.label_smoothing)
@@ -281,13 +290,13 @@ class Model(nn.Module):
             {k: v for k, v in inputs.items() if k in dec_keys and k not in enc_keys},
         )
 
-    def check_ids(self, ids: Tensor, name: str, part: nn.Module, past: int = 0) -> None:
+    def check_ids(self, ids: Tensor, name: str, part: Encoder | Decoder, past: int = 0) -> None:
         """Reject ids a user could pass by mistake (dtype, shape, vocabulary, position table), before torch
         fails obscurely; one host sync."""
         ids = check_ids_shape(ids, name)
         checks = RangeChecks()
-        check_ids_range(checks, ids, name, part.vocab_size)  # type: ignore[arg-type]
-        max_pos = part.max_positions  # type: ignore[attr-defined]
+        check_ids_range(checks, ids, name, part.vocab_size)
+        max_pos = part.max_positions
         if max_pos is not None and past + ids.shape[1] > max_pos:
             raise InputError(
                 f"{name} has {past + ids.shape[1]} positions (including {past} cached) but model {self.name!r} "
