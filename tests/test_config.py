@@ -228,3 +228,17 @@ def test_range_helpers_state_a_family_rule_in_one_line():
         Sampler(dropout=1.0)
     with pytest.raises(ConfigError, match=r"min_count=-1.0\): must be 0.0 or more"):
         Sampler(min_count=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: um.build_model({"name": 5}), "model spec needs a 'name', a string"),
+        (lambda: um.build_model("gpt2-tiny", objective=5), "objective must be a name or a table with a name"),
+        (lambda: um.build_objective(123), "build_objective takes an objective name or a dict, got int"),
+        (lambda: um.build_objective({"name": 3}), "objective spec needs a 'name', a string"),
+    ],
+)
+def test_specs_of_the_wrong_type_are_config_errors(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
