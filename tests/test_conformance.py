@@ -76,9 +76,12 @@ def test_kit_passes_on_every_builtin_component(tmp_path):
     reg = get_registry()
     families = [c for c in reg.components("model") if c.base is None and c.tiny]
     assert families, "no built-in family registers tiny overrides"
+    # the kit feeds token ids: for a family of continuous inputs, the checks that need inputs say so and skip
+    id_checks = ("forward", "roundtrip", "determinism", "input_errors")
     for fam in families:
         for test in ("forward", "roundtrip", "determinism", "config_roundtrip", "capabilities", "input_errors"):
-            assert outcomes.get(f"test_{test}[model:{fam.name}]") == "passed", (test, fam.name)
+            expected = "skipped" if Cap.CONTINUOUS_INPUT in fam.provides and test in id_checks else "passed"
+            assert outcomes.get(f"test_{test}[model:{fam.name}]") == expected, (test, fam.name)
         if "kv_cache" in fam.provides:
             assert outcomes[f"test_kv_cache[model:{fam.name}]"] == "passed"
         for obj in reg.compatible_objectives(fam.provides):

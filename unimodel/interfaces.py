@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -77,7 +77,16 @@ class ModelOutput:
     n_correct: Tensor | None = None  # with return_logits=False: predictions whose argmax is the label
 
     def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
+        """``out["logits"]``; a family-specific output (``out["codes"]``) is looked up in ``extra``."""
+        if key in self.__dataclass_fields__:
+            return getattr(self, key)
+        try:
+            return self.extra[key]
+        except KeyError:
+            raise KeyError(f"model output has no {key!r}; it has {', '.join(self._keys())}") from None
+
+    def _keys(self) -> list[str]:
+        return [*self.__dataclass_fields__, *self.extra]
 
 
 @dataclass
@@ -174,6 +183,29 @@ class Decoder(nn.Module, ABC):
 
     @abstractmethod
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache: ...
+
+
+@runtime_checkable
+class CodebookPart(Protocol):
+    """What an encoder or decoder providing ``codebook`` offers: it maps continuous
+    inputs to a grid of discrete codes and back, so a prior can model the codes as tokens.
+
+    ``vocab_size`` is the number of codes; ``code_shape`` the code grid (h, w),
+    whose ``h * w`` positions a code sequence has (row-major).
+    :meth:`unimodel.Model.encode_codes` and :meth:`~unimodel.Model.decode_codes`
+    delegate to this part.
+    """
+
+    vocab_size: int
+    code_shape: tuple[int, ...]
+
+    def encode_codes(self, pixel_values: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, h*w) long codes."""
+        ...
+
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """(B, h*w) long codes -> (B, C, H, W)."""
+        ...
 
 
 @dataclass

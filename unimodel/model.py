@@ -6,7 +6,7 @@ import inspect
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,7 @@ from unimodel.bounds import build_within_memory
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
 from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
-from unimodel.interfaces import Backbone, Cap, Decoder, Encoder, ModelFamily, ModelOutput, Objective
+from unimodel.interfaces import Backbone, Cap, CodebookPart, Decoder, Encoder, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
 from unimodel.registry import Registry, get_registry
@@ -142,7 +142,7 @@ class Model(nn.Module):
         """
         enc_extra, dec_extra = self._route(inputs)
         if input_ids is None and encoder_outputs is None and not enc_extra:
-            raise InputError("model call needs input_ids")
+            raise InputError(f"model call needs {self._input_names()}")
         head = (
             self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
         )
@@ -269,6 +269,13 @@ class Model(nn.Module):
             )
         return logits_at
 
+    def _input_names(self) -> str:
+        """What a call must pass: input_ids, or the inputs an encoder of continuous data declares."""
+        if self.encoder is not None and Cap.CONTINUOUS_INPUT in type(self.encoder).provides:
+            own = sorted(_keyword_params(self.encoder) - _SHARED_INPUTS)
+            return " or ".join(own) or "input_ids"
+        return "input_ids"
+
     def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split family-specific inputs between encoder and decoder by their signatures."""
         if not inputs:
@@ -277,10 +284,7 @@ class Model(nn.Module):
         dec_keys = _keyword_params(self.decoder)
         unknown = [k for k in inputs if k not in enc_keys and k not in dec_keys]
         if unknown:
-            takes = sorted(
-                (enc_keys | dec_keys)
-                - {"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"}
-            )
+            takes = sorted((enc_keys | dec_keys) - _SHARED_INPUTS)
             raise InputError(
                 f"model {self.name!r} does not take input(s) {', '.join(map(repr, unknown))}; besides input_ids, "
                 f"attention_mask, labels and decoder_* inputs it takes: {', '.join(takes) or 'nothing else'}"
@@ -315,6 +319,26 @@ class Model(nn.Module):
         shifted[:, 0] = start
         return shifted.masked_fill_(shifted == -100, pad)
 
+    # ----------------------------------------------------------------- codes
+    def encode_codes(self, pixel_values: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> codes (B, h*w) long, by the backbone part that provides ``codebook``."""
+        return self.codebook_part().encode_codes(pixel_values)
+
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """Codes (B, h*w) -> images (B, C, H, W), by the backbone part that provides ``codebook``."""
+        return self.codebook_part().decode_codes(codes)
+
+    def codebook_part(self) -> CodebookPart:
+        """The encoder or decoder that provides ``codebook`` (see :class:`~unimodel.interfaces.CodebookPart`)."""
+        for part in (self.encoder, self.decoder):
+            if part is not None and Cap.CODEBOOK in type(part).provides:
+                return cast(CodebookPart, part)
+        raise InputError(
+            f"model {self.name!r} has no codebook (it provides {', '.join(sorted(self.provides))}); "
+            "encode_codes and decode_codes need a model whose backbone provides 'codebook' "
+            "(`unimodel info MODEL` lists what a model provides)"
+        )
+
     # -------------------------------------------------------------- generate
     @torch.no_grad()
     def generate(self, input_ids: Tensor, **kwargs: Any) -> Tensor:
@@ -333,6 +357,10 @@ class Model(nn.Module):
         from unimodel.checkpoint import save
 
         return save(self, path, overwrite=overwrite)
+
+
+# inputs every encoder or decoder shares, not family-specific ones
+_SHARED_INPUTS = frozenset({"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"})
 
 
 def _keyword_params(part: nn.Module | None) -> set[str]:

@@ -347,6 +347,8 @@ class _WithLogits:
 
 def _vocab_of(name: str, reg: Registry) -> int:
     family, tiny = family_and_tiny(name, reg)
+    if Cap.CONTINUOUS_INPUT in family.provides:  # before anything builds a tokenizer for it
+        raise NotApplicable(f"model {name!r}: takes continuous inputs; the kit feeds token ids only")
     cls: type[ModelFamily] = family.load()
     vocab = getattr(cls.config_class.from_dict(tiny), "vocab_size", None)
     if not isinstance(vocab, int):

@@ -1,0 +1,88 @@
+"""The VQ-VAE family for unimodel: images to a grid of discrete codes and back.
+
+Registers the model ``vqvae`` (presets ``vqvae-tiny`` for 32x32 and
+``vqvae-small`` for 64x64 images), the objective ``vq_reconstruction`` and the
+procedural image corpus ``shapes``. Only metadata lives here; torch and the
+model code load when a component is built.
+"""
+
+from __future__ import annotations
+
+from unimodel import hookimpl
+from unimodel.hookspecs import PLUGIN_API_VERSION
+from unimodel.registry import Component
+
+_PROVIDES = ("continuous_input", "codebook")
+_TINY = {
+    "image_size": 16,
+    "num_downsamples": 2,
+    "hidden_channels": 16,
+    "res_channels": 8,
+    "num_res_blocks": 1,
+    "latent_dim": 8,
+    "codebook_size": 32,
+    "kmeans_iters": 2,
+}
+
+# name: (config values, summary)
+_PRESETS = {
+    "vqvae-tiny": (
+        {"image_size": 32, "num_downsamples": 2, "hidden_channels": 64, "res_channels": 32, "latent_dim": 64},
+        "32x32 RGB images, 8x8 code grid, 512 codes",
+    ),
+    "vqvae-small": (
+        {"image_size": 64, "num_downsamples": 3, "hidden_channels": 128, "res_channels": 64, "latent_dim": 64},
+        "64x64 RGB images, 8x8 code grid, 512 codes",
+    ),
+}
+
+
+@hookimpl
+def unimodel_api_version() -> int:
+    return PLUGIN_API_VERSION
+
+
+@hookimpl
+def unimodel_components() -> list[Component]:
+    comps = [
+        Component(
+            kind="model",
+            name="vqvae",
+            target="unimodel_vqvae.model:VQVAEFamily",
+            summary="VQ-VAE: convolutional encoder and decoder around a VQ (EMA codebook) or FSQ bottleneck",
+            provides=_PROVIDES,
+            default_objective="vq_reconstruction",
+            tiny=_TINY,
+        ),
+        Component(
+            kind="objective",
+            name="vq_reconstruction",
+            target="unimodel_vqvae.objectives:VQReconstruction",
+            summary="image reconstruction (MSE or L1) through a quantised bottleneck, plus the quantizer loss",
+            requires=_PROVIDES,
+        ),
+        Component(
+            kind="corpus",
+            name="shapes",
+            target="unimodel_vqvae.shapes:shapes",
+            summary="images: 8 classes of coloured shapes, 32x32 or 64x64 RGB (generated; 10,000 train / 1,000 val.)",
+            extra={
+                "data": "images",
+                "corpus_options": "n_train = 10000, n_validation = 1000, image_size = 32, seed = 0",
+            },
+        ),
+    ]
+    for name, (values, summary) in _PRESETS.items():
+        comps.append(
+            Component(
+                kind="model",
+                name=name,
+                target="",
+                base="vqvae",
+                summary=summary,
+                defaults=values,
+                provides=_PROVIDES,
+                default_objective="vq_reconstruction",
+            )
+        )
+    return comps
