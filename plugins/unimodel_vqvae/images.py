@@ -104,12 +104,12 @@ def load_image_folder(
         index = {name: i for i, name in enumerate(class_names)}
         label_list = [index[p.relative_to(root).parts[0]] for p in files]
     arrays = []
-    size: tuple[int, int] | None = None
+    size: tuple[int, ...] | None = None
     for p in files:
         image = read_image(p, channels=channels, image_size=image_size)
         if size is None:
-            size = image.shape[1:]
-        elif image.shape[1:] != size:
+            size = tuple(image.shape[1:])
+        elif tuple(image.shape[1:]) != size:
             raise DataError(
                 f"image {str(p)!r} is {image.shape[2]}x{image.shape[1]} but the first image is {size[1]}x{size[0]}; "
                 "pass image_size to resize every image to one size"
@@ -138,10 +138,10 @@ def read_image(path: str | Path, *, channels: int = 3, image_size: int | None = 
                     "from one file; shrink it first"
                 )
             im.load()
-            im = im.convert("RGB" if channels == 3 else "L")
+            converted = im.convert("RGB" if channels == 3 else "L")
             if image_size is not None:
-                im = _square(im, image_size)
-            array = np.asarray(im, dtype=np.uint8)
+                converted = _square(converted, image_size)
+            array = np.asarray(converted, dtype=np.uint8)
     except DataError:
         raise
     except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ... for bad files

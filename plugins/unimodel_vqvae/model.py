@@ -267,6 +267,13 @@ class VQVAE(Encoder):
         return self._decode_latents(latents).clamp_(0, 1)
 
     # ------------------------------------------------------------------ validation
+    @property
+    def first_weight(self) -> Tensor:
+        """The first convolution's weight: where and in which dtype inputs must be."""
+        conv = self.image_encoder.net[0]
+        assert isinstance(conv, nn.Conv2d)
+        return conv.weight
+
     def check_pixels(self, x: Any) -> Tensor:
         """Refuse what the network cannot read; return x in the parameters' dtype."""
         shape = "(batch, " + ", ".join(map(str, self.image_shape)) + ")"
@@ -293,7 +300,7 @@ class VQVAE(Encoder):
                 f"pixel_values must lie in [0, 1], got values in [{float(lo):.4g}, {float(hi):.4g}]"
                 + ("; divide 0-255 images by 255" if float(hi) > 1.5 else "")
             )
-        weight = self.image_encoder.net[0].weight
+        weight = self.first_weight
         return x.to(device=weight.device, dtype=weight.dtype)
 
     def check_codes(self, codes: Any) -> Tensor:
@@ -316,7 +323,7 @@ class VQVAE(Encoder):
                 f"codes contain {lo if lo < 0 else hi}, outside this model's {self.vocab_size} codes "
                 f"(0..{self.vocab_size - 1})"
             )
-        return codes.long().to(self.image_encoder.net[0].weight.device)
+        return codes.long().to(self.first_weight.device)
 
 
 class VQVAEFamily(ModelFamily):

@@ -67,7 +67,7 @@ def image_batch(examples: Sequence[Any], what: str) -> Tensor:
     """
     if not examples:
         raise DataError(f"{what}: cannot build a batch from zero examples")
-    images = []
+    images: list[Tensor] = []
     for i, ex in enumerate(examples):
         image = ex.get("pixel_values") if isinstance(ex, Mapping) else ex
         if not isinstance(image, Tensor):
@@ -102,6 +102,8 @@ class VQReconstruction(Objective):
     primary_head = None
     uses_lm_head = False
     data_kind = "images"  # type: ignore[assignment]  # examples {"pixel_values": (C, H, W)}
+
+    config: VQReconstructionConfig
 
     def __init__(self, config: VQReconstructionConfig) -> None:
         super().__init__(config)

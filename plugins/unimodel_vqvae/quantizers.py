@@ -94,6 +94,12 @@ class VectorQuantizer(Quantizer):
     ``initialised`` whether k-means has run (always true without k-means).
     """
 
+    embed: Tensor
+    cluster_size: Tensor
+    embed_sum: Tensor
+    unused_steps: Tensor
+    initialised: Tensor
+
     def __init__(
         self,
         dim: int,
@@ -255,6 +261,9 @@ class FiniteScalarQuantizer(Quantizer):
     ``[0, levels[i])``, digit 0 least significant), so there are ``prod(levels)`` codes.
     """
 
+    levels: Tensor
+    basis: Tensor
+
     def __init__(self, dim: int, levels: tuple[int, ...], *, eps: float = 1e-3) -> None:
         super().__init__()
         self.levels_list = tuple(int(n) for n in levels)
@@ -285,18 +294,19 @@ class FiniteScalarQuantizer(Quantizer):
         """z (N, L) -> rounded values scaled to about [-1, 1], straight-through."""
         bounded = self.bound(z)
         rounded = bounded + (torch.round(bounded) - bounded).detach()
-        return rounded / (self.levels // 2).to(z.dtype)
+        half_width: Tensor = self.levels // 2
+        return rounded / half_width.to(z.dtype)
 
     def codes_from_latents(self, zq: Tensor) -> Tensor:
         """Scaled rounded values (N, L) -> code ids (N,)."""
-        half = self.levels // 2
+        half: Tensor = self.levels // 2
         digits = torch.round(zq * half).long() + half
         return (digits * self.basis).sum(-1)
 
     def latents_from_codes(self, codes: Tensor) -> Tensor:
         """Code ids (N,) -> scaled rounded values (N, L)."""
         digits = (codes.unsqueeze(-1) // self.basis) % self.levels
-        half = self.levels // 2
+        half: Tensor = self.levels // 2
         return ((digits - half).float() / half.float()).to(self.project_out.weight.dtype)
 
     def forward(self, x: Tensor, *, update: bool = True) -> Quantized:
