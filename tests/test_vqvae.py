@@ -205,3 +205,14 @@ def test_metrics_psnr_usage_and_perplexity(images, one_thread):
     )
     rec = model(pixel_values=images[3:])["reconstruction"]
     assert obj.loss(rec, images[3:]).item() == pytest.approx((rec - images[3:]).abs().mean().item())
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_training_step_under_bf16_autocast_keeps_codebook_statistics_in_fp32(quantizer, images, one_thread):
+    model = tiny(quantizer=quantizer).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.objective(model, {"pixel_values": images})
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    for name, buffer in model.encoder.quantizer.named_buffers():
+        assert buffer.dtype in (torch.float32, torch.long, torch.bool), name

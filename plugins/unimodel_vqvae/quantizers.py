@@ -146,7 +146,7 @@ class VectorQuantizer(Quantizer):
         return scores.argmin(dim=-1)
 
     def forward(self, x: Tensor, *, update: bool = True) -> Quantized:
-        z = self.project_in(x)  # (N, d)
+        z = self.project_in(x).float()  # (N, d); distances and EMA statistics in fp32 under autocast too
         if self.cosine:
             z = l2norm(z)
         learning = self.training and update
@@ -159,7 +159,7 @@ class VectorQuantizer(Quantizer):
             self.ema_update_(z.detach(), codes)
         z_q = z + (q - z).detach()  # straight-through: the gradient of z_q flows to z unchanged
         return Quantized(
-            latents=self.project_out(z_q),
+            latents=self.project_out(z_q).to(x.dtype),
             codes=codes,
             loss=self.commitment_weight * commitment,
             commitment=commitment.detach(),
@@ -310,10 +310,10 @@ class FiniteScalarQuantizer(Quantizer):
         return ((digits - half).float() / half.float()).to(self.project_out.weight.dtype)
 
     def forward(self, x: Tensor, *, update: bool = True) -> Quantized:
-        zq = self.quantize(self.project_in(x))
+        zq = self.quantize(self.project_in(x).float())  # fp32: rounding at the level boundaries
         zero = zq.new_zeros(())
         return Quantized(
-            latents=self.project_out(zq),
+            latents=self.project_out(zq).to(x.dtype),
             codes=self.codes_from_latents(zq.detach()),
             loss=zero,
             commitment=zero,
