@@ -97,6 +97,18 @@ def test_dead_codes_are_reseeded_from_the_batch_after_the_configured_steps():
     assert len(set(codes.tolist())) > 1  # the re-seeded codes now take part
 
 
+def test_restarts_draw_the_vectors_their_codes_fit_worst():
+    vq = vq_with_codebook([[0.0, 0.0], [50.0, 50.0]], dead_code_steps=1, eps=0.0).train()
+    with torch.no_grad():
+        vq.cluster_size.fill_(1e6)  # the EMA barely moves code 0 away from the origin
+    x = torch.tensor([[0.0, 0.0]] * 6 + [[3.0, -4.0]] + [[0.0, 0.0]] * 6)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        vq.unused_steps.fill_(0)
+        vq(x)
+        assert vq.embed[1].tolist() == [3.0, -4.0]  # the one row far from code 0
+
+
 def test_without_restart_dead_codes_stay_dead():
     vq = vq_with_codebook([[0.0, 0.0], [50.0, 50.0]], dead_code_steps=0).train()
     x = torch.tensor([[0.1, 0.0], [0.0, 0.2]])

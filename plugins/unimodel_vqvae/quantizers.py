@@ -86,7 +86,8 @@ class VectorQuantizer(Quantizer):
         kmeans_init: initialise the codebook by k-means (k-means++ seeding) on the first training batch.
         kmeans_iters: Lloyd iterations of that k-means.
         dead_code_steps: a code unused for this many consecutive training steps is
-            re-seeded from an encoder output of the current batch; 0 disables restarts.
+            re-seeded from an encoder output of the current batch (one its code fits
+            badly, see :meth:`restart_dead_codes_`); 0 disables restarts.
 
     Buffers: ``embed`` (K, d) the codebook; ``cluster_size`` (K,) EMA of the
     number of vectors assigned per step; ``embed_sum`` (K, d) EMA of their sum;
@@ -180,25 +181,25 @@ class VectorQuantizer(Quantizer):
         self.embed.copy_(l2norm(embed) if self.cosine else embed)
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         if self.dead_code_steps > 0:
-            self.restart_dead_codes_(z)
+            self.restart_dead_codes_(z, codes)
 
     @torch.no_grad()
-    def restart_dead_codes_(self, z: Tensor) -> int:
-        """Re-seed every code unused for ``dead_code_steps`` steps with a distinct row of z (N, d).
+    def restart_dead_codes_(self, z: Tensor, codes: Tensor) -> int:
+        """Re-seed every code unused for ``dead_code_steps`` steps with a row of z (N, d).
 
-        A re-seeded code starts with an EMA count of 1 and an EMA sum equal to its
-        new vector. Returns the number of codes re-seeded.
+        Rows are drawn without replacement (distinct while N allows), with probability
+        proportional to their squared distance to their code ``codes`` (N,), as k-means++
+        draws its seeds: new codes go where the codebook fits the batch worst. A
+        re-seeded code starts with an EMA count of 1 and an EMA sum equal to its new
+        vector. Returns the number of codes re-seeded.
         """
         dead = (self.unused_steps >= self.dead_code_steps).nonzero().squeeze(1)
         n_dead = dead.numel()
         if n_dead == 0:
             return 0
-        n = z.shape[0]
-        picks = (
-            torch.randperm(n, device=z.device)[:n_dead]
-            if n >= n_dead
-            else torch.randint(0, n, (n_dead,), device=z.device)
-        )
+        error = (z - self.embed[codes]).pow(2).sum(-1)
+        # a floor keeps every row drawable, so n_dead <= N distinct rows always exist
+        picks = torch.multinomial(error.clamp_min(1e-12), n_dead, replacement=n_dead > z.shape[0])
         seeds = z[picks]
         self.embed[dead] = seeds
         self.embed_sum[dead] = seeds
