@@ -7,7 +7,7 @@ import torch
 from unimodel_vqvae.objectives import code_statistics, psnr
 
 import unimodel as um
-from unimodel.errors import ConfigError, DataError, IncompatibleObjectiveError, InputError
+from unimodel.errors import ConfigError, DataError, IncompatibleObjectiveError, InputError, ResourceError
 
 TINY = dict(um.get_registry().get("model", "vqvae").tiny)  # 16x16 RGB, 4x4 grid, 32 codes
 
@@ -216,3 +216,14 @@ def test_training_step_under_bf16_autocast_keeps_codebook_statistics_in_fp32(qua
     assert torch.isfinite(out.loss)
     for name, buffer in model.encoder.quantizer.named_buffers():
         assert buffer.dtype in (torch.float32, torch.long, torch.bool), name
+
+
+def test_a_codebook_too_large_for_memory_is_refused_before_it_is_written():
+    import resource
+
+    from unimodel.bounds import memory_limit
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    with memory_limit(1 << 30), pytest.raises(ResourceError, match="model 'vqvae': this needs at least 2"):
+        um.build_model("vqvae", **{**TINY, "codebook_size": 2**20, "code_dim": 2**9})  # 2 GiB of codes
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 2**19  # not filled: < 0.5 GiB more

@@ -127,14 +127,17 @@ class VectorQuantizer(Quantizer):
         projected = d != dim
         self.project_in: nn.Module = nn.Linear(dim, d) if projected else nn.Identity()
         self.project_out: nn.Module = nn.Linear(d, dim) if projected else nn.Identity()
-        embed = torch.randn(codebook_size, d)
-        if cosine:
-            embed = l2norm(embed)
-        self.register_buffer("embed", embed)
+        # registered before they are filled, so unimodel's memory bound sees a codebook too large before it is written
+        self.register_buffer("embed", torch.empty(codebook_size, d))
+        self.register_buffer("embed_sum", torch.empty(codebook_size, d))
         self.register_buffer("cluster_size", torch.ones(codebook_size))
-        self.register_buffer("embed_sum", embed.clone())
         self.register_buffer("unused_steps", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
+        with torch.no_grad():
+            self.embed.normal_()
+            if cosine:
+                self.embed.copy_(l2norm(self.embed))
+            self.embed_sum.copy_(self.embed)
 
     # ------------------------------------------------------------------ lookup
     def nearest(self, z: Tensor, embed: Tensor | None = None) -> Tensor:
