@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,10 +13,10 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
-from unimodel.interfaces import Backbone, Cap, ModelFamily, ModelOutput, Objective
+from unimodel.interfaces import Backbone, Cap, Decoder, Encoder, EncoderOutput, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
-from unimodel.registry import Registry, get_registry
+from unimodel.registry import Component, Registry, get_registry
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -41,9 +42,13 @@ class Model(nn.Module):
         heads: Mapping[str, nn.Module],
         preset: str | None = None,
         tokenizer: Tokenizer | None = None,
+        provenance: Mapping[str, Mapping[str, str | None]] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
+        # by role ("model", "objective"): the qualified component and the distribution and version that provided it,
+        # which a checkpoint records so that loading it can name the package to install
+        self.provenance = {role: dict(entry) for role, entry in (provenance or {}).items()}
         self.preset = preset
         self.config = config
         self.encoder = backbone.encoder
@@ -143,12 +148,16 @@ class Model(nn.Module):
                     self.check_ids(input_ids, "input_ids", self.encoder)
                 if token_type_ids is not None:
                     _check_integer(token_type_ids, "token_type_ids")
-                enc = self.encoder(
+                enc = call_part(
+                    self.encoder,
                     input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                    position_ids=position_ids,
-                    **enc_extra,
+                    {
+                        "attention_mask": attention_mask,
+                        "token_type_ids": token_type_ids,
+                        "position_ids": position_ids,
+                        **enc_extra,
+                    },
+                    model=self.name,
                 )
             else:
                 enc = encoder_outputs
@@ -172,18 +181,27 @@ class Model(nn.Module):
                 dec_ids, "decoder_input_ids" if self.encoder is not None else "input_ids", self.decoder, past
             )
             cache = past_key_values
+            if (use_cache or cache is not None) and Cap.KV_CACHE not in self.provides:
+                raise InputError(
+                    f"model {self.name!r} keeps no cache for incremental decoding (it does not provide kv_cache); "
+                    "call it without use_cache and past_key_values, on the whole sequence"
+                )
             if use_cache and cache is None:
                 cache = self.decoder.new_cache(
                     dec_ids.shape[0], dec_ids.shape[1], dtype=self.dtype, device=dec_ids.device
                 )
-            out = self.decoder(
+            out = call_part(
+                self.decoder,
                 dec_ids,
-                attention_mask=dec_mask,
-                position_ids=dec_pos,
-                memory=memory,
-                memory_mask=memory_mask,
-                cache=cache,
-                **dec_extra,
+                {
+                    "attention_mask": dec_mask,
+                    "position_ids": dec_pos,
+                    "memory": memory,
+                    "memory_mask": memory_mask,
+                    "cache": cache,
+                    **dec_extra,
+                },
+                model=self.name,
             )
             hidden = out.last_hidden_state
             extra.update(out.extra)
@@ -252,17 +270,14 @@ class Model(nn.Module):
             )
 
     def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split family-specific inputs between encoder and decoder by their signatures."""
+        """Split family-specific inputs between encoder and decoder by their ``forward`` signatures."""
         if not inputs:
             return {}, {}
-        enc_keys = _keyword_params(self.encoder)
-        dec_keys = _keyword_params(self.decoder)
+        enc_keys = accepted_inputs(self.encoder) if self.encoder is not None else frozenset()
+        dec_keys = accepted_inputs(self.decoder) if self.decoder is not None else frozenset()
         unknown = [k for k in inputs if k not in enc_keys and k not in dec_keys]
         if unknown:
-            takes = sorted(
-                (enc_keys | dec_keys)
-                - {"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"}
-            )
+            takes = sorted((enc_keys | dec_keys) - _STANDARD_INPUTS)
             raise InputError(
                 f"model {self.name!r} does not take input(s) {', '.join(map(repr, unknown))}; besides input_ids, "
                 f"attention_mask, labels and decoder_* inputs it takes: {', '.join(takes) or 'nothing else'}"
@@ -271,6 +286,13 @@ class Model(nn.Module):
             {k: v for k, v in inputs.items() if k in enc_keys},
             {k: v for k, v in inputs.items() if k in dec_keys and k not in enc_keys},
         )
+
+    def encode(self, input_ids: Tensor | None, attention_mask: Tensor | None = None, **inputs: Any) -> EncoderOutput:
+        """Run the encoder alone, passing what its ``forward`` declares; ``inputs`` are encoder extras
+        (``token_type_ids``, ``pixel_values`` ...). Generation uses this to encode a source once."""
+        if self.encoder is None:
+            raise InputError(f"model {self.name!r} has no encoder")
+        return call_part(self.encoder, input_ids, {"attention_mask": attention_mask, **inputs}, model=self.name)
 
     def check_ids(self, ids: Tensor, name: str, part: nn.Module, past: int = 0) -> None:
         """Reject ids a user could pass by mistake, before torch fails obscurely."""
@@ -321,11 +343,76 @@ class Model(nn.Module):
         return save(self, path)
 
 
-def _keyword_params(part: nn.Module | None) -> set[str]:
-    if part is None:
-        return set()
-    params = inspect.signature(part.forward).parameters.values()
-    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+# Inputs the model hands every encoder or decoder whose forward declares them (see docs/plugins.md).
+_STANDARD_INPUTS = frozenset({"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"})
+# A mask of ones says nothing, so a part that takes no mask loses nothing when it is left out.
+_MASKS = frozenset({"attention_mask", "memory_mask"})
+
+
+@functools.cache
+def _forward_signature(cls: type) -> tuple[frozenset[str], bool, str | None]:
+    """What ``cls.forward`` takes: (keyword-passable names besides ``input_ids``, whether it has
+    ``**kwargs``, the name of its first positional parameter). Cached per class: this runs on every call."""
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]  # without self
+    names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names - {"input_ids"}, any(p.kind is p.VAR_KEYWORD for p in params), positional[0] if positional else None
+
+
+def _signature_owner(part: nn.Module) -> nn.Module:
+    """The module whose signature ``part`` forwards to: a wrapper names it in ``forwards_inputs_to``."""
+    while True:
+        attr = getattr(type(part), "forwards_inputs_to", None)
+        if attr is None:
+            return part
+        part = getattr(part, attr)
+
+
+def accepted_inputs(part: nn.Module) -> frozenset[str]:
+    """The input names (besides the ids) that an encoder's or decoder's ``forward`` declares."""
+    names, _, _ = _forward_signature(type(_signature_owner(part)))
+    return names
+
+
+def call_part(
+    part: nn.Module,
+    ids: Tensor | None,
+    inputs: Mapping[str, Any],
+    *,
+    model: str = "?",
+    optional: frozenset[str] = frozenset(),
+) -> Any:
+    """Call an encoder or decoder with ``ids`` and the ``inputs`` its ``forward`` declares.
+
+    An input the part does not declare is left out when it is ``None``, a mask
+    of ones, or named in ``optional`` (a hint the caller computed, such as the
+    position ids generation derives from padding); any other is an
+    :class:`InputError` naming what the part takes. A part whose ``forward``
+    takes ``**kwargs`` gets everything.
+    """
+    names, var_kw, first = _forward_signature(type(_signature_owner(part)))
+    if var_kw:
+        kwargs = dict(inputs)
+    else:
+        kwargs = {}
+        for key, value in inputs.items():
+            if key in names:
+                kwargs[key] = value
+            elif value is not None and key not in optional and not (key in _MASKS and bool(value.all())):
+                _refuse(part, key, names, model)
+    if ids is None and first is not None and first != "input_ids" and first in kwargs:
+        return part(**kwargs)  # a part whose main input is not ids (pixel_values, say)
+    return part(ids, **kwargs)
+
+
+def _refuse(part: nn.Module, key: str, names: frozenset[str], model: str) -> None:
+    owner = _signature_owner(part)
+    role = "encoder" if isinstance(owner, Encoder) else "decoder" if isinstance(owner, Decoder) else "part"
+    hint = ", so it cannot run a padded batch (give it rows of one length)" if key in _MASKS else ""
+    raise InputError(
+        f"model {model!r}: its {role} ({type(owner).__name__}) does not take {key}{hint}; its forward takes "
+        f"input_ids{', ' if names else ''}{', '.join(sorted(names))}"
+    )
 
 
 def _check_integer(t: Tensor, name: str) -> None:
@@ -377,6 +464,7 @@ def build_model(
     reg = registry or get_registry()
     model_spec, objective_spec = split_spec(spec, overrides)
     name = model_spec.pop("name")
+    named = reg.get("model", name)
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
     config = family.config_class.from_dict({**preset_values, **model_spec}, section=f"model {name!r}")
@@ -386,7 +474,7 @@ def build_model(
     objective_spec = objective_spec or {"name": family_comp.default_objective}
     if objective_spec.get("name") is None:
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
-    objective = build_objective(objective_spec, registry=reg, provides=provides, model_name=name)
+    objective, objective_comp = _build_objective(objective_spec, reg, provides=provides, model_name=name)
 
     backbone = family.build_backbone(config)
     missing = set(type(objective).requires) - set(backbone.provides)
@@ -395,20 +483,22 @@ def build_model(
             f"model {name!r} declares {sorted(provides)} but its backbone lacks "
             f"{sorted(missing)}; this is a bug in plugin {family_comp.plugin!r}"
         )
+    objective_name = reg.display_name(objective_comp)
     if tokenizer is not None:
         from unimodel.data.tokenizer import check_objective_tokens
 
-        check_objective_tokens(tokenizer, objective, objective_spec["name"])
+        check_objective_tokens(tokenizer, objective, objective_name)
     heads = objective.build_heads(backbone)
     return Model(
-        name=family_comp.name,
-        preset=name if name != family_comp.name else None,
+        name=reg.display_name(family_comp),
+        preset=reg.display_name(named) if named.base is not None else None,
         config=config,
         backbone=backbone,
         objective=objective,
-        objective_name=objective_spec["name"],
+        objective_name=objective_name,
         heads=heads,
         tokenizer=tokenizer,
+        provenance={"model": reg.provenance(family_comp), "objective": reg.provenance(objective_comp)},
     )
 
 
@@ -420,11 +510,17 @@ def build_objective(
     model_name: str | None = None,
     **overrides: Any,
 ) -> Objective:
-    """Build an objective by name or dict. With ``provides`` (a backbone's
+    """Build an objective by name (plain or ``plugin:name``) or dict. With ``provides`` (a backbone's
     capabilities), an objective that needs more fails with the list of ones that fit."""
-    reg = registry or get_registry()
     values = {"name": spec} if isinstance(spec, str) else dict(spec)
     values.update(overrides)
+    return _build_objective(values, registry or get_registry(), provides=provides, model_name=model_name)[0]
+
+
+def _build_objective(
+    spec: Mapping[str, Any], reg: Registry, *, provides: Any, model_name: str | None
+) -> tuple[Objective, Component]:
+    values = dict(spec)
     name = values.pop("name", None)
     if name is None:
         raise ConfigError("objective spec needs a 'name' (see `unimodel list objective`)")
@@ -438,7 +534,7 @@ def build_objective(
                 f"Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}."
             )
     cls: type[Objective] = comp.load()
-    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}"))
+    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}")), comp
 
 
-__all__ = ["Cap", "Model", "build_model", "build_objective"]
+__all__ = ["Cap", "Model", "accepted_inputs", "build_model", "build_objective", "call_part"]
