@@ -196,9 +196,10 @@ def _models_with(reg: Registry, requires: Sequence[str]) -> list[str]:
     need = set(requires)
     out = []
     for comp in reg.components("model"):
+        name = reg.display_name(comp)
         try:
-            if need <= reg.provides(comp.name):
-                out.append(comp.name)
+            if need <= reg.provides(name):
+                out.append(name)
         except UnimodelError:  # a preset whose base is missing is reported by doctor
             continue
     return out

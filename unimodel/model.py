@@ -182,8 +182,9 @@ class Model(nn.Module):
             )
             cache = past_key_values
             if (use_cache or cache is not None) and Cap.KV_CACHE not in self.provides:
+                why = "its decoder is non-causal" if not self.decoder.is_causal else "it does not provide kv_cache"
                 raise InputError(
-                    f"model {self.name!r} keeps no cache for incremental decoding (it does not provide kv_cache); "
+                    f"model {self.name!r} keeps no cache for incremental decoding ({why}); "
                     "call it without use_cache and past_key_values, on the whole sequence"
                 )
             if use_cache and cache is None:

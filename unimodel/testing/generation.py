@@ -62,7 +62,7 @@ def can_run(model: Model, strategy: Component, what: str) -> None:
 
 def start_option(model: Model) -> dict[str, Any]:
     """``decoder_start_token_id=0`` for an encoder-decoder model that has no start token of its own."""
-    if model.encoder is None or any(model.special_tokens.get(r) is not None for r in ("decoder_start", "bos")):
+    if not model.is_encoder_decoder or any(model.special_tokens.get(r) is not None for r in ("decoder_start", "bos")):
         return {}
     return {"decoder_start_token_id": 0}
 
@@ -75,11 +75,17 @@ def prompts(model: Model, lengths: tuple[int, ...], seed: int) -> list[Tensor]:
     return [torch.randint(0, part.vocab_size, (n,), generator=g) for n in lengths]
 
 
+def _generating_part(model: Model) -> Any:
+    """The part whose positions the generated tokens take: the decoder, or the encoder of an encoder-only model."""
+    part = model.decoder if model.decoder is not None else model.encoder
+    assert part is not None
+    return part
+
+
 def room(model: Model, prompt_length: int, wanted: int, what: str) -> int:
-    """New tokens to ask for: ``wanted``, or fewer where the decoder's position table ends."""
-    assert model.decoder is not None
-    limit = model.decoder.max_positions
-    used = prompt_length if model.encoder is None else 1
+    """New tokens to ask for: ``wanted``, or fewer where the position table ends."""
+    limit = _generating_part(model).max_positions
+    used = decoder_prompt_length(model, prompt_length)
     n = wanted if limit is None else min(wanted, limit - used)
     if n < 2:
         raise NotApplicable(f"{what}: the tiny config's position table ({limit}) leaves no room to generate")
@@ -95,7 +101,8 @@ def run_generate(model: Model, what: str, doing: str, ids: Tensor, **options: An
 
 
 def decoder_prompt_length(model: Model, prompt_length: int) -> int:
-    return prompt_length if model.encoder is None else 1
+    """P, the length of what generation continues: the prompt, or the decoder start token of an encoder-decoder."""
+    return 1 if model.is_encoder_decoder else prompt_length
 
 
 def _check_output(out: Tensor, what: str, doing: str, *, rows: int, prompt: int, new: int, vocab: int) -> None:
@@ -283,17 +290,19 @@ def _check_reorder(model: Model, what: str) -> None:
 
 
 def model_for(reg: Registry, requires: tuple[str, ...], plugin: str, *, generates: bool = False) -> str | None:
-    """A registered family (with ``tiny`` overrides, reading token ids) that provides ``requires``:
-    one of ``plugin``'s own first, then by name. ``generates``: it must also have a decoder."""
+    """A registered family (with ``tiny`` overrides, reading token ids) that provides ``requires``: one of
+    ``plugin``'s own first, then by name; with ``generates``, one with a decoder and an LM head first."""
     fits = []
     for comp in reg.components("model"):
         have = set(comp.provides)
         if comp.base is not None or not comp.tiny or not set(requires) <= have or Cap.CONTINUOUS_INPUT in have:
             continue
-        if generates and not have & {Cap.DECODER_ONLY, Cap.ENCODER_DECODER}:
-            continue
         fits.append(comp)
-    fits.sort(key=lambda c: (c.plugin != plugin, c.name))
+
+    def decodes(c: Component) -> bool:
+        return bool(set(c.provides) & {Cap.DECODER_ONLY, Cap.ENCODER_DECODER}) and Cap.LM_HEAD in c.provides
+
+    fits.sort(key=lambda c: (c.plugin != plugin, generates and not decodes(c), c.name))
     return reg.display_name(fits[0]) if fits else None
 
 
@@ -311,8 +320,7 @@ def check_decoding(name: str, *, registry: Registry | None = None) -> None:
             )
         model = build_tiny(target, registry=reg).eval()
         what += f" on model {target!r}"
-        assert model.decoder is not None
-        vocab = model.decoder.vocab_size
+        vocab = _generating_part(model).vocab_size
         batch = torch.stack(prompts(model, (4, 4), seed=7))
         p = decoder_prompt_length(model, batch.shape[1])
         new = room(model, batch.shape[1], 4, what)
@@ -320,7 +328,7 @@ def check_decoding(name: str, *, registry: Registry | None = None) -> None:
         options = {"strategy": reg.display_name(comp), "seed": 0, "max_new_tokens": new, **start_option(model)}
         first = run_generate(model, what, "a run", batch, pad_token_id=pad, **options)
         _check_output(first, what, "a run", rows=2, prompt=p, new=new, vocab=vocab)
-        if model.encoder is None and not torch.equal(first[:, :p], batch):
+        if not model.is_encoder_decoder and not torch.equal(first[:, :p], batch):
             raise _fail(what, "the output does not start with the prompt (strategies return prompt + new tokens)")
         if not torch.equal(run_generate(model, what, "a second run", batch, pad_token_id=pad, **options), first):
             raise _fail(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unimodel.interfaces import Cap
 from unimodel.registry import Registry
 from unimodel.testing.checks import (
     NotApplicable,
@@ -57,6 +58,8 @@ def check_prepare(name: str, *, registry: Registry | None = None) -> None:
         state = random.getstate()
         try:
             comp = reg.get("objective", name)
+            if Cap.CONTINUOUS_INPUT in comp.requires:
+                raise NotApplicable(f"{what} reads continuous data; the kit's synthetic examples are token ids")
             cls = comp.load()
             target = _target(name, reg)
             vocab = _vocab_of(target, reg) if target is not None else DEFAULT_VOCAB
