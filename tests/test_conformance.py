@@ -643,6 +643,7 @@ def unimodel_components():
         _model("stuck", "Stuck", "a cache whose reorder does nothing"),
         _model("running", "Running", "a running buffer that is not saved"),
         _model("cacheless", "Cacheless", "no KV cache", provides=("decoder_only", "causal", "lm_head")),
+        _model("claimscache", "ClaimsCache", "declares kv_cache without new_cache"),
         Component(kind="encoder", name="fixedvocab", target="um_contract:FixedVocabEncoder",
                   summary="ignores the pairing's vocab_size", provides=("encoder_only", "lm_head", "token_types",
                   "pooler"), tiny=_BERT),
@@ -666,6 +667,7 @@ NoReorder = family(cache_decoder(NoReorderCache))
 Stuck = family(cache_decoder(StuckCache))
 Running = family(RunningDecoder)
 Cacheless = family(CachelessDecoder, provides=frozenset({"decoder_only", "causal", "lm_head"}))
+ClaimsCache = family(CachelessDecoder)
 '''
 
 
@@ -764,6 +766,11 @@ def test_a_model_without_a_kv_cache_passes_the_kit(contract_registry):
         ("kv_cache", "model:cacheless"),
         ("gradients", "model:cacheless/objective:features"),  # no head, no loss
     }
+
+
+def test_capabilities_check_fails_kv_cache_without_new_cache(contract_registry):
+    with pytest.raises(ConformanceError, match="declares 'kv_cache' but .* implements Decoder.new_cache"):
+        checks.check_capabilities("claimscache", registry=contract_registry)
 
 
 def test_check_component_runs_the_new_checks(contract_registry):

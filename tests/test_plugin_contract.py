@@ -46,6 +46,24 @@ class CachelessDecoder(GPTDecoder):
         )
 
 
+class PositionlessDecoder(GPTDecoder):
+    """Declares no position_ids: it numbers the new tokens itself."""
+
+    def forward(self, input_ids, *, attention_mask=None, memory=None, memory_mask=None, cache=None):
+        return super().forward(
+            input_ids, attention_mask=attention_mask, memory=memory, memory_mask=memory_mask, cache=cache
+        )
+
+
+class Positionless(GPT):
+    @classmethod
+    def build_backbone(cls, config):
+        backbone = super().build_backbone(config)
+        decoder = PositionlessDecoder(config)
+        decoder.load_state_dict(backbone.decoder.state_dict())
+        return Backbone(encoder=None, decoder=decoder, lm_head=decoder.build_lm_head(), provides=backbone.provides)
+
+
 class Cacheless(GPT):
     @classmethod
     def build_backbone(cls, config):
@@ -83,6 +101,14 @@ def registry(one_thread):
     assert reg.add_plugin(unimodel_gpt, "gpt", source="unimodel", version=um.__version__).ok
     plugin = _Plugin(
         Component(kind="encoder", name="maskless", target=f"{HERE}:MasklessEncoder", summary="no mask"),
+        Component(
+            kind="model",
+            name="positionless",
+            target=f"{HERE}:Positionless",
+            summary="no position ids",
+            provides=("decoder_only", "causal", "lm_head", "kv_cache"),
+            default_objective="gpt:clm",
+        ),
         Component(
             kind="model",
             name="cacheless",
@@ -133,6 +159,19 @@ def test_a_mask_is_left_out_only_when_it_masks_nothing(registry):
     padded[1, -2:] = 0
     with pytest.raises(InputError, match=r"does not take attention_mask, so it cannot run a padded batch"):
         model(input_ids=src, attention_mask=padded, decoder_input_ids=tgt)
+    with pytest.raises(InputError, match=r"does not take attention_mask, so it cannot run a padded batch"):
+        model.generate(src, attention_mask=padded, max_new_tokens=2)  # generation encodes through the same call
+    assert model.generate(src, attention_mask=torch.ones_like(src), max_new_tokens=2).shape == (2, 3)
+
+
+def test_position_ids_are_a_hint_generation_leaves_out_for_a_decoder_that_numbers_tokens_itself(registry):
+    model = um.build_model("positionless", **GPT_TINY).eval()
+    prompt = torch.randint(0, 64, (2, 5))
+    mask = torch.ones_like(prompt)
+    mask[1, :2] = 0
+    assert model.generate(prompt, attention_mask=mask, max_new_tokens=3).shape == (2, 8)
+    with pytest.raises(InputError, match=r"its decoder \(PositionlessDecoder\) does not take position_ids"):
+        model(input_ids=prompt, position_ids=torch.arange(5).expand(2, 5))
 
 
 def test_the_signature_is_inspected_once_per_class(registry):
