@@ -399,11 +399,16 @@ def call_part(
         for key, value in inputs.items():
             if key in names:
                 kwargs[key] = value
-            elif value is not None and key not in optional and not (key in _MASKS and bool(value.all())):
+            elif value is not None and key not in optional and not _says_nothing(key, value):
                 _refuse(part, key, names, model)
     if ids is None and first is not None and first != "input_ids" and first in kwargs:
         return part(**kwargs)  # a part whose main input is not ids (pixel_values, say)
     return part(ids, **kwargs)
+
+
+def _says_nothing(key: str, value: Any) -> bool:
+    """A mask of all ones: leaving it out changes nothing."""
+    return key in _MASKS and isinstance(value, Tensor) and bool(value.all())
 
 
 def _refuse(part: nn.Module, key: str, names: frozenset[str], model: str) -> None:
