@@ -20,7 +20,7 @@ from unimodel.errors import CheckpointError, DuplicateComponentError, InputError
 from unimodel.generation import recompute_prefix
 from unimodel.hookspecs import PLUGIN_API_VERSION
 from unimodel.interfaces import Backbone, Decoder
-from unimodel.model import _forward_signature
+from unimodel.model import _SIGNATURES
 from unimodel.registry import Component, Registry, set_registry
 from unimodel.testing.reference import ReferenceEncoder
 
@@ -174,14 +174,19 @@ def test_position_ids_are_a_hint_generation_leaves_out_for_a_decoder_that_number
         model(input_ids=prompt, position_ids=torch.arange(5).expand(2, 5))
 
 
-def test_the_signature_is_inspected_once_per_class(registry):
+def test_the_signature_is_inspected_once_per_class(registry, monkeypatch):
     model = pair("reference")
     src, tgt = torch.randint(0, 64, (1, 4)), torch.randint(0, 64, (1, 3))
     model(input_ids=src, decoder_input_ids=tgt)
-    misses = _forward_signature.cache_info().misses
+    assert {ReferenceEncoder, GPTDecoder} <= set(_SIGNATURES)
+
+    def no_more(*args, **kwargs):
+        raise AssertionError("forward signatures are inspected again")
+
+    monkeypatch.setattr(unimodel.model.inspect, "signature", no_more)
     for _ in range(3):
         model(input_ids=src, decoder_input_ids=tgt)
-    assert _forward_signature.cache_info().misses == misses
+    pair("reference")(input_ids=src, decoder_input_ids=tgt)  # another instance of the same classes
 
 
 # ------------------------------------------------------------------ generation without a KV cache

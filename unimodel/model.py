@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
@@ -350,14 +349,21 @@ _STANDARD_INPUTS = frozenset({"attention_mask", "position_ids", "token_type_ids"
 _MASKS = frozenset({"attention_mask", "memory_mask"})
 
 
-@functools.cache
+# per class: a plain dict, which torch.compile reads as it reads any global (it warns about functools caches)
+_SIGNATURES: dict[type, tuple[frozenset[str], bool, str | None]] = {}
+
+
 def _forward_signature(cls: type) -> tuple[frozenset[str], bool, str | None]:
     """What ``cls.forward`` takes: (keyword-passable names besides ``input_ids``, whether it has
-    ``**kwargs``, the name of its first positional parameter). Cached per class: this runs on every call."""
-    params = list(inspect.signature(cls.forward).parameters.values())[1:]  # without self
-    names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return names - {"input_ids"}, any(p.kind is p.VAR_KEYWORD for p in params), positional[0] if positional else None
+    ``**kwargs``, the name of its first positional parameter). Inspected once per class: this runs on every call."""
+    found = _SIGNATURES.get(cls)
+    if found is None:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # without self
+        names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+        found = _SIGNATURES[cls] = (names - {"input_ids"}, var_kw, positional[0] if positional else None)
+    return found
 
 
 def _signature_owner(part: nn.Module) -> nn.Module:
