@@ -57,7 +57,7 @@ def tok():
 def test_registered_components_agree_with_what_they_build():
     reg = um.get_registry()
     family = reg.get("model", "bart")
-    assert family.default_objective == "text_infilling"
+    assert family.default_objective == "bart:text_infilling"  # stored qualified: no other plugin can capture it
     model = tiny()
     assert model.provides == frozenset(family.provides)
     assert model.is_encoder_decoder and model.decoder.is_causal and model.decoder.cross_attention

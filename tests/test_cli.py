@@ -103,6 +103,42 @@ def test_list_filters_by_pattern_and_kind(capsys):
     assert "encoder-decoder" in capsys.readouterr().out
 
 
+def test_list_shows_both_entries_of_a_clash_and_filters_by_plugin(custom_registry, capsys):
+    clm = dict(kind="objective", name="clm", target="unimodel_gpt.objectives:CausalLM", requires=("causal",))
+    custom_registry.add_plugin(_Plugin([Component(**clm, summary="causal LM")]), "gpt", source="unimodel")
+    custom_registry.add_plugin(
+        _Plugin([Component(**clm, summary="another clm"), Component(**{**clm, "name": "fim"}, summary="fim")]),
+        "third",
+        source="third-dist",
+    )
+    assert cli.main(["list", "clm"]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"^  gpt:clm\s+causal LM\s+\(gpt\)$", captured.out, re.M)
+    assert re.search(r"^  third:clm\s+another clm\s+\(third\)$", captured.out, re.M)
+    assert (
+        "conflict: objective 'clm' is registered by plugins 'gpt' and 'third'; a plain 'clm' is ambiguous, "
+        "use 'gpt:clm', 'third:clm'" in captured.out
+    )
+    assert cli.main(["list", "--plugin", "third"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  third:clm\s", out, re.M) and re.search(r"^  fim\s", out, re.M)
+    assert not re.search(r"^  gpt:clm", out, re.M)
+    assert cli.main(["list", "--plugin", "thrid"]) == 2
+    assert "--plugin 'thrid': no such plugin. Did you mean 'third'?" in capsys.readouterr().err
+    assert cli.main(["info", "clm"]) == 2  # ambiguous: the error lists the qualified choices
+    assert "name the one you mean: 'gpt:clm' or 'third:clm'" in capsys.readouterr().err
+    assert cli.main(["info", "third:clm"]) == 0
+    assert capsys.readouterr().out.startswith("clm (objective) from plugin 'third'")
+
+
+def test_not_found_puts_the_failed_plugin_first(custom_registry, capsys):
+    custom_registry.add_plugin(_Plugin([], fail="needs frobnicate"), "broken", source="dist-broken")
+    assert cli.main(["info", "mymodel"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: no component named 'mymodel': plugin 'broken' failed to load (RuntimeError: needs frobnicate)"
+    )
+
+
 # ------------------------------------------------------------------ info
 def test_info_model_shows_fields_with_preset_values_and_objectives(capsys):
     assert cli.main(["info", "gpt2-mini"]) == 0
@@ -128,7 +164,7 @@ def test_info_objective_lists_requirements_and_models(capsys):
 def test_info_other_kinds_and_ambiguous_names(capsys):
     assert cli.main(["info", "greedy"]) == 0
     out = capsys.readouterr().out
-    assert "greedy (decoding) from plugin 'core'" in out and "requires:  causal, lm_head, kv_cache" in out
+    assert "greedy (decoding) from plugin 'core'" in out and "requires:  causal, lm_head\n" in out
     assert cli.main(["info", "gpt"]) == 0  # a model and a decoder: the model wins, the decoder is pointed to
     out = capsys.readouterr().out
     assert out.startswith("gpt (model)") and "`unimodel info gpt --kind decoder`" in out
@@ -224,9 +260,13 @@ def test_doctor_reports_every_kind_of_breakage(custom_registry, capsys):
     assert re.search(r"^  gamma\s+dist-gamma\s+api 1\s+0 components\s+FAILED$", out, re.M)
     assert "FAILED plugin 'gamma' (dist-gamma): RuntimeError: hook exploded" in out
     assert "CONFLICT objective 'twin' is registered by plugins 'alpha' (dist-alpha) and 'beta' (dist-beta)" in out
+    assert "name 'alpha:twin' or 'beta:twin'" in out
+    # a clashing component still counts for its plugin; the clash is no breakage (qualified names reach both)
+    assert re.search(r"^  beta\s+dist-beta\s+api -\s+2 components\s+OK$", out, re.M)
     assert "plugin(s) beta do not declare the plugin API" in out
     assert "FAILED model 'typo' from plugin 'beta' could not be imported from 'unimodel_gpt.model:GTP'" in out
-    assert "Traceback" not in out and "3 problem(s) found" in captured.err
+    assert "Traceback" not in out
+    assert "2 problem(s) found; 1 name conflict(s): use qualified names (plugin:name)" in captured.err
     assert cli.main(["doctor", "-v"]) == 1
     assert "RuntimeError: hook exploded" in capsys.readouterr().out.split("FAILED plugin 'gamma'")[1]
 

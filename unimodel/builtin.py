@@ -1,4 +1,5 @@
-"""The core's own plugin: decoding strategies, the generic objectives and the built-in corpora.
+"""The core's own plugin: decoding strategies, the generic objectives, the built-in corpora and the
+reference encoder and decoder (the conformance kit's pairing partners).
 
 Registered through the ``unimodel`` entry-point group like any other plugin.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 from unimodel.hookspecs import PLUGIN_API_VERSION, hookimpl
 from unimodel.registry import Component
 
-_CAUSAL = ("causal", "lm_head", "kv_cache")
+# Left-to-right strategies use a decoder's KV cache when it has one and re-run the prefix otherwise.
+_CAUSAL = ("causal", "lm_head")
+_REFERENCE_TINY = {"vocab_size": 64, "n_positions": 64, "d_model": 32, "n_layers": 1, "n_heads": 4, "d_ff": 64}
 
 
 @hookimpl
@@ -53,6 +56,23 @@ def unimodel_components() -> list[Component]:
             summary="any registered encoder joined to any registered decoder (cross-attention, projection)",
             provides=("encoder_decoder", "causal", "lm_head", "kv_cache"),
             default_objective="seq2seq",
+        ),
+        # the conformance kit pairs every encoder with this decoder and every decoder with this encoder
+        Component(
+            kind="encoder",
+            name="reference",
+            target="unimodel.testing.reference:ReferenceEncoder",
+            summary="minimal pre-LN encoder from unimodel.nn; the conformance kit's pairing partner for decoders",
+            provides=("encoder_only", "lm_head"),
+            tiny=_REFERENCE_TINY,
+        ),
+        Component(
+            kind="decoder",
+            name="reference",
+            target="unimodel.testing.reference:ReferenceDecoder",
+            summary="minimal causal KV-cached decoder from unimodel.nn; the conformance kit's partner for encoders",
+            provides=("causal", "lm_head", "kv_cache"),
+            tiny=_REFERENCE_TINY,
         ),
         Component(
             kind="objective",

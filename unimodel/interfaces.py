@@ -107,7 +107,9 @@ class Encoder(nn.Module, ABC):
 
     Subclasses set ``config_class`` and take their config as the only
     constructor argument; ``d_model``, ``vocab_size`` and ``max_positions``
-    (``None`` when unbounded) are instance attributes.
+    (``None`` when unbounded) are instance attributes. ``forward`` may declare
+    fewer keyword arguments than below: the model passes only those it declares
+    (docs/plugins.md).
     """
 
     config_class: ClassVar[type[Config]]
@@ -137,12 +139,13 @@ class Encoder(nn.Module, ABC):
 class Decoder(nn.Module, ABC):
     """Target-side states, optionally attending to an encoder memory.
 
-    ``is_causal`` says whether position t sees only positions <= t. A causal
-    decoder supports incremental decoding: :meth:`new_cache` gives a cache that
-    :meth:`forward` fills and reads, one or more positions per call.
+    ``is_causal`` says whether position t sees only positions <= t. A decoder
+    that provides ``kv_cache`` decodes incrementally: :meth:`new_cache` gives a
+    cache that :meth:`forward` fills and reads, one or more positions per call.
     ``cross_attention`` is true when the decoder reads a memory; a decoder
     built with ``memory_dim`` set gains cross-attention layers when it is
-    paired with an encoder.
+    paired with an encoder. ``forward`` may declare fewer keyword arguments
+    than below: the model passes only those it declares (docs/plugins.md).
     """
 
     config_class: ClassVar[type[Config]]
@@ -172,8 +175,15 @@ class Decoder(nn.Module, ABC):
     @abstractmethod
     def build_lm_head(self) -> nn.Module: ...
 
-    @abstractmethod
-    def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache: ...
+    def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
+        """An empty cache for ``batch`` rows and about ``capacity`` positions (it must grow past them).
+
+        Decoders that provide ``kv_cache`` override this; without one, generation
+        re-runs the whole prefix at every step.
+        """
+        from unimodel.errors import InputError
+
+        raise InputError(f"decoder {type(self).__name__} keeps no cache for incremental decoding (no kv_cache)")
 
 
 @dataclass

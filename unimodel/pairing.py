@@ -63,6 +63,8 @@ def _resolve(kind: str, spec: dict[str, Any], vocab_size: int | None, reg: Regis
 class ProjectedEncoder(Encoder):
     """An encoder followed by a linear map to the decoder's width: (B, S, D_enc) -> (B, S, D_dec)."""
 
+    forwards_inputs_to = "inner"  # the model passes what the inner encoder's forward declares
+
     def __init__(self, inner: Encoder, d_out: int) -> None:
         super().__init__()
         self.inner = inner

@@ -1082,8 +1082,8 @@ def objective_data_kind(run: RunConfig) -> tuple[str, DataKind]:
     name = run.objective_name or family.default_objective
     if name is None:
         return "", "text"  # building the model reports the missing objective
-    kind = getattr(reg.load("objective", name), "data_kind", "text")
-    return name, kind
+    comp = reg.get("objective", name)  # a default objective is stored qualified; messages show the plain name
+    return reg.display_name(comp), getattr(comp.load(), "data_kind", "text")
 
 
 def needed_roles(run: RunConfig) -> list[str]:
