@@ -143,9 +143,10 @@ def test_an_encoder_gets_only_what_its_forward_declares(registry):
         assert model(input_ids=src, decoder_input_ids=tgt).logits.shape == (2, 5, 64)
         with pytest.raises(InputError) as err:
             model(input_ids=src, decoder_input_ids=tgt, token_type_ids=torch.zeros_like(src))
+        # the model's own capability check names the problem before the encoder is called
         assert str(err.value) == (
-            "model 'encoder-decoder': its encoder (ReferenceEncoder) does not take token_type_ids; its forward takes "
-            "input_ids, attention_mask, position_ids"
+            "model 'encoder-decoder' has no token types (segment embeddings), so token_type_ids would be ignored; "
+            "do not pass them"
         )
 
 

@@ -511,7 +511,8 @@ def build_model(
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
     objective, objective_comp = _build_objective(objective_spec, reg, provides=provides, model_name=name)
 
-    backbone, heads = build_within_memory(family, config, objective, f"model {name!r}")  # or a ResourceError
+    shown = reg.display_name(named)  # the plain name unless another plugin registers it too
+    backbone, heads = build_within_memory(family, config, objective, f"model {shown!r}")  # or a ResourceError
     missing = set(type(objective).requires) - set(backbone.provides)
     if missing:  # the registry metadata promised more than the built backbone has
         raise IncompatibleObjectiveError(
