@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config
 
 import unimodel as um
 from unimodel import cli, hookimpl
@@ -25,16 +26,9 @@ from unimodel.data.tokenizer import Tokenizer
 from unimodel.hookspecs import PLUGIN_API_VERSION
 from unimodel.registry import Component, Registry, set_registry
 
-TINY_GPT = dict(n_positions=64, d_model=32, n_layers=2, n_heads=4)
+TINY_GPT = {k: v for k, v in tiny_config("gpt").items() if k != "vocab_size"}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation (slow on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,20 +58,18 @@ def checkpoint(tmp_path_factory, tokenizer) -> Path:
 
 
 # ------------------------------------------------------------------ list
-def test_list_imports_no_torch_and_answers_fast():
+def test_list_imports_no_torch():
+    """`unimodel list` reads registry metadata only: no torch, no model code (what keeps it instant)."""
     code = textwrap.dedent("""
-        import sys, time
-        start = time.perf_counter()
+        import sys
         from unimodel.cli import main
         status = main(["list"])
-        elapsed = time.perf_counter() - start
         heavy = sorted(m for m in ("torch", "unimodel.model", "unimodel_gpt.model", "transformers") if m in sys.modules)
-        print("RESULT", status, elapsed, ",".join(heavy) or "none", file=sys.stderr)
+        print("RESULT", status, ",".join(heavy) or "none", file=sys.stderr)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    status, elapsed, heavy = re.search(r"RESULT (\d+) ([\d.]+) (\S+)", proc.stderr).groups()
+    status, heavy = re.search(r"RESULT (\d+) (\S+)", proc.stderr).groups()
     assert status == "0" and heavy == "none", proc.stderr
-    assert float(elapsed) < 1.0, f"`unimodel list` took {float(elapsed):.2f}s"
     assert re.search(r"^  gpt2-tiny\s+2 layers, d 128.*\[preset of gpt\]\s+\(gpt\)$", proc.stdout, re.M)
     assert re.search(r"^  clm\s+causal language modelling", proc.stdout, re.M)
 
@@ -327,7 +319,7 @@ def test_train_then_eval_then_resume(tmp_path, capsys, monkeypatch):
         textwrap.dedent("""
         [model]
         name = "gpt"
-        n_positions = 32
+        max_positions = 32
         d_model = 32
         n_layers = 1
         n_heads = 4

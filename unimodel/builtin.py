@@ -73,8 +73,8 @@ def unimodel_components() -> list[Component]:
             name="numbers",
             target="unimodel.data.synthetic:numbers_pairs",
             summary="pairs: numbers in digits -> English words (generated; 20,000 train / 500 validation)",
+            data_kind="pairs",
             extra={
-                "data": "pairs",
                 "corpus_options": "n_train = 20000, n_validation = 500, max_value = 99999, seed = 0",
             },
         ),

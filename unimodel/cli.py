@@ -230,7 +230,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "requires": ", ".join(comp.requires),
             "model types": ", ".join(comp.model_types),
         }
-        for key, value in comp.extra.items():
+        for key, value in comp.display_items().items():
             meta[key] = _fmt(value) if not isinstance(value, str) else value
         for line in _table([(f"{k}:", v) for k, v in meta.items() if v]):
             _out(line.strip())

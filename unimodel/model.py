@@ -379,7 +379,7 @@ def build_model(
     name = model_spec.pop("name")
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
-    config = family.config_class.from_dict({**preset_values, **model_spec}, section=f"model {name!r}")
+    config = family.config_class.from_layers(preset_values, model_spec, section=f"model {name!r}")
 
     provides_for = getattr(family, "provides_for", None)
     provides = provides_for(config) if provides_for is not None else frozenset(family_comp.provides)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError, TrainingError
-from unimodel.interfaces import Objective, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import ConfigT, Objective, ObjectiveOutput, TokenLoss
 from unimodel.nn.losses import IGNORE_INDEX
 
 
@@ -97,7 +97,7 @@ def token_objective_step(
     return ObjectiveOutput(loss=out.loss, n_predictions=n, logits=out.logits, metrics={"accuracy": accuracy})
 
 
-class TokenLossObjective(Objective):
+class TokenLossObjective(Objective[ConfigT]):
     """An objective whose loss is a token cross-entropy on the LM head. It states the loss once,
     in :meth:`token_loss`; :meth:`loss` on logits follows from it, so the two paths cannot disagree."""
 
@@ -114,7 +114,7 @@ class FeaturesConfig(Config):
     section = "objective 'features'"
 
 
-class Features(Objective):
+class Features(Objective[FeaturesConfig]):
     """No task head and no loss: the model returns hidden states (feature extraction).
 
     What a backbone-only checkpoint (a Hugging Face ``BertModel`` folder, say)
@@ -155,7 +155,7 @@ class Seq2SeqConfig(Config):
             self.fail("label_smoothing", "must be in [0, 1)")
 
 
-class Seq2Seq(TokenLossObjective):
+class Seq2Seq(TokenLossObjective[Seq2SeqConfig]):
     """Supervised sequence-to-sequence: the decoder learns the target given the source.
 
     ``prepare`` takes examples ``{"source": ids, "target": ids}``; labels are the

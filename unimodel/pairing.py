@@ -49,18 +49,19 @@ def _resolve(kind: str, spec: dict[str, Any], vocab_size: int | None, reg: Regis
     """
     values = dict(spec)
     name = values.pop("name")
+    preset: dict[str, Any] = {}
     if not reg.has(kind, name) and reg.has("model", name):
         family, preset = reg.resolve_model(name)
-        values = {**preset, **values}
         name = family.name
     comp = reg.get(kind, name)
     cls = comp.load()
+    shared = {}  # the pair's vocabulary wins over either side's
     if vocab_size is not None and "vocab_size" in cls.config_class.field_names():
-        values["vocab_size"] = vocab_size
-    return cls, cls.config_class.from_dict(values, section=f"{kind} {name!r}"), comp
+        shared = {"vocab_size": vocab_size}
+    return cls, cls.config_class.from_layers(preset, values, shared, section=f"{kind} {name!r}"), comp
 
 
-class ProjectedEncoder(Encoder):
+class ProjectedEncoder(Encoder[Config]):
     """An encoder followed by a linear map to the decoder's width: (B, S, D_enc) -> (B, S, D_dec)."""
 
     def __init__(self, inner: Encoder, d_out: int) -> None:
@@ -81,7 +82,7 @@ class ProjectedEncoder(Encoder):
         return self.inner.build_lm_head()
 
 
-class EncoderDecoder(ModelFamily):
+class EncoderDecoder(ModelFamily[EncoderDecoderConfig]):
     """The ``encoder-decoder`` model: a registered encoder joined to a registered decoder."""
 
     config_class = EncoderDecoderConfig
@@ -97,7 +98,7 @@ class EncoderDecoder(ModelFamily):
         return frozenset(dec.provides) - {Cap.DECODER_ONLY} | {Cap.ENCODER_DECODER}
 
     @classmethod
-    def build_backbone(cls, config: EncoderDecoderConfig) -> Backbone:  # type: ignore[override]
+    def build_backbone(cls, config: EncoderDecoderConfig) -> Backbone:
         reg = get_registry()
         enc_cls, enc_cfg, _ = _resolve("encoder", config.encoder, config.vocab_size, reg)
         dec_cls, dec_cfg, dec_comp = _resolve("decoder", config.decoder, config.vocab_size, reg)

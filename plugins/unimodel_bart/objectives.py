@@ -42,8 +42,9 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+from unimodel_bart import TEXT_INFILLING_REQUIRES
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def infill(
     return Noised(document=doc, source=source, spans=spans, replacements=replacements)
 
 
-class TextInfilling(TokenLossObjective):
+class TextInfilling(TokenLossObjective[TextInfillingConfig]):
     """BART denoising: reconstruct the original document from its span-masked, permuted form.
 
     ``prepare`` takes packed blocks ``{"input_ids": [...]}`` and returns
@@ -254,7 +255,7 @@ class TextInfilling(TokenLossObjective):
     """
 
     config_class = TextInfillingConfig
-    requires = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD})
+    requires = TEXT_INFILLING_REQUIRES
     special_tokens = ("mask", "eos")
 
     def __init__(self, config: TextInfillingConfig) -> None:
@@ -305,6 +306,7 @@ class TextInfilling(TokenLossObjective):
     ) -> dict[str, Tensor]:
         c = self.config
         mask = self._id("mask", c.mask_token_id, tokenizer)
+        assert mask is not None  # required: _id raised otherwise
         eos = self._id("eos", c.eos_token_id, tokenizer, required=c.add_eos)
         bos = self._id("bos", c.bos_token_id, tokenizer, required=False) if c.add_bos else None
         pad = c.pad_token_id

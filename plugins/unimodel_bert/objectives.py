@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, Objective, ObjectiveOutput, TokenLoss
 from unimodel.objectives import (
     IGNORE_INDEX,
     TokenLossObjective,
@@ -27,10 +27,7 @@ from unimodel.objectives import (
     token_accuracy,
     token_objective_step,
 )
-
-MLM_REQUIRES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
-CLASSIFY_REQUIRES = frozenset({Cap.ENCODER_ONLY, Cap.POOLER})
-TAG_REQUIRES = frozenset({Cap.ENCODER_ONLY})
+from unimodel_bert import CLASSIFY_REQUIRES, MLM_REQUIRES, TAG_REQUIRES
 
 
 # ------------------------------------------------------------------ inputs
@@ -72,11 +69,11 @@ def _token_types(examples: Sequence[Mapping[str, Any]], length: int) -> Tensor |
     return types
 
 
-def _model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def _model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
     mask = batch.get("attention_mask")
     if mask is not None and bool(mask.all()):
         mask = None  # no padding: skip building an attention mask
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask}
+    inputs: dict[str, Tensor | None] = {"input_ids": batch["input_ids"], "attention_mask": mask}
     if "token_type_ids" in batch:
         inputs["token_type_ids"] = batch["token_type_ids"]
     return inputs
@@ -110,7 +107,7 @@ class MLMConfig(Config):
             self.fail(("whole_word", "continuation_prefix"), "whole-word masking needs a continuation prefix")
 
 
-class MaskedLM(TokenLossObjective):
+class MaskedLM(TokenLossObjective[MLMConfig]):
     """BERT's masked language modelling.
 
     A fraction ``mlm_probability`` of the non-special tokens (or of the words,
@@ -297,7 +294,7 @@ def _wrap(
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-class SequenceClassification(Objective):
+class SequenceClassification(Objective[ClassifyConfig]):
     """Sequence classification (or regression) on the encoder's pooled vector.
 
     Examples: ``{"input_ids": [...], "label": int}`` (a float label when
@@ -371,7 +368,7 @@ class TagConfig(ClassifyConfig):
             self.fail("num_labels", "token classification needs at least 2 tags")
 
 
-class TokenClassification(Objective):
+class TokenClassification(Objective[TagConfig]):
     """A label for every token (NER-style tagging) from the encoder's hidden states.
 
     Examples: ``{"input_ids": [...], "labels": [...]}`` of equal length, -100

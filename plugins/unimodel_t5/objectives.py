@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+from unimodel_t5 import SPAN_CORRUPTION_REQUIRES
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def corrupt_spans(tokens: Sequence[int], mask: Sequence[bool], sentinels: Sequen
 
 
 # ------------------------------------------------------------------ objective
-class SpanCorruption(TokenLossObjective):
+class SpanCorruption(TokenLossObjective[SpanCorruptionConfig]):
     """T5 span corruption: the decoder restores the spans the encoder input lost.
 
     ``prepare`` takes examples ``{"input_ids": [...]}`` (packed blocks) and returns
@@ -140,7 +141,7 @@ class SpanCorruption(TokenLossObjective):
     """
 
     config_class = SpanCorruptionConfig
-    requires = frozenset({Cap.ENCODER_DECODER, Cap.LM_HEAD})
+    requires = SPAN_CORRUPTION_REQUIRES
     special_tokens = ("eos", "sentinel_0")
 
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:

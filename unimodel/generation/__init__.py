@@ -104,7 +104,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     reg = registry or get_registry()
     strategy_name = choose_strategy(options)
     component = reg.get("decoding", strategy_name)
-    declared = tuple(component.extra.get("options", ()))
+    declared = tuple(component.options)
     check_option_names(options, OPTIONS + declared)
     _check_can_generate(model, strategy_name, component.requires, reg)
 
