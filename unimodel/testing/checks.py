@@ -33,6 +33,7 @@ from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError,
 from unimodel.interfaces import Cap, Decoder, Encoder, ModelFamily, Objective
 from unimodel.registry import Component, Registry, get_registry, set_registry
 from unimodel.testing.cases import Selection
+from unimodel.testing.vocabulary import check_config_names
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -887,6 +888,13 @@ MODEL_CHECKS: dict[str, Callable[..., None]] = {
 }
 
 
+def _check_config_names(name: str, kind: str = "model") -> None:
+    check_config_names(kind, name)
+
+
+MODEL_CHECKS["config_names"] = _check_config_names
+
+
 def check_model(name: str, *, registry: Registry | None = None, raise_on_failure: bool = True) -> Report:
     """Every model check, plus gradients with every compatible objective, for model family (or preset) ``name``."""
     report = Report()
@@ -918,6 +926,8 @@ def check_component(kind: str, name: str, *, registry: Registry | None = None, r
         }
         if kind in extra:
             report.run(kind if kind != "model" else "preset", case, extra[kind])
+        if kind in ("encoder", "decoder"):
+            report.run("config_names", case, lambda: _check_config_names(name, kind))
     return report.raise_for_failures() if raise_on_failure else report
 
 
@@ -946,6 +956,7 @@ __all__ = [
     "check_capabilities",
     "check_component",
     "check_config",
+    "check_config_names",
     "check_declaration",
     "check_decoder",
     "check_determinism",
