@@ -5,10 +5,12 @@ Registered through the ``unimodel`` entry-point group like any other plugin.
 
 from __future__ import annotations
 
+from unimodel.capabilities import Cap
 from unimodel.hookspecs import PLUGIN_API_VERSION, hookimpl
 from unimodel.registry import Component
 
-_CAUSAL = ("causal", "lm_head", "kv_cache")
+_CAUSAL = (Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE)
+SEQ2SEQ_REQUIRES = frozenset({Cap.ENCODER_DECODER, Cap.LM_HEAD})  # the objective's class reads it from here
 
 
 @hookimpl
@@ -59,7 +61,7 @@ def unimodel_components() -> list[Component]:
             name="seq2seq",
             target="unimodel.objectives:Seq2Seq",
             summary="supervised source -> target pairs (optional label smoothing)",
-            requires=("encoder_decoder", "lm_head"),
+            requires=SEQ2SEQ_REQUIRES,
         ),
         Component(
             kind="corpus",

@@ -20,7 +20,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -172,7 +172,7 @@ def _print_fields(title: str, config_class: Any, values: dict[str, Any]) -> None
         _out("  (* set by the preset)")
 
 
-def _models_with(reg: Registry, requires: Sequence[str]) -> list[str]:
+def _models_with(reg: Registry, requires: Iterable[str]) -> list[str]:
     need = set(requires)
     out = []
     for comp in reg.components("model"):

@@ -91,6 +91,7 @@ class EncoderDecoder(ModelFamily[EncoderDecoderConfig]):
     def provides_for(cls, config: EncoderDecoderConfig) -> frozenset[str]:
         """Capabilities of the pair: the decoder's, minus decoder-only, plus encoder-decoder."""
         reg = get_registry()
+        assert config.decoder is not None  # check() refuses a pair without one
         dec_name = config.decoder["name"]
         if not reg.has("decoder", dec_name) and reg.has("model", dec_name):
             dec_name = reg.resolve_model(dec_name)[0].name
@@ -100,6 +101,7 @@ class EncoderDecoder(ModelFamily[EncoderDecoderConfig]):
     @classmethod
     def build_backbone(cls, config: EncoderDecoderConfig) -> Backbone:
         reg = get_registry()
+        assert config.encoder is not None and config.decoder is not None  # check() refuses a pair without them
         enc_cls, enc_cfg, _ = _resolve("encoder", config.encoder, config.vocab_size, reg)
         dec_cls, dec_cfg, dec_comp = _resolve("decoder", config.decoder, config.vocab_size, reg)
         encoder: Encoder = enc_cls(enc_cfg)
