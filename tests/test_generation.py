@@ -21,7 +21,7 @@ import types
 import pytest
 import torch
 import transformers
-from helpers import randomize_
+from helpers import assert_peaked, randomize_, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -61,6 +61,8 @@ def pair(tmp_path_factory):
         initializer_range=0.4,
     )
     hf = randomize_(transformers.GPT2LMHeadModel(config).eval())
+    with torch.no_grad():
+        assert_peaked(hf(torch.tensor(ROWS[2:])).logits)
     folder = tmp_path_factory.mktemp("gpt2")
     hf.save_pretrained(folder)
     return hf, um.from_hf(folder)
@@ -519,17 +521,7 @@ def seq2seq():
     from unimodel_gpt.model import GPTConfig, GPTDecoder
 
     torch.manual_seed(1)
-    config = GPTConfig(
-        vocab_size=VOCAB,
-        max_positions=32,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        dropout=0.0,
-        attn_dropout=0.0,
-        memory_dim=24,
-        init_std=0.4,
-    )
+    config = GPTConfig(**{**tiny_config("gpt"), "vocab_size": VOCAB, "max_positions": 32}, memory_dim=24, init_std=0.4)
     decoder = GPTDecoder(config)
     encoder = TinyEncoder(vocab_size=VOCAB, d_model=24, n_heads=4, max_positions=32)
     backbone = Backbone(
@@ -682,6 +674,8 @@ def _tiny_hf_seq2seq(family: str):
 @pytest.mark.parametrize("family", ["bart", "t5"])
 def test_seq2seq_matches_hf(family, tmp_path):
     hf = _tiny_hf_seq2seq(family)
+    with torch.no_grad():
+        assert_peaked(hf(input_ids=torch.tensor(ROWS[2:]), decoder_input_ids=torch.tensor([ROWS[0]])).logits)
     hf.save_pretrained(tmp_path)
     model = um.from_hf(tmp_path)
     ids, mask = left_pad([[17, 40, 3, 88, 61, 9, 33, 12, 54], [9, 70, 12, 44, 6, 21], [33, 12, 54, 8]], right=True)

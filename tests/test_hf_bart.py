@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import transformers
-from helpers import build_tiny, randomize_
+from helpers import assert_peaked, build_tiny, randomize_
 from safetensors.torch import load_file, save_file
 from unimodel_bart import hf as bart_hf
 
@@ -282,6 +282,8 @@ def generation_pair(tmp_path_factory):
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0
     ids[0, 6:] = 1
+    with torch.no_grad():
+        assert_peaked(hf(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :5]).logits)
     return hf, um.from_hf(folder), ids, mask
 
 

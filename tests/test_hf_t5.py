@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 import transformers
-from helpers import build_tiny, randomize_
+from helpers import assert_peaked, build_tiny, randomize_
 from safetensors.torch import load_file, save_file
 from unimodel_t5 import hf as t5_hf
 from unimodel_t5.hf import T5Converter
@@ -259,6 +259,8 @@ def test_generation_matches_transformers(folders, variant):
     model = um.from_hf(folders[variant])
     batch = inputs()
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        assert_peaked(hf(**batch).logits)
     greedy_ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
     # an eos the model actually emits, so rows finish early and are padded
     eos = int(greedy_ref[0, 4])

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-from helpers import build_tiny
+from helpers import build_tiny, tiny_config
 
 import unimodel as um
 from unimodel.errors import ComponentNotFoundError, IncompatibleObjectiveError, InputError
 
-TINY = dict(vocab_size=50, max_positions=16, d_model=32, n_layers=1, n_heads=4)
+# the registered tiny GPT with a short position table (the input-length errors below need one)
+TINY = {**tiny_config("gpt"), "vocab_size": 50, "max_positions": 16, "n_layers": 1}
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,9 @@
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,25 @@ def test_old_names_in_a_run_file(tmp_path):
     with pytest.warns(DeprecationWarning, match="'max_positions'"):
         model = um.build_model(run)
     assert (model.config.max_positions, model.decoder.max_positions, model.objective_name) == (32, 32, "fim")
+
+
+def test_the_warning_reaches_users_outside_tests():
+    """Python hides DeprecationWarning outside __main__; this one names the user's own config, so it shows."""
+    code = textwrap.dedent("""
+        import dataclasses
+        from typing import ClassVar
+        from unimodel.config import Config, param
+
+        @dataclasses.dataclass(frozen=True)
+        class C(Config):
+            renamed: ClassVar[dict[str, str]] = {"n_positions": "max_positions"}
+            max_positions: int = param(8, "")
+
+        assert C.from_dict({"n_positions": 4}).max_positions == 4
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "RenamedFieldWarning: config: 'n_positions' is deprecated; it is now called 'max_positions'" in proc.stderr
 
 
 def test_a_near_miss_of_an_old_name_suggests_the_new_one():

@@ -9,7 +9,8 @@ with a did-you-mean. Configs round-trip through dicts, JSON and TOML.
 A field that was renamed keeps its old name as a deprecated alias: the class
 lists ``renamed = {"old": "new"}``, and every way in (dicts, TOML and JSON
 files, ``build_model`` keywords, saved checkpoints) accepts the old key with a
-:class:`DeprecationWarning` naming the new one. Giving both is an error.
+:class:`RenamedFieldWarning` (a ``DeprecationWarning``) naming the new one.
+Giving both is an error.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ SCHEMA_VERSION = 1
 """Version of the on-disk config layout; bumped when a saved config would be read differently."""
 
 C = TypeVar("C", bound="Config")
+
+
+class RenamedFieldWarning(DeprecationWarning):
+    """A config key was given under a field's old name; the message names the new one."""
+
+
+# Python hides DeprecationWarning outside __main__, but here the old name sits in the user's own run file
+# or checkpoint, not in library code: show it once per place, as for any warning meant for users.
+warnings.filterwarnings("default", category=RenamedFieldWarning)
 
 
 def param(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> Any:
@@ -105,7 +115,7 @@ class Config:
     def canonical(cls, values: Mapping[str, Any], section: str | None = None) -> dict[str, Any]:
         """``values`` with deprecated keys (:attr:`renamed`) replaced by their new names.
 
-        Each old key gives a :class:`DeprecationWarning`; an old key given
+        Each old key gives a :class:`RenamedFieldWarning`; an old key given
         together with its new name is a :class:`ConfigError`. Other keys pass
         unchanged (unknown ones are reported by :meth:`from_dict`).
         """
@@ -116,7 +126,8 @@ class Config:
             where = section or cls.section
             if new in out:
                 raise ConfigError(f"{where}: both {old!r} and {new!r} are given; {old!r} is the old name of {new!r}")
-            warnings.warn(f"{where}: {old!r} is deprecated; it is now called {new!r}", DeprecationWarning, stacklevel=3)
+            message = f"{where}: {old!r} is deprecated; it is now called {new!r}"
+            warnings.warn(message, RenamedFieldWarning, stacklevel=3)
             out[new] = out.pop(old)
         return out
 
