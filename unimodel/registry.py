@@ -164,7 +164,7 @@ class Component:
             "exports": ", ".join(self.exports),
             "options": ", ".join(self.options),
             "data": self.data_kind if self.kind == "corpus" else "",
-            "tokenizer": f"{self.tokenizer.kind} ({', '.join(self.tokenizer.roles)})" if self.tokenizer else "",
+            "tokenizer": f"{self.tokenizer.kind}, {len(self.tokenizer.roles)} special tokens" if self.tokenizer else "",
         }
         return {k: v for k, v in {**items, **self.extra}.items() if v not in ("", None, (), {})}
 

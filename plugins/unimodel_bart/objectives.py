@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,10 @@ from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 from unimodel_bart import TEXT_INFILLING_REQUIRES
+
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
 
 
 @dataclass(frozen=True)
@@ -260,14 +265,14 @@ class TextInfilling(TokenLossObjective[TextInfillingConfig]):
 
     def __init__(self, config: TextInfillingConfig) -> None:
         super().__init__(config)
-        self._vocab_of = None  # the tokenizer _vocab describes (held, so its id cannot be reused)
+        self._vocab_of: Tokenizer | None = None  # the tokenizer _vocab describes (held, so its id cannot be reused)
         self._vocab: tuple[frozenset[int], Tensor] | None = None
 
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}
 
     # ------------------------------------------------------------- tokens
-    def _id(self, role: str, given: int | None, tokenizer, *, required: bool = True) -> int | None:
+    def _id(self, role: str, given: int | None, tokenizer: Tokenizer | None, *, required: bool = True) -> int | None:
         if given is not None:
             return given
         if tokenizer is not None and tokenizer.has_role(role):
@@ -279,7 +284,7 @@ class TextInfilling(TokenLossObjective[TextInfillingConfig]):
             )
         return None
 
-    def _vocabulary(self, tokenizer) -> tuple[frozenset[int], Tensor]:
+    def _vocabulary(self, tokenizer: Tokenizer) -> tuple[frozenset[int], Tensor]:
         """(full-stop ids found in the tokenizer, non-special ids for random replacement), cached."""
         if self._vocab_of is not tokenizer or self._vocab is None:
             specials = tokenizer.special_ids
@@ -301,7 +306,7 @@ class TextInfilling(TokenLossObjective[TextInfillingConfig]):
         self,
         examples: Sequence[Mapping[str, Sequence[int]]],
         *,
-        tokenizer=None,
+        tokenizer: Tokenizer | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         c = self.config
@@ -372,7 +377,7 @@ class TextInfilling(TokenLossObjective[TextInfillingConfig]):
     def token_loss(self) -> TokenLoss:
         return TokenLoss(label_smoothing=self.config.label_smoothing)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         if "labels" not in batch:
             raise DataError("a text_infilling batch needs 'labels'; build it with objective.prepare")
         # without decoder_input_ids the model shifts the labels right behind its own start token

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ from unimodel.objectives import (
     token_objective_step,
 )
 from unimodel_bert import CLASSIFY_REQUIRES, MLM_REQUIRES, TAG_REQUIRES
+
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
 
 
 # ------------------------------------------------------------------ inputs
@@ -196,7 +200,13 @@ class MaskedLM(TokenLossObjective[MLMConfig]):
         word_start = torch.where(start, pos, torch.full_like(pos, -1)).cummax(dim=1).values.clamp(min=0)
         return candidate & chosen.gather(1, word_start)
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         c = self.config
         mask_id = _role_or(c.mask_token_id, "mask", tokenizer, "mlm", "mask_token_id")
         vocab = c.vocab_size if c.vocab_size is not None else (tokenizer.vocab_size if tokenizer is not None else None)
@@ -229,7 +239,7 @@ class MaskedLM(TokenLossObjective[MLMConfig]):
     def token_loss(self) -> TokenLoss:
         return TokenLoss()
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         """Loss at the selected positions only: the MLM head (transform and vocabulary
         projection) runs on those rows, not on every token, and the loss is computed
         without forming their logits."""
@@ -278,7 +288,7 @@ class ClassifyConfig(Config):
 
 
 def _wrap(
-    examples, tokenizer, add_special_tokens: bool, objective: str
+    examples: Sequence[Mapping[str, Any]], tokenizer: Tokenizer | None, add_special_tokens: bool, objective: str
 ) -> tuple[list[list[int]], list[list[int]] | None]:
     """Input ids (and token types) of each example, with BERT's special tokens when asked."""
     if not add_special_tokens:
@@ -316,7 +326,13 @@ class SequenceClassification(Objective[ClassifyConfig]):
             )
         }
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         c = self.config
         labels = []
         for i, ex in enumerate(examples):
@@ -344,7 +360,7 @@ class SequenceClassification(Objective[ClassifyConfig]):
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         logits = model(**_model_inputs(batch)).logits  # (B, C)
         labels = batch["labels"]
         if self.config.num_labels == 1:
@@ -389,7 +405,13 @@ class TokenClassification(Objective[TagConfig]):
             )
         }
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         c = self.config
         label_seqs = []
         for i, ex in enumerate(examples):
@@ -421,7 +443,7 @@ class TokenClassification(Objective[TagConfig]):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return lm_loss(logits, labels, shift=False)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         logits = model(**_model_inputs(batch)).logits  # (B, T, C)
         labels = batch["labels"]
         return ObjectiveOutput(
