@@ -41,6 +41,7 @@ def pair_run(out: Path, *, model=None, objective=None, data=None, **train_opts) 
         "data": {
             "corpus": "numbers",
             "corpus_options": {"n_train": 256, "n_validation": 16},
+            "tokenizer": "bpe",  # reproducible run to run (T5's own Unigram trainer is not), as in the example
             "vocab_size": 400,
             "split_digits": True,
             **(data or {}),

@@ -30,7 +30,7 @@ from unimodel.data.tokenizer import DEFAULT_BPE_ROLES, TOKENIZER_FILE, Tokenizer
 from unimodel.errors import DataError
 
 if TYPE_CHECKING:
-    from unimodel.registry import TokenizerRecipe
+    from unimodel.registry import Registry, TokenizerRecipe
 
 DEFAULT_CORPUS = "pydoc"
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
@@ -79,7 +79,8 @@ class DataConfig(Config):
     tokenizer: str | None = param(
         None,
         "bpe, wordpiece or unigram to train one on the training split; or a folder with tokenizer.json; "
-        "null: train the model family's own kind (BERT: wordpiece, T5: unigram, GPT and BART: bpe)",
+        "null: train the model family's own kind (BERT: wordpiece, T5: unigram, GPT and BART: bpe). Only bpe "
+        "trains the same vocabulary on every run",
     )
     vocab_size: int = param(8192, "vocabulary size of a trained tokenizer (special tokens included)")
     min_frequency: int = param(2, "a trained tokenizer's pieces occur at least this often")
@@ -354,6 +355,14 @@ def tokenizer_roles(
         return None
     roles.update({r: f"<|{r}|>" for r in extra})
     return roles
+
+
+def tokenizer_recipe(model_name: str, *, registry: Registry | None = None) -> TokenizerRecipe | None:
+    """The tokenizer recipe the family of model or preset ``model_name`` registers (``None`` when none)."""
+    from unimodel.registry import get_registry
+
+    family, _ = (registry or get_registry()).resolve_model(model_name)
+    return family.tokenizer
 
 
 def make_tokenizer(
