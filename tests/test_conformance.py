@@ -23,7 +23,16 @@ import unimodel.testing
 from unimodel import hookspecs
 from unimodel.interfaces import Cap
 from unimodel.registry import Component, Registry, get_registry, set_registry
-from unimodel.testing import ConformanceError, NotApplicable, check_model, checks, generation, objectives, parts
+from unimodel.testing import (
+    ConformanceError,
+    NotApplicable,
+    check_component,
+    check_model,
+    checks,
+    generation,
+    objectives,
+    parts,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "plugins.md"
@@ -79,7 +88,15 @@ def test_kit_passes_on_every_builtin_component(tmp_path):
     families = [c for c in reg.components("model") if c.base is None and c.tiny]
     assert families, "no built-in family registers tiny overrides"
     for fam in families:
-        for test in ("forward", "roundtrip", "determinism", "config_roundtrip", "capabilities", "input_errors"):
+        for test in (
+            "forward",
+            "roundtrip",
+            "determinism",
+            "config_roundtrip",
+            "capabilities",
+            "input_errors",
+            "config_names",
+        ):
             assert outcomes.get(f"test_{test}[model:{fam.name}]") == "passed", (test, fam.name)
         if "kv_cache" in fam.provides:
             assert outcomes[f"test_kv_cache[model:{fam.name}]"] == "passed"
@@ -99,6 +116,8 @@ def test_kit_passes_on_every_builtin_component(tmp_path):
             assert outcomes.get(f"test_prepare[objective:{comp.name}]") == "passed", comp
             padding = "skipped" if comp.name == "features" else "passed"  # features has no loss
             assert outcomes.get(f"test_padding_loss[objective:{comp.name}]") == padding, comp
+        if comp.kind in ("encoder", "decoder"):
+            assert outcomes.get(f"test_config_names[{comp.kind}:{comp.name}]") == "passed", comp
     for name in reg.plugins:
         assert outcomes[f"test_plugin_loaded[plugin:{name}]"] == "passed"
 
@@ -194,7 +213,7 @@ def test_outside_plugin_builds_and_trains_a_step(outside_plugin, monkeypatch):
     try:
         reg = get_registry()
         assert reg.plugins["rmsgpt"].ok and reg.plugins["rmsgpt"].source == "unimodel-rmsgpt"
-        model = um.build_model("rmsgpt", vocab_size=64, n_positions=32, d_model=32, n_layers=2, n_heads=4, d_ff=48)
+        model = um.build_model("rmsgpt", vocab_size=64, max_positions=32, d_model=32, n_layers=2, n_heads=4, d_ff=48)
         assert model.objective_name == "clm_zloss" and model.name == "rmsgpt"
         assert type(model.decoder).__module__ == "unimodel_rmsgpt.model"
         ids = torch.randint(0, 64, (2, 10))
@@ -202,11 +221,11 @@ def test_outside_plugin_builds_and_trains_a_step(outside_plugin, monkeypatch):
         out.loss.backward()
         assert torch.isfinite(out.loss) and model.decoder.embed.weight.grad is not None
         # the preset resolves through the plugin, and the plugin's objective trains a built-in family
-        assert um.build_model("rmsgpt-small", vocab_size=64, n_positions=16).config.d_model == 512
+        assert um.build_model("rmsgpt-small", vocab_size=64, max_positions=16).config.d_model == 512
         gpt = um.build_model(
             "gpt",
             vocab_size=64,
-            n_positions=32,
+            max_positions=32,
             d_model=32,
             n_layers=1,
             n_heads=4,
@@ -228,7 +247,7 @@ def test_outside_plugin_builds_and_trains_a_step(outside_plugin, monkeypatch):
                 },
                 "decoder": {
                     "name": "rmsgpt",
-                    "n_positions": 32,
+                    "max_positions": 32,
                     "d_model": 48,
                     "n_layers": 1,
                     "n_heads": 4,
@@ -269,6 +288,8 @@ def test_outside_plugin_passes_the_kit(outside_plugin, tmp_path):
         "test_capabilities[model:rmsgpt]",
         "test_input_errors[model:rmsgpt]",
         "test_preset[model:rmsgpt-small]",
+        "test_config_names[model:rmsgpt]",
+        "test_config_names[decoder:rmsgpt]",
         "test_objective[objective:clm_zloss]",
         "test_decoder[decoder:rmsgpt]",
         "test_gradients[model:rmsgpt/objective:clm_zloss]",
@@ -287,18 +308,21 @@ def test_outside_plugin_passes_the_kit(outside_plugin, tmp_path):
 
 # ------------------------------------------------------------------ the kit fails what it should fail
 BROKEN = '''
+import dataclasses
 import os
+from typing import ClassVar
 
 import torch
 
 from unimodel import PLUGIN_API_VERSION, hookimpl
+from unimodel.config import param
 from unimodel.interfaces import Backbone
 from unimodel.registry import Component
-from unimodel_gpt.model import GPT, PROVIDES, GPTDecoder
+from unimodel_gpt.model import GPT, PROVIDES, GPTConfig, GPTDecoder
 from unimodel_gpt.objectives import CausalLM
 from unimodel.objectives import lm_loss
 
-_TINY = {"vocab_size": 60, "n_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0,
+_TINY = {"vocab_size": 60, "max_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0,
          "attn_dropout": 0.0}
 _PROVIDES = ("decoder_only", "causal", "lm_head", "kv_cache")
 
@@ -330,6 +354,27 @@ class Unseeded(GPT):
         return backbone
 
 
+@dataclasses.dataclass(frozen=True)
+class SynonymConfig(GPTConfig):
+    \"\"\"Spells shared concepts as other codebases do.\"\"\"
+
+    hidden_size: int = param(32, "width under another name")
+    tie_word_embeddings: bool = param(True, "tying under another name")
+
+
+class Synonymous(GPT):
+    config_class = SynonymConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class BadAliasConfig(GPTConfig):
+    renamed: ClassVar[dict[str, str]] = {"n_positions": "max_position"}  # points at no field
+
+
+class BadAlias(GPT):
+    config_class = BadAliasConfig
+
+
 class Misdeclared(CausalLM):
     """Overrides loss() with label smoothing that its token_loss() does not declare."""
 
@@ -350,6 +395,12 @@ def unimodel_components():
         Component(kind="model", name="liar", target="unimodel_gpt.model:GPT", summary="claims a pooler",
                   provides=(*_PROVIDES, "pooler"), default_objective="clm", tiny=_TINY),
         Component(kind="model", name="unseeded", target="um_broken_family:Unseeded", summary="random init",
+                  provides=_PROVIDES, default_objective="clm", tiny=_TINY),
+        Component(kind="model", name="synonymous", target="um_broken_family:Synonymous", summary="synonyms",
+                  provides=_PROVIDES, default_objective="clm", tiny=_TINY),
+        Component(kind="decoder", name="synonymous", target="um_broken_family:Synonymous", summary="synonyms",
+                  provides=_PROVIDES, tiny=_TINY),
+        Component(kind="model", name="bad_alias", target="um_broken_family:BadAlias", summary="bad renamed map",
                   provides=_PROVIDES, default_objective="clm", tiny=_TINY),
         Component(kind="objective", name="typo_clm", target="unimodel_gpt.objectives:CausalLM",
                   summary="requires a misspelled capability", requires=("decoder_only", "kv-cache")),
@@ -393,6 +444,19 @@ def test_kit_catches_unknown_capability_names(broken_registry):
         checks.check_objective("typo_clm", registry=broken_registry)
     with pytest.raises(ConformanceError, match="unknown capabilities"):
         checks.check_declaration("objective", "typo_clm", registry=broken_registry)
+
+
+def test_kit_catches_config_fields_outside_the_vocabulary(broken_registry):
+    checks.check_config_names("model", "gpt", registry=broken_registry)  # the vocabulary's own names pass
+    with pytest.raises(
+        ConformanceError,
+        match=r"'hidden_size' \(call it 'd_model'\), 'tie_word_embeddings' \(call it 'tie_embeddings'\)",
+    ):
+        checks.check_config_names("model", "synonymous", registry=broken_registry)
+    report = check_component("decoder", "synonymous", registry=broken_registry, raise_on_failure=False)
+    assert [(o.check, o.status) for o in report.outcomes if o.check == "config_names"] == [("config_names", "failed")]
+    with pytest.raises(ConformanceError, match=r"renamed maps 'n_positions' -> 'max_position'"):
+        checks.check_config_names("model", "bad_alias", registry=broken_registry)
 
 
 def test_kit_catches_a_token_loss_that_disagrees_with_the_loss(broken_registry):
@@ -466,7 +530,7 @@ from unimodel_bert.model import BertEncoder
 from unimodel_gpt.model import GPT, PROVIDES, GPTDecoder
 from unimodel_gpt.objectives import CausalLM
 
-_GPT = {"vocab_size": 60, "n_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0,
+_GPT = {"vocab_size": 60, "max_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "dropout": 0.0,
         "attn_dropout": 0.0}
 _BERT = {"vocab_size": 70, "max_positions": 32, "d_model": 32, "n_layers": 1, "n_heads": 4, "d_ff": 37,
          "dropout": 0.0, "attn_dropout": 0.0}

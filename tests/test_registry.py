@@ -19,7 +19,7 @@ import unimodel
 from unimodel import cli, hookimpl
 from unimodel.errors import ComponentNotFoundError, DuplicateComponentError, PluginError
 from unimodel.hookspecs import PLUGIN_API_VERSION
-from unimodel.registry import KINDS, Component, Registry, get_registry, set_registry
+from unimodel.registry import KINDS, Component, Registry, TokenizerRecipe, get_registry, presets, set_registry
 
 
 def make_plugin(*components: Component, api: int | None = PLUGIN_API_VERSION) -> object:
@@ -277,8 +277,15 @@ def test_a_hook_with_wrong_arguments_is_an_error():
         (lambda: [Component(kind="widget", name="w", target="m:a")], "unknown kind 'widget'"),
         (lambda: [Component(kind="model", name="m", target="no-colon")], "must look like 'package.module:attribute'"),
         (lambda: [{"kind": "model", "name": "m"}], "returned dict, expected Component"),
+        (lambda: [model("m", provides="causal")], "provides must list names, not be the string 'causal'"),
+        (lambda: [Component(kind="corpus", name="c", target="m:c", data_kind="images")], "data_kind must be"),
+        (lambda: [model("m", tokenizer={"kind": "sentencepiece"})], "kind 'sentencepiece' is not one of"),
+        (
+            lambda: [Component(kind="hf_converter", name="h", target="m:h", exports=("x",), extra={"exports": ("y",)})],
+            "sets both exports= and extra['exports']",
+        ),
     ],
-    ids=["unknown-kind", "bad-target", "not-a-component"],
+    ids=["unknown-kind", "bad-target", "not-a-component", "string-provides", "data-kind", "tokenizer", "both"],
 )
 def test_malformed_records_fail_their_plugin(bad, message):
     class Malformed:
@@ -415,7 +422,7 @@ def test_a_plugin_calling_sys_exit_at_import_is_a_failed_plugin(site, global_reg
     assert not breaks.ok and "raised KeyboardInterrupt while no Ctrl-C was pressed" in breaks.error
     assert reg.plugins["outside"].ok and reg.has("model", "gpt")  # the others loaded
     set_registry(reg)
-    assert unimodel.build_model("gpt", vocab_size=50, n_positions=8, d_model=8, n_layers=1, n_heads=2) is not None
+    assert unimodel.build_model("gpt", vocab_size=50, max_positions=8, d_model=8, n_layers=1, n_heads=2) is not None
 
 
 def test_a_hook_raising_system_exit_is_a_failed_plugin():
@@ -448,3 +455,89 @@ def test_a_real_ctrl_c_during_plugin_import_still_interrupts(site, global_regist
     write_dist(site, "unimodel-slow", {"slow": "um_slow_plugin"}, {"um_slow_plugin": CTRL_C_DURING_IMPORT})
     with pytest.raises(KeyboardInterrupt):
         Registry()
+
+
+# ------------------------------------------------------------------ typed metadata
+def test_schema_metadata_is_typed_fields_and_old_extra_keys_still_read():
+    recipe = TokenizerRecipe(kind="wordpiece", roles={"pad": "[PAD]"})
+    typed = [
+        model("m", tokenizer=recipe),
+        Component(kind="decoding", name="d", target="m:d", options=("iterations",)),
+        Component(kind="hf_converter", name="h", target="m:h", model_types=("x",), exports=("m",)),
+        Component(kind="corpus", name="c", target="m:c", data_kind="pairs"),
+    ]
+    with pytest.warns(DeprecationWarning) as record:
+        legacy = [
+            model("m", extra={"tokenizer": {"kind": "wordpiece", "roles": {"pad": "[PAD]"}}}),
+            Component(kind="decoding", name="d", target="m:d", extra={"options": ("iterations",)}),
+            Component(kind="hf_converter", name="h", target="m:h", model_types=("x",), extra={"exports": ("m",)}),
+            Component(kind="corpus", name="c", target="m:c", extra={"data": "pairs", "note": "kept"}),
+        ]
+    assert len(record) == 4 and all("is deprecated; pass Component(" in str(w.message) for w in record)
+    assert "extra={'exports': ...}" in str(record[2].message) and "Component(exports=...)" in str(record[2].message)
+    for new, old in zip(typed, legacy):
+        assert (old.tokenizer, old.options, old.exports, old.data_kind) == (
+            new.tokenizer,
+            new.options,
+            new.exports,
+            new.data_kind,
+        )
+    assert dict(legacy[3].extra) == {"note": "kept"}  # only the keys that became fields move
+    assert legacy[0].tokenizer == recipe and dict(legacy[0].tokenizer.roles) == {"pad": "[PAD]"}
+    # the registry's own copy of a record (replace(plugin=...)) keeps the fields, without a second warning
+    reg = Registry(discover=False)
+    reg.add_plugin(make_plugin(*typed), "typed")
+    assert reg.get("corpus", "c").data_kind == "pairs" and reg.get("decoding", "d").options == ("iterations",)
+
+
+def test_capability_sets_are_sorted_and_light_to_import():
+    import subprocess
+
+    comp = model("m", provides=frozenset({"lm_head", "causal", "kv_cache", "decoder_only"}))
+    assert comp.provides == ("causal", "decoder_only", "kv_cache", "lm_head")
+    code = (
+        "import sys, unimodel_gpt, unimodel_bert, unimodel_t5, unimodel_bart; from unimodel import Cap; "
+        "caps = {Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE}; "
+        "print(unimodel_gpt.PROVIDES == caps, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["True", "False"], proc.stderr
+
+
+def test_families_state_capabilities_once():
+    """The registry records and the built backbones read the same sets from the light package."""
+    import unimodel_bart
+    import unimodel_bert
+    import unimodel_gpt
+    import unimodel_t5
+    from helpers import build_tiny
+
+    reg = get_registry()
+    for package, family in (
+        (unimodel_gpt, "gpt"),
+        (unimodel_bert, "bert"),
+        (unimodel_t5, "t5"),
+        (unimodel_bart, "bart"),
+    ):
+        assert set(reg.get("model", family).provides) == package.PROVIDES
+        assert build_tiny(family).provides == package.PROVIDES
+        assert importlib.import_module(f"{package.__name__}.model").PROVIDES is package.PROVIDES
+
+
+def test_presets_helper_shares_the_familys_metadata():
+    recipe = TokenizerRecipe(kind="bpe")
+    family = model("fam", provides=("causal",), default_objective="clm", tokenizer=recipe, tiny={"n_layers": 1})
+    made = presets(family, {"fam-small": ("small", {"n_layers": 2}), "fam-big": ("big", {"n_layers": 8})})
+    assert [(p.name, p.base, p.summary, dict(p.defaults)) for p in made] == [
+        ("fam-small", "fam", "small", {"n_layers": 2}),
+        ("fam-big", "fam", "big", {"n_layers": 8}),
+    ]
+    assert all(p.provides == ("causal",) and p.default_objective == "clm" and p.tokenizer is recipe for p in made)
+    assert all(not p.tiny and p.target == "" for p in made)
+    with pytest.raises(PluginError, match="presets are models"):
+        presets(objective("o"), {"x": ("x", {})})
+    reg = get_registry()
+    for name in ("gpt2-tiny", "bert-base", "t5-v1_1-small", "bart-large"):
+        preset = reg.get("model", name)
+        family_comp = reg.get("model", preset.base)
+        assert (preset.provides, preset.tokenizer) == (family_comp.provides, family_comp.tokenizer)

@@ -6,12 +6,14 @@ Registered through the ``unimodel`` entry-point group like any other plugin.
 
 from __future__ import annotations
 
+from unimodel.capabilities import Cap
 from unimodel.hookspecs import PLUGIN_API_VERSION, hookimpl
 from unimodel.registry import Component
 
 # Left-to-right strategies use a decoder's KV cache when it has one and re-run the prefix otherwise.
-_CAUSAL = ("causal", "lm_head")
-_REFERENCE_TINY = {"vocab_size": 64, "n_positions": 64, "d_model": 32, "n_layers": 1, "n_heads": 4, "d_ff": 64}
+_CAUSAL = (Cap.CAUSAL, Cap.LM_HEAD)
+_REFERENCE_TINY = {"vocab_size": 64, "max_positions": 64, "d_model": 32, "n_layers": 1, "n_heads": 4, "d_ff": 64}
+SEQ2SEQ_REQUIRES = frozenset({Cap.ENCODER_DECODER, Cap.LM_HEAD})  # the objective's class reads it from here
 
 
 @hookimpl
@@ -79,7 +81,7 @@ def unimodel_components() -> list[Component]:
             name="seq2seq",
             target="unimodel.objectives:Seq2Seq",
             summary="supervised source -> target pairs (optional label smoothing)",
-            requires=("encoder_decoder", "lm_head"),
+            requires=SEQ2SEQ_REQUIRES,
         ),
         Component(
             kind="corpus",
@@ -93,8 +95,8 @@ def unimodel_components() -> list[Component]:
             name="numbers",
             target="unimodel.data.synthetic:numbers_pairs",
             summary="pairs: numbers in digits -> English words (generated; 20,000 train / 500 validation)",
+            data_kind="pairs",
             extra={
-                "data": "pairs",
                 "corpus_options": "n_train = 20000, n_validation = 500, max_value = 99999, seed = 0",
             },
         ),

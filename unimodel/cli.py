@@ -20,7 +20,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -192,7 +192,7 @@ def _print_fields(title: str, config_class: Any, values: dict[str, Any]) -> None
         _out("  (* set by the preset)")
 
 
-def _models_with(reg: Registry, requires: Sequence[str]) -> list[str]:
+def _models_with(reg: Registry, requires: Iterable[str]) -> list[str]:
     need = set(requires)
     out = []
     for comp in reg.components("model"):
@@ -254,7 +254,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "requires": ", ".join(comp.requires),
             "model types": ", ".join(comp.model_types),
         }
-        for key, value in comp.extra.items():
+        for key, value in comp.display_items().items():
             meta[key] = _fmt(value) if not isinstance(value, str) else value
         for line in _table([(f"{k}:", v) for k, v in meta.items() if v]):
             _out(line.strip())

@@ -322,7 +322,7 @@ class Model(nn.Module):
         if max_pos is not None and past + ids.shape[1] > max_pos:
             raise InputError(
                 f"{name} has {past + ids.shape[1]} positions (including {past} cached) but model {self.name!r} "
-                f"has a position table of {max_pos}; truncate the input or build with a larger n_positions"
+                f"has a position table of {max_pos}; truncate the input or build with a larger max_positions"
             )
         checks.run()
 
@@ -502,7 +502,7 @@ def build_model(
     named = reg.get("model", name)
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
-    config = family.config_class.from_dict({**preset_values, **model_spec}, section=f"model {name!r}")
+    config = family.config_class.from_layers(preset_values, model_spec, section=f"model {name!r}")
 
     provides_for = getattr(family, "provides_for", None)
     provides = provides_for(config) if provides_for is not None else frozenset(family_comp.provides)

@@ -18,10 +18,11 @@ import importlib.metadata
 import signal
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+import warnings
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pluggy
 
@@ -78,6 +79,44 @@ def plugin_code() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
+TokenizerKind = Literal["bpe", "wordpiece", "unigram"]
+DataKind = Literal["text", "pairs"]
+
+
+@dataclass(frozen=True)
+class TokenizerRecipe:
+    """The tokenizer a family trains on when a run's ``[data] tokenizer`` is not set.
+
+    Args:
+        kind: ``"bpe"`` (byte-level), ``"wordpiece"`` or ``"unigram"``.
+        roles: special-token role -> token string (``{"pad": "[PAD]", "mask": "[MASK]"}``),
+            reserved in this order; roles an objective needs beyond these get a token of their own.
+    """
+
+    kind: TokenizerKind
+    roles: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(TokenizerKind):
+            raise PluginError(f"tokenizer recipe kind {self.kind!r} is not one of {', '.join(get_args(TokenizerKind))}")
+        object.__setattr__(self, "roles", MappingProxyType(dict(self.roles)))
+
+    @classmethod
+    def coerce(cls, value: TokenizerRecipe | Mapping[str, Any]) -> TokenizerRecipe:
+        """A recipe from itself or from a ``{"kind": ..., "roles": {...}}`` mapping."""
+        if isinstance(value, TokenizerRecipe):
+            return value
+        if isinstance(value, Mapping) and set(value) <= {"kind", "roles"} and "kind" in value:
+            return cls(kind=value["kind"], roles=value.get("roles", {}))
+        raise PluginError(
+            f"a tokenizer recipe is a TokenizerRecipe or {{'kind': ..., 'roles': {{...}}}}, not {value!r}"
+        )
+
+
+# Keys of ``extra`` that carried these fields before they were fields: key -> field name.
+_EXTRA_FIELDS = {"options": "options", "data": "data_kind", "exports": "exports", "tokenizer": "tokenizer"}
+
+
 @dataclass(frozen=True)
 class Component:
     """A registered component: metadata plus the import path of what builds it.
@@ -93,8 +132,13 @@ class Component:
         defaults: for a preset, the config values it sets on its base.
         default_objective: for a model, the objective used when none is named.
         model_types: for an ``hf_converter``, the HF ``model_type`` values it reads.
+        exports: for an ``hf_converter``, the unimodel models it writes as HF folders.
         tiny: config overrides that make a small, fast instance (conformance kit).
-        extra: anything else a plugin wants to carry.
+        tokenizer: for a model, encoder or decoder, the tokenizer a run trains when
+            ``[data] tokenizer`` is not set (a :class:`TokenizerRecipe` or its dict form).
+        options: for a ``decoding`` strategy, the extra ``generate`` options it accepts.
+        data_kind: for a ``corpus``, ``"text"`` (documents) or ``"pairs"`` (source -> target).
+        extra: anything else a plugin wants to carry (shown by ``unimodel info``).
         plugin: set by the registry: the name of the plugin that registered it.
 
     A component is always reachable by its qualified name ``plugin:name``
@@ -106,13 +150,18 @@ class Component:
     name: str
     target: str
     summary: str = ""
-    provides: tuple[str, ...] = ()
-    requires: tuple[str, ...] = ()
+    # name collections: any iterable of names on the way in (a frozenset of Cap names, say), a tuple once built
+    provides: Collection[str] = ()
+    requires: Collection[str] = ()
     base: str | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     default_objective: str | None = None
-    model_types: tuple[str, ...] = ()
+    model_types: Collection[str] = ()
+    exports: Collection[str] = ()
     tiny: Mapping[str, Any] = field(default_factory=dict)
+    tokenizer: TokenizerRecipe | None = None
+    options: Collection[str] = ()
+    data_kind: DataKind = "text"
     extra: Mapping[str, Any] = field(default_factory=dict)
     plugin: str = ""
 
@@ -128,10 +177,49 @@ class Component:
             raise PluginError(
                 f"{self.kind} {self.name!r}: target {self.target!r} must look like 'package.module:attribute'"
             )
-        for attr in ("provides", "requires", "model_types"):
-            object.__setattr__(self, attr, tuple(getattr(self, attr)))
+        self._adopt_extra_fields()
+        for attr in ("provides", "requires", "model_types", "exports", "options"):
+            value = getattr(self, attr)
+            if isinstance(value, str):
+                raise PluginError(f"{self.kind} {self.name!r}: {attr} must list names, not be the string {value!r}")
+            # a set has no order of its own: sort it, so listings read the same in every process
+            object.__setattr__(self, attr, tuple(sorted(value) if isinstance(value, (set, frozenset)) else value))
         for attr in ("defaults", "tiny", "extra"):
             object.__setattr__(self, attr, MappingProxyType(dict(getattr(self, attr))))
+        if self.tokenizer is not None:
+            object.__setattr__(self, "tokenizer", TokenizerRecipe.coerce(self.tokenizer))
+        if self.data_kind not in get_args(DataKind):
+            raise PluginError(f"{self.kind} {self.name!r}: data_kind must be 'text' or 'pairs', got {self.data_kind!r}")
+
+    def _adopt_extra_fields(self) -> None:
+        """Move ``extra`` keys that are fields now (``extra={"exports": ...}``) to their fields, with a warning."""
+        legacy = [key for key in _EXTRA_FIELDS if key in self.extra]
+        if not legacy:
+            return
+        defaults = {f.name: f.default for f in fields(self)}
+        extra = dict(self.extra)
+        for key in legacy:
+            name = _EXTRA_FIELDS[key]
+            if getattr(self, name) != defaults[name]:
+                raise PluginError(f"{self.kind} {self.name!r} sets both {name}= and extra[{key!r}]; keep {name}=")
+            warnings.warn(
+                f"{self.kind} {self.name!r}: Component(extra={{{key!r}: ...}}) is deprecated; "
+                f"pass Component({name}=...) instead",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            object.__setattr__(self, name, extra.pop(key))
+        object.__setattr__(self, "extra", extra)
+
+    def display_items(self) -> dict[str, Any]:
+        """Metadata beyond kind, name and summary that ``unimodel info`` shows (empty values left out)."""
+        items: dict[str, Any] = {
+            "exports": ", ".join(self.exports),
+            "options": ", ".join(self.options),
+            "data": self.data_kind if self.kind == "corpus" else "",
+            "tokenizer": f"{self.tokenizer.kind}, {len(self.tokenizer.roles)} special tokens" if self.tokenizer else "",
+        }
+        return {k: v for k, v in {**items, **self.extra}.items() if v not in ("", None, (), {})}
 
     @property
     def qualified_name(self) -> str:
@@ -445,6 +533,33 @@ def _claim(comps: list[Component], plugin: str) -> list[Component]:
             default = f"{plugin}{QUALIFIER}{default}"
         out.append(replace(c, plugin=plugin, default_objective=default))
     return out
+
+
+def presets(family: Component, table: Mapping[str, tuple[str, Mapping[str, Any]]]) -> list[Component]:
+    """Preset components of ``family``: ``table`` maps each preset name to (summary, config values).
+
+    Each preset names ``family`` as its base and shares its capabilities,
+    default objective and tokenizer recipe, so a family states them once::
+
+        gpt = Component(kind="model", name="gpt", target="unimodel_gpt.model:GPT", ...)
+        return [gpt, *presets(gpt, {"gpt2-tiny": ("2 layers, d 128", {"n_layers": 2, "d_model": 128})})]
+    """
+    if family.kind != "model":
+        raise PluginError(f"presets are models; {family.kind} {family.name!r} cannot be a preset's base")
+    return [
+        Component(
+            kind="model",
+            name=name,
+            target="",
+            base=family.name,
+            summary=summary,
+            defaults=values,
+            provides=family.provides,
+            default_objective=family.default_objective,
+            tokenizer=family.tokenizer,
+        )
+        for name, (summary, values) in table.items()
+    ]
 
 
 def _article(word: str) -> str:

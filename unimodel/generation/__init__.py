@@ -116,7 +116,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     strategy_name = choose_strategy(options)
     # a strategy chosen from num_beams/do_sample is the core's, whatever other plugins call theirs
     component = reg.get("decoding", strategy_name, prefer=None if options.get("strategy") else "core")
-    declared = tuple(component.extra.get("options", ()))
+    declared = tuple(component.options)
     check_option_names(options, OPTIONS + declared)
     _check_can_generate(model, strategy_name, component.requires, reg)
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from unimodel.testing.objectives import check_padding_loss, check_prepare
     from unimodel.testing.parts import check_pairing
     from unimodel.testing.runner import Report, check_component, check_model, run_conformance
+    from unimodel.testing.vocabulary import check_config_names
 
 # public name -> the module that defines it (imported on first use: the checks need torch)
 _CHECKS = {
@@ -84,6 +85,7 @@ _CHECKS = {
     "check_component": "runner",
     "check_model": "runner",
     "run_conformance": "runner",
+    "check_config_names": "vocabulary",
 }
 
 

@@ -104,6 +104,13 @@ def component_cases(kind: str, reg: Registry | None = None, sel: Selection = Sel
     return out
 
 
+def config_cases(reg: Registry | None = None, sel: Selection = Selection()) -> list[Case]:
+    """Every selected component with a config class of its own: model families, encoders, decoders."""
+    reg = reg or get_registry()
+    kinds = ("model", "encoder", "decoder")
+    return [Case(c.kind, c.name) for c in reg.components() if c.kind in kinds and c.base is None and sel.matches(c)]
+
+
 def preset_cases(reg: Registry | None = None, sel: Selection = Selection()) -> list[Case]:
     reg = reg or get_registry()
     return [

@@ -37,6 +37,7 @@ _CASES: dict[str, Callable[..., list[C.Case]]] = {
     "test_encoder": lambda reg, sel: C.component_cases("encoder", reg, sel),
     "test_decoder": lambda reg, sel: C.component_cases("decoder", reg, sel),
     "test_declaration": lambda reg, sel: C.declaration_cases(reg, sel),
+    "test_config_names": lambda reg, sel: C.config_cases(reg, sel),
 }
 
 
@@ -167,3 +168,10 @@ def test_encoder(case: C.Case) -> None:
 
 def test_decoder(case: C.Case) -> None:
     _run(lambda: checks.check_decoder(case.name))
+
+
+def test_config_names(case: C.Case) -> None:
+    """The config's field names follow unimodel's vocabulary (no ``n_positions``, ``hidden_size`` ...)."""
+    from unimodel.testing.vocabulary import check_config_names
+
+    _run(lambda: check_config_names(case.kind, case.name))

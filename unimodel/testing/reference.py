@@ -34,7 +34,7 @@ class ReferenceConfig(Config):
     section = "reference part"
 
     vocab_size: int = param(64, "vocabulary size (the pairing sets it)")
-    n_positions: int = param(64, "length of the learned position table")
+    max_positions: int = param(64, "length of the learned position table")
     d_model: int = param(32, "hidden width")
     n_layers: int = param(1, "transformer blocks")
     n_heads: int = param(4, "attention heads; must divide d_model")
@@ -42,7 +42,7 @@ class ReferenceConfig(Config):
     memory_dim: int | None = param(None, "decoder: width of an encoder memory to cross-attend to (set when paired)")
 
     def check(self) -> None:
-        self.require_positive("vocab_size", "n_positions", "d_model", "n_layers", "n_heads", "d_ff")
+        self.require_positive("vocab_size", "max_positions", "d_model", "n_layers", "n_heads", "d_ff")
         if self.d_model % self.n_heads:
             self.fail(("d_model", "n_heads"), "d_model must be divisible by n_heads")
 
@@ -53,9 +53,9 @@ class _Stack(nn.Module):
     def __init__(self, c: ReferenceConfig, *, cross_attention: bool) -> None:
         super().__init__()
         self.config = c
-        self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, c.n_positions
+        self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, c.max_positions
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos = LearnedPositions(c.n_positions, c.d_model)
+        self.pos = LearnedPositions(c.max_positions, c.d_model)
         self.blocks = nn.ModuleList(
             Block(
                 d_model=c.d_model,

@@ -64,8 +64,14 @@ class Report:
 def model_checks() -> dict[str, Callable[..., None]]:
     """Every check of a model family by its report name: :data:`MODEL_CHECKS` and the generation checks."""
     from unimodel.testing.generation import check_beam_search, check_generation
+    from unimodel.testing.vocabulary import check_config_names
 
-    return {**MODEL_CHECKS, "generation": check_generation, "beam_search": check_beam_search}
+    return {
+        **MODEL_CHECKS,
+        "generation": check_generation,
+        "beam_search": check_beam_search,
+        "config_names": lambda name: check_config_names("model", name),
+    }
 
 
 def component_checks(kind: str, name: str) -> dict[str, Callable[[], None]]:
@@ -73,6 +79,7 @@ def component_checks(kind: str, name: str) -> dict[str, Callable[[], None]]:
     from unimodel.testing.generation import check_decoding
     from unimodel.testing.objectives import check_padding_loss, check_prepare
     from unimodel.testing.parts import check_pairing
+    from unimodel.testing.vocabulary import check_config_names
 
     table: dict[str, dict[str, Callable[[], None]]] = {
         "objective": {
@@ -80,8 +87,16 @@ def component_checks(kind: str, name: str) -> dict[str, Callable[[], None]]:
             "prepare": lambda: check_prepare(name),
             "padding_loss": lambda: check_padding_loss(name),
         },
-        "encoder": {"encoder": lambda: check_encoder(name), "pairing": lambda: check_pairing("encoder", name)},
-        "decoder": {"decoder": lambda: check_decoder(name), "pairing": lambda: check_pairing("decoder", name)},
+        "encoder": {
+            "encoder": lambda: check_encoder(name),
+            "pairing": lambda: check_pairing("encoder", name),
+            "config_names": lambda: check_config_names("encoder", name),
+        },
+        "decoder": {
+            "decoder": lambda: check_decoder(name),
+            "pairing": lambda: check_pairing("decoder", name),
+            "config_names": lambda: check_config_names("decoder", name),
+        },
         "decoding": {"decoding": lambda: check_decoding(name)},
         "model": {"preset": lambda: check_preset(name)},
     }
