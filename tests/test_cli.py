@@ -278,7 +278,11 @@ def test_doctor_on_the_installed_distribution(capsys):
     finally:
         set_registry(old)
     for plugin in ("core", "gpt", "bert", "t5", "bart"):
-        assert re.search(rf"^  {plugin}\s+unimodel\s+api {PLUGIN_API_VERSION}\s+\d+ components\s+OK$", out, re.M)
+        assert re.search(
+            rf"^  {plugin}\s+unimodel {re.escape(um.__version__)}\s+api {PLUGIN_API_VERSION}\s+\d+ components\s+OK$",
+            out,
+            re.M,
+        )
     imported = re.search(r"component imports: (\d+) of (\d+) OK", out)
     assert imported and imported[1] == imported[2] == str(len(targets))
     assert out.rstrip().endswith("no problems found") and "FAILED" not in out

@@ -447,16 +447,16 @@ def test_kit_catches_unknown_capability_names(broken_registry):
 
 
 def test_kit_catches_config_fields_outside_the_vocabulary(broken_registry):
-    checks.check_config_names("model", "gpt", registry=broken_registry)  # the vocabulary's own names pass
+    unimodel.testing.check_config_names("model", "gpt", registry=broken_registry)  # the vocabulary's own names pass
     with pytest.raises(
         ConformanceError,
         match=r"'hidden_size' \(call it 'd_model'\), 'tie_word_embeddings' \(call it 'tie_embeddings'\)",
     ):
-        checks.check_config_names("model", "synonymous", registry=broken_registry)
+        unimodel.testing.check_config_names("model", "synonymous", registry=broken_registry)
     report = check_component("decoder", "synonymous", registry=broken_registry, raise_on_failure=False)
     assert [(o.check, o.status) for o in report.outcomes if o.check == "config_names"] == [("config_names", "failed")]
     with pytest.raises(ConformanceError, match=r"renamed maps 'n_positions' -> 'max_position'"):
-        checks.check_config_names("model", "bad_alias", registry=broken_registry)
+        unimodel.testing.check_config_names("model", "bad_alias", registry=broken_registry)
 
 
 def test_kit_catches_a_token_loss_that_disagrees_with_the_loss(broken_registry):
@@ -844,6 +844,7 @@ def test_check_component_runs_the_new_checks(contract_registry):
         ("declaration", "passed"),
         ("encoder", "passed"),
         ("pairing", "failed"),
+        ("config_names", "passed"),
     ]
     report = check_component("objective", "pad_counting", registry=contract_registry, raise_on_failure=False)
     assert [(o.check, o.status) for o in report.outcomes] == [

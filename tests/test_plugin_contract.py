@@ -25,7 +25,7 @@ from unimodel.registry import Component, Registry, set_registry
 from unimodel.testing.reference import ReferenceEncoder
 
 HERE = __name__
-GPT_TINY = {"vocab_size": 64, "n_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4}
+GPT_TINY = {"vocab_size": 64, "max_positions": 32, "d_model": 32, "n_layers": 2, "n_heads": 4}
 
 
 class MasklessEncoder(ReferenceEncoder):
@@ -129,7 +129,7 @@ def pair(encoder: str, **decoder: object) -> um.Model:
         {
             "name": "encoder-decoder",
             "vocab_size": 64,
-            "encoder": {"name": encoder, "n_positions": 32, "d_model": 32, "n_heads": 4},
+            "encoder": {"name": encoder, "max_positions": 32, "d_model": 32, "n_heads": 4},
             "decoder": {"name": "gpt", **{**GPT_TINY, **decoder}},
         }
     ).eval()
@@ -229,7 +229,7 @@ def clash(registry):
 
 
 def test_a_plugin_objective_named_clm_does_not_break_gpt2_tiny(clash, tmp_path):
-    small = {"vocab_size": 64, "n_positions": 32}
+    small = {"vocab_size": 64, "max_positions": 32}
     model = um.build_model("gpt2-tiny", **small)
     assert type(model.objective) is CausalLM and model.objective_name == "gpt:clm"
     with pytest.raises(DuplicateComponentError, match=r"name the one you mean: 'gpt:clm' or 'third:clm'"):
