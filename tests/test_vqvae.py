@@ -66,7 +66,7 @@ def test_fsq_model_round_trips_its_codes(images, one_thread):
 
 
 def test_model_without_a_codebook_says_so():
-    gpt = um.build_model("gpt2-tiny", vocab_size=64, n_positions=16)
+    gpt = um.build_model("gpt2-tiny", vocab_size=64, max_positions=16)
     with pytest.raises(InputError, match="has no codebook .*provides 'codebook'"):
         gpt.encode_codes(torch.rand(1, 3, 16, 16))
     with pytest.raises(InputError, match="has no codebook"):

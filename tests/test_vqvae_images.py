@@ -126,7 +126,6 @@ def test_shapes_are_deterministic_labelled_and_split():
 
 def test_shapes_is_a_registered_image_corpus():
     comp = um.get_registry().get("corpus", "shapes")
-    assert comp.extra["data"] == "images"
     data = comp.load()("validation", n_validation=4)
     assert isinstance(data, ImageSet) and len(data) == 4
 

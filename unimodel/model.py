@@ -15,10 +15,20 @@ from unimodel.bounds import build_within_memory
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
 from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
-from unimodel.interfaces import Backbone, Cap, CodebookPart, Decoder, Encoder, ModelFamily, ModelOutput, Objective
+from unimodel.interfaces import (
+    Backbone,
+    Cap,
+    CodebookPart,
+    Decoder,
+    Encoder,
+    EncoderOutput,
+    ModelFamily,
+    ModelOutput,
+    Objective,
+)
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
-from unimodel.registry import Registry, get_registry
+from unimodel.registry import Component, Registry, get_registry
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -44,9 +54,13 @@ class Model(nn.Module):
         heads: Mapping[str, nn.Module],
         preset: str | None = None,
         tokenizer: Tokenizer | None = None,
+        provenance: Mapping[str, Mapping[str, str | None]] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
+        # by role ("model", "objective"): the qualified component and the distribution and version that provided it,
+        # which a checkpoint records so that loading it can name the package to install
+        self.provenance = {role: dict(entry) for role, entry in (provenance or {}).items()}
         self.preset = preset
         self.config = config
         self.encoder = backbone.encoder
@@ -169,12 +183,16 @@ class Model(nn.Module):
         extra: dict[str, Any] = {}
         if self.encoder is not None:
             if encoder_outputs is None:
-                enc = self.encoder(
+                enc = call_part(
+                    self.encoder,
                     input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                    position_ids=position_ids,
-                    **enc_extra,
+                    {
+                        "attention_mask": attention_mask,
+                        "token_type_ids": token_type_ids,
+                        "position_ids": position_ids,
+                        **enc_extra,
+                    },
+                    model=self.name,
                 )
             else:
                 enc = encoder_outputs
@@ -197,18 +215,28 @@ class Model(nn.Module):
             if dec_ids is None:
                 raise InputError(f"model {self.name!r} needs input_ids for its decoder")
             cache = past_key_values
+            if (use_cache or cache is not None) and Cap.KV_CACHE not in self.provides:
+                why = "its decoder is non-causal" if not self.decoder.is_causal else "it does not provide kv_cache"
+                raise InputError(
+                    f"model {self.name!r} keeps no cache for incremental decoding ({why}); "
+                    "call it without use_cache and past_key_values, on the whole sequence"
+                )
             if use_cache and cache is None:
                 cache = self.decoder.new_cache(
                     dec_ids.shape[0], dec_ids.shape[1], dtype=self.dtype, device=dec_ids.device
                 )
-            out = self.decoder(
+            out = call_part(
+                self.decoder,
                 dec_ids,
-                attention_mask=dec_mask,
-                position_ids=dec_pos,
-                memory=memory,
-                memory_mask=memory_mask,
-                cache=cache,
-                **dec_extra,
+                {
+                    "attention_mask": dec_mask,
+                    "position_ids": dec_pos,
+                    "memory": memory,
+                    "memory_mask": memory_mask,
+                    "cache": cache,
+                    **dec_extra,
+                },
+                model=self.name,
             )
             hidden = out.last_hidden_state
             extra.update(out.extra)
@@ -272,19 +300,19 @@ class Model(nn.Module):
     def _input_names(self) -> str:
         """What a call must pass: input_ids, or the inputs an encoder of continuous data declares."""
         if self.encoder is not None and Cap.CONTINUOUS_INPUT in type(self.encoder).provides:
-            own = sorted(_keyword_params(self.encoder) - _SHARED_INPUTS)
+            own = sorted(accepted_inputs(self.encoder) - _STANDARD_INPUTS)
             return " or ".join(own) or "input_ids"
         return "input_ids"
 
     def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split family-specific inputs between encoder and decoder by their signatures."""
+        """Split family-specific inputs between encoder and decoder by their ``forward`` signatures."""
         if not inputs:
             return {}, {}
-        enc_keys = _keyword_params(self.encoder)
-        dec_keys = _keyword_params(self.decoder)
+        enc_keys = accepted_inputs(self.encoder) if self.encoder is not None else frozenset()
+        dec_keys = accepted_inputs(self.decoder) if self.decoder is not None else frozenset()
         unknown = [k for k in inputs if k not in enc_keys and k not in dec_keys]
         if unknown:
-            takes = sorted((enc_keys | dec_keys) - _SHARED_INPUTS)
+            takes = sorted((enc_keys | dec_keys) - _STANDARD_INPUTS)
             raise InputError(
                 f"model {self.name!r} does not take input(s) {', '.join(map(repr, unknown))}; besides input_ids, "
                 f"attention_mask, labels and decoder_* inputs it takes: {', '.join(takes) or 'nothing else'}"
@@ -293,6 +321,13 @@ class Model(nn.Module):
             {k: v for k, v in inputs.items() if k in enc_keys},
             {k: v for k, v in inputs.items() if k in dec_keys and k not in enc_keys},
         )
+
+    def encode(self, input_ids: Tensor | None, attention_mask: Tensor | None = None, **inputs: Any) -> EncoderOutput:
+        """Run the encoder alone, passing what its ``forward`` declares; ``inputs`` are encoder extras
+        (``token_type_ids``, ``pixel_values`` ...). Generation uses this to encode a source once."""
+        if self.encoder is None:
+            raise InputError(f"model {self.name!r} has no encoder")
+        return call_part(self.encoder, input_ids, {"attention_mask": attention_mask, **inputs}, model=self.name)
 
     def check_ids(self, ids: Tensor, name: str, part: Encoder | Decoder, past: int = 0) -> None:
         """Reject ids a user could pass by mistake (dtype, shape, vocabulary, position table), before torch
@@ -304,7 +339,7 @@ class Model(nn.Module):
         if max_pos is not None and past + ids.shape[1] > max_pos:
             raise InputError(
                 f"{name} has {past + ids.shape[1]} positions (including {past} cached) but model {self.name!r} "
-                f"has a position table of {max_pos}; truncate the input or build with a larger n_positions"
+                f"has a position table of {max_pos}; truncate the input or build with a larger max_positions"
             )
         checks.run()
 
@@ -359,15 +394,88 @@ class Model(nn.Module):
         return save(self, path, overwrite=overwrite)
 
 
-# inputs every encoder or decoder shares, not family-specific ones
-_SHARED_INPUTS = frozenset({"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"})
+# Inputs the model hands every encoder or decoder whose forward declares them (see docs/plugins.md).
+_STANDARD_INPUTS = frozenset({"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"})
+# A mask of ones says nothing, so a part that takes no mask loses nothing when it is left out.
+_MASKS = frozenset({"attention_mask", "memory_mask"})
 
 
-def _keyword_params(part: nn.Module | None) -> set[str]:
-    if part is None:
-        return set()
-    params = inspect.signature(part.forward).parameters.values()
-    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+# per class: a plain dict, which torch.compile reads as it reads any global (it warns about functools caches)
+_SIGNATURES: dict[type, tuple[frozenset[str], bool, str | None]] = {}
+
+
+def _forward_signature(cls: type) -> tuple[frozenset[str], bool, str | None]:
+    """What ``cls.forward`` takes: (keyword-passable names besides ``input_ids``, whether it has
+    ``**kwargs``, the name of its first positional parameter). Inspected once per class: this runs on every call."""
+    found = _SIGNATURES.get(cls)
+    if found is None:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # without self
+        names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+        found = _SIGNATURES[cls] = (names - {"input_ids"}, var_kw, positional[0] if positional else None)
+    return found
+
+
+def _signature_owner(part: nn.Module) -> nn.Module:
+    """The module whose signature ``part`` forwards to: a wrapper names it in ``forwards_inputs_to``."""
+    while True:
+        attr = getattr(type(part), "forwards_inputs_to", None)
+        if attr is None:
+            return part
+        part = getattr(part, attr)
+
+
+def accepted_inputs(part: nn.Module) -> frozenset[str]:
+    """The input names (besides the ids) that an encoder's or decoder's ``forward`` declares."""
+    names, _, _ = _forward_signature(type(_signature_owner(part)))
+    return names
+
+
+def call_part(
+    part: nn.Module,
+    ids: Tensor | None,
+    inputs: Mapping[str, Any],
+    *,
+    model: str = "?",
+    optional: frozenset[str] = frozenset(),
+) -> Any:
+    """Call an encoder or decoder with ``ids`` and the ``inputs`` its ``forward`` declares.
+
+    An input the part does not declare is left out when it is ``None``, a mask
+    of ones, or named in ``optional`` (a hint the caller computed, such as the
+    position ids generation derives from padding); any other is an
+    :class:`InputError` naming what the part takes. A part whose ``forward``
+    takes ``**kwargs`` gets everything.
+    """
+    names, var_kw, first = _forward_signature(type(_signature_owner(part)))
+    if var_kw:
+        kwargs = dict(inputs)
+    else:
+        kwargs = {}
+        for key, value in inputs.items():
+            if key in names:
+                kwargs[key] = value
+            elif value is not None and key not in optional and not _says_nothing(key, value):
+                _refuse(part, key, names, model)
+    if ids is None and first is not None and first != "input_ids" and first in kwargs:
+        return part(**kwargs)  # a part whose main input is not ids (pixel_values, say)
+    return part(ids, **kwargs)
+
+
+def _says_nothing(key: str, value: Any) -> bool:
+    """A mask of all ones: leaving it out changes nothing."""
+    return key in _MASKS and isinstance(value, Tensor) and bool(value.all())
+
+
+def _refuse(part: nn.Module, key: str, names: frozenset[str], model: str) -> None:
+    owner = _signature_owner(part)
+    role = "encoder" if isinstance(owner, Encoder) else "decoder" if isinstance(owner, Decoder) else "part"
+    hint = ", so it cannot run a padded batch (give it rows of one length)" if key in _MASKS else ""
+    raise InputError(
+        f"model {model!r}: its {role} ({type(owner).__name__}) does not take {key}{hint}; its forward takes "
+        f"input_ids{', ' if names else ''}{', '.join(sorted(names))}"
+    )
 
 
 def _no_target_loss(hidden: Tensor) -> Tensor:
@@ -428,37 +536,41 @@ def build_model(
     reg = registry or get_registry()
     model_spec, objective_spec = split_spec(spec, overrides)
     name = model_spec.pop("name")
+    named = reg.get("model", name)
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
-    config = family.config_class.from_dict({**preset_values, **model_spec}, section=f"model {name!r}")
+    config = family.config_class.from_layers(preset_values, model_spec, section=f"model {name!r}")
 
     provides_for = getattr(family, "provides_for", None)
     provides = provides_for(config) if provides_for is not None else frozenset(family_comp.provides)
     objective_spec = objective_spec or {"name": family_comp.default_objective}
     if objective_spec.get("name") is None:
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
-    objective = build_objective(objective_spec, registry=reg, provides=provides, model_name=name)
+    objective, objective_comp = _build_objective(objective_spec, reg, provides=provides, model_name=name)
 
-    backbone, heads = build_within_memory(family, config, objective, f"model {name!r}")  # or a ResourceError
+    shown = reg.display_name(named)  # the plain name unless another plugin registers it too
+    backbone, heads = build_within_memory(family, config, objective, f"model {shown!r}")  # or a ResourceError
     missing = set(type(objective).requires) - set(backbone.provides)
     if missing:  # the registry metadata promised more than the built backbone has
         raise IncompatibleObjectiveError(
             f"model {name!r} declares {sorted(provides)} but its backbone lacks "
             f"{sorted(missing)}; this is a bug in plugin {family_comp.plugin!r}"
         )
+    objective_name = reg.display_name(objective_comp)
     if tokenizer is not None:
         from unimodel.data.tokenizer import check_objective_tokens
 
-        check_objective_tokens(tokenizer, objective, objective_spec["name"])
+        check_objective_tokens(tokenizer, objective, objective_name)
     return Model(
-        name=family_comp.name,
-        preset=name if name != family_comp.name else None,
+        name=reg.display_name(family_comp),
+        preset=reg.display_name(named) if named.base is not None else None,
         config=config,
         backbone=backbone,
         objective=objective,
-        objective_name=objective_spec["name"],
+        objective_name=objective_name,
         heads=heads,
         tokenizer=tokenizer,
+        provenance={"model": reg.provenance(family_comp), "objective": reg.provenance(objective_comp)},
     )
 
 
@@ -470,13 +582,19 @@ def build_objective(
     model_name: str | None = None,
     **overrides: Any,
 ) -> Objective:
-    """Build an objective by name or dict. With ``provides`` (a backbone's
+    """Build an objective by name (plain or ``plugin:name``) or dict. With ``provides`` (a backbone's
     capabilities), an objective that needs more fails with the list of ones that fit."""
-    reg = registry or get_registry()
     if not isinstance(spec, (str, Mapping)):
         raise ConfigError(f"build_objective takes an objective name or a dict, got {type(spec).__name__}")
     values = {"name": spec} if isinstance(spec, str) else dict(spec)
     values.update(overrides)
+    return _build_objective(values, registry or get_registry(), provides=provides, model_name=model_name)[0]
+
+
+def _build_objective(
+    spec: Mapping[str, Any], reg: Registry, *, provides: Any, model_name: str | None
+) -> tuple[Objective, Component]:
+    values = dict(spec)
     name = values.pop("name", None)
     if not isinstance(name, str):
         raise ConfigError("objective spec needs a 'name', a string (see `unimodel list objective`)")
@@ -490,7 +608,7 @@ def build_objective(
                 f"Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}."
             )
     cls: type[Objective] = comp.load()
-    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}"))
+    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}")), comp
 
 
-__all__ = ["Cap", "Model", "build_model", "build_objective"]
+__all__ = ["Cap", "Model", "accepted_inputs", "build_model", "build_objective", "call_part"]

@@ -66,10 +66,7 @@ def unimodel_components() -> list[Component]:
             name="shapes",
             target="unimodel_vqvae.shapes:shapes",
             summary="images: 8 classes of coloured shapes, 32x32 or 64x64 RGB (generated; 10,000 train / 1,000 val.)",
-            extra={
-                "data": "images",
-                "corpus_options": "n_train = 10000, n_validation = 1000, image_size = 32, seed = 0",
-            },
+            extra={"corpus_options": "n_train = 10000, n_validation = 1000, image_size = 32, seed = 0"},
         ),
     ]
     for name, (values, summary) in _PRESETS.items():

@@ -251,6 +251,10 @@ class VQVAE(Encoder):
         grid = latents.transpose(1, 2).reshape(B, D, h, w)
         return self.image_decoder(grid) * 0.5 + 0.5
 
+    def example_inputs(self, batch: int, *, generator: torch.Generator) -> dict[str, Tensor]:
+        """Random images ``{"pixel_values": (batch, C, H, W)}`` in [0, 1] (what the conformance kit feeds)."""
+        return {"pixel_values": torch.rand(batch, *self.image_shape, generator=generator)}
+
     # ------------------------------------------------------------------ codes
     @torch.no_grad()
     def encode_codes(self, pixel_values: Tensor) -> Tensor:

@@ -48,7 +48,8 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import InputError
-from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
+from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder, recompute_prefix
+from unimodel.generation.processors import ScoreProcessors, banned_ngram_tokens, warp
 from unimodel.generation.settings import (
     OPTIONS,
     GenerationSettings,
@@ -62,7 +63,17 @@ from unimodel.registry import Registry, get_registry
 if TYPE_CHECKING:
     from unimodel.model import Model
 
-__all__ = ["OPTIONS", "GenerationInputs", "GenerationSettings", "IncrementalDecoder", "generate"]
+__all__ = [
+    "OPTIONS",
+    "GenerationInputs",
+    "GenerationSettings",
+    "IncrementalDecoder",
+    "ScoreProcessors",
+    "banned_ngram_tokens",
+    "generate",
+    "recompute_prefix",
+    "warp",
+]
 
 
 def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Tensor:
@@ -103,8 +114,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     """
     reg = registry or get_registry()
     strategy_name = choose_strategy(options)
-    component = reg.get("decoding", strategy_name)
-    declared = tuple(component.extra.get("options", ()))
+    # a strategy chosen from num_beams/do_sample is the core's, whatever other plugins call theirs
+    component = reg.get("decoding", strategy_name, prefer=None if options.get("strategy") else "core")
+    declared = tuple(component.options)
     check_option_names(options, OPTIONS + declared)
     _check_can_generate(model, strategy_name, component.requires, reg)
 
@@ -138,7 +150,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         lm_head = model.heads["lm"] if "lm" in model.heads else None  # noqa: SIM401 - nn.ModuleDict has no get()
         with torch.inference_mode(), decoding_layout(model.decoder, lm_head):
             if inputs.encoder_output is None and model.encoder is not None:
-                inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
+                inputs.encoder_output = model.encode(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:
                 out = inputs.decoder_input_ids.repeat_interleave(settings.num_return_sequences, dim=0)
             else:
