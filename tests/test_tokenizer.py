@@ -49,3 +49,18 @@ def test_too_small_vocab():
 def test_unknown_kind():
     with pytest.raises(ConfigError, match="unknown tokenizer kind 'sentencepiece'"):
         Tokenizer.train("sentencepiece", TEXTS, 300)
+
+
+def test_metadata_survives_save_and_load_and_must_be_an_object(tmp_path):
+    import json
+
+    from unimodel.errors import CheckpointError
+
+    tok = Tokenizer.train("bpe", ["hello world"] * 20, 300, {"eos": "<eos>"})
+    tok.metadata["source"] = {"path": "/x", "n": 3}
+    tok.save(tmp_path)
+    assert Tokenizer.load(tmp_path).metadata == {"source": {"path": "/x", "n": 3}}
+    cfg = tmp_path / "tokenizer_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "unimodel_metadata": [1]}))
+    with pytest.raises(CheckpointError, match="unimodel_metadata must be a JSON object"):
+        Tokenizer.load(tmp_path)

@@ -43,6 +43,16 @@ def unimodel_api_version() -> int:
 
 
 @hookimpl
+def unimodel_checkpoint_loaded(model: object, path: str) -> None:
+    """A prior over codes gets the VQ-VAE its tokenizer records (or an error saying it is missing or changed)."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and "image_tokenizer" in getattr(tok, "metadata", {}):
+        from unimodel_vqvae.prior import attach_image_tokenizer
+
+        attach_image_tokenizer(model, path)
+
+
+@hookimpl
 def unimodel_components() -> list[Component]:
     comps = [
         Component(

@@ -97,9 +97,13 @@ def _saved_roles(cfg: Any, path: Path) -> dict[str, str]:
 class Tokenizer:
     """Text <-> ids, plus the special-token roles objectives rely on."""
 
-    def __init__(self, backend: tokenizers.Tokenizer, roles: Mapping[str, str]) -> None:
+    def __init__(
+        self, backend: tokenizers.Tokenizer, roles: Mapping[str, str], metadata: Mapping[str, Any] | None = None
+    ) -> None:
         self.backend = backend
         self.roles = dict(roles)
+        # JSON data a plugin keeps with the vocabulary (where its ids come from, say); saved and loaded with it
+        self.metadata: dict[str, Any] = dict(metadata or {})
         for role, token in self.roles.items():
             if backend.token_to_id(token) is None:
                 raise ConfigError(f"tokenizer role {role!r} names token {token!r}, which is not in the vocabulary")
@@ -164,6 +168,8 @@ class Tokenizer:
         self.backend.save(str(folder / TOKENIZER_FILE))
         cfg = {key: self.roles[role] for role, key in _HF_ROLE_KEYS.items() if role in self.roles}
         cfg["unimodel_roles"] = self.roles
+        if self.metadata:
+            cfg["unimodel_metadata"] = self.metadata
         (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
 
     @classmethod
@@ -180,6 +186,7 @@ class Tokenizer:
         except Exception as exc:
             raise CheckpointError(f"{str(path)!r} is not a valid tokenizers file: {exc}") from None
         roles: dict[str, str] = {}
+        metadata: dict[str, Any] = {}
         cfg_path = folder / TOKENIZER_CONFIG_FILE
         if cfg_path.is_file():
             try:
@@ -187,6 +194,9 @@ class Tokenizer:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CheckpointError(f"{str(cfg_path)!r} is not valid JSON: {exc}") from None
             roles = _saved_roles(cfg, cfg_path)
+            metadata = cfg.get("unimodel_metadata") or {}
+            if not isinstance(metadata, dict):
+                raise CheckpointError(f"{str(cfg_path)!r}: unimodel_metadata must be a JSON object")
             for role, key in _HF_ROLE_KEYS.items():
                 tok = cfg.get(key)
                 if isinstance(tok, dict):  # HF's AddedToken form
@@ -196,7 +206,7 @@ class Tokenizer:
         for role, token in _roles_from_special_tokens(backend).items():
             roles.setdefault(role, token)
         try:
-            return cls(backend, roles)
+            return cls(backend, roles, metadata)
         except ConfigError as exc:  # a role naming a token the vocabulary lacks
             raise CheckpointError(f"{str(cfg_path)!r} does not fit {str(path)!r}: {exc}") from None
 

@@ -1,0 +1,305 @@
+"""A VQ-VAE checkpoint as the tokenizer of images, so any causal decoder can be a prior over codes.
+
+Ids of a code sequence (K codes, an h x w grid, n classes; n = 0 when unconditional):
+
+========================  =================================================
+``0 .. K-1``              the codes themselves (token id = code id)
+``K``                     ``<image>``: the start of every sequence (role ``bos``)
+``K + 1``                 ``<pad>`` (role ``pad``; never inside a sequence)
+``K + 2 + c``             ``<class_c>``, right after ``<image>`` when conditional
+========================  =================================================
+
+A sequence is ``<image> [<class_c>] code_0 ... code_{h*w-1}`` (row-major over
+the grid). The prior's tokenizer (a word-level ``tokenizers`` vocabulary of
+these tokens) keeps, in its metadata, the link to the VQ-VAE: its absolute
+path and the SHA-256 of its ``config.json`` and ``model.safetensors``. That
+tokenizer travels with the prior's checkpoint, and loading the prior
+(:func:`attach_image_tokenizer`, run by the ``unimodel_checkpoint_loaded``
+hook) attaches the VQ-VAE as ``prior.image_tokenizer``, or raises a
+:class:`~unimodel.errors.CheckpointError` saying that it is missing or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from unimodel.errors import CheckpointError, ConfigError, DataError, InputError
+from unimodel.interfaces import Cap
+
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
+
+LINK_KEY = "image_tokenizer"
+START, PAD = "<image>", "<pad>"
+_HASHED = ("config.json", "model.safetensors")
+
+
+def checkpoint_digest(folder: str | Path) -> str:
+    """SHA-256 (hex) over a checkpoint's ``config.json`` and ``model.safetensors``, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    for name in _HASHED:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise CheckpointError(f"{str(folder)!r} is not a unimodel checkpoint: it has no {name}")
+        with path.open("rb") as f:
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                h.update(piece)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CodeLayout:
+    """Where codes, the start, padding and class tokens sit among the prior's ids."""
+
+    num_codes: int
+    code_shape: tuple[int, int]
+    num_classes: int = 0  # 0: unconditional
+
+    @property
+    def start_id(self) -> int:
+        return self.num_codes
+
+    @property
+    def pad_id(self) -> int:
+        return self.num_codes + 1
+
+    def class_id(self, label: int) -> int:
+        if not 0 <= label < self.num_classes:
+            what = f"classes 0..{self.num_classes - 1}" if self.num_classes else "no classes (it is unconditional)"
+            raise InputError(f"class {label} is not one of this prior's {what}")
+        return self.num_codes + 2 + label
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_codes + 2 + self.num_classes
+
+    @property
+    def prefix_length(self) -> int:
+        """Ids before the codes: ``<image>``, and the class token when conditional."""
+        return 2 if self.num_classes else 1
+
+    @property
+    def num_positions(self) -> int:
+        """h * w: codes per image."""
+        return self.code_shape[0] * self.code_shape[1]
+
+    @property
+    def sequence_length(self) -> int:
+        return self.prefix_length + self.num_positions
+
+    def tokens(self) -> list[str]:
+        """The vocabulary in id order."""
+        return [
+            *(f"<code_{i}>" for i in range(self.num_codes)),
+            START,
+            PAD,
+            *(f"<class_{c}>" for c in range(self.num_classes)),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_codes": self.num_codes, "code_shape": list(self.code_shape), "num_classes": self.num_classes}
+
+
+class ImageTokenizer:
+    """Images <-> code sequences through a VQ-VAE (any model whose backbone provides ``codebook``).
+
+    Args:
+        vqvae: the model, in eval mode.
+        path: the checkpoint folder it was loaded from (recorded in the prior's tokenizer).
+        digest: :func:`checkpoint_digest` of that folder.
+        num_classes: class tokens to reserve (0: unconditional).
+    """
+
+    def __init__(self, vqvae: Model, *, path: str | Path, digest: str, num_classes: int = 0) -> None:
+        if Cap.CODEBOOK not in vqvae.provides:
+            raise ConfigError(
+                f"the image tokenizer at {str(path)!r} is a {vqvae.name!r} model without a codebook; "
+                "give a VQ-VAE checkpoint (a model providing 'codebook')"
+            )
+        if num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
+        self.vqvae = vqvae.eval()
+        self.path = str(Path(path).resolve())
+        self.digest = digest
+        part = vqvae.codebook_part()
+        h, w = part.code_shape
+        self.layout = CodeLayout(part.vocab_size, (h, w), num_classes)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, num_classes: int = 0) -> ImageTokenizer:
+        """Load the VQ-VAE checkpoint at ``path`` (a folder written by ``model.save`` or ``unimodel train``)."""
+        from unimodel.checkpoint import load
+
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise CheckpointError(f"image tokenizer {str(path)!r}: no such checkpoint folder")
+        digest = checkpoint_digest(folder)
+        return cls(load(folder), path=folder, digest=digest, num_classes=num_classes)
+
+    # ------------------------------------------------------------ the prior's vocabulary
+    def link(self) -> dict[str, Any]:
+        """What the prior's tokenizer records about this VQ-VAE."""
+        return {"path": self.path, "sha256": self.digest, **self.layout.to_dict()}
+
+    def tokenizer(self) -> Tokenizer:
+        """The prior's tokenizer: the code vocabulary, roles ``bos`` and ``pad``, the link in its metadata."""
+        import tokenizers
+
+        from unimodel.data.tokenizer import Tokenizer
+
+        vocab = {tok: i for i, tok in enumerate(self.layout.tokens())}
+        backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=PAD))
+        backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+        backend.add_special_tokens([START, PAD])
+        return Tokenizer(backend, {"bos": START, "pad": PAD}, metadata={LINK_KEY: self.link()})
+
+    # ------------------------------------------------------------ images <-> sequences
+    @torch.no_grad()
+    def encode(self, pixel_values: Tensor, labels: Tensor | Sequence[int] | None = None) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] (and class labels (B,)) -> sequences (B, prefix + h*w) long."""
+        layout = self.layout
+        codes = self.vqvae.encode_codes(pixel_values).cpu()
+        prefix = [torch.full((codes.shape[0], 1), layout.start_id, dtype=torch.long)]
+        if layout.num_classes:
+            if labels is None:
+                raise DataError("a class-conditional image tokenizer needs the images' class labels")
+            lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+            if lab.shape[0] != codes.shape[0]:
+                raise DataError(f"{lab.shape[0]} labels for {codes.shape[0]} images")
+            prefix.append(torch.tensor([[layout.class_id(int(c))] for c in lab], dtype=torch.long))
+        return torch.cat([*prefix, codes], dim=1)
+
+    def codes_of(self, sequences: Tensor) -> Tensor:
+        """Sequences (B, prefix + h*w) or bare codes (B, h*w) -> codes (B, h*w), checked to be codes."""
+        n = self.layout.num_positions
+        if sequences.dim() != 2 or sequences.shape[1] < n:
+            raise InputError(f"code sequences must have shape (batch, >= {n}), got {tuple(sequences.shape)}")
+        codes = sequences[:, -n:]
+        bad = (codes < 0) | (codes >= self.layout.num_codes)
+        if bool(bad.any()):
+            raise InputError(
+                f"the last {n} ids of a sequence must be codes (0..{self.layout.num_codes - 1}); found "
+                f"{int(codes[bad][0])} (a start, pad or class token: was the prior sampled with those suppressed?)"
+            )
+        return codes
+
+    @torch.no_grad()
+    def decode(self, sequences: Tensor) -> Tensor:
+        """Sequences (B, prefix + h*w) or codes (B, h*w) -> images (B, C, H, W) in [0, 1]."""
+        return self.vqvae.decode_codes(self.codes_of(sequences))
+
+
+# ------------------------------------------------------------------ the prior's link
+def attach_image_tokenizer(model: Any, path: str) -> None:
+    """Give a loaded prior its VQ-VAE (``model.image_tokenizer``) when its tokenizer records one.
+
+    Raises :class:`CheckpointError` when the recorded VQ-VAE is missing or its files changed.
+    """
+    tok = getattr(model, "tokenizer", None)
+    link = getattr(tok, "metadata", {}).get(LINK_KEY) if tok is not None else None
+    if not isinstance(link, dict):
+        return
+    where = link.get("path")
+    if not isinstance(where, str) or not isinstance(link.get("sha256"), str):
+        raise CheckpointError(f"{path!r}: the tokenizer's image_tokenizer record lacks its path or sha256")
+    if not Path(where).is_dir():
+        raise CheckpointError(
+            f"the prior at {path!r} models the codes of the VQ-VAE at {where!r}, which is missing; "
+            "put that checkpoint back (or retrain the prior on the VQ-VAE you have)"
+        )
+    digest = checkpoint_digest(where)
+    if digest != link["sha256"]:
+        raise CheckpointError(
+            f"the prior at {path!r} models the codes of the VQ-VAE at {where!r}, but that checkpoint changed since "
+            f"(sha256 {digest[:12]}... instead of {link['sha256'][:12]}...): its codes no longer mean what the "
+            "prior learned; restore it or retrain the prior"
+        )
+    from unimodel.checkpoint import load
+
+    vq = ImageTokenizer(load(where), path=where, digest=digest, num_classes=int(link.get("num_classes", 0)))
+    if [vq.layout.num_codes, list(vq.layout.code_shape)] != [link.get("num_codes"), link.get("code_shape")]:
+        raise CheckpointError(f"the VQ-VAE at {where!r} has another code layout than the prior at {path!r} records")
+    model.image_tokenizer = vq
+
+
+def image_tokenizer_of(prior: Model) -> ImageTokenizer:
+    """The VQ-VAE a prior over codes decodes with; a clear error for a model that is not such a prior."""
+    vq = getattr(prior, "image_tokenizer", None)
+    if not isinstance(vq, ImageTokenizer):
+        raise InputError(
+            f"model {prior.name!r} is not a prior over image codes: its tokenizer records no image_tokenizer "
+            "(train it with [data] kind = 'codes' on a VQ-VAE checkpoint)"
+        )
+    return vq
+
+
+# ------------------------------------------------------------------ sampling
+def prompts(layout: CodeLayout, num: int, class_id: int | Sequence[int] | None) -> Tensor:
+    """The (num, prefix) prompts: ``<image>`` and, when conditional, the class token(s) (one or one per row)."""
+    start = torch.full((num, 1), layout.start_id, dtype=torch.long)
+    if not layout.num_classes:
+        if class_id is not None:
+            raise InputError("this prior is unconditional: it takes no class")
+        return start
+    if class_id is None:
+        raise InputError(f"this prior is class-conditional: give a class (0..{layout.num_classes - 1})")
+    labels = [class_id] * num if isinstance(class_id, int) else list(class_id)
+    if len(labels) != num:
+        raise InputError(f"{len(labels)} classes for {num} samples")
+    return torch.cat([start, torch.tensor([[layout.class_id(c)] for c in labels], dtype=torch.long)], dim=1)
+
+
+@torch.no_grad()
+def sample_codes(
+    prior: Model,
+    num: int,
+    *,
+    class_id: int | Sequence[int] | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Sample ``num`` code grids (num, h*w) from an autoregressive prior with ``generate``, one code per step.
+
+    The start, pad and class tokens are suppressed, so every sampled id is a code.
+    """
+    layout = image_tokenizer_of(prior).layout
+    if num < 1:
+        raise InputError(f"num must be at least 1, got {num}")
+    ids = prompts(layout, num, class_id)
+    out = prior.generate(
+        ids,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        max_new_tokens=layout.num_positions,
+        suppress_tokens=list(range(layout.num_codes, layout.vocab_size)),
+    )
+    return out[:, -layout.num_positions :]
+
+
+def sample_images(prior: Model, num: int, **options: Any) -> Tensor:
+    """Sample and decode: (num, C, H, W) images in [0, 1] (options as :func:`sample_codes`)."""
+    return image_tokenizer_of(prior).decode(sample_codes(prior, num, **options))
+
+
+__all__ = [
+    "LINK_KEY",
+    "CodeLayout",
+    "ImageTokenizer",
+    "attach_image_tokenizer",
+    "checkpoint_digest",
+    "image_tokenizer_of",
+    "prompts",
+    "sample_codes",
+    "sample_images",
+]

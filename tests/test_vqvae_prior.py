@@ -1,0 +1,86 @@
+"""A VQ-VAE checkpoint as the tokenizer of images: code sequences, the prior's link to its VQ-VAE, sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from unimodel_vqvae.prior import ImageTokenizer, checkpoint_digest, image_tokenizer_of, prompts
+
+import unimodel as um
+from unimodel.errors import CheckpointError, InputError
+
+TINY = dict(um.get_registry().get("model", "vqvae").tiny)  # 16x16 RGB, 4x4 grid, 32 codes
+
+
+@pytest.fixture(scope="module")
+def vq_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    vq = um.build_model("vqvae", **TINY).train()
+    vq.objective(vq, {"pixel_values": torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))})
+    folder = tmp_path_factory.mktemp("vq") / "checkpoint"
+    vq.save(folder)
+    return folder
+
+
+def _prior(tok, layout, **overrides):
+    torch.manual_seed(0)
+    return um.build_model(
+        "gpt2-tiny", vocab_size=tok.vocab_size, max_positions=layout.sequence_length, tokenizer=tok, **overrides
+    )
+
+
+def test_code_sequences_round_trip_through_the_image_tokenizer(vq_folder, one_thread):
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=3)
+    layout = it.layout
+    assert (layout.num_codes, layout.code_shape, layout.vocab_size, layout.sequence_length) == (32, (4, 4), 37, 18)
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    seq = it.encode(images, labels=[0, 1, 2, 0, 1])
+    assert seq.shape == (5, 18)
+    assert seq[:, 0].eq(32).all() and seq[:, 1].tolist() == [34, 35, 36, 34, 35]  # <image>, <class_c>
+    codes = it.vqvae.encode_codes(images)
+    assert torch.equal(seq[:, 2:], codes)
+    assert torch.equal(it.decode(seq), it.vqvae.decode_codes(codes))  # the prefix is dropped
+    tok = it.tokenizer()
+    assert tok.vocab_size == 37 and tok.special_id("bos") == 32 and tok.pad_id == 33
+    assert tok.id_to_token(5) == "<code_5>" and tok.id_to_token(36) == "<class_2>"
+    with pytest.raises(InputError, match="must be codes"):
+        it.decode(seq[:, :17].flip(1))  # the start and class tokens land among the codes
+    with pytest.raises(InputError, match="class 3 is not one of this prior's classes 0..2"):
+        it.encode(images[:1], labels=[3])
+
+
+def test_a_loaded_prior_finds_its_vqvae_and_says_when_it_is_missing_or_changed(vq_folder, tmp_path, one_thread):
+    import shutil
+
+    folder = tmp_path / "vq"
+    shutil.copytree(vq_folder, folder)
+    it = ImageTokenizer.from_checkpoint(folder)
+    tok = it.tokenizer()
+    _prior(tok, it.layout).save(tmp_path / "prior")
+    loaded = um.load(tmp_path / "prior")
+    linked = image_tokenizer_of(loaded)
+    assert linked.path == str(folder.resolve()) and linked.digest == checkpoint_digest(folder)
+    assert loaded.tokenizer.metadata["image_tokenizer"]["sha256"] == it.digest
+    assert "vqvae" not in "".join(loaded.state_dict())  # attached, not a submodule saved with the prior
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(CheckpointError, match="changed since"):
+        um.load(tmp_path / "prior")
+    shutil.rmtree(folder)
+    with pytest.raises(CheckpointError, match="which is missing"):
+        um.load(tmp_path / "prior")
+    plain = um.build_model("gpt2-tiny")
+    with pytest.raises(InputError, match="not a prior over image codes"):
+        image_tokenizer_of(plain)
+
+
+def test_prompts_carry_the_class_a_conditional_prior_needs(vq_folder):
+    cond = ImageTokenizer.from_checkpoint(vq_folder, num_classes=2).layout
+    assert prompts(cond, 2, 1).tolist() == [[32, 35], [32, 35]]
+    assert prompts(cond, 2, [0, 1]).tolist() == [[32, 34], [32, 35]]
+    with pytest.raises(InputError, match="class-conditional: give a class"):
+        prompts(cond, 2, None)
+    plain = ImageTokenizer.from_checkpoint(vq_folder).layout
+    assert prompts(plain, 3, None).tolist() == [[32]] * 3
+    with pytest.raises(InputError, match="unconditional"):
+        prompts(plain, 1, 0)
