@@ -32,17 +32,17 @@ def _prior(tok, layout, **overrides):
 def test_code_sequences_round_trip_through_the_image_tokenizer(vq_folder, one_thread):
     it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=3)
     layout = it.layout
-    assert (layout.num_codes, layout.code_shape, layout.vocab_size, layout.sequence_length) == (32, (4, 4), 37, 18)
+    assert (layout.num_codes, layout.code_shape, layout.vocab_size, layout.sequence_length) == (32, (4, 4), 38, 18)
     images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     seq = it.encode(images, labels=[0, 1, 2, 0, 1])
     assert seq.shape == (5, 18)
-    assert seq[:, 0].eq(32).all() and seq[:, 1].tolist() == [34, 35, 36, 34, 35]  # <image>, <class_c>
+    assert seq[:, 0].eq(32).all() and seq[:, 1].tolist() == [35, 36, 37, 35, 36]  # <image>, <class_c>
     codes = it.vqvae.encode_codes(images)
     assert torch.equal(seq[:, 2:], codes)
     assert torch.equal(it.decode(seq), it.vqvae.decode_codes(codes))  # the prefix is dropped
     tok = it.tokenizer()
-    assert tok.vocab_size == 37 and tok.special_id("bos") == 32 and tok.pad_id == 33
-    assert tok.id_to_token(5) == "<code_5>" and tok.id_to_token(36) == "<class_2>"
+    assert tok.vocab_size == 38 and tok.special_id("bos") == 32 and tok.pad_id == 33 and tok.special_id("mask") == 34
+    assert tok.id_to_token(5) == "<code_5>" and tok.id_to_token(37) == "<class_2>"
     with pytest.raises(InputError, match="must be codes"):
         it.decode(seq[:, :17].flip(1))  # the start and class tokens land among the codes
     with pytest.raises(InputError, match="class 3 is not one of this prior's classes 0..2"):
@@ -76,11 +76,28 @@ def test_a_loaded_prior_finds_its_vqvae_and_says_when_it_is_missing_or_changed(v
 
 def test_prompts_carry_the_class_a_conditional_prior_needs(vq_folder):
     cond = ImageTokenizer.from_checkpoint(vq_folder, num_classes=2).layout
-    assert prompts(cond, 2, 1).tolist() == [[32, 35], [32, 35]]
-    assert prompts(cond, 2, [0, 1]).tolist() == [[32, 34], [32, 35]]
+    assert prompts(cond, 2, 1).tolist() == [[32, 36], [32, 36]]
+    assert prompts(cond, 2, [0, 1]).tolist() == [[32, 35], [32, 36]]
     with pytest.raises(InputError, match="class-conditional: give a class"):
         prompts(cond, 2, None)
     plain = ImageTokenizer.from_checkpoint(vq_folder).layout
     assert prompts(plain, 3, None).tolist() == [[32]] * 3
     with pytest.raises(InputError, match="unconditional"):
         prompts(plain, 1, 0)
+
+
+def test_masked_codes_hides_a_cosine_share_of_codes_and_never_the_condition(vq_folder):
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=2)
+    tok = it.tokenizer()
+    obj = um.build_objective("masked_codes")
+    seqs = it.encode(torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(2)), [0, 1] * 32)
+    batch = obj.prepare([{"input_ids": s} for s in seqs.tolist()], tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    masked = batch["input_ids"] == 34
+    assert not masked[:, :2].any()  # <image> and the class token are the condition
+    assert masked.sum(1).min() >= 1 and torch.equal(batch["labels"] != -100, masked)
+    assert torch.equal(batch["labels"][masked], seqs[masked])
+    assert torch.equal(batch["input_ids"][~masked], seqs[~masked])
+    # E[cos(pi/2 U)] = 2/pi of the 16 codes: about 10.2 per row
+    assert 8.5 < masked.sum(1).double().mean() < 12
+    again = obj.prepare([{"input_ids": s} for s in seqs.tolist()], tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again["input_ids"], batch["input_ids"])  # seeded by the generator only

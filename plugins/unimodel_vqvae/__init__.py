@@ -72,6 +72,13 @@ def unimodel_components() -> list[Component]:
             requires=_PROVIDES,
         ),
         Component(
+            kind="objective",
+            name="masked_codes",
+            target="unimodel_vqvae.objectives:MaskedCodes",
+            summary="MaskGIT: predict a cosine-scheduled share of masked codes of a code grid (bidirectional prior)",
+            requires=("encoder_only", "lm_head"),
+        ),
+        Component(
             kind="corpus",
             name="shapes",
             target="unimodel_vqvae.shapes:shapes",

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import DataError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput
+from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
+from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -160,3 +161,97 @@ class VQReconstruction(Objective):
     def reset_metrics(self) -> None:
         """Forget the code histogram (call before an evaluation pass)."""
         self.code_counts = None
+
+
+# ------------------------------------------------------------------ masked codes (MaskGIT)
+@dataclass(frozen=True)
+class MaskedCodesConfig(Config):
+    section = "objective 'masked_codes'"
+
+    num_codes: int | None = param(
+        None, "ids below this are codes, the positions that may be masked (the tokenizer's image_tokenizer when null)"
+    )
+    mask_token_id: int | None = param(None, "id of the mask token (the tokenizer's mask role when null)")
+    min_masked: int = param(1, "at least this many codes masked per image")
+
+    def check(self) -> None:
+        self.require_positive("num_codes")
+        if self.min_masked < 1:
+            self.fail("min_masked", "must be at least 1")
+
+
+class MaskedCodes(TokenLossObjective[MaskedCodesConfig]):
+    """MaskGIT's training task for a bidirectional prior over code grids.
+
+    Each example is a code sequence ``{"input_ids": [<image>, (<class_c>,) codes...]}``.
+    Per image a ratio ``cos(pi/2 * r)`` with ``r ~ U(0, 1)`` of its codes
+    (at least ``min_masked``) is replaced by the mask token; the loss is the
+    cross-entropy at those positions. The start and class tokens are never
+    masked: they are the condition. Sampled with iterative parallel decoding
+    (:func:`unimodel_vqvae.prior.sample_codes_parallel`).
+    """
+
+    config_class = MaskedCodesConfig
+    requires = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
+    special_tokens = ("mask",)
+    data_kind = "codes"  # type: ignore[assignment]
+
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
+        return {}
+
+    def _maskable(self, ids: Tensor, tokenizer: Tokenizer | None) -> tuple[Tensor, int]:
+        """(which of ``ids`` (B, T) are codes, the mask id), from the config or the tokenizer.
+
+        Codes are the ids below ``num_codes`` (the config's, else the one the tokenizer's
+        image_tokenizer record gives); without either, every id that is not a role token.
+        """
+        c = self.config
+        mask_id = c.mask_token_id
+        if mask_id is None and tokenizer is not None and tokenizer.has_role("mask"):
+            mask_id = tokenizer.special_id("mask")
+        if mask_id is None:
+            raise DataError(
+                "objective 'masked_codes' needs a mask token: train it on data kind 'codes' (whose tokenizer has "
+                "one) or set mask_token_id"
+            )
+        link = getattr(tokenizer, "metadata", {}).get("image_tokenizer", {}) if tokenizer is not None else {}
+        num_codes = c.num_codes if c.num_codes is not None else link.get("num_codes")
+        if isinstance(num_codes, int):
+            return ids < num_codes, mask_id
+        special = torch.tensor(sorted(tokenizer.special_ids if tokenizer is not None else {mask_id}))
+        return ~torch.isin(ids, special), mask_id
+
+    def prepare(
+        self,
+        examples: Sequence[Any],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        pad = tokenizer.pad_id if tokenizer is not None else 0
+        ids, attn = pad_sequences([ex["input_ids"] for ex in examples], pad)
+        maskable, mask_id = self._maskable(ids, tokenizer)
+        is_code = maskable & attn.bool()
+        B, T = ids.shape
+        ratio = torch.cos(math.pi / 2 * torch.rand(B, generator=generator))  # (B,)
+        n_codes = is_code.sum(1)
+        n_mask = torch.maximum((ratio * n_codes).ceil().long(), torch.full_like(n_codes, self.config.min_masked))
+        n_mask = torch.minimum(n_mask, n_codes)
+        # the n_mask codes of lowest random score in each row
+        score = torch.rand(B, T, generator=generator).masked_fill(~is_code, 2.0)
+        rank = score.argsort(dim=1).argsort(dim=1)
+        masked = rank < n_mask[:, None]
+        return {
+            "input_ids": ids.masked_fill(masked, mask_id),
+            "attention_mask": attn,
+            "labels": ids.masked_fill(~masked, IGNORE_INDEX),
+        }
+
+    def token_loss(self) -> TokenLoss:
+        return TokenLoss()
+
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+        labels = batch["labels"]
+        mask = batch.get("attention_mask")
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": None if mask is None or bool(mask.all()) else mask}
+        return token_objective_step(self, model, inputs, labels, logits_at=labels != IGNORE_INDEX)

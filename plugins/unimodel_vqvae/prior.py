@@ -6,7 +6,8 @@ Ids of a code sequence (K codes, an h x w grid, n classes; n = 0 when unconditio
 ``0 .. K-1``              the codes themselves (token id = code id)
 ``K``                     ``<image>``: the start of every sequence (role ``bos``)
 ``K + 1``                 ``<pad>`` (role ``pad``; never inside a sequence)
-``K + 2 + c``             ``<class_c>``, right after ``<image>`` when conditional
+``K + 2``                 ``<mask>`` (role ``mask``: a hidden code, for masked-code priors)
+``K + 3 + c``             ``<class_c>``, right after ``<image>`` when conditional
 ========================  =================================================
 
 A sequence is ``<image> [<class_c>] code_0 ... code_{h*w-1}`` (row-major over
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from unimodel.model import Model
 
 LINK_KEY = "image_tokenizer"
-START, PAD = "<image>", "<pad>"
+START, PAD, MASK = "<image>", "<pad>", "<mask>"
 _HASHED = ("config.json", "model.safetensors")
 
 
@@ -71,15 +72,19 @@ class CodeLayout:
     def pad_id(self) -> int:
         return self.num_codes + 1
 
+    @property
+    def mask_id(self) -> int:
+        return self.num_codes + 2
+
     def class_id(self, label: int) -> int:
         if not 0 <= label < self.num_classes:
             what = f"classes 0..{self.num_classes - 1}" if self.num_classes else "no classes (it is unconditional)"
             raise InputError(f"class {label} is not one of this prior's {what}")
-        return self.num_codes + 2 + label
+        return self.num_codes + 3 + label
 
     @property
     def vocab_size(self) -> int:
-        return self.num_codes + 2 + self.num_classes
+        return self.num_codes + 3 + self.num_classes
 
     @property
     def prefix_length(self) -> int:
@@ -101,6 +106,7 @@ class CodeLayout:
             *(f"<code_{i}>" for i in range(self.num_codes)),
             START,
             PAD,
+            MASK,
             *(f"<class_{c}>" for c in range(self.num_classes)),
         ]
 
@@ -150,7 +156,7 @@ class ImageTokenizer:
         return {"path": self.path, "sha256": self.digest, **self.layout.to_dict()}
 
     def tokenizer(self) -> Tokenizer:
-        """The prior's tokenizer: the code vocabulary, roles ``bos`` and ``pad``, the link in its metadata."""
+        """The prior's tokenizer: the code vocabulary, roles ``bos``, ``pad`` and ``mask``, the link in its metadata."""
         import tokenizers
 
         from unimodel.data.tokenizer import Tokenizer
@@ -158,8 +164,8 @@ class ImageTokenizer:
         vocab = {tok: i for i, tok in enumerate(self.layout.tokens())}
         backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=PAD))
         backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-        backend.add_special_tokens([START, PAD])
-        return Tokenizer(backend, {"bos": START, "pad": PAD}, metadata={LINK_KEY: self.link()})
+        backend.add_special_tokens([START, PAD, MASK])
+        return Tokenizer(backend, {"bos": START, "pad": PAD, "mask": MASK}, metadata={LINK_KEY: self.link()})
 
     # ------------------------------------------------------------ images <-> sequences
     @torch.no_grad()
