@@ -91,7 +91,8 @@ def test_masked_codes_hides_a_cosine_share_of_codes_and_never_the_condition(vq_f
     tok = it.tokenizer()
     obj = um.build_objective("masked_codes")
     seqs = it.encode(torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(2)), [0, 1] * 32)
-    batch = obj.prepare([{"input_ids": s} for s in seqs.tolist()], tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    examples = [{"input_ids": s} for s in seqs.tolist()]
+    batch = obj.prepare(examples, tokenizer=tok, generator=torch.Generator().manual_seed(0))
     masked = batch["input_ids"] == 34
     assert not masked[:, :2].any()  # <image> and the class token are the condition
     assert masked.sum(1).min() >= 1 and torch.equal(batch["labels"] != -100, masked)
@@ -99,5 +100,5 @@ def test_masked_codes_hides_a_cosine_share_of_codes_and_never_the_condition(vq_f
     assert torch.equal(batch["input_ids"][~masked], seqs[~masked])
     # E[cos(pi/2 U)] = 2/pi of the 16 codes: about 10.2 per row
     assert 8.5 < masked.sum(1).double().mean() < 12
-    again = obj.prepare([{"input_ids": s} for s in seqs.tolist()], tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    again = obj.prepare(examples, tokenizer=tok, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again["input_ids"], batch["input_ids"])  # seeded by the generator only
