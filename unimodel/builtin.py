@@ -1,4 +1,4 @@
-"""The core's own plugin: decoding strategies, the generic objectives and the built-in corpora.
+"""The core's own plugin: decoding strategies, the generic objectives, the data kinds and the built-in corpora.
 
 Registered through the ``unimodel`` entry-point group like any other plugin.
 """
@@ -60,6 +60,19 @@ def unimodel_components() -> list[Component]:
             target="unimodel.objectives:Seq2Seq",
             summary="supervised source -> target pairs (optional label smoothing)",
             requires=("encoder_decoder", "lm_head"),
+        ),
+        # data kinds: what an objective's data_kind names (see unimodel.data.kinds)
+        Component(
+            kind="data",
+            name="text",
+            target="unimodel.data.dataset:PackedData",
+            summary="documents packed into fixed-length token blocks ({'input_ids': block} examples)",
+        ),
+        Component(
+            kind="data",
+            name="pairs",
+            target="unimodel.data.dataset:PairData",
+            summary="source -> target pairs ({'source': ids, 'target': ids} examples); exact match",
         ),
         Component(
             kind="corpus",

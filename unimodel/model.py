@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from unimodel.bounds import build_within_memory
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
+from unimodel.generation.config import GenerationConfig
 from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
 from unimodel.interfaces import Backbone, Cap, Decoder, Encoder, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
@@ -53,6 +54,8 @@ class Model(nn.Module):
         self.decoder = backbone.decoder
         self.provides = backbone.provides
         self.special_tokens = dict(backbone.special_tokens)
+        # generate's defaults: the special tokens, until a checkpoint's "generation" section says more
+        self.generation_config = GenerationConfig.from_special_tokens(self.special_tokens)
         self.objective = objective
         self.objective_name = objective_name
         all_heads = dict(heads)
