@@ -299,12 +299,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     _out(f"loss: {result.loss:.4f}")
     _out(f"perplexity: {result.perplexity:.2f}")
-    if result.exact_match is not None:
-        matched = round(result.exact_match * result.exact_match_examples)
-        _out(
-            f"exact match: {result.exact_match:.2%} ({matched:,} of {result.exact_match_examples:,} pairs, "
-            "greedy decoding)"
-        )
+    if result.task_report is not None:  # the data kind's own metric: exact match for pairs
+        _out(result.task_report)
     _out(f"({result.n_tokens:,} predicted tokens in {result.n_examples:,} {result.unit} of the {result.split} split)")
     return EXIT_OK
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,34 @@ def state_record(
     return state
 
 
+def open_run_folder(out: Path, *, resume: bool, overwrite: bool, main: bool) -> dict[str, Any] | None:
+    """Check the run folder ``out`` against ``resume``: the saved trainer state when resuming (metrics past
+    it dropped), else ``None`` after the main process has cleared the previous run's checkpoint and metrics."""
+    folder = out / CHECKPOINT_DIR
+    has_ckpt = (folder / STATE_FILE).is_file()
+    if resume:
+        if not has_ckpt:
+            raise TrainingError(
+                f"resume: {str(folder)!r} holds no trainer checkpoint; run without --resume to start "
+                "a new run, or point train.output_dir at the run to continue"
+            )
+        state = read_json_state(folder / STATE_FILE)
+        if main:
+            truncate_metrics(out / METRICS_FILE, state["step"])
+        return state
+    if has_ckpt and not overwrite:
+        raise TrainingError(
+            f"{str(out)!r} already holds a checkpoint of a run; pass --resume (resume=True) to continue it, "
+            "set train.overwrite = true to replace it, or choose another train.output_dir"
+        )
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    return None
+
+
 def read_json_state(path: Path) -> dict[str, Any]:
     """A ``trainer_state.json``, checked to be one this unimodel reads."""
     from unimodel.checkpoint import read_json
@@ -200,6 +229,7 @@ __all__ = [
     "DataPosition",
     "decode_state",
     "encode_state",
+    "open_run_folder",
     "read_json_state",
     "restore_optimizer",
     "rng_tensors",

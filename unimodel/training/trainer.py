@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,12 +43,11 @@ from unimodel.training.state import (
     STATE_FILE,
     TOKENIZER_DIR,
     DataPosition,
-    read_json_state,
+    open_run_folder,
     restore_optimizer,
     rng_tensors,
     set_rng_states,
     state_record,
-    truncate_metrics,
 )
 from unimodel.training.steps import LogWindow, StepRecord, _as_list, _ExampleDataset, _ObjectiveStep
 
@@ -153,29 +151,10 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def prepare_output_dir(self) -> dict[str, Any] | None:
         """Check the output folder against ``resume``; returns the saved trainer state when resuming."""
-        has_ckpt = (self.ckpt_dir / STATE_FILE).is_file()
-        if self.resume:
-            if not has_ckpt:
-                raise TrainingError(
-                    f"resume: {str(self.ckpt_dir)!r} holds no trainer checkpoint; run without --resume to start "
-                    "a new run, or point train.output_dir at the run to continue"
-                )
-            state = read_json_state(self.ckpt_dir / STATE_FILE)
-            if self.main:
-                truncate_metrics(self.out / METRICS_FILE, state["step"])
-            return state
-        if has_ckpt and not self.tc.overwrite:
-            raise TrainingError(
-                f"{str(self.out)!r} already holds a checkpoint of a run; pass --resume (resume=True) to continue it, "
-                "set train.overwrite = true to replace it, or choose another train.output_dir"
-            )
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if self.ckpt_dir.exists():
-                shutil.rmtree(self.ckpt_dir)
-            (self.out / METRICS_FILE).unlink(missing_ok=True)
-        self.accelerator.wait_for_everyone()
-        return None
+        state = open_run_folder(self.out, resume=self.resume, overwrite=self.tc.overwrite, main=self.main)
+        if state is None:
+            self.accelerator.wait_for_everyone()  # the main process has cleared the folder
+        return state
 
     def setup_tokenizer(self, train_docs: Sequence[str], roles: Sequence[str]) -> Tokenizer:
         data = self.run.data
@@ -513,8 +492,14 @@ class Trainer:
         tc = self.tc
         if not self.main:
             return None
+        # the model's special tokens and processors, sampled as [train] says
         generation = self.model.generation_config.replace(
-            max_new_tokens=tc.sample_tokens, do_sample=True, top_k=tc.sample_top_k or None
+            max_new_tokens=tc.sample_tokens,
+            do_sample=True,
+            top_k=tc.sample_top_k or None,
+            num_beams=1,
+            num_return_sequences=1,
+            strategy=None,
         )
         shown = self.data.sample(
             self.model,
