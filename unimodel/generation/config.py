@@ -91,11 +91,15 @@ class GenerationConfig(Config):
         "sample if do_sample, else greedy",
     )
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
+        # before the generic checks: a non-finite option is named as the option it is (the CLI's --top-p ...)
         for name in _FLOATS:
             value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
                 raise GenerationOptionError(name, f"must be a finite number, got {value}")
+        super().__post_init__()
+
+    def check(self) -> None:
         self._check_search()
         self._check_warpers()
         self._check_lengths()
