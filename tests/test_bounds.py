@@ -17,22 +17,22 @@ from unimodel.errors import ConfigError, ResourceError
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
 TINY = {
-    "gpt": dict(vocab_size=100, n_positions=32, d_model=32, n_layers=2, n_heads=4),
+    "gpt": dict(vocab_size=100, max_positions=32, d_model=32, n_layers=2, n_heads=4),
     "bert": dict(vocab_size=100, max_positions=32, d_model=32, n_layers=2, n_heads=4),
-    "t5": dict(vocab_size=100, d_model=32, d_kv=8, d_ff=64, n_layers=2, n_heads=4),
+    "t5": dict(vocab_size=100, d_model=32, head_dim=8, d_ff=64, n_layers=2, n_heads=4),
     "bart": dict(
         vocab_size=100,
         max_positions=32,
         d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_heads=4,
-        decoder_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
+        n_layers=1,
+        n_decoder_layers=1,
+        n_heads=4,
+        n_decoder_heads=4,
+        d_ff=64,
+        d_decoder_ff=64,
     ),
 }
-LAYERS = {"gpt": "n_layers", "bert": "n_layers", "t5": "n_layers", "bart": "encoder_layers"}
+LAYERS = {"gpt": "n_layers", "bert": "n_layers", "t5": "n_layers", "bart": "n_layers"}
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -156,7 +156,7 @@ def test_a_toml_run_is_refused_before_building(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "text.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 20)
     run = {
-        "model": {"name": "gpt", "n_positions": 32, "d_model": 32, "n_heads": 4, "n_layers": 10**6},
+        "model": {"name": "gpt", "max_positions": 32, "d_model": 32, "n_heads": 4, "n_layers": 10**6},
         "data": {
             "paths": ["text.txt"],
             "document_unit": "line",

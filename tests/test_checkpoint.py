@@ -16,7 +16,7 @@ from unimodel.errors import CheckpointError, InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
-GPT = dict(vocab_size=100, n_positions=32, d_model=32, n_layers=1, n_heads=4)
+GPT = dict(vocab_size=100, max_positions=32, d_model=32, n_layers=1, n_heads=4)
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def test_dict_json_toml_round_trip(tmp_path):
 
 def test_model_spec_from_toml_and_json_files(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('[model]\nname = "gpt2-tiny"\nvocab_size = 77\nn_positions = 32\n\n[objective]\nname = "fim"\n')
+    toml.write_text('[model]\nname = "gpt2-tiny"\nvocab_size = 77\nmax_positions = 32\n\n[objective]\nname = "fim"\n')
     m = um.build_model(toml)
     assert (m.config.vocab_size, m.config.n_layers, m.objective_name) == (77, 2, "fim")
     js = tmp_path / "m.json"
@@ -108,10 +108,10 @@ def test_describe_lists_fields_with_docs():
 @pytest.mark.parametrize(
     ("name", "values", "problem"),
     [
-        ("t5", {"d_kv": 0}, r"d_kv=0\): must be positive"),
+        ("t5", {"head_dim": 0}, r"head_dim=0\): must be positive"),
         ("t5", {"n_decoder_layers": -1}, r"n_decoder_layers=-1\): must be positive"),
         ("bart", {"memory_dim": 0}, r"memory_dim=0\): must be positive"),
-        ("bart", {"encoder_layerdrop": 1.0}, r"encoder_layerdrop=1.0\): must be in \[0, 1\)"),
+        ("bart", {"layerdrop": 1.0}, r"layerdrop=1.0\): must be in \[0, 1\)"),
         ("bert", {"vocab_size": 100, "pad_token_id": 100}, r"pad_token_id=100, vocab_size=100\): token id must lie"),
         ("gpt", {"vocab_size": 50, "eos_token_id": -1}, r"eos_token_id=-1, vocab_size=50\): token id must lie"),
     ],

@@ -13,9 +13,9 @@ from unimodel.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only adds waiting
 
-GPT = dict(vocab_size=100, n_positions=32, d_model=32, n_layers=1, n_heads=4)
+GPT = dict(vocab_size=100, max_positions=32, d_model=32, n_layers=1, n_heads=4)
 BERT = dict(vocab_size=100, max_positions=32, d_model=32, n_layers=1, n_heads=4)
-T5 = dict(vocab_size=100, d_model=32, d_kv=8, d_ff=64, n_layers=1, n_heads=4)
+T5 = dict(vocab_size=100, d_model=32, head_dim=8, d_ff=64, n_layers=1, n_heads=4)
 
 
 @pytest.fixture(scope="module")

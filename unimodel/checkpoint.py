@@ -46,6 +46,7 @@ CONFIG_FILE = "config.json"
 GENERATION_SECTION = "generation"
 WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+PROVENANCE = "provenance"  # config.json: which plugin, distribution and version provided each component
 
 # Files a unimodel checkpoint (with a training run's state) or a Hugging Face folder consists of.
 OWNED_FILES = (
@@ -367,15 +368,15 @@ def save(model: Model, path: str | Path, *, overwrite: bool = False) -> Path:
     path = as_path(path, "save: path")
     tensors, aliases = dedup_state_dict(model)
     with checkpoint_dir(path, overwrite=overwrite, what="save") as tmp:
-        write_json(
-            tmp / CONFIG_FILE,
-            {
-                "schema_version": SCHEMA_VERSION,
-                "unimodel_version": __version__,
-                **model.spec(),
-                GENERATION_SECTION: model.generation_config.to_dict(),
-            },
-        )
+        config: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "unimodel_version": __version__,
+            **model.spec(),
+            GENERATION_SECTION: model.generation_config.to_dict(),
+        }
+        if model.provenance:
+            config[PROVENANCE] = model.provenance
+        write_json(tmp / CONFIG_FILE, config)
         save_tensors(tensors, tmp / WEIGHTS_FILE, {"unimodel_tied": json.dumps(aliases)})
         if model.tokenizer is not None:
             model.tokenizer.save(tmp)
@@ -414,8 +415,11 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
         from unimodel.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(folder)
+    model_spec, objective_spec = _installed_components(
+        model_section, saved_objective, config, folder, keep_objective=objective is None
+    )
     try:  # the size of the model is checked before its weights are read
-        model = build_model(model_section, objective=objective or saved_objective, tokenizer=tokenizer)
+        model = build_model(model_spec, objective=objective or objective_spec, tokenizer=tokenizer)
     except ResourceError:
         raise
     except UnimodelError as exc:
@@ -480,6 +484,79 @@ def hf_converter_for(model_type: str, registry: Registry | None = None) -> HFCon
     if failed:
         msg += ". Note: plugin(s) " + ", ".join(repr(p.name) for p in failed) + " failed to load; run `unimodel doctor`"
     raise ComponentNotFoundError(msg)
+
+
+def _installed_components(
+    model_section: dict[str, Any],
+    objective_section: dict[str, Any] | None,
+    config: Mapping[str, Any],
+    folder: Path,
+    *,
+    keep_objective: bool,
+) -> tuple[dict[str, Any], Any]:
+    """The model and objective sections with names qualified by the checkpoint's provenance.
+
+    A checkpoint written before provenance was recorded keeps its plain names.
+    When the plugin that provided a component is missing, the error names the
+    distribution to install and the version the checkpoint was saved with.
+    """
+    model_spec = dict(model_section)
+    objective_spec: Any = objective_section
+    provenance = config.get(PROVENANCE)
+    if provenance is None:
+        return model_spec, objective_spec
+    if not isinstance(provenance, Mapping):
+        raise CheckpointError(f"{str(folder / CONFIG_FILE)!r}: {PROVENANCE!r} must be a JSON object")
+    model_spec["name"] = _installed("model", provenance.get("model"), model_spec.get("name"), folder)
+    if keep_objective and isinstance(objective_spec, Mapping) and provenance.get("objective") is not None:
+        objective_spec = dict(objective_spec)
+        objective_spec["name"] = _installed("objective", provenance["objective"], objective_spec.get("name"), folder)
+    return model_spec, objective_spec
+
+
+def _installed(kind: str, entry: Any, saved_name: Any, folder: Path) -> Any:
+    """The qualified name in provenance ``entry`` if that component is installed, else a CheckpointError
+    saying what to install."""
+    from unimodel.registry import QUALIFIER, get_registry
+
+    if entry is None:
+        return saved_name
+    qualified = entry.get("component") if isinstance(entry, Mapping) else None
+    if not isinstance(qualified, str) or QUALIFIER not in qualified:
+        raise CheckpointError(
+            f"{str(folder / CONFIG_FILE)!r}: {PROVENANCE}.{kind} must be an object with a 'component' "
+            f"of the form 'plugin{QUALIFIER}name', got {entry!r}"
+        )
+    reg = get_registry()
+    if reg.has(kind, qualified):
+        return qualified
+    plugin, _, plain = qualified.rpartition(QUALIFIER)
+    dist, version = entry.get("distribution"), entry.get("version")
+    saved = f"{dist} {version}" if dist and version else str(dist or "an unknown distribution")
+    where = f"checkpoint {str(folder)!r} needs {kind} {plain!r} from plugin {plugin!r} ({saved})"
+    rec = reg.plugins.get(plugin)
+    if rec is not None and not rec.ok:
+        raise CheckpointError(f"{where}, which failed to load: {rec.error}; run `unimodel doctor -v`")
+    if rec is not None:
+        now = f"{rec.source} {rec.version}" if rec.version else rec.source
+        raise CheckpointError(
+            f"{where}, but the installed plugin {plugin!r} ({now}) registers no {kind} {plain!r}"
+            + (
+                f"; install the version the checkpoint was saved with: pip install '{dist}=={version}'"
+                if version
+                else ""
+            )
+        )
+    if dist in (None, "?", "<programmatic>"):
+        raise CheckpointError(
+            f"{where}, which is not installed; the plugin was registered without a distribution when the "
+            "checkpoint was saved, so register it again (Registry.add_plugin) before loading"
+        )
+    pin = f"=={version}" if version else ""
+    raise CheckpointError(
+        f"{where}, which is not installed: pip install '{dist}{pin}'"
+        + (" (the version the checkpoint was saved with)" if version else "")
+    )
 
 
 def notify_loaded(model: Model, folder: Path) -> None:

@@ -127,9 +127,9 @@ class HFConverter(ABC):
 def _converter_for_model(model: Model, registry: Registry) -> HFConverter:
     comps = registry.components("hf_converter")
     for comp in comps:
-        if model.name in comp.extra.get("exports", ()):
+        if model.name in comp.exports:
             return comp.load()()
-    exported = sorted({m for c in comps for m in c.extra.get("exports", ())})
+    exported = sorted({m for c in comps for m in c.exports})
     raise ComponentNotFoundError(
         f"no plugin exports model {model.name!r} to Hugging Face format; "
         f"exportable models: {', '.join(exported) or '(none)'}"

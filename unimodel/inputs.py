@@ -156,7 +156,7 @@ def _check_stream(checks: RangeChecks, s: _Stream, batch: int | None) -> int | N
     if s.max_positions is not None and s.past + T > s.max_positions:
         raise InputError(
             f"{s.ids_name} has {s.past + T} positions (including {s.past} cached) but the model has a position "
-            f"table of {s.max_positions}; truncate the input or build with a larger n_positions"
+            f"table of {s.max_positions}; truncate the input or build with a larger max_positions"
         )
     if s.mask is not None:
         mask = require_tensor(s.mask, s.mask_name, MASK_DTYPES, MASK_VALUES)

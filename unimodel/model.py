@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,10 +15,11 @@ from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
 from unimodel.generation.config import GenerationConfig
 from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
-from unimodel.interfaces import Backbone, Cap, Decoder, Encoder, ModelFamily, ModelOutput, Objective
+from unimodel.interfaces import Backbone, Cap, Decoder, Encoder, EncoderOutput, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
-from unimodel.registry import Registry, get_registry
+from unimodel.registry import Component, Registry, get_registry
+from unimodel.routing import accepted_inputs, call_part
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -45,9 +45,13 @@ class Model(nn.Module):
         heads: Mapping[str, nn.Module],
         preset: str | None = None,
         tokenizer: Tokenizer | None = None,
+        provenance: Mapping[str, Mapping[str, str | None]] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
+        # by role ("model", "objective"): the qualified component and the distribution and version that provided it,
+        # which a checkpoint records so that loading it can name the package to install
+        self.provenance = {role: dict(entry) for role, entry in (provenance or {}).items()}
         self.preset = preset
         self.config = config
         self.encoder = backbone.encoder
@@ -172,12 +176,16 @@ class Model(nn.Module):
         extra: dict[str, Any] = {}
         if self.encoder is not None:
             if encoder_outputs is None:
-                enc = self.encoder(
+                enc = call_part(
+                    self.encoder,
                     input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                    position_ids=position_ids,
-                    **enc_extra,
+                    {
+                        "attention_mask": attention_mask,
+                        "token_type_ids": token_type_ids,
+                        "position_ids": position_ids,
+                        **enc_extra,
+                    },
+                    model=self.name,
                 )
             else:
                 enc = encoder_outputs
@@ -200,18 +208,28 @@ class Model(nn.Module):
             if dec_ids is None:
                 raise InputError(f"model {self.name!r} needs input_ids for its decoder")
             cache = past_key_values
+            if (use_cache or cache is not None) and Cap.KV_CACHE not in self.provides:
+                why = "its decoder is non-causal" if not self.decoder.is_causal else "it does not provide kv_cache"
+                raise InputError(
+                    f"model {self.name!r} keeps no cache for incremental decoding ({why}); "
+                    "call it without use_cache and past_key_values, on the whole sequence"
+                )
             if use_cache and cache is None:
                 cache = self.decoder.new_cache(
                     dec_ids.shape[0], dec_ids.shape[1], dtype=self.dtype, device=dec_ids.device
                 )
-            out = self.decoder(
+            out = call_part(
+                self.decoder,
                 dec_ids,
-                attention_mask=dec_mask,
-                position_ids=dec_pos,
-                memory=memory,
-                memory_mask=memory_mask,
-                cache=cache,
-                **dec_extra,
+                {
+                    "attention_mask": dec_mask,
+                    "position_ids": dec_pos,
+                    "memory": memory,
+                    "memory_mask": memory_mask,
+                    "cache": cache,
+                    **dec_extra,
+                },
+                model=self.name,
             )
             hidden = out.last_hidden_state
             extra.update(out.extra)
@@ -273,17 +291,14 @@ class Model(nn.Module):
         return logits_at
 
     def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split family-specific inputs between encoder and decoder by their signatures."""
+        """Split family-specific inputs between encoder and decoder by their ``forward`` signatures."""
         if not inputs:
             return {}, {}
-        enc_keys = _keyword_params(self.encoder)
-        dec_keys = _keyword_params(self.decoder)
+        enc_keys = accepted_inputs(self.encoder) if self.encoder is not None else frozenset()
+        dec_keys = accepted_inputs(self.decoder) if self.decoder is not None else frozenset()
         unknown = [k for k in inputs if k not in enc_keys and k not in dec_keys]
         if unknown:
-            takes = sorted(
-                (enc_keys | dec_keys)
-                - {"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"}
-            )
+            takes = sorted((enc_keys | dec_keys) - _STANDARD_INPUTS)
             raise InputError(
                 f"model {self.name!r} does not take input(s) {', '.join(map(repr, unknown))}; besides input_ids, "
                 f"attention_mask, labels and decoder_* inputs it takes: {', '.join(takes) or 'nothing else'}"
@@ -292,6 +307,13 @@ class Model(nn.Module):
             {k: v for k, v in inputs.items() if k in enc_keys},
             {k: v for k, v in inputs.items() if k in dec_keys and k not in enc_keys},
         )
+
+    def encode(self, input_ids: Tensor | None, attention_mask: Tensor | None = None, **inputs: Any) -> EncoderOutput:
+        """Run the encoder alone, passing what its ``forward`` declares; ``inputs`` are encoder extras
+        (``token_type_ids``, ``pixel_values`` ...). Generation uses this to encode a source once."""
+        if self.encoder is None:
+            raise InputError(f"model {self.name!r} has no encoder")
+        return call_part(self.encoder, input_ids, {"attention_mask": attention_mask, **inputs}, model=self.name)
 
     def check_ids(self, ids: Tensor, name: str, part: Encoder | Decoder, past: int = 0) -> None:
         """Reject ids a user could pass by mistake (dtype, shape, vocabulary, position table), before torch
@@ -303,7 +325,7 @@ class Model(nn.Module):
         if max_pos is not None and past + ids.shape[1] > max_pos:
             raise InputError(
                 f"{name} has {past + ids.shape[1]} positions (including {past} cached) but model {self.name!r} "
-                f"has a position table of {max_pos}; truncate the input or build with a larger n_positions"
+                f"has a position table of {max_pos}; truncate the input or build with a larger max_positions"
             )
         checks.run()
 
@@ -338,11 +360,8 @@ class Model(nn.Module):
         return save(self, path, overwrite=overwrite)
 
 
-def _keyword_params(part: nn.Module | None) -> set[str]:
-    if part is None:
-        return set()
-    params = inspect.signature(part.forward).parameters.values()
-    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+# Inputs the model hands every encoder or decoder whose forward declares them (see docs/plugins.md).
+_STANDARD_INPUTS = frozenset({"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"})
 
 
 def _no_target_loss(hidden: Tensor) -> Tensor:
@@ -403,37 +422,41 @@ def build_model(
     reg = registry or get_registry()
     model_spec, objective_spec = split_spec(spec, overrides)
     name = model_spec.pop("name")
+    named = reg.get("model", name)
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
-    config = family.config_class.from_dict({**preset_values, **model_spec}, section=f"model {name!r}")
+    config = family.config_class.from_layers(preset_values, model_spec, section=f"model {name!r}")
 
     provides_for = getattr(family, "provides_for", None)
     provides = provides_for(config) if provides_for is not None else frozenset(family_comp.provides)
     objective_spec = objective_spec or {"name": family_comp.default_objective}
     if objective_spec.get("name") is None:
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
-    objective = build_objective(objective_spec, registry=reg, provides=provides, model_name=name)
+    objective, objective_comp = _build_objective(objective_spec, reg, provides=provides, model_name=name)
 
-    backbone, heads = build_within_memory(family, config, objective, f"model {name!r}")  # or a ResourceError
+    shown = reg.display_name(named)  # the plain name unless another plugin registers it too
+    backbone, heads = build_within_memory(family, config, objective, f"model {shown!r}")  # or a ResourceError
     missing = set(type(objective).requires) - set(backbone.provides)
     if missing:  # the registry metadata promised more than the built backbone has
         raise IncompatibleObjectiveError(
             f"model {name!r} declares {sorted(provides)} but its backbone lacks "
             f"{sorted(missing)}; this is a bug in plugin {family_comp.plugin!r}"
         )
+    objective_name = reg.display_name(objective_comp)
     if tokenizer is not None:
         from unimodel.data.tokenizer import check_objective_tokens
 
-        check_objective_tokens(tokenizer, objective, objective_spec["name"])
+        check_objective_tokens(tokenizer, objective, objective_name)
     return Model(
-        name=family_comp.name,
-        preset=name if name != family_comp.name else None,
+        name=reg.display_name(family_comp),
+        preset=reg.display_name(named) if named.base is not None else None,
         config=config,
         backbone=backbone,
         objective=objective,
-        objective_name=objective_spec["name"],
+        objective_name=objective_name,
         heads=heads,
         tokenizer=tokenizer,
+        provenance={"model": reg.provenance(family_comp), "objective": reg.provenance(objective_comp)},
     )
 
 
@@ -445,13 +468,19 @@ def build_objective(
     model_name: str | None = None,
     **overrides: Any,
 ) -> Objective:
-    """Build an objective by name or dict. With ``provides`` (a backbone's
+    """Build an objective by name (plain or ``plugin:name``) or dict. With ``provides`` (a backbone's
     capabilities), an objective that needs more fails with the list of ones that fit."""
-    reg = registry or get_registry()
     if not isinstance(spec, (str, Mapping)):
         raise ConfigError(f"build_objective takes an objective name or a dict, got {type(spec).__name__}")
     values = {"name": spec} if isinstance(spec, str) else dict(spec)
     values.update(overrides)
+    return _build_objective(values, registry or get_registry(), provides=provides, model_name=model_name)[0]
+
+
+def _build_objective(
+    spec: Mapping[str, Any], reg: Registry, *, provides: Any, model_name: str | None
+) -> tuple[Objective, Component]:
+    values = dict(spec)
     name = values.pop("name", None)
     if not isinstance(name, str):
         raise ConfigError("objective spec needs a 'name', a string (see `unimodel list objective`)")
@@ -465,7 +494,7 @@ def build_objective(
                 f"Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}."
             )
     cls: type[Objective] = comp.load()
-    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}"))
+    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}")), comp
 
 
-__all__ = ["Cap", "Model", "build_model", "build_objective"]
+__all__ = ["Cap", "Model", "accepted_inputs", "build_model", "build_objective", "call_part"]

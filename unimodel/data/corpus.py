@@ -1,7 +1,7 @@
 """Registered corpora: named collections a run config selects with ``corpus = "NAME"``.
 
 A corpus holds either text or source -> target pairs; its component says
-which in ``extra={"data": "pairs"}`` (text when absent), so the trainer can
+which in ``data_kind="pairs"`` (``"text"`` by default), so the trainer can
 refuse a corpus its objective cannot use before importing anything.
 
 - A **text** corpus's target is a callable returning an iterable of
@@ -51,7 +51,8 @@ CorpusKind = Literal["text", "pairs"]
 
 def corpus_kind(name: str, *, registry: Any = None) -> CorpusKind:
     """``"pairs"`` or ``"text"``: what the registered corpus ``name`` holds, from its metadata (no import)."""
-    return "pairs" if _component(name, registry).extra.get("data") == "pairs" else "text"
+    kind: CorpusKind = _component(name, registry).data_kind
+    return kind
 
 
 def _component(name: str, registry: Any) -> Any:

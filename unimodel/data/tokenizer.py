@@ -109,6 +109,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def kind(self) -> str:
+        """``"bpe"``, ``"wordpiece"``, ``"unigram"`` (or the backend model's name, lower-cased)."""
+        return type(self.backend.model).__name__.lower()
+
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
 

@@ -55,7 +55,8 @@ from torch import Tensor
 
 from unimodel.errors import InputError
 from unimodel.generation.config import GenerationConfig, GenerationOptionError
-from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
+from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder, recompute_prefix
+from unimodel.generation.processors import ScoreProcessors, banned_ngram_tokens, warp
 from unimodel.generation.settings import (
     OPTIONS,
     GenerationSettings,
@@ -78,18 +79,21 @@ __all__ = [
     "GenerationOptionError",
     "GenerationSettings",
     "IncrementalDecoder",
+    "ScoreProcessors",
     "TextStreamer",
+    "banned_ngram_tokens",
     "declared_options",
     "generate",
     "generate_text",
     "generate_texts",
+    "recompute_prefix",
+    "warp",
 ]
 
 
 def declared_options(component: Component) -> tuple[str, ...]:
     """The extra ``generate`` options a ``decoding`` component declares (reaching it in ``settings.extra``)."""
-    typed = getattr(component, "options", None)  # the typed Component field, where the record has one
-    return tuple(typed or component.extra.get("options", ()))
+    return tuple(component.options)
 
 
 def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Tensor:
@@ -134,7 +138,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     """
     reg = registry or get_registry()
     config = call_config(default_config(model), options)
-    component = reg.get("decoding", config.strategy_name)
+    # a strategy chosen from num_beams/do_sample is the core's, whatever other plugins call theirs
+    component = reg.get("decoding", config.strategy_name, prefer=None if options.get("strategy") else "core")
     declared = declared_options(component)
     check_option_names(options, OPTIONS + declared)
     _check_can_generate(model, config.strategy_name, component.requires, reg)
@@ -174,7 +179,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         lm_head = model.heads["lm"] if "lm" in model.heads else None  # noqa: SIM401 - nn.ModuleDict has no get()
         with torch.inference_mode(), decoding_layout(model.decoder, lm_head):
             if inputs.encoder_output is None and model.encoder is not None:
-                inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
+                inputs.encoder_output = model.encode(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:
                 out = inputs.decoder_input_ids.repeat_interleave(settings.num_return_sequences, dim=0)
             else:

@@ -54,7 +54,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """The ``[objective]`` table resolved: the objective's name, class, typed config and data kind."""
+    """The ``[objective]`` table resolved: the name as a user types it, class, typed config and data kind."""
 
     name: str
     objective_class: type[Objective]
@@ -82,8 +82,10 @@ def resolve_model_spec(table: Mapping[str, Any], *, registry: Registry | None = 
     reg = _registry(registry)
     family, preset_values = reg.resolve_model(name)
     family_class = family.load()
-    values = {k: v for k, v in table.items() if k not in ("name", "objective")}
-    config = family_class.config_class.from_dict({**preset_values, **values}, section=f"model {name!r}")
+    config_class = family_class.config_class
+    section = f"model {name!r}"
+    values = config_class.canonical({k: v for k, v in table.items() if k not in ("name", "objective")}, section)
+    config = config_class.from_layers(preset_values, values, section=section)
     provides_for = getattr(family_class, "provides_for", None)
     provides = provides_for(config) if provides_for is not None else frozenset(family.provides)
     return ModelSpec(name, family, dict(preset_values), values, config, frozenset(provides))
@@ -107,20 +109,21 @@ def resolve_objective_spec(
             else 'run: [objective] name must be a string, e.g. name = "clm"'
         )
     comp = reg.get("objective", name)
+    shown = reg.display_name(comp)  # a default objective is stored qualified; messages show the plain name
     missing = set(comp.requires) - model.provides
     if missing:
         fits = reg.compatible_objectives(model.provides)
         raise IncompatibleObjectiveError(
-            f"objective {name!r} needs {', '.join(sorted(missing))}, which model {model.name!r} does not provide. "
+            f"objective {shown!r} needs {', '.join(sorted(missing))}, which model {model.name!r} does not provide. "
             f"Objectives that work with {model.name!r}: {', '.join(fits) or '(none)'}."
         )
     cls: type[Objective] = comp.load()
-    config = cls.config_class.from_dict(values, section=f"objective {name!r}")
+    config = cls.config_class.from_dict(values, section=f"objective {shown!r}")
     from unimodel.data.kinds import data_kind_name
 
     kind = data_kind_name(cls)
     reg.get("data", kind)  # an unknown data kind fails here, with the kinds that exist
-    return ObjectiveSpec(name, cls, config, kind)
+    return ObjectiveSpec(shown, cls, config, kind)
 
 
 def _refuse_unnamed(values: Mapping[str, Any], model: ModelSpec, registry: Registry) -> None:

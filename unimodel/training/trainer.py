@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from unimodel.data.dataset import make_tokenizer
+from unimodel.data.dataset import make_tokenizer, tokenizer_recipe
 from unimodel.data.kinds import DataKind, Example, TaskMetric, data_kind, derive_seed
 from unimodel.data.tokenizer import Tokenizer
 from unimodel.errors import ConfigError, DataError, TrainingError
@@ -167,13 +167,14 @@ class Trainer:
         with self.accelerator.main_process_first():
             if self.main:
                 started = time.perf_counter()
-                tok = make_tokenizer(data, train_docs, needed_roles=roles)
+                recipe = tokenizer_recipe(self.run.model_spec.name)
+                tok = make_tokenizer(data, train_docs, needed_roles=roles, recipe=recipe)
                 from unimodel.checkpoint import atomic_dir
 
                 with atomic_dir(folder) as tmp:
                     tok.save(tmp)
                 self.log(
-                    f"trained a {data.tokenizer} tokenizer: {tok.vocab_size} tokens "
+                    f"trained a {tok.kind} tokenizer: {tok.vocab_size} tokens "
                     f"in {time.perf_counter() - started:.1f}s -> {folder}"
                 )
             else:
