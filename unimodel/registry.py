@@ -80,7 +80,7 @@ def plugin_code() -> Iterator[None]:
 
 
 TokenizerKind = Literal["bpe", "wordpiece", "unigram"]
-DataKind = Literal["text", "pairs"]
+DataKind = str  # "text", "pairs", or a registered ``data`` component of a plugin ("images" ...)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,8 @@ class Component:
         tokenizer: for a model, encoder or decoder, the tokenizer a run trains when
             ``[data] tokenizer`` is not set (a :class:`TokenizerRecipe` or its dict form).
         options: for a ``decoding`` strategy, the extra ``generate`` options it accepts.
-        data_kind: for a ``corpus``, ``"text"`` (documents) or ``"pairs"`` (source -> target).
+        data_kind: for a ``corpus``, the data kind it holds: ``"text"`` (documents), ``"pairs"``
+            (source -> target) or a plugin's (``"images"``).
         extra: anything else a plugin wants to carry (shown by ``unimodel info``).
         plugin: set by the registry: the name of the plugin that registered it.
 
@@ -188,8 +189,11 @@ class Component:
             object.__setattr__(self, attr, MappingProxyType(dict(getattr(self, attr))))
         if self.tokenizer is not None:
             object.__setattr__(self, "tokenizer", TokenizerRecipe.coerce(self.tokenizer))
-        if self.data_kind not in get_args(DataKind):
-            raise PluginError(f"{self.kind} {self.name!r}: data_kind must be 'text' or 'pairs', got {self.data_kind!r}")
+        if not isinstance(self.data_kind, str) or not self.data_kind:
+            raise PluginError(
+                f"{self.kind} {self.name!r}: data_kind must name a data kind ('text', 'pairs', or a plugin's such as "
+                f"'images'), got {self.data_kind!r}"
+            )
 
     def _adopt_extra_fields(self) -> None:
         """Move ``extra`` keys that are fields now (``extra={"exports": ...}``) to their fields, with a warning."""

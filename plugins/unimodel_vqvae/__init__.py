@@ -79,10 +79,23 @@ def unimodel_components() -> list[Component]:
             requires=("encoder_only", "lm_head"),
         ),
         Component(
+            kind="data",
+            name="images",
+            target="unimodel_vqvae.data:ImageData",
+            summary="images {pixel_values, label}: an image corpus (shapes) or image folders and .npy arrays",
+        ),
+        Component(
+            kind="data",
+            name="codes",
+            target="unimodel_vqvae.data:CodeData",
+            summary="images as code sequences of a VQ-VAE (kind_options.image_tokenizer), for a prior over codes",
+        ),
+        Component(
             kind="corpus",
             name="shapes",
             target="unimodel_vqvae.shapes:shapes",
             summary="images: 8 classes of coloured shapes, 32x32 or 64x64 RGB (generated; 10,000 train / 1,000 val.)",
+            data_kind="images",
             extra={"corpus_options": "n_train = 10000, n_validation = 1000, image_size = 32, seed = 0"},
         ),
     ]

@@ -102,7 +102,7 @@ class VQReconstruction(Objective):
     requires = frozenset({Cap.CONTINUOUS_INPUT, Cap.CODEBOOK})
     primary_head = None
     uses_lm_head = False
-    data_kind = "images"  # type: ignore[assignment]  # examples {"pixel_values": (C, H, W)}
+    data_kind = "images"  # examples {"pixel_values": (C, H, W), "label": int}
 
     config: VQReconstructionConfig
 
@@ -194,7 +194,7 @@ class MaskedCodes(TokenLossObjective[MaskedCodesConfig]):
     config_class = MaskedCodesConfig
     requires = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
     special_tokens = ("mask",)
-    data_kind = "codes"  # type: ignore[assignment]
+    data_kind = "codes"
 
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}

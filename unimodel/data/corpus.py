@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from unimodel.bounds import check_corpus_memory
 from unimodel.data.messages import objective_phrase
@@ -46,11 +46,12 @@ def pydoc_topics() -> list[str]:
     return [topics[name] for name in sorted(topics)]
 
 
-CorpusKind = Literal["text", "pairs"]
+CorpusKind = str  # "text", "pairs", or a plugin's data kind ("images")
 
 
 def corpus_kind(name: str, *, registry: Any = None) -> CorpusKind:
-    """``"pairs"`` or ``"text"``: what the registered corpus ``name`` holds, from its metadata (no import)."""
+    """``"text"``, ``"pairs"`` (or a plugin's kind): what the registered corpus ``name`` holds, from its metadata
+    (no import)."""
     kind: CorpusKind = _component(name, registry).data_kind
     return kind
 
@@ -109,7 +110,13 @@ def load_corpus(
     the message), or when it yields something other than strings.
     """
     comp = _component(name, registry)
-    if corpus_kind(name, registry=registry) == "pairs":
+    held = corpus_kind(name, registry=registry)
+    if held not in ("text", "pairs"):
+        raise DataError(
+            f"corpus {name!r} holds {held}, but {objective_phrase(objective)} trains on text; train on it with an "
+            f"objective that reads {held}, or choose a text corpus (`unimodel list --kind corpus`)"
+        )
+    if held == "pairs":
         raise DataError(
             f"corpus {name!r} holds source -> target pairs, but {objective_phrase(objective)} trains on text. "
             'Train on it with objective "seq2seq" and an encoder-decoder (t5, bart), or choose a text corpus '
@@ -136,9 +143,10 @@ def load_pair_corpus(
 ) -> list[tuple[str, str]]:
     """The ``(source, target)`` pairs of the ``split`` (``"train"`` or ``"validation"``) of pair corpus ``name``."""
     comp = _component(name, registry)
-    if corpus_kind(name, registry=registry) != "pairs":
+    held = corpus_kind(name, registry=registry)
+    if held != "pairs":
         raise DataError(
-            f"corpus {name!r} holds text, but {objective_phrase(objective)} trains on source -> target pairs. "
+            f"corpus {name!r} holds {held}, but {objective_phrase(objective)} trains on source -> target pairs. "
             'Use a pair corpus (e.g. data.corpus = "numbers"; `unimodel list --kind corpus`), or give data.paths: '
             "JSONL files with source and target fields, or TSV files (source<TAB>target per line)"
         )

@@ -94,6 +94,15 @@ class DataConfig(Config):
     vocab_size: int = param(8192, "vocabulary size of a trained tokenizer (special tokens included)")
     min_frequency: int = param(2, "a trained tokenizer's pieces occur at least this often")
     split_digits: bool = param(False, "a trained tokenizer splits numbers into single digits, one token each")
+    kind: str | None = param(
+        None,
+        "the registered data kind to read (`unimodel list --kind data`); null: the one the objective names "
+        "(text for clm, pairs for seq2seq ...)",
+    )
+    kind_options: dict[str, Any] = param(
+        doc='options of a plugin\'s data kind, e.g. { image_tokenizer = "runs/vq/checkpoint" } for codes',
+        default_factory=dict,
+    )
 
     def check(self) -> None:
         for name in ("paths", "validation_paths"):

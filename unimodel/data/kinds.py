@@ -25,6 +25,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -90,6 +91,15 @@ class TaskMetric(ABC):
     def report(self) -> str:
         """The line ``unimodel eval`` prints, e.g. ``exact match: 98.00% (49 of 50 pairs, greedy decoding)``."""
 
+    def values(self) -> dict[str, float]:
+        """Further figures to record beside the score, as ``val_<key>`` in ``metrics.jsonl``. Default: none."""
+        return {}
+
+    def write_files(self, folder: Path, step: int) -> list[Path]:
+        """Files the metric writes into the run folder at each evaluation during training (a PNG grid of
+        reconstructions, say), on the main process only. Default: none."""
+        return []
+
     def shown(self) -> str | None:
         """A few scored examples as text, the sample after training of a kind that shows them."""
         return None
@@ -135,6 +145,12 @@ class DataKind(ABC):
     ) -> list[Example]:
         """The examples that :func:`~unimodel.training.evaluate` scores ``model`` on, from raw ``items``
         (every item counts, none dropped)."""
+
+    @classmethod
+    def own_tokenizer(cls, config: DataConfig, raw: RawData) -> Tokenizer | None:
+        """The tokenizer whose ids this kind's examples are, when the kind makes it itself (a vocabulary of
+        image codes, say); ``None`` (the default): the trainer trains or loads one as ``[data] tokenizer`` says."""
+        return None
 
     @classmethod
     def has_own_validation(cls, config: DataConfig) -> bool:
@@ -265,6 +281,12 @@ def data_kind_name(objective: object) -> str:
     return str(getattr(cls, "data_kind", "text"))
 
 
+def run_data_kind_name(data: DataConfig | None, objective: object) -> str:
+    """The data kind a run reads: ``[data] kind`` when set, else the one ``objective`` names."""
+    chosen = getattr(data, "kind", None) if data is not None else None
+    return chosen if chosen else data_kind_name(objective)
+
+
 def data_kind(name: str, *, registry: Registry | None = None) -> type[DataKind]:
     """The registered ``data`` component ``name``: a :class:`DataKind` subclass."""
     from unimodel.registry import get_registry
@@ -315,5 +337,6 @@ __all__ = [
     "derive_seed",
     "process_share",
     "reduce_sum",
+    "run_data_kind_name",
     "shuffled_order",
 ]

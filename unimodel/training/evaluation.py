@@ -27,7 +27,7 @@ from unimodel.data.exact_match import (
     generate_targets,
     normalize_whitespace,
 )
-from unimodel.data.kinds import TaskMetric, data_kind, data_kind_name, derive_seed, process_share, reduce_sum
+from unimodel.data.kinds import TaskMetric, data_kind, derive_seed, process_share, reduce_sum, run_data_kind_name
 from unimodel.errors import DataError
 from unimodel.training.state import CHECKPOINT_DIR, RUN_FILE
 
@@ -160,10 +160,10 @@ def evaluate(
     """
     model, run_data = _model_and_run_data(model)
     tokenizer = model.tokenizer
-    kind = data_kind(data_kind_name(model.objective))
+    cfg = _eval_data_config(data, run_data)
+    kind = data_kind(run_data_kind_name(cfg, model.objective))
     if tokenizer is None and kind.uses_tokenizer:
         raise DataError("evaluate: the model has no tokenizer to encode text with; load a checkpoint saved with one")
-    cfg = _eval_data_config(data, run_data)
     # validation files, or a pair corpus's own validation split, are the validation split of any data
     split = split or ("validation" if data is None or kind.has_own_validation(cfg) else "all")
     if split == "all":  # nothing held out by fraction: every document, in corpus order
@@ -222,14 +222,29 @@ def _eval_data_config(data: DataConfig | Mapping[str, Any] | str | None, run_dat
     from unimodel.registry import get_registry
 
     # how the run read its data applies to other data named on its own
-    kept = ("block_size", "format", "text_field", "source_field", "target_field", "document_unit")
+    kept = (
+        "block_size",
+        "format",
+        "text_field",
+        "source_field",
+        "target_field",
+        "document_unit",
+        "kind",
+        "kind_options",
+    )
     inherit = {k: getattr(run_data, k) for k in kept} if run_data is not None else {}
     if get_registry().has("corpus", data):
         if run_data is None:
             return DataConfig(corpus=data)
         # the run's corpus options apply when the run trained on this corpus
         options = run_data.corpus_options if run_data.corpus == data else {}
-        return DataConfig(corpus=data, block_size=run_data.block_size, corpus_options=options)
+        return DataConfig(
+            corpus=data,
+            block_size=run_data.block_size,
+            corpus_options=options,
+            kind=run_data.kind,
+            kind_options=run_data.kind_options,
+        )
     if data.endswith((".toml", ".json")) and Path(data).is_file():
         table = read_config_file(data)
         return DataConfig.from_dict(table.get("data", {}))

@@ -205,10 +205,13 @@ class Trainer:
         """Data, tokenizer, model, optimizer and schedule, restored from ``state`` when resuming; returns
         the checkpoint's RNG tensors (empty for a new run)."""
         tc, objective = self.tc, self.run.objective_spec
-        kind = data_kind(objective.data_kind)
+        kind = data_kind(self.run.data.kind or objective.data_kind)
         raw = kind.read(self.run.data, objective=objective.name)
         tokenizer = None
-        if kind.uses_tokenizer:
+        own = None if self.resume or not kind.uses_tokenizer else kind.own_tokenizer(self.run.data, raw)
+        if own is not None:
+            tokenizer = own
+        elif kind.uses_tokenizer:
             roles = needed_roles(self.run.model_spec, objective)
             tokenizer = self.setup_tokenizer(raw.tokenizer_texts(), roles)
         data = kind.encode(self.run.data, tokenizer, raw)
@@ -474,6 +477,10 @@ class Trainer:
             result.with_metric(metric)
             line += f"; {metric.summary()}"
             record.update({f"val_{metric.name}": metric.score, f"val_{metric.name}_examples": metric.total})
+            record.update({f"val_{key}": value for key, value in metric.values().items()})
+            if self.main:
+                for path in metric.write_files(self.out, self.step):
+                    line += f" -> {path}"
             self.last_metric = metric
         self.log(line)
         self.write_metrics(record)
