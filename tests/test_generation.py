@@ -762,3 +762,16 @@ def test_non_causal_decoder_cannot_generate_left_to_right(pair):
     )
     with pytest.raises(InputError, match="needs capability 'causal'"):
         noncausal.generate(torch.tensor([[17, 40, 3]]))
+
+
+def test_suppressed_tokens_are_never_generated_and_must_be_in_the_vocabulary():
+    torch.manual_seed(0)
+    model = um.build_model("gpt2-tiny", vocab_size=50)
+    prompt = torch.tensor([[1, 2]])
+    free = model.generate(prompt, do_sample=True, max_new_tokens=60, seed=0)
+    assert int(free[:, 2:].max()) >= 10  # an untrained model spreads over the vocabulary
+    for options in ({"do_sample": True, "seed": 0}, {"num_beams": 3}, {}):
+        out = model.generate(prompt, max_new_tokens=60, suppress_tokens=list(range(10, 50)), **options)
+        assert int(out[:, 2:].max()) < 10, options
+    with pytest.raises(InputError, match="suppress_tokens 60 is outside the model's vocabulary of 50"):
+        model.generate(prompt, suppress_tokens=[60])

@@ -102,3 +102,17 @@ def test_masked_codes_hides_a_cosine_share_of_codes_and_never_the_condition(vq_f
     assert 8.5 < masked.sum(1).double().mean() < 12
     again = obj.prepare(examples, tokenizer=tok, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again["input_ids"], batch["input_ids"])  # seeded by the generator only
+
+
+def test_an_autoregressive_prior_samples_only_codes_and_decodes_them(vq_folder, tmp_path, one_thread):
+    from unimodel_vqvae.prior import sample_codes, sample_images
+
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=2)
+    _prior(it.tokenizer(), it.layout).save(tmp_path / "prior")
+    prior = um.load(tmp_path / "prior")  # untrained: every id is about as likely, specials included
+    codes = sample_codes(prior, 6, class_id=1, temperature=1.5, seed=3)
+    assert codes.shape == (6, 16) and int(codes.max()) < 32
+    assert torch.equal(codes, sample_codes(prior, 6, class_id=1, temperature=1.5, seed=3))
+    assert not torch.equal(codes, sample_codes(prior, 6, class_id=1, temperature=1.5, seed=4))
+    images = sample_images(prior, 2, class_id=[0, 1], seed=0)
+    assert images.shape == (2, 3, 16, 16) and 0 <= float(images.min()) and float(images.max()) <= 1

@@ -85,6 +85,7 @@ class GenerationConfig(Config):
     decoder_start_token_id: int | None = param(None, "first decoder token of an encoder-decoder model")
     forced_bos_token_id: int | None = param(None, "the first generated token is forced to this id")
     forced_eos_token_id: int | None = param(None, "the last token before max_length is forced to this id")
+    suppress_tokens: tuple[int, ...] | None = param(None, "ids never generated: their scores are -inf at every step")
     strategy: str | None = param(
         None,
         "a decoding component (greedy, sample, beam, or a plugin's); null: beam if num_beams > 1, else "
@@ -103,7 +104,7 @@ class GenerationConfig(Config):
         self._check_search()
         self._check_warpers()
         self._check_lengths()
-        for name in (*_TOKEN_IDS, "eos_token_id"):
+        for name in (*_TOKEN_IDS, "eos_token_id", "suppress_tokens"):
             for token in self._ids(name):
                 if token < 0:
                     raise GenerationOptionError(name, f"must be a token id (0 or more), got {token}")

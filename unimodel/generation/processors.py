@@ -3,7 +3,7 @@
 Two groups, applied in this order:
 
 1. :class:`ScoreProcessors` (every strategy): repetition penalty, no-repeat
-   n-grams, minimum length, forced first and last tokens. Greedy and sampling apply them to raw logits,
+   n-grams, minimum length, suppressed tokens, forced first and last tokens. Greedy and sampling apply them to raw logits,
    beam search to log-probabilities, as Hugging Face does.
 2. :func:`warp` (sampling only): temperature, then top-k, then top-p.
 
@@ -41,6 +41,7 @@ class ScoreProcessors:
         self.forced_bos = settings.forced_bos_token_id
         self.forced_eos = settings.forced_eos_token_id
         self.max_length = settings.max_length
+        self.suppress = torch.tensor(settings.suppress_tokens, dtype=torch.long, device=prompt.device)
         self.seen: Tensor | None = None  # (N, V) bool: tokens present in each row, for the penalty
         if self.penalty != 1.0:
             ids = prompt
@@ -55,7 +56,8 @@ class ScoreProcessors:
     @property
     def active(self) -> bool:
         forced = self.forced_bos is not None or self.forced_eos is not None
-        return self.seen is not None or self.ngram > 0 or self.min_length > 0 or forced
+        suppressed = len(self.suppress) > 0
+        return self.seen is not None or self.ngram > 0 or self.min_length > 0 or forced or suppressed
 
     def __call__(self, scores: Tensor, sequences: Tensor, length: int) -> Tensor:
         """Return processed scores (N, V).
@@ -71,6 +73,8 @@ class ScoreProcessors:
             scores = scores.masked_fill(banned, -float("inf"))
         if length < self.min_length:
             scores = scores.index_fill(1, self.eos, -float("inf"))
+        if len(self.suppress):
+            scores = scores.index_fill(1, self.suppress, -float("inf"))
         if self.forced_bos is not None and length == 1:
             scores = _force(scores, self.forced_bos)
         if self.forced_eos is not None and length == self.max_length - 1:

@@ -63,6 +63,7 @@ class GenerationSettings:
         generator: RNG for sampling (``None``: torch's global RNG).
         streamer: called with each step's new tokens, a LongTensor (B,).
         extra: options a plugin strategy declared (``Component.extra["options"]``).
+        suppress_tokens: ids never generated (empty: none).
         forced_bos_token_id, forced_eos_token_id: the first generated token, and the
             token before ``max_length``, are forced to these ids (``None``: off).
         config: the :class:`GenerationConfig` of the call (the model's defaults and
@@ -91,6 +92,7 @@ class GenerationSettings:
     extra: Mapping[str, Any] = field(default_factory=dict)
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | None = None
+    suppress_tokens: tuple[int, ...] = ()
     config: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
@@ -262,5 +264,6 @@ def resolve_settings(
         extra=dict(extra or {}),
         forced_bos_token_id=_one(config.forced_bos_token_id, "forced_bos_token_id", vocab),
         forced_eos_token_id=_one(config.forced_eos_token_id, "forced_eos_token_id", vocab),
+        suppress_tokens=_inside_vocabulary(tuple(config.suppress_tokens or ()), "suppress_tokens", vocab),
         config=config,
     )
