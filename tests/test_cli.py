@@ -509,3 +509,39 @@ def test_eval_errors_are_one_line(args, message, checkpoint, tmp_path, monkeypat
     assert cli.main(["eval", *args]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: ") and message in captured.err and captured.err.count("\n") == 1
+
+
+def test_plugins_add_commands_and_a_taken_name_is_left_out(capsys):
+    import argparse
+    import types
+
+    from unimodel import hookimpl
+    from unimodel.hookspecs import CliCommand
+
+    def args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--times", type=int, default=1)
+
+    plugin = types.ModuleType("um_commands")
+    plugin.unimodel_cli_commands = hookimpl(
+        lambda: [
+            CliCommand("echo", "say hello", args, "um_commands_run:run"),
+            CliCommand("train", "taken", args, "x:y"),
+        ]
+    )
+    runner = types.ModuleType("um_commands_run")
+    runner.run = lambda ns: print("hello " * ns.times) or 3
+    sys.modules["um_commands_run"] = runner
+    reg = Registry(discover=False)
+    assert reg.add_plugin(plugin, "cmds").ok
+    old = set_registry(reg)
+    try:
+        assert cli.main(["echo", "--times", "2"]) == 3
+        out, err = capsys.readouterr()
+        assert out.strip() == "hello hello"
+        assert "plugin 'cmds' adds command 'train', which is taken; it is left out" in err
+        del runner.run
+        assert cli.main(["echo"]) == 2
+        assert "its command's code 'um_commands_run:run' cannot be imported" in capsys.readouterr().err
+    finally:
+        set_registry(old)
+        sys.modules.pop("um_commands_run", None)

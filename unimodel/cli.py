@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from unimodel.errors import ConfigError, InputError, UnimodelError
+from unimodel.errors import ConfigError, InputError, PluginError, UnimodelError
 
 if TYPE_CHECKING:
     from unimodel.registry import Component, Registry
@@ -677,7 +677,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-import", action="store_true", help="skip importing every component (faster; misses broken import paths)"
     )
     p.set_defaults(func=cmd_doctor)
+    _add_plugin_commands(sub, common)
     return parser
+
+
+def _add_plugin_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The commands plugins add (``unimodel_cli_commands``); a taken name is left out with a warning."""
+    from unimodel.registry import get_registry
+
+    for plugin, command in get_registry().cli_commands():
+        if command.name in sub.choices:
+            print(
+                f"warning: plugin {plugin!r} adds command {command.name!r}, which is taken; it is left out",
+                file=sys.stderr,
+            )
+            continue
+        p = sub.add_parser(command.name, parents=[common], help=f"{command.help} (plugin {plugin})")
+        command.arguments(p)
+        p.set_defaults(func=_plugin_command(plugin, command.target))
+
+
+def _plugin_command(plugin: str, target: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        module, _, attr = target.partition(":")
+        try:
+            func = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"plugin {plugin!r}: its command's code {target!r} cannot be imported: {exc}") from None
+        return int(func(args) or 0)
+
+    return run
 
 
 def _user_error_message(exc: BaseException) -> str:

@@ -19,6 +19,9 @@ different major version is reported by ``unimodel doctor`` and not loaded.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -67,4 +70,33 @@ def unimodel_checkpoint_loaded(model: object, path: str) -> None:
 
     Lets a plugin attach extras it saved beside the weights (a codebook
     tokenizer, say). Every implementation is called; return values are ignored.
+    """
+
+
+@dataclass(frozen=True)
+class CliCommand:
+    """A command a plugin adds to the ``unimodel`` command line.
+
+    Args:
+        name: the sub-command (``unimodel NAME ...``); a built-in or another plugin's name is refused.
+        help: one line for ``unimodel --help``.
+        arguments: adds the command's arguments to its ``argparse`` parser; it runs whenever the
+            command line is built, so it must not import torch or anything heavy.
+        target: ``"package.module:function"``, imported only when the command runs; called with the
+            parsed ``argparse.Namespace``, it returns the exit status (``UnimodelError`` is reported
+            like every command's).
+    """
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    target: str
+
+
+@hookspec
+def unimodel_cli_commands() -> list[CliCommand]:
+    """Commands this plugin adds to the ``unimodel`` command line (``unimodel sample ...``, say).
+
+    Called when the command line is built. Every plugin's list is used; a command whose name
+    is taken (by the core or an earlier plugin) is left out with a warning naming the plugin.
     """

@@ -16,6 +16,7 @@ import fnmatch
 import importlib
 import importlib.metadata
 import signal
+import sys
 import threading
 import traceback
 import warnings
@@ -357,6 +358,30 @@ class Registry:
             self._by_name.setdefault((c.kind, c.name), []).append(c)
             record.components.append(c)
         return record
+
+    def cli_commands(self) -> list[tuple[str, Any]]:
+        """``(plugin, CliCommand)`` for every command the loaded plugins add, each plugin's hook called
+        alone; a plugin whose hook raises or returns something else adds none and is reported on stderr."""
+        from unimodel.hookspecs import CliCommand
+
+        found: list[tuple[str, Any]] = []
+        for name, record in self.plugins.items():
+            plugin = self.pm.get_plugin(name)
+            if plugin is None or record.error is not None:
+                continue
+            others = [p for p in self.pm.get_plugins() if p is not plugin]
+            try:
+                with plugin_code():
+                    lists = self.pm.subset_hook_caller("unimodel_cli_commands", others)()
+                commands = [c for lst in lists for c in (lst or [])]
+                bad = [c for c in commands if not isinstance(c, CliCommand)]
+                if bad:
+                    raise PluginError(f"unimodel_cli_commands returned {type(bad[0]).__name__}, expected CliCommand")
+            except Exception as exc:
+                print(f"warning: plugin {name!r} adds no commands: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            found += [(name, c) for c in commands]
+        return found
 
     def _record_failure(self, name: str, source: str, message: str, *, with_traceback: bool = True) -> PluginRecord:
         record = self.plugins.get(name) or PluginRecord(name=name, source=source)

@@ -8,8 +8,10 @@ model code load when a component is built.
 
 from __future__ import annotations
 
+import argparse
+
 from unimodel import hookimpl
-from unimodel.hookspecs import PLUGIN_API_VERSION
+from unimodel.hookspecs import PLUGIN_API_VERSION, CliCommand
 from unimodel.registry import Component
 
 _PROVIDES = ("continuous_input", "codebook")
@@ -50,6 +52,30 @@ def unimodel_checkpoint_loaded(model: object, path: str) -> None:
         from unimodel_vqvae.prior import attach_image_tokenizer
 
         attach_image_tokenizer(model, path)
+
+
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prior", metavar="PRIOR_CKPT", help="a prior over VQ-VAE codes (trained with data kind 'codes')")
+    p.add_argument("--num", type=int, default=16, metavar="N", help="images to sample (default 16)")
+    p.add_argument("--class", dest="class_id", type=int, default=None, metavar="C", help="class of a conditional prior")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None, help="autoregressive prior: sample among the k likeliest codes")
+    p.add_argument("--iterations", type=int, default=8, help="parallel (masked-code) prior: refinement steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nrow", type=int, default=None, metavar="N", help="images per grid row (default: square)")
+    p.add_argument("--out", default="samples.png", metavar="PNG", help="where to write the grid (default samples.png)")
+
+
+@hookimpl
+def unimodel_cli_commands() -> list[CliCommand]:
+    return [
+        CliCommand(
+            "sample",
+            "sample images from a prior over VQ-VAE codes (autoregressive or masked) into a PNG grid",
+            _sample_arguments,
+            "unimodel_vqvae.cli:cmd_sample",
+        )
+    ]
 
 
 @hookimpl

@@ -3,8 +3,9 @@
 Two groups, applied in this order:
 
 1. :class:`ScoreProcessors` (every strategy): repetition penalty, no-repeat
-   n-grams, minimum length, suppressed tokens, forced first and last tokens. Greedy and sampling apply them to raw logits,
-   beam search to log-probabilities, as Hugging Face does.
+   n-grams, minimum length, suppressed tokens, forced first and last tokens.
+   Greedy and sampling apply them to raw logits, beam search to
+   log-probabilities, as Hugging Face does.
 2. :func:`warp` (sampling only): temperature, then top-k, then top-p.
 
 Only the processors a call switched on are built, so a plain greedy run does
