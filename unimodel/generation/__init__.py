@@ -48,6 +48,7 @@ returned sequences on consecutive rows.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -192,7 +193,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     return out.clone()
 
 
-def _check_can_generate(model: Model, strategy: str, requires: tuple[str, ...], registry: Registry) -> None:
+def _check_can_generate(model: Model, strategy: str, requires: Collection[str], registry: Registry) -> None:
     if model.decoder is None:
         raise InputError(
             f"model {model.name!r} has no decoder (it is an encoder only), so it cannot generate; "
