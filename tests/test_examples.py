@@ -15,8 +15,9 @@ from unimodel.errors import TrainingError
 from unimodel.training import load_run_config, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-# t5_numbers.toml is trained from the command line, evaluated and decoded in test_seq2seq_training.py
-ELSEWHERE = {"t5_numbers.toml"}
+# t5_numbers.toml is trained from the command line, evaluated and decoded in test_seq2seq_training.py;
+# the image examples (a VQ-VAE, then priors on its codes) one after the other in test_vqvae_training.py
+ELSEWHERE = {"t5_numbers.toml", "vqvae_shapes.toml", "prior_shapes.toml", "maskgit_shapes.toml"}
 
 TINY_MODEL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=4", "model.d_ff=64"]
 TINY_TRAIN = [

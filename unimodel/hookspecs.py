@@ -103,3 +103,4 @@ def unimodel_cli_commands() -> list[CliCommand]:
     Called when the command line is built. Every plugin's list is used; a command whose name
     is taken (by the core or an earlier plugin) is left out with a warning naming the plugin.
     """
+    raise NotImplementedError  # a specification: plugins implement it

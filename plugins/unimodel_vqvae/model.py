@@ -183,7 +183,7 @@ def build_quantizer(c: VQVAEConfig) -> Quantizer:
     )
 
 
-class VQVAE(Encoder):
+class VQVAE(Encoder[VQVAEConfig]):
     """Images (B, C, H, W) in [0, 1] -> code grid (B, h*w) -> reconstructions (B, C, H, W).
 
     ``vocab_size`` is the number of codes K (the vocabulary of a prior over
@@ -330,11 +330,11 @@ class VQVAE(Encoder):
         return codes.long().to(self.first_weight.device)
 
 
-class VQVAEFamily(ModelFamily):
+class VQVAEFamily(ModelFamily[VQVAEConfig]):
     """The ``vqvae`` model: one :class:`VQVAE` part; no LM head, no special tokens."""
 
     config_class = VQVAEConfig
 
     @classmethod
-    def build_backbone(cls, config: VQVAEConfig) -> Backbone:  # type: ignore[override]
+    def build_backbone(cls, config: VQVAEConfig) -> Backbone:
         return Backbone(encoder=VQVAE(config), decoder=None, lm_head=None, provides=PROVIDES)

@@ -89,7 +89,7 @@ def image_batch(examples: Sequence[Any], what: str) -> Tensor:
     return batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()
 
 
-class VQReconstruction(Objective):
+class VQReconstruction(Objective[VQReconstructionConfig]):
     """Reconstruction through the model's quantised bottleneck (a VQ-VAE's own objective).
 
     ``prepare`` stacks image examples into ``{"pixel_values": (B, C, H, W)}``;
