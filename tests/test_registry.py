@@ -278,7 +278,7 @@ def test_a_hook_with_wrong_arguments_is_an_error():
         (lambda: [Component(kind="model", name="m", target="no-colon")], "must look like 'package.module:attribute'"),
         (lambda: [{"kind": "model", "name": "m"}], "returned dict, expected Component"),
         (lambda: [model("m", provides="causal")], "provides must list names, not be the string 'causal'"),
-        (lambda: [Component(kind="corpus", name="c", target="m:c", data_kind="images")], "data_kind must be"),
+        (lambda: [Component(kind="corpus", name="c", target="m:c", data_kind="")], "data_kind must name a data kind"),
         (lambda: [model("m", tokenizer={"kind": "sentencepiece"})], "kind 'sentencepiece' is not one of"),
         (
             lambda: [Component(kind="hf_converter", name="h", target="m:h", exports=("x",), extra={"exports": ("y",)})],

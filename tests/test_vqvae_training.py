@@ -75,3 +75,14 @@ def test_a_prior_example_trains_on_the_codes_and_samples_from_the_command_line(r
     assert Image.open(png).size == (2 * 18 + 2, 2 * 18 + 2)
     assert cli.main(["sample", checkpoint, "--class", "9", "--out", str(png)]) == 2
     assert "class 9 is not one of this prior's classes 0..7" in capsys.readouterr().err
+
+
+def test_an_image_corpus_given_to_a_text_objective_is_refused_with_the_fix(tmp_path):
+    from unimodel.errors import DataError
+
+    config = {"model": {"name": "gpt2-tiny"}, "data": {"corpus": "shapes"}, "train": {"output_dir": str(tmp_path)}}
+    with pytest.raises(DataError, match="corpus 'shapes' holds images, but .* trains on text"):
+        train(config)
+    codes = {**config, "data": {"corpus": "shapes", "kind": "codes"}}
+    with pytest.raises(ConfigError, match="needs a VQ-VAE: set data.kind_options.image_tokenizer"):
+        train(codes)

@@ -336,6 +336,16 @@ class CodeRaw(RawData):
     image_tokenizer: ImageTokenizer | None = None
 
 
+def _image_tokenizer_path(options: Mapping[str, Any]) -> str:
+    path = options.get("image_tokenizer")
+    if path is None:
+        raise ConfigError(
+            "data kind 'codes' needs a VQ-VAE: set data.kind_options.image_tokenizer to its checkpoint folder "
+            "(e.g. runs/vqvae_shapes/checkpoint)"
+        )
+    return str(path)
+
+
 class CodeData(DataKind):
     """Images as code sequences ``{"input_ids": [<image>, (<class_c>,) code_0, ..., code_{h*w-1}]}``."""
 
@@ -350,12 +360,7 @@ class CodeData(DataKind):
         from unimodel_vqvae.prior import ImageTokenizer
 
         options = kind_options(config, CODE_OPTIONS, "codes")
-        path = options.get("image_tokenizer")
-        if path is None:
-            raise ConfigError(
-                "data kind 'codes' needs a VQ-VAE: set data.kind_options.image_tokenizer to its checkpoint folder "
-                "(e.g. runs/vqvae_shapes/checkpoint)"
-            )
+        path = _image_tokenizer_path(options)
         num_classes = 0
         if options.get("class_conditional", False):
             if train.labels is None:
@@ -366,6 +371,7 @@ class CodeData(DataKind):
     @classmethod
     def read(cls, config: DataConfig, *, objective: str | None = None, registry: Registry | None = None) -> RawData:
         options = kind_options(config, CODE_OPTIONS, "codes")
+        _image_tokenizer_path(options)  # before any image is read
         raw = read_image_splits(config, {k: v for k, v in options.items() if k in IMAGE_OPTIONS}, registry)
         train = _one(raw, "train")
         assert train is not None
