@@ -315,7 +315,11 @@ def sample_codes_parallel(
     randomness). The loop is :func:`unimodel.generation.refinement.refine`,
     the one mask-predict decoding uses.
     """
-    from unimodel.generation.refinement import cosine_schedule, refine
+    import importlib
+
+    # the refinement loop mask-predict decoding shares (loaded on use: it is a recent module of the core)
+    refinement = importlib.import_module("unimodel.generation.refinement")
+    cosine_schedule, refine = refinement.cosine_schedule, refinement.refine
 
     layout = image_tokenizer_of(prior).layout
     if num < 1:
