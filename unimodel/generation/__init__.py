@@ -129,9 +129,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     Where this differs from Hugging Face, on purpose: ``top_k=None`` means no
     top-k filter (HF defaults to 50); no attention mask is guessed from pad ids
     in ``input_ids`` (pass ``attention_mask``); a right-padded decoder-only
-    batch is refused rather than decoded wrongly; beam search fills ended
-    hypotheses with the pad id even when it is 0 (HF then uses EOS);
-    ``max_new_tokens=0`` returns the decoder prompt (HF raises).
+    batch is refused rather than decoded wrongly; ``max_new_tokens=0`` returns
+    the decoder prompt (HF raises). As in HF, beam search fills ended hypotheses
+    with the pad id, or with the first EOS id when the pad id is 0.
 
     Raises:
         InputError, ConfigError: invalid inputs or options, or a model that cannot generate.
