@@ -104,10 +104,6 @@ def plain(model):
     return GenerationConfig.from_special_tokens(model.special_tokens)
 
 
-def ended_early(out, eos, length):
-    return [bool((row[1:] == eos).any()) and row.shape[0] == length for row in out]
-
-
 def prompts(n, length, low, seed):
     return torch.randint(low, 90, (n, length), generator=torch.Generator().manual_seed(seed))
 

@@ -109,7 +109,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
             position table.
         min_new_tokens / min_length: EOS is suppressed until reached.
         do_sample, temperature, top_k, top_p: sampling; ``top_k``/``top_p``
-            ``None`` keep every token (HF's default top_k is 50: pass it to match).
+            ``None`` keep every token (HF's default top_k is 50: pass it to match;
+            a model imported from a Hugging Face folder stores it).
         num_beams, length_penalty, early_stopping (True, False or "never"): beam search.
         num_return_sequences: outputs per input (sampling, or <= num_beams).
         repetition_penalty, no_repeat_ngram_size, forced_bos_token_id,
