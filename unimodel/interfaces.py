@@ -181,7 +181,9 @@ class Backbone:
     """What a model family builds: an optional encoder, an optional decoder, its LM head.
 
     ``special_tokens`` maps roles (``bos``, ``eos``, ``pad``,
-    ``decoder_start``) to ids, the defaults for generation.
+    ``decoder_start``) to ids, the defaults for generation. ``decoding`` names the
+    ``decoding`` component ``generate`` runs when the caller names none and asks for
+    no beams (``None``: ``greedy``, or ``sample`` with ``do_sample``).
     """
 
     encoder: Encoder | None
@@ -189,6 +191,7 @@ class Backbone:
     lm_head: nn.Module | None
     provides: frozenset[str]
     special_tokens: Mapping[str, int | None] = field(default_factory=dict)
+    decoding: str | None = None
 
 
 class ModelFamily(ABC):

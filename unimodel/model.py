@@ -50,6 +50,7 @@ class Model(nn.Module):
         self.decoder = backbone.decoder
         self.provides = backbone.provides
         self.special_tokens = dict(backbone.special_tokens)
+        self.decoding = backbone.decoding  # the decoding strategy generate runs by default (None: greedy/sample)
         self.objective = objective
         self.objective_name = objective_name
         all_heads = dict(heads)
@@ -167,6 +168,9 @@ class Model(nn.Module):
                 dec_ids, dec_mask, dec_pos = decoder_input_ids, decoder_attention_mask, decoder_position_ids
             else:
                 dec_ids, dec_mask, dec_pos = input_ids, attention_mask, position_ids
+                if token_type_ids is not None and "token_type_ids" in _keyword_params(self.decoder):
+                    _check_integer(token_type_ids, "token_type_ids")
+                    dec_extra["token_type_ids"] = token_type_ids
             past = past_key_values.length if past_key_values is not None else 0
             self.check_ids(
                 dec_ids, "decoder_input_ids" if self.encoder is not None else "input_ids", self.decoder, past

@@ -12,7 +12,7 @@ Shapes: B rows, S encoder/prompt length, P decoder prompt length, V vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -57,6 +57,22 @@ class GenerationInputs:
     def decoder_attention_mask(self) -> Tensor | None:
         """(B, P) padding mask of the decoder prompt (only a decoder-only prompt is padded)."""
         return None if self.is_encoder_decoder else self.attention_mask
+
+
+class Stepper(Protocol):
+    """What a left-to-right strategy drives (:func:`~unimodel.generation.strategies.left_to_right`):
+    rows ``prompt`` (N, P) with ``prompt_mask`` (N, P) or ``None``, and next-token logits (N, V) fp32
+    from :meth:`prefill` (after the prompt) and :meth:`step` (after one more token per row)."""
+
+    prompt: Tensor
+    prompt_mask: Tensor | None
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def prefill(self) -> Tensor: ...
+
+    def step(self, tokens: Tensor) -> Tensor: ...
 
 
 class IncrementalDecoder:
@@ -107,6 +123,10 @@ class IncrementalDecoder:
             self._mask = torch.ones(n, capacity, dtype=mask.dtype, device=mask.device)
             self._mask[:, :p] = mask
             self._next_pos = mask.sum(dim=1, keepdim=True)  # (N, 1): real tokens so far
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
 
     @property
     def length(self) -> int:

@@ -164,8 +164,9 @@ def check_option_names(options: Mapping[str, Any], accepted: Sequence[str]) -> N
             )
 
 
-def choose_strategy(options: Mapping[str, Any]) -> str:
-    """The decoding component to run: the explicit ``strategy``, else HF's rule."""
+def choose_strategy(options: Mapping[str, Any], default: str | None = None) -> str:
+    """The decoding component to run: the explicit ``strategy``; else ``beam`` for ``num_beams > 1``;
+    else ``default`` (the model's own strategy, which reads ``do_sample`` itself); else HF's rule."""
     name = options.get("strategy")
     if name is not None:
         if not isinstance(name, str):
@@ -174,6 +175,8 @@ def choose_strategy(options: Mapping[str, Any]) -> str:
     beams = options.get("num_beams")
     if isinstance(beams, int) and beams > 1:
         return "beam"
+    if default is not None:
+        return default
     return "sample" if options.get("do_sample") else "greedy"
 
 
@@ -190,8 +193,9 @@ def resolve_settings(
     ``prompt_length`` is the decoder prompt length (the prompt of a decoder-only
     model; for an encoder-decoder model 1, the start token, or 0 without one).
     """
-    assert model.decoder is not None
-    vocab = model.decoder.vocab_size
+    main = model.decoder if model.decoder is not None else model.encoder
+    assert main is not None
+    vocab = main.vocab_size
     special = model.special_tokens
 
     # ---- strategy shape
@@ -252,7 +256,7 @@ def resolve_settings(
     if pad is None:
         pad = eos[0] if eos else 0  # only ever written after an EOS, so without one it never shows
     start = None
-    if model.encoder is not None:
+    if model.is_encoder_decoder:
         start = _one_token(options.get("decoder_start_token_id"), "decoder_start_token_id", vocab)
         for role in ("decoder_start", "bos"):  # HF falls back to bos
             if start is None:
@@ -263,7 +267,7 @@ def resolve_settings(
     if max_new is not None and max_new < 0:
         raise InputError(f"generate: max_new_tokens must be >= 0, got {max_new}")
     max_length = _int(options, "max_length")
-    max_pos = model.decoder.max_positions
+    max_pos = main.max_positions
     if max_new is not None:  # max_new_tokens wins over max_length, as in HF
         max_length = prompt_length + max_new
     elif max_length is not None:
