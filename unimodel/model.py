@@ -15,7 +15,7 @@ from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
 from unimodel.interfaces import Backbone, Cap, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
-from unimodel.registry import Registry, get_registry
+from unimodel.registry import Registry, get_registry, variants_providing
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -437,9 +437,13 @@ def build_objective(
         missing = set(comp.requires) - set(provides)
         if missing:
             fits = reg.compatible_objectives(provides)
+            runners = reg.compatible_models(comp.requires)
+            settings = variants_providing(reg.resolve_model(model_name)[0], comp.requires) if model_name else []
+            hint = f" Model {model_name!r} provides them when built with {' or '.join(settings)}." if settings else ""
             raise IncompatibleObjectiveError(
-                f"objective {name!r} needs {', '.join(sorted(missing))}, which model {model_name!r} does not provide. "
-                f"Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}."
+                f"objective {name!r} needs {', '.join(sorted(missing))}, which model {model_name!r} does not provide."
+                f"{hint} Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}. "
+                f"Models that can run {name!r}: {', '.join(runners) or '(none registered)'}."
             )
     cls: type[Objective] = comp.load()
     return cls(cls.config_class.from_dict(values, section=f"objective {name!r}"))

@@ -291,6 +291,28 @@ class Registry:
         have = set(provides)
         return sorted(c.name for c in self.components("objective") if set(c.requires) <= have)
 
+    def compatible_models(self, requires: Iterable[str]) -> list[str]:
+        """Model families (not presets) whose capabilities include ``requires``: by their registered ``provides``,
+        or, as ``"name (setting)"``, under a config setting their ``extra["variants"]`` declares."""
+        need = set(requires)
+        out = []
+        for c in self.components("model"):
+            if c.base is not None:
+                continue
+            if need <= set(c.provides):
+                out.append(c.name)
+            else:
+                out += [f"{c.name} ({setting})" for setting in variants_providing(c, need)]
+        return out
+
+
+def variants_providing(comp: Component, requires: Iterable[str]) -> list[str]:
+    """The config settings under which model ``comp`` provides ``requires`` (its ``extra["variants"]``:
+    ``{"attn_type = 'uni'": (capabilities...)}``)."""
+    need = set(requires)
+    variants = comp.extra.get("variants", {})
+    return [setting for setting, caps in variants.items() if need <= set(caps)]
+
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"

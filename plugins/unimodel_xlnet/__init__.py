@@ -13,6 +13,8 @@ from unimodel.registry import Component
 
 # attn_type "bi" (the default) is an encoder; "uni" a causal decoder (XLNet.provides_for)
 _PROVIDES = ("encoder_only", "lm_head", "token_types", "pooler", "two_stream", "mems")
+_UNI = ("decoder_only", "causal", "kv_cache", "lm_head", "token_types", "two_stream", "mems")
+_VARIANTS = {'attn_type = "uni"': _UNI}
 _TINY = {
     "vocab_size": 99,
     "d_model": 32,
@@ -74,7 +76,7 @@ def unimodel_components() -> list[Component]:
             provides=_PROVIDES,
             default_objective="plm",
             tiny=_TINY,
-            extra={"tokenizer": _TOKENIZER},
+            extra={"tokenizer": _TOKENIZER, "variants": _VARIANTS},
         ),
         Component(
             kind="objective",

@@ -172,28 +172,35 @@ class RelativeAttention(nn.Module):
         memory: Tensor | None = None,
         cache: XLNetCache | None = None,
         layer: int = 0,
+        queries_only: bool = False,
     ) -> Tensor:
-        """x (B, T + M, D): the content rows, then the query rows. Returns ``o(attention)``, (B, T + M, D).
+        """x (B, T + M, D): the content rows, then the query rows. Returns ``o(attention)`` of every row,
+        (B, T + M, D), or of the query rows only, (B, M, D), with ``queries_only`` (the content rows then
+        serve as keys and values alone).
 
         ``rel_keys`` (halves, H, hd, R) from :meth:`position_keys`; ``memory`` (B, mlen, D)
         this layer's memory states, or ``cache`` holding their keys and values.
         """
         B, N, _ = x.shape
         T, H, hd = plan.qlen, self.n_heads, self.head_dim
-        q = self.q(x).view(B, N, H, hd).transpose(1, 2)  # (B, H, T + M, hd)
+        rows = x[:, T:] if queries_only else x
+        q = self.q(rows).view(B, rows.shape[1], H, hd).transpose(1, 2)  # (B, H, rows, hd)
         k, v = self.memory_kv(x if N == T else x[:, :T])  # (B, H, T, hd) each
         if memory is not None:
             k_mem, v_mem = self.memory_kv(memory)
             k, v = torch.cat([k_mem, k], dim=2), torch.cat([v_mem, v], dim=2)
         elif cache is not None:
             k, v = cache.update(layer, k, v)
-        out = self._attend(q if N == T else q[:, :, :T], k, v, rel_keys, plan, None, plan.block_h, plan.seg_h)
+        parts = []
+        if not queries_only:
+            q_h = q if N == T else q[:, :, :T]
+            parts.append(self._attend(q_h, k, v, rel_keys, plan, None, plan.block_h, plan.seg_h))
         if N > T:
-            out_g = self._attend(q[:, :, T:], k, v, rel_keys, plan, plan.targets, plan.block_g, plan.seg_g)
-            if plan.target_valid is not None:
-                out_g = out_g * plan.target_valid
-            out = torch.cat([out, out_g], dim=2)
-        return self.o(out.transpose(1, 2).reshape(B, N, self.inner))
+            q_g = q if queries_only else q[:, :, T:]
+            out_g = self._attend(q_g, k, v, rel_keys, plan, plan.targets, plan.block_g, plan.seg_g)
+            parts.append(out_g if plan.target_valid is None else out_g * plan.target_valid)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        return self.o(out.transpose(1, 2).reshape(B, out.shape[2], self.inner))
 
     def _attend(
         self,

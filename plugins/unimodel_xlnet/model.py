@@ -98,10 +98,12 @@ class XLNetConfig(Config):
 
 @dataclass
 class StackOutput:
-    content: Tensor  # (B, T, D) the content stream after the last layer (and output dropout)
-    query: Tensor | None  # (B, M, D) the query stream, when there are query rows
+    """The pass's output: the query stream when there were query rows, else the content stream."""
+
+    content: Tensor | None  # (B, T, D) the content stream after the last layer (and output dropout)
+    query: Tensor | None  # (B, M, D) the query stream
     mems: tuple[Tensor, ...] | None  # per layer (B, mlen', D): the new memory
-    pooled: Tensor | None  # (B, D) the sequence summary
+    pooled: Tensor | None  # (B, D) the sequence summary (content stream only)
 
 
 class XLNetLayer(nn.Module):
@@ -130,8 +132,11 @@ class XLNetLayer(nn.Module):
         memory: Tensor | None,
         cache: XLNetCache | None,
         layer: int,
+        queries_only: bool = False,
     ) -> Tensor:
-        x = self._residual(x, self.attn(x, plan, rel_keys, memory=memory, cache=cache, layer=layer), self.norm_attn)
+        """(B, T + M, D) -> (B, T + M, D), or -> the query rows (B, M, D) with ``queries_only``."""
+        y = self.attn(x, plan, rel_keys, memory=memory, cache=cache, layer=layer, queries_only=queries_only)
+        x = self._residual(x[:, plan.qlen :] if queries_only else x, y, self.norm_attn)
         return self._residual(x, self.ffn(x), self.norm_ffn)
 
 
@@ -211,24 +216,28 @@ class XLNetStack(nn.Module):
         plan = self._plan(B, T, mlen, attention_mask, token_type_ids, perm_mask, targets, valid)
         rel_keys = self._rel_keys(plan, cache, input_ids.device)
         h = self.embed_tokens(input_ids)
-        if targets is not None:
-            h = torch.cat([h, self.mask_emb.expand(B, targets.shape[1], -1).to(h.dtype)], dim=1)
+        M = targets.shape[1] if targets is not None else 0
+        if M > 0:
+            h = torch.cat([h, self.mask_emb.expand(B, M, -1).to(h.dtype)], dim=1)
         x = self.drop(h) if self.training else h  # (B, T + M, D)
         if use_mems is None:
             use_mems = c.use_mems_train if self.training else c.use_mems_eval
         new_mems = []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             memory = mems[i] if mems is not None else None
             if use_mems:
                 new_mems.append(self._cache_mem(x[:, :T], memory))
-            x = layer(x, plan, rel_keys[i], memory=memory, cache=cache, layer=i)
+            # with query rows, the output is the query stream: the last layer's content rows would go unused
+            x = layer(x, plan, rel_keys[i], memory=memory, cache=cache, layer=i, queries_only=i == last and M > 0)
         if cache is not None:
             cache.advance(T)
         if self.training:
             x = self.drop(x)
-        content = x[:, :T]
-        pooled = self._summary(content, attention_mask) if self.pooled else None
-        return StackOutput(content, x[:, T:] if targets is not None else None, tuple(new_mems) or None, pooled)
+        if M > 0:
+            return StackOutput(None, x, tuple(new_mems) or None, None)
+        pooled = self._summary(x, attention_mask) if self.pooled else None
+        return StackOutput(x, None, tuple(new_mems) or None, pooled)
 
     def _cache_mem(self, layer_input: Tensor, memory: Tensor | None) -> Tensor:
         """The next memory of one layer: (the first reuse_len of) this segment's input after the old memory,
@@ -399,8 +408,9 @@ class XLNetEncoder(XLNetStack, Encoder):
             use_mems: return the new memory (default: the config's use_mems_eval / use_mems_train).
             position_ids: not used; XLNet's positions are relative.
 
-        ``last_hidden_state`` is the query stream (B, M, D) when ``target_mapping`` is given, else the
-        content stream (B, T, D); ``extra`` holds ``mems`` (when returned) and ``content_states``.
+        ``last_hidden_state`` is the query stream (B, M, D) when ``target_mapping`` is given (its last
+        layer then skips the content rows, which nothing reads), else the content stream (B, T, D) with
+        the sequence summary in ``pooler_output``; ``extra["mems"]`` holds the new memory when returned.
         """
         if position_ids is not None:
             raise InputError("XLNet's positions are relative: it takes no position_ids")
@@ -413,11 +423,9 @@ class XLNetEncoder(XLNetStack, Encoder):
             mems=mems,
             use_mems=use_mems,
         )
-        return EncoderOutput(
-            last_hidden_state=out.query if out.query is not None else out.content,
-            pooler_output=out.pooled,
-            extra=_extra(out),
-        )
+        hidden = out.query if out.query is not None else out.content
+        assert hidden is not None
+        return EncoderOutput(last_hidden_state=hidden, pooler_output=out.pooled, extra=_extra(out))
 
 
 class XLNetDecoder(XLNetStack, Decoder):
@@ -458,14 +466,12 @@ class XLNetDecoder(XLNetStack, Decoder):
             use_mems=use_mems,
         )
         hidden = out.query if out.query is not None else out.content
+        assert hidden is not None
         return DecoderOutput(last_hidden_state=hidden, cache=cache, extra=_extra(out))
 
 
 def _extra(out: StackOutput) -> dict[str, object]:
-    extra: dict[str, object] = {"content_states": out.content}
-    if out.mems is not None:
-        extra["mems"] = out.mems
-    return extra
+    return {"mems": out.mems} if out.mems is not None else {}
 
 
 class XLNet(ModelFamily):
