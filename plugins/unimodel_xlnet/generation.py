@@ -18,11 +18,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from unimodel.errors import ConfigError
 from unimodel.generation import GenerationInputs, GenerationSettings
 from unimodel.generation.strategies import left_to_right
+from unimodel_xlnet.attention import XLNetCache
 from unimodel_xlnet.model import XLNetStack
 
 if TYPE_CHECKING:
@@ -56,16 +57,17 @@ class TwoStreamDecoder:
         stack = model.encoder if model.encoder is not None else model.decoder
         if not isinstance(stack, XLNetStack) or "lm" not in model.heads:
             raise ConfigError(f"model {model.name!r} is not an XLNet with an LM head; xlnet_plm cannot drive it")
-        self.stack = stack
-        self.head = model.heads["lm"]
+        self.stack: XLNetStack = stack
+        self.head: nn.Module = model.heads["lm"]
         prompt, mask = inputs.input_ids, inputs.attention_mask
         if expand > 1:
             prompt = prompt.repeat_interleave(expand, dim=0)
             mask = None if mask is None else mask.repeat_interleave(expand, dim=0)
-        self.prompt, self.prompt_mask = prompt, mask
-        self.seq = prompt  # (N, L) the tokens so far
+        self.prompt: Tensor = prompt
+        self.prompt_mask: Tensor | None = mask
+        self.seq: Tensor = prompt  # (N, L) the tokens so far
         n, p = prompt.shape
-        self.cache = None
+        self.cache: XLNetCache | None = None
         if stack.config.use_mems_eval:
             self.cache = stack.new_cache(n, capacity + _REFED, dtype=model.dtype, device=prompt.device)
             if mask is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from unimodel.config import Config, param
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
-from unimodel.nn import ACTIVATIONS, FeedForward, Linear, LMHead, get_activation, init_normal_, sinusoids
+from unimodel.nn import ACTIVATIONS, FeedForward, KVCache, Linear, LMHead, get_activation, init_normal_, sinusoids
 from unimodel_xlnet.attention import AttentionPlan, RelativeAttention, XLNetCache, relative_distances
 
 PROVIDES_BI = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD, Cap.TOKEN_TYPES, Cap.POOLER, Cap.TWO_STREAM, Cap.MEMS})
@@ -143,7 +143,8 @@ class XLNetLayer(nn.Module):
 class XLNetStack(nn.Module):
     """The parameters and the pass shared by :class:`XLNetEncoder` and :class:`XLNetDecoder`."""
 
-    config_class = XLNetConfig
+    config_class: ClassVar[type[Config]] = XLNetConfig
+    max_positions: int | None  # None: relative positions, no length limit
 
     def __init__(self, config: XLNetConfig) -> None:
         super().__init__()
@@ -166,6 +167,11 @@ class XLNetStack(nn.Module):
         for name, p in self.named_parameters():
             if name == "mask_emb" or name.endswith(("_bias", "seg_embed")):
                 nn.init.normal_(p, std=c.init_std)
+
+    @property
+    def blocks(self) -> list[XLNetLayer]:
+        """The layers, typed."""
+        return cast(list[XLNetLayer], list(self.layers))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -224,7 +230,7 @@ class XLNetStack(nn.Module):
             use_mems = c.use_mems_train if self.training else c.use_mems_eval
         new_mems = []
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks):
             memory = mems[i] if mems is not None else None
             if use_mems:
                 new_mems.append(self._cache_mem(x[:, :T], memory))
@@ -278,13 +284,13 @@ class XLNetStack(nn.Module):
             pos_emb = sinusoids(dist, c.d_model).to(self.mask_emb.dtype)
             if self.training:
                 pos_emb = self.drop(pos_emb)
-            return [layer.attn.position_keys(pos_emb) for layer in self.layers]
+            return [layer.attn.position_keys(pos_emb) for layer in self.blocks]
         bottom = cache.rel_top - (cache.rel_keys[0].shape[-1] - 1) if cache.rel_keys else 0
         if not cache.rel_keys or cache.rel_top < klen or bottom > 1 - qlen or cache.rel_keys[0].shape[0] != plan.halves:
             top = max(klen, cache.capacity)
             dist = relative_distances(top, max(qlen, 1), clamp_len=c.clamp_len, halves=plan.halves, device=device)
             pos_emb = sinusoids(dist, c.d_model).to(self.mask_emb.dtype)
-            cache.rel_keys = [layer.attn.position_keys(pos_emb) for layer in self.layers]
+            cache.rel_keys = [layer.attn.position_keys(pos_emb) for layer in self.blocks]
             cache.rel_top = top
         start = cache.rel_top - klen
         return [keys[..., start : start + klen + qlen] for keys in cache.rel_keys]
@@ -444,7 +450,7 @@ class XLNetDecoder(XLNetStack, Decoder):
         position_ids: Tensor | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        cache: XLNetCache | None = None,  # type: ignore[override]
+        cache: KVCache | None = None,
         token_type_ids: Tensor | None = None,
         perm_mask: Tensor | None = None,
         target_mapping: Tensor | None = None,
@@ -455,6 +461,8 @@ class XLNetDecoder(XLNetStack, Decoder):
         not used (the positions are relative, so a left-padded row decodes as it would alone)."""
         if memory is not None:
             raise InputError("the XLNet decoder has no cross-attention; it cannot read an encoder memory")
+        if cache is not None and not isinstance(cache, XLNetCache):
+            raise InputError("the XLNet decoder needs the cache its new_cache() makes (past_key_values of a call)")
         out = self.run(
             input_ids,
             attention_mask=attention_mask,

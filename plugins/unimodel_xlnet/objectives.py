@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,10 @@ from unimodel.config import Config, param
 from unimodel.errors import DataError
 from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
 
 PLM_REQUIRES = frozenset({Cap.TWO_STREAM, Cap.LM_HEAD})
 
@@ -98,6 +102,7 @@ class PermutationLM(TokenLossObjective):
     """
 
     config_class = PLMConfig
+    config: PLMConfig
     requires = PLM_REQUIRES
 
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
@@ -109,7 +114,13 @@ class PermutationLM(TokenLossObjective):
             ids |= {tokenizer.special_id(r) for r in tokenizer.roles if r != "unk"}
         return torch.tensor(sorted(ids), dtype=torch.long)
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Sequence[int]]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         c = self.config
         pad = c.pad_token_id
         if pad is None:
@@ -148,7 +159,7 @@ class PermutationLM(TokenLossObjective):
     def token_loss(self) -> TokenLoss:
         return TokenLoss()
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         for key in ("perm_mask", "target_mapping", "labels"):
             if key not in batch:
                 raise DataError(f"a plm batch needs {key!r}; build it with the objective's prepare()")
