@@ -218,31 +218,74 @@ class RelativeAttention(nn.Module):
         K = k.shape[2]
         scale = hd**-0.5
         q_pos = (q + self.r_r_bias[:, None]) * scale
-        scores = _relative_scores(q_pos, rel_keys, plan, rows, K)  # (B, H, n, K)
+        if rows is None:
+            position = _relative_scores(q_pos, rel_keys, plan.qlen, K)
+        else:
+            position = _gathered_relative_scores(q_pos, rel_keys, plan.qlen, rows, K)
         q_content = ((q + self.r_w_bias[:, None]) * scale).reshape(B * H, n, hd)
-        scores = torch.baddbmm(scores.reshape(B * H, n, K), q_content, k.transpose(-1, -2).reshape(B * H, hd, K))
-        scores = scores.view(B, H, n, K)
+        scores = torch.baddbmm(position.reshape(B * H, n, K), q_content, k.transpose(-1, -2).reshape(B * H, hd, K))
+        scores = scores.view(B, H, n, K)  # a fresh tensor that no backward reads: updated in place
         if seg is not None:
             e = ((q + self.r_s_bias[:, None]) * scale) @ self.seg_embed.permute(1, 2, 0)  # (B, H, n, 2)
-            scores = scores + torch.where(seg, e[..., 1:], e[..., :1])
+            scores.add_(torch.where(seg, e[..., 1:], e[..., :1]))
         if block is not None:
-            scores = scores.masked_fill(block, -65500.0 if scores.dtype == torch.float16 else -1e30)
+            scores.masked_fill_(block, -65500.0 if scores.dtype == torch.float16 else -1e30)
         probs = scores.softmax(dim=-1)
         if self.training and self.dropout > 0:
             probs = F.dropout(probs, self.dropout)
         return probs @ v  # (B, H, n, hd)
 
 
-def _relative_scores(q_pos: Tensor, rel_keys: Tensor, plan: AttentionPlan, rows: Tensor | None, K: int) -> Tensor:
-    """The distance term (B, H, n, K): row i's score for key j uses the key of distance (mlen + i) - j,
-    entry ``qlen - i + j`` of the distances klen, klen - 1, ...; i is the row's position."""
+#: content rows whose distance term is formed in one product: a block of rows needs only the
+#: K + rows - 1 distances its rows reach, not all K + T of the segment
+ROW_BLOCK = 32
+
+
+def _position_product(q_pos: Tensor, rel_keys: Tensor) -> Tensor:
+    """q_pos (B, H, n, hd) times the position keys (1, H, hd, w): (H, B, n, w), head-major, so that each
+    head is one product over all rows of the batch (the keys are shared by the batch)."""
     B, H, n, hd = q_pos.shape
-    P, R = rel_keys.shape[0], rel_keys.shape[-1]
-    if P == 1:
-        full = q_pos @ rel_keys  # (B, H, n, R)
-    else:  # bi_data: the first half of the batch reads forward distances, the second backward ones
-        full = (q_pos.view(P, B // P, H, n, hd) @ rel_keys[:, None]).view(B, H, n, R)
-    if rows is None:  # rows 0..n-1: row i starts at entry qlen - i, a stride of R - 1 per row
-        return full.as_strided((B, H, n, K), (H * n * R, n * R, R - 1, 1), full.storage_offset() + plan.qlen)
-    index = (plan.qlen - rows)[:, None, :, None] + torch.arange(K, device=rows.device)
-    return full.gather(3, index.expand(B, H, n, K))
+    rows = q_pos.transpose(0, 1).reshape(H, B * n, hd)
+    return torch.bmm(rows, rel_keys[0]).view(H, B, n, rel_keys.shape[-1])
+
+
+def _relative_scores(q_pos: Tensor, rel_keys: Tensor, qlen: int, K: int) -> Tensor:
+    """The distance term (B, H, T, K) of the content rows.
+
+    Row i's score for key j uses the key of distance (mlen + i) - j, entry ``qlen - i + j`` of the
+    distances klen, klen - 1, ... (the relative shift). Rows a..b-1 reach only entries ``qlen - b + 1``
+    to ``qlen - a + K - 1``, so the rows go in blocks: a block's product with those keys, read through
+    a strided view (row r starts one entry before row r - 1), is its term.
+    """
+    B, H, T, _ = q_pos.shape
+    P = rel_keys.shape[0]
+    if P == 2:  # bi_data: the first half of the batch reads forward distances, the second backward ones
+        half = B // 2
+        return torch.cat(
+            [_relative_scores(q_pos[p * half : (p + 1) * half], rel_keys[p : p + 1], qlen, K) for p in (0, 1)]
+        )
+    blocks = []
+    for a in range(0, T, ROW_BLOCK):
+        b = min(a + ROW_BLOCK, T)
+        c, lo = b - a, qlen - b + 1
+        part = _position_product(q_pos[:, :, a:b], rel_keys[..., lo : lo + K + c - 1])  # (H, B, c, K + c - 1)
+        w = part.shape[-1]
+        blocks.append(part.as_strided((B, H, c, K), (c * w, B * c * w, w - 1, 1), part.storage_offset() + c - 1))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
+
+
+def _gathered_relative_scores(q_pos: Tensor, rel_keys: Tensor, qlen: int, rows: Tensor, K: int) -> Tensor:
+    """The distance term (B, H, n, K) of query rows at positions ``rows`` (B, n): each gathers its entries."""
+    B, H, n, _ = q_pos.shape
+    P = rel_keys.shape[0]
+    if P == 2:
+        half = B // 2
+        parts = [
+            _gathered_relative_scores(
+                q_pos[p * half : (p + 1) * half], rel_keys[p : p + 1], qlen, rows[p * half : (p + 1) * half], K
+            )
+            for p in (0, 1)
+        ]
+        return torch.cat(parts)
+    index = (qlen - rows)[:, None, :, None] + torch.arange(K, device=rows.device)
+    return _position_product(q_pos, rel_keys).transpose(0, 1).gather(3, index.expand(B, H, n, K))
