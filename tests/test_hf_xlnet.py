@@ -110,6 +110,23 @@ def test_memory_across_segments_matches(tmp_path):
         assert b.shape == (2, 6, 32) and max_err(b, a.transpose(0, 1)) < TOL
 
 
+@pytest.mark.parametrize("overrides", [{}, {"bi_data": True}, {"attn_type": "uni"}], ids=["bi", "bi_data", "uni"])
+def test_long_segments_with_memory_match(tmp_path, overrides):
+    """Segments longer than one block of rows of the distance term, after a memory, both streams."""
+    hf, model = folder(tmp_path, **overrides)
+    g = torch.Generator().manual_seed(2)
+    ids, types = torch.randint(0, 99, (2, 80), generator=g), torch.randint(0, 2, (2, 80), generator=g)
+    extra = {"target_mapping": torch.eye(80)[torch.tensor([[3, 70, 79], [0, 50, 66]])], "token_type_ids": types}
+    if overrides.get("attn_type") != "uni":
+        extra["perm_mask"] = (torch.rand(2, 80, 80, generator=g) < 0.3).float()
+    with torch.no_grad():
+        ref_mems, our_mems = hf(ids, use_mems=True).mems, model(input_ids=ids).extra["mems"]
+        for streams in ({"token_type_ids": types}, extra):
+            ref = hf(ids, mems=ref_mems, **streams).logits
+            ours = model(input_ids=ids, mems=our_mems, **streams).logits
+            assert max_err(ours, ref) < TOL
+
+
 def test_sequence_classification_matches(tmp_path):
     hf, model = folder(tmp_path, "XLNetForSequenceClassification", num_labels=3, summary_type="mean")
     assert model.objective_name == "classify" and model.config.summary_type == "mean"
