@@ -94,7 +94,7 @@ def test_perm_size_orders_blocks_in_turn():
 
 def test_special_tokens_and_padding_are_never_targets():
     text = "the cat sat on the mat and the dog ran after the cat"
-    tok = Tokenizer.train("unigram", [text] * 20, 60, REG.get("model", "xlnet").extra["tokenizer"]["roles"])
+    tok = Tokenizer.train("unigram", [text] * 20, 60, dict(REG.get("model", "xlnet").tokenizer.roles))
     special = {tok.special_id(r) for r in tok.roles if r != "unk"}
     words = tok.encode(" ".join([text] * 4))
     examples = []
@@ -211,7 +211,7 @@ def test_clm_trains_the_causal_variant():  # plm, mlm, classify and tag: tests/t
         "unigram",
         ["the cat sat on the mat and the dog ran"] * 30,
         80,
-        REG.get("model", "xlnet").extra["tokenizer"]["roles"],
+        dict(REG.get("model", "xlnet").tokenizer.roles),
     )
     model = tiny("clm", vocab_size=tok.vocab_size, attn_type="uni")
     model.tokenizer = tok
@@ -298,7 +298,7 @@ def test_input_errors():
         ({"mems": (torch.zeros(3, 3, 32), torch.zeros(3, 3, 32))}, "mems must be 2 tensors of shape"),
         ({"position_ids": torch.arange(6)}, "relative"),
         ({"attention_mask": torch.ones(2, 4)}, "attention_mask must have shape"),
-        ({"token_type_ids": torch.zeros(2, 5, dtype=torch.long)}, "token_type_ids has shape"),
+        ({"token_type_ids": torch.zeros(2, 5, dtype=torch.long)}, "token_type_ids must have shape"),
     ]
     for extra, message in cases:
         with pytest.raises(InputError, match=message):

@@ -5,15 +5,25 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unimodel.builtin import SEQ2SEQ_REQUIRES
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError, TrainingError
-from unimodel.interfaces import Objective, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, ConfigT, Objective, ObjectiveOutput, TokenLoss
 from unimodel.nn.losses import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
+
+Examples = Sequence[Mapping[str, Sequence[int]]]
 
 
 def pad_sequences(
@@ -72,8 +82,8 @@ def token_accuracy(logits: Tensor, labels: Tensor, *, shift: bool) -> float:
 
 
 def token_objective_step(
-    objective: Objective,
-    model,
+    objective: Objective[ConfigT],
+    model: Model,
     inputs: Mapping[str, Tensor | None],
     labels: Tensor,
     *,
@@ -97,7 +107,7 @@ def token_objective_step(
     return ObjectiveOutput(loss=out.loss, n_predictions=n, logits=out.logits, metrics={"accuracy": accuracy})
 
 
-class TokenLossObjective(Objective):
+class TokenLossObjective(Objective[ConfigT]):
     """An objective whose loss is a token cross-entropy on the LM head. It states the loss once,
     in :meth:`token_loss`; :meth:`loss` on logits follows from it, so the two paths cannot disagree."""
 
@@ -114,7 +124,7 @@ class FeaturesConfig(Config):
     section = "objective 'features'"
 
 
-class Features(Objective):
+class Features(Objective[FeaturesConfig]):
     """No task head and no loss: the model returns hidden states (feature extraction).
 
     What a backbone-only checkpoint (a Hugging Face ``BertModel`` folder, say)
@@ -125,18 +135,20 @@ class Features(Objective):
     primary_head = None
     uses_lm_head = False
 
-    def build_heads(self, backbone):
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}
 
-    def prepare(self, examples, *, tokenizer=None, generator=None):
+    def prepare(
+        self, examples: Examples, *, tokenizer: Tokenizer | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         pad = tokenizer.pad_id if tokenizer is not None else 0
         ids, mask = pad_sequences([ex["input_ids"] for ex in examples], pad)
         return {"input_ids": ids, "attention_mask": mask}
 
-    def loss(self, logits, labels):
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         raise TrainingError("objective 'features' has no loss; build the model with a training objective")
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         raise TrainingError("objective 'features' has no loss; build the model with a training objective")
 
 
@@ -155,7 +167,7 @@ class Seq2SeqConfig(Config):
             self.fail("label_smoothing", "must be in [0, 1)")
 
 
-class Seq2Seq(TokenLossObjective):
+class Seq2Seq(TokenLossObjective[Seq2SeqConfig]):
     """Supervised sequence-to-sequence: the decoder learns the target given the source.
 
     ``prepare`` takes examples ``{"source": ids, "target": ids}``; labels are the
@@ -164,13 +176,13 @@ class Seq2Seq(TokenLossObjective):
     """
 
     config_class = Seq2SeqConfig
-    requires = frozenset({"encoder_decoder", "lm_head"})
+    requires = SEQ2SEQ_REQUIRES
     data_kind = "pairs"
 
-    def build_heads(self, backbone):
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}
 
-    def _frame(self, ids: Sequence[int], tokenizer, limit: int | None) -> list[int]:
+    def _frame(self, ids: Sequence[int], tokenizer: Tokenizer | None, limit: int | None) -> list[int]:
         c = self.config
         out = list(ids)
         if tokenizer is not None and c.add_bos and tokenizer.has_role("bos"):
@@ -181,7 +193,9 @@ class Seq2Seq(TokenLossObjective):
             out.append(tokenizer.special_id("eos"))
         return out
 
-    def prepare(self, examples, *, tokenizer=None, generator=None):
+    def prepare(
+        self, examples: Examples, *, tokenizer: Tokenizer | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         for i, ex in enumerate(examples):
             for side in ("source", "target"):
                 if ex.get(side) is None:
@@ -213,7 +227,7 @@ class Seq2Seq(TokenLossObjective):
     def token_loss(self) -> TokenLoss:
         return TokenLoss(label_smoothing=self.config.label_smoothing)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         if "labels" not in batch:
             raise DataError("a seq2seq batch needs 'labels' (the targets); build it with objective.prepare")
         inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "decoder_input_ids")}

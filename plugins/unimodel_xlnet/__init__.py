@@ -8,13 +8,17 @@ Only metadata lives here; modules are imported when a component is built.
 from __future__ import annotations
 
 from unimodel import hookimpl
+from unimodel.capabilities import Cap
 from unimodel.hookspecs import PLUGIN_API_VERSION
-from unimodel.registry import Component
+from unimodel.registry import Component, TokenizerRecipe, presets
 
 # attn_type "bi" (the default) is an encoder; "uni" a causal decoder (XLNet.provides_for)
-_PROVIDES = ("encoder_only", "lm_head", "token_types", "pooler", "two_stream", "mems")
-_UNI = ("decoder_only", "causal", "kv_cache", "lm_head", "token_types", "two_stream", "mems")
-_VARIANTS = {'attn_type = "uni"': _UNI}
+PROVIDES_BI = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD, Cap.TOKEN_TYPES, Cap.POOLER, Cap.TWO_STREAM, Cap.MEMS})
+PROVIDES_UNI = frozenset(
+    {Cap.DECODER_ONLY, Cap.CAUSAL, Cap.KV_CACHE, Cap.LM_HEAD, Cap.TOKEN_TYPES, Cap.TWO_STREAM, Cap.MEMS}
+)
+PLM_REQUIRES = frozenset({Cap.TWO_STREAM, Cap.LM_HEAD})
+_VARIANTS = {'attn_type = "uni"': tuple(sorted(PROVIDES_UNI))}
 _TINY = {
     "vocab_size": 99,
     "d_model": 32,
@@ -26,9 +30,9 @@ _TINY = {
     "act_dropout": 0.0,
 }
 # SentencePiece-style unigram with XLNet's roles; `<cls>` and `<sep>` frame classification inputs
-_TOKENIZER = {
-    "kind": "unigram",
-    "roles": {
+TOKENIZER = TokenizerRecipe(
+    kind="unigram",
+    roles={
         "unk": "<unk>",
         "bos": "<s>",
         "eos": "</s>",
@@ -37,25 +41,23 @@ _TOKENIZER = {
         "pad": "<pad>",
         "mask": "<mask>",
     },
-}
+)
 
-# name: (config values, summary)
+
+def _sizes(n_layers: int, d_model: int, n_heads: int, d_ff: int, **more: int) -> dict[str, int]:
+    return {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "d_ff": d_ff, **more}
+
+
 _PRESETS = {
-    "xlnet-tiny": (
-        {"n_layers": 2, "d_model": 128, "n_heads": 4, "d_ff": 512},
-        "2 layers, d 128: for tests and quick experiments",
-    ),
-    "xlnet-mini": (
-        {"n_layers": 6, "d_model": 384, "n_heads": 6, "d_ff": 1536},
-        "6 layers, d 384, 6 heads, ffn 1536",
-    ),
+    "xlnet-tiny": ("2 layers, d 128: for tests and quick experiments", _sizes(2, 128, 4, 512)),
+    "xlnet-mini": ("6 layers, d 384, 6 heads, ffn 1536", _sizes(6, 384, 6, 1536)),
     "xlnet-base-cased": (
-        {"n_layers": 12, "d_model": 768, "n_heads": 12, "d_ff": 3072, "vocab_size": 32000},
         "XLNet-base shapes: 12 layers, d 768 (117M at vocab 32000)",
+        _sizes(12, 768, 12, 3072, vocab_size=32000),
     ),
     "xlnet-large-cased": (
-        {"n_layers": 24, "d_model": 1024, "n_heads": 16, "d_ff": 4096, "vocab_size": 32000},
         "XLNet-large shapes: 24 layers, d 1024 (360M at vocab 32000)",
+        _sizes(24, 1024, 16, 4096, vocab_size=32000),
     ),
 }
 
@@ -67,30 +69,33 @@ def unimodel_api_version() -> int:
 
 @hookimpl
 def unimodel_components() -> list[Component]:
-    comps = [
-        Component(
-            kind="model",
-            name="xlnet",
-            target="unimodel_xlnet.model:XLNet",
-            summary="XLNet: two-stream relative attention with memory (bi: encoder; uni: causal decoder)",
-            provides=_PROVIDES,
-            default_objective="plm",
-            tiny=_TINY,
-            extra={"tokenizer": _TOKENIZER, "variants": _VARIANTS},
-        ),
+    xlnet = Component(
+        kind="model",
+        name="xlnet",
+        target="unimodel_xlnet.model:XLNet",
+        summary="XLNet: two-stream relative attention with memory (bi: encoder; uni: causal decoder)",
+        provides=PROVIDES_BI,
+        default_objective="plm",
+        tiny=_TINY,
+        tokenizer=TOKENIZER,
+        extra={"variants": _VARIANTS},
+    )
+    return [
+        xlnet,
+        *presets(xlnet, _PRESETS),
         Component(
             kind="objective",
             name="plm",
             target="unimodel_xlnet.objectives:PermutationLM",
             summary="permutation language modelling: ~1/6 of tokens in n-gram spans predicted by the query stream",
-            requires=("two_stream", "lm_head"),
+            requires=PLM_REQUIRES,
         ),
         Component(
             kind="decoding",
             name="xlnet_plm",
             target="unimodel_xlnet.generation:two_stream",
             summary="XLNet generation: a dummy last token predicted by the query stream, memory as the cache",
-            requires=("two_stream", "lm_head"),
+            requires=PLM_REQUIRES,
         ),
         Component(
             kind="hf_converter",
@@ -98,21 +103,6 @@ def unimodel_components() -> list[Component]:
             target="unimodel_xlnet.hf:XLNetConverter",
             summary="Hugging Face XLNetLMHeadModel / XLNetModel / XLNetForSequenceClassification folders, both ways",
             model_types=("xlnet",),
-            extra={"exports": ("xlnet",)},
+            exports=("xlnet",),
         ),
     ]
-    for name, (values, summary) in _PRESETS.items():
-        comps.append(
-            Component(
-                kind="model",
-                name=name,
-                target="",
-                base="xlnet",
-                summary=summary,
-                defaults=values,
-                provides=_PROVIDES,
-                default_objective="plm",
-                extra={"tokenizer": _TOKENIZER},
-            )
-        )
-    return comps

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,9 @@ from unimodel.config import Config, param
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
 from unimodel.nn import ACTIVATIONS, FeedForward, KVCache, Linear, LMHead, get_activation, init_normal_, sinusoids
+from unimodel_xlnet import PROVIDES_BI, PROVIDES_UNI
 from unimodel_xlnet.attention import AttentionPlan, RelativeAttention, XLNetCache, relative_distances
 
-PROVIDES_BI = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD, Cap.TOKEN_TYPES, Cap.POOLER, Cap.TWO_STREAM, Cap.MEMS})
-PROVIDES_UNI = frozenset(
-    {Cap.DECODER_ONLY, Cap.CAUSAL, Cap.KV_CACHE, Cap.LM_HEAD, Cap.TOKEN_TYPES, Cap.TWO_STREAM, Cap.MEMS}
-)
 SUMMARY_ACTIVATIONS = ("identity", *ACTIVATIONS)
 
 
@@ -143,7 +140,7 @@ class XLNetLayer(nn.Module):
 class XLNetStack(nn.Module):
     """The parameters and the pass shared by :class:`XLNetEncoder` and :class:`XLNetDecoder`."""
 
-    config_class: ClassVar[type[Config]] = XLNetConfig
+    config_class: type[XLNetConfig] = XLNetConfig
     max_positions: int | None  # None: relative positions, no length limit
 
     def __init__(self, config: XLNetConfig) -> None:
@@ -387,7 +384,7 @@ def _key_mask(attention_mask: Tensor, B: int, T: int, mlen: int) -> Tensor | Non
     return F.pad(keys, (mlen + T - keys.shape[1], 0), value=True)
 
 
-class XLNetEncoder(XLNetStack, Encoder):
+class XLNetEncoder(XLNetStack, Encoder[XLNetConfig]):
     """Bidirectional XLNet (``attn_type = "bi"``): ids (B, T) -> content states (B, T, D), or the query
     stream (B, M, D) when ``target_mapping`` is given."""
 
@@ -434,7 +431,7 @@ class XLNetEncoder(XLNetStack, Encoder):
         return EncoderOutput(last_hidden_state=hidden, pooler_output=out.pooled, extra=_extra(out))
 
 
-class XLNetDecoder(XLNetStack, Decoder):
+class XLNetDecoder(XLNetStack, Decoder[XLNetConfig]):
     """Causal XLNet (``attn_type = "uni"``): ids (B, T) -> states (B, T, D) with a key/value cache;
     the two-stream and memory inputs as for :class:`XLNetEncoder`."""
 
@@ -482,7 +479,7 @@ def _extra(out: StackOutput) -> dict[str, object]:
     return {"mems": out.mems} if out.mems is not None else {}
 
 
-class XLNet(ModelFamily):
+class XLNet(ModelFamily[XLNetConfig]):
     """The XLNet family: an encoder (``attn_type = "bi"``) or a causal decoder (``"uni"``) with XLNet's LM head."""
 
     config_class = XLNetConfig
@@ -493,7 +490,7 @@ class XLNet(ModelFamily):
         return provides if config.add_pooler else provides - {Cap.POOLER}
 
     @classmethod
-    def build_backbone(cls, config: XLNetConfig) -> Backbone:  # type: ignore[override]
+    def build_backbone(cls, config: XLNetConfig) -> Backbone:
         stack: XLNetStack = XLNetDecoder(config) if config.attn_type == "uni" else XLNetEncoder(config)
         return Backbone(
             encoder=stack if isinstance(stack, XLNetEncoder) else None,

@@ -22,14 +22,13 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import DataError
-from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+from unimodel_xlnet import PLM_REQUIRES
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.model import Model
-
-PLM_REQUIRES = frozenset({Cap.TWO_STREAM, Cap.LM_HEAD})
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def factorization_mask(is_target: Tensor, order: Tensor) -> Tensor:
     return is_target[:, None, :] & (~is_target[:, :, None] | later_or_self)
 
 
-class PermutationLM(TokenLossObjective):
+class PermutationLM(TokenLossObjective[PLMConfig]):
     """XLNet's permutation language modelling on text blocks ``{"input_ids": [...]}`` (optionally
     ``"token_type_ids"``).
 

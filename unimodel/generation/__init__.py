@@ -50,7 +50,8 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import InputError
-from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
+from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder, recompute_prefix
+from unimodel.generation.processors import ScoreProcessors, banned_ngram_tokens, warp
 from unimodel.generation.settings import (
     OPTIONS,
     GenerationSettings,
@@ -64,7 +65,17 @@ from unimodel.registry import Registry, get_registry
 if TYPE_CHECKING:
     from unimodel.model import Model
 
-__all__ = ["OPTIONS", "GenerationInputs", "GenerationSettings", "IncrementalDecoder", "generate"]
+__all__ = [
+    "OPTIONS",
+    "GenerationInputs",
+    "GenerationSettings",
+    "IncrementalDecoder",
+    "ScoreProcessors",
+    "banned_ngram_tokens",
+    "generate",
+    "recompute_prefix",
+    "warp",
+]
 
 
 def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Tensor:
@@ -105,10 +116,18 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     """
     reg = registry or get_registry()
     strategy_name = choose_strategy(options, default=model.decoding)
-    component = reg.get("decoding", strategy_name)
-    declared = tuple(component.extra.get("options", ()))
+    # a strategy chosen from num_beams/do_sample is the core's, the model's own default its plugin's,
+    # whatever other plugins call theirs
+    if options.get("strategy") is not None:
+        prefer = None
+    elif strategy_name == model.decoding:
+        prefer = (model.provenance.get("model", {}).get("component") or "").partition(":")[0] or None
+    else:
+        prefer = "core"
+    component = reg.get("decoding", strategy_name, prefer=prefer)
+    declared = tuple(component.options)
     check_option_names(options, OPTIONS + declared)
-    _check_can_generate(model, strategy_name, component.requires, reg)
+    _check_can_generate(model, strategy_name, tuple(component.requires), reg)
 
     ids, mask = _check_inputs(model, input_ids, options.get("attention_mask"))
     # The decoder prompt is the prompt itself, or the decoder start token of an encoder-decoder model.
@@ -121,6 +140,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         prompt_length = ids.shape[1]
     extra = {name: options[name] for name in declared if name in options}
     settings = resolve_settings(model, options, strategy=strategy_name, prompt_length=prompt_length, extra=extra)
+    from unimodel.bounds import check_generation_memory
+
+    check_generation_memory(model, ids, settings)  # before any cache or beam buffer is allocated
     if not model.is_encoder_decoder:
         inputs = GenerationInputs(ids, mask, ids)
     else:
@@ -138,7 +160,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         main = model.decoder if model.decoder is not None else model.encoder
         with torch.inference_mode(), decoding_layout(main, lm_head):
             if inputs.encoder_output is None and model.is_encoder_decoder:
-                inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
+                inputs.encoder_output = model.encode(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:
                 out = inputs.decoder_input_ids.repeat_interleave(settings.num_return_sequences, dim=0)
             else:
