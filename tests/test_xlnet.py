@@ -284,6 +284,49 @@ def test_left_padded_rows_generate_as_they_would_alone():
     )
 
 
+def test_the_kit_passes_on_the_causal_variant():
+    """The registered family is the bidirectional encoder; the kit's generation, beam-search, KV-cache and
+    gradient checks run on attn_type "uni" through a family record that declares it."""
+    import unimodel_bert
+    import unimodel_gpt
+    import unimodel_xlnet
+
+    import unimodel.builtin
+    from unimodel import hookimpl
+    from unimodel.hookspecs import PLUGIN_API_VERSION
+    from unimodel.registry import Component, Registry
+    from unimodel.testing import check_model
+
+    class CausalXLNet:
+        @hookimpl
+        def unimodel_api_version(self):
+            return PLUGIN_API_VERSION
+
+        @hookimpl
+        def unimodel_components(self):
+            family = REG.get("model", "xlnet")
+            tiny = {**family.tiny, "attn_type": "uni"}
+            return [
+                Component(
+                    kind="model",
+                    name="xlnet_uni",
+                    target=family.target,
+                    summary="causal XLNet",
+                    provides=unimodel_xlnet.PROVIDES_UNI,
+                    default_objective="xlnet:plm",
+                    tiny=tiny,
+                )
+            ]
+
+    reg = Registry(discover=False)
+    plugins = [unimodel.builtin, unimodel_gpt, unimodel_bert, unimodel_xlnet, CausalXLNet()]
+    for name, plugin in zip(("core", "gpt", "bert", "xlnet", "uni"), plugins):
+        assert reg.add_plugin(plugin, name).ok
+    report = check_model("xlnet_uni", registry=reg)
+    ran = {o.check + o.case.partition("/")[2] for o in report.outcomes if o.status == "passed"}
+    assert {"generation", "beam_search", "kv_cache", "gradientsobjective:clm", "gradientsobjective:plm"} <= ran
+
+
 # ------------------------------------------------------------------ errors users see
 def test_input_errors():
     model = tiny(objective="features").eval()
