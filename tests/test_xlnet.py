@@ -185,6 +185,24 @@ def test_memory_length_reuse_and_detachment():
     assert model.encoder.embed_tokens.weight.grad is not None
 
 
+def test_memory_as_one_stacked_tensor_and_the_empty_first_memory():
+    """A data kind carries memory as one tensor (n_layers, B, mlen, D); an empty tensor starts it, and passing
+    memory returns the next one even in training (where use_mems_train is off)."""
+    model = tiny(objective="clm", attn_type="uni").train()
+    ids = torch.randint(0, 99, (2, 12))
+    assert "mems" not in model(input_ids=ids[:, :6]).extra
+    first = model(input_ids=ids[:, :6], mems=torch.empty(0))
+    stacked = torch.stack(first.extra["mems"])
+    assert stacked.shape == (2, 2, 6, 32)
+    model.eval()
+    with torch.no_grad():
+        a = model(input_ids=ids[:, 6:], mems=stacked).logits
+        b = model(input_ids=ids[:, 6:], mems=first.extra["mems"]).logits
+        assert torch.equal(a, b)
+    with pytest.raises(InputError, match=r"stacked, \(n_layers = 2"):
+        model(input_ids=ids, mems=torch.zeros(3, 2, 4, 32))
+
+
 def test_causal_variant_decodes_incrementally_with_its_cache():
     model = tiny(objective="clm", attn_type="uni").eval()
     assert "kv_cache" in model.provides and model.decoder is not None

@@ -200,7 +200,7 @@ class XLNetStack(nn.Module):
         perm_mask: Tensor | None = None,
         target_mapping: Tensor | None = None,
         targets: Tensor | None = None,
-        mems: Sequence[Tensor] | None = None,
+        mems: Sequence[Tensor] | Tensor | None = None,
         cache: XLNetCache | None = None,
         use_mems: bool | None = None,
     ) -> StackOutput:
@@ -210,6 +210,7 @@ class XLNetStack(nn.Module):
         B, T = input_ids.shape
         if mems is not None and cache is not None:
             raise InputError("pass either mems or a cache (past_key_values), not both")
+        given = mems is not None
         mems = _check_mems(mems, c.n_layers, B, c.d_model) if mems is not None else None
         mlen = mems[0].shape[1] if mems is not None else (cache.length if cache is not None else 0)
         if targets is None and target_mapping is not None:
@@ -223,8 +224,8 @@ class XLNetStack(nn.Module):
         if M > 0:
             h = torch.cat([h, self.mask_emb.expand(B, M, -1).to(h.dtype)], dim=1)
         x = self.drop(h) if self.training else h  # (B, T + M, D)
-        if use_mems is None:
-            use_mems = c.use_mems_train if self.training else c.use_mems_eval
+        if use_mems is None:  # a caller that passes memory (an empty one too) gets the next one back
+            use_mems = given or (c.use_mems_train if self.training else c.use_mems_eval)
         new_mems = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.blocks):
@@ -347,9 +348,23 @@ class XLNetStack(nn.Module):
         return plan
 
 
-def _check_mems(mems: Sequence[Tensor], n_layers: int, batch: int, d_model: int) -> Sequence[Tensor]:
+def _check_mems(mems: Sequence[Tensor] | Tensor, n_layers: int, batch: int, d_model: int) -> Sequence[Tensor] | None:
+    """Per-layer memory (B, mlen, D) from a sequence of them or from one stacked (n_layers, B, mlen, D) tensor;
+    ``None`` for an empty tensor (no memory yet: a recurrent run's first segment)."""
+    if isinstance(mems, Tensor):
+        if mems.numel() == 0:
+            return None
+        if mems.dim() != 4 or mems.shape[0] != n_layers:
+            raise InputError(
+                f"mems as one tensor must be the per-layer memories stacked, (n_layers = {n_layers}, batch, "
+                f"memory length, d_model); got {tuple(mems.shape)}"
+            )
+        mems = mems.unbind(0)
     if not isinstance(mems, (list, tuple)) or len(mems) != n_layers or not all(isinstance(m, Tensor) for m in mems):
-        raise InputError(f"mems must be a sequence of {n_layers} tensors (one per layer), as a previous call returned")
+        raise InputError(
+            f"mems must be a sequence of {n_layers} tensors (one per layer), as a previous call returned, "
+            f"or them stacked into one tensor ({n_layers}, batch, memory length, d_model)"
+        )
     shape = tuple(mems[0].shape)
     if len(shape) != 3 or shape[0] != batch or shape[2] != d_model or any(tuple(m.shape) != shape for m in mems):
         raise InputError(
@@ -399,7 +414,7 @@ class XLNetEncoder(XLNetStack, Encoder[XLNetConfig]):
         position_ids: Tensor | None = None,
         perm_mask: Tensor | None = None,
         target_mapping: Tensor | None = None,
-        mems: Sequence[Tensor] | None = None,
+        mems: Sequence[Tensor] | Tensor | None = None,
         use_mems: bool | None = None,
     ) -> EncoderOutput:
         """Args, as in transformers:
@@ -407,8 +422,10 @@ class XLNetEncoder(XLNetStack, Encoder[XLNetConfig]):
             token_type_ids: (B, T) segment ids; only whether two tokens share a segment matters.
             perm_mask: (B, T, T) 1 where position i may not see position j.
             target_mapping: (B, M, T) one-hot rows: query row m predicts position j (an all-zero row is padding).
-            mems: per layer (B, mlen, D), the memory a previous call returned in ``extra["mems"]``.
-            use_mems: return the new memory (default: the config's use_mems_eval / use_mems_train).
+            mems: per layer (B, mlen, D), the memory a previous call returned in ``extra["mems"]``, or them
+                stacked (n_layers, B, mlen, D); an empty tensor is no memory yet.
+            use_mems: return the new memory (default: when ``mems`` is given, else the config's
+                use_mems_eval / use_mems_train).
             position_ids: not used; XLNet's positions are relative.
 
         ``last_hidden_state`` is the query stream (B, M, D) when ``target_mapping`` is given (its last
@@ -451,7 +468,7 @@ class XLNetDecoder(XLNetStack, Decoder[XLNetConfig]):
         token_type_ids: Tensor | None = None,
         perm_mask: Tensor | None = None,
         target_mapping: Tensor | None = None,
-        mems: Sequence[Tensor] | None = None,
+        mems: Sequence[Tensor] | Tensor | None = None,
         use_mems: bool | None = None,
     ) -> DecoderOutput:
         """``attention_mask`` covers the cached and new positions (or the new ones only); ``position_ids`` are

@@ -169,8 +169,9 @@ class PermutationLM(TokenLossObjective[PLMConfig]):
             "perm_mask": batch["perm_mask"],
             "target_mapping": batch["target_mapping"],
         }
-        if "token_type_ids" in batch:
-            inputs["token_type_ids"] = batch["token_type_ids"]
+        for key in ("token_type_ids", "mems"):  # mems: the memory a recurrent data kind carries from the last step
+            if key in batch:
+                inputs[key] = batch[key]
         return token_objective_step(self, model, inputs, batch["labels"])
 
 
