@@ -72,6 +72,8 @@ class ObjectiveOutput:
     n_predictions: int  # positions that contributed to the loss
     logits: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # what the model returned for the next step, such as extra["mems"], which a recurrent data kind carries
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,9 @@ class Objective(ABC, Generic[ConfigT]):
     trainer feeds ``prepare`` (:class:`unimodel.data.kinds.DataKind`): the core's
     ``"text"``, examples ``{"input_ids": block}`` cut from packed text, or
     ``"pairs"``, examples ``{"source": ids, "target": ids}`` (JSONL/TSV pair
-    files, pair corpora), or a plugin's own kind.
+    files, pair corpora), or a plugin's own kind. ``passes_mems``: ``forward``
+    passes a batch's ``mems`` to the model, so the text kind's recurrent mode
+    (``[data] recurrent_memory``, :mod:`unimodel.data.recurrent`) can train with it.
     """
 
     config_class: type[ConfigT]
@@ -230,6 +234,7 @@ class Objective(ABC, Generic[ConfigT]):
     primary_head: ClassVar[str | None] = "lm"
     uses_lm_head: ClassVar[bool] = True
     data_kind: ClassVar[str] = "text"
+    passes_mems: ClassVar[bool] = False
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

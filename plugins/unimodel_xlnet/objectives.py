@@ -103,6 +103,7 @@ class PermutationLM(TokenLossObjective[PLMConfig]):
     config_class = PLMConfig
     config: PLMConfig
     requires = PLM_REQUIRES
+    passes_mems = True  # the memory a recurrent text run carries reaches the model
 
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}

@@ -94,6 +94,11 @@ class DataConfig(Config):
     vocab_size: int = param(8192, "vocabulary size of a trained tokenizer (special tokens included)")
     min_frequency: int = param(2, "a trained tokenizer's pieces occur at least this often")
     split_digits: bool = param(False, "a trained tokenizer splits numbers into single digits, one token each")
+    recurrent_memory: int = param(
+        0,
+        "text: > 0 trains recurrently (a model with mems): each batch row reads consecutive blocks in consecutive "
+        "steps and gets the memory its previous block left, at most this many positions; 0: off",
+    )
 
     def check(self) -> None:
         for name in ("paths", "validation_paths"):
@@ -111,6 +116,8 @@ class DataConfig(Config):
             self.fail("vocab_size", "must be positive")
         if self.min_frequency < 1:
             self.fail("min_frequency", "must be at least 1")
+        if self.recurrent_memory < 0:
+            self.fail("recurrent_memory", "must be 0 (off) or a number of positions")
         bad = [e for e in self.extensions or () if not e.startswith(".")]
         if bad:
             self.fail("extensions", f"write file endings with their dot, e.g. '.txt' (got {', '.join(bad)})")
@@ -165,7 +172,12 @@ class PackedData(DataKind):
 
     @classmethod
     def encode(cls, config: DataConfig, tokenizer: Tokenizer | None, raw: RawData) -> PackedData:
-        return encode_and_pack(config, _require(tokenizer, cls.unit), raw.train, raw.validation)
+        data = encode_and_pack(config, _require(tokenizer, cls.unit), raw.train, raw.validation)
+        if config.recurrent_memory > 0:
+            from unimodel.data.recurrent import RecurrentText
+
+            return RecurrentText.from_packed(data, config.recurrent_memory)
+        return data
 
     @classmethod
     def evaluation_examples(

@@ -177,7 +177,7 @@ class DataKind(ABC):
         ``model`` (longer than its position table ...). Default: every example fits."""
         return None
 
-    def epoch_order(self, epoch: int, *, seed: int) -> list[int]:
+    def epoch_order(self, epoch: int, *, seed: int, batch_size: int = 1) -> list[int]:
         """Training example indices in the order epoch ``epoch`` uses them, a pure function of its arguments.
 
         The trainer takes consecutive ``batch_size`` runs of it as global batches,

@@ -318,7 +318,7 @@ class Trainer:
         steps = min(tc.max_steps - self.step, (self.data.n_train - pos.examples_in_epoch) // tc.batch_size)
         if steps <= 0:
             return
-        order = self.data.epoch_order(pos.epoch, seed=tc.seed)
+        order = self.data.epoch_order(pos.epoch, seed=tc.seed, batch_size=tc.batch_size)
         chosen = order[pos.examples_in_epoch : pos.examples_in_epoch + steps * tc.batch_size]
         self.epoch_indices = order
         loader = self.accelerator.prepare_data_loader(
