@@ -50,6 +50,7 @@ returned sequences on consecutive rows.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -153,7 +154,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     component = reg.get("decoding", config.strategy_name, prefer=prefer)
     declared = declared_options(component)
     check_option_names(options, OPTIONS + declared)
-    _check_can_generate(model, config.strategy_name, tuple(component.requires), reg)
+    _check_can_generate(model, config.strategy_name, component.requires, reg)
 
     ids, mask = _check_inputs(model, input_ids, options.get("attention_mask"))
     # The decoder prompt is the prompt itself, or the decoder start token of an encoder-decoder model.
@@ -204,7 +205,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     return out.clone()
 
 
-def _check_can_generate(model: Model, strategy: str, requires: tuple[str, ...], registry: Registry) -> None:
+def _check_can_generate(model: Model, strategy: str, requires: Collection[str], registry: Registry) -> None:
     missing = [cap for cap in requires if cap not in model.provides]
     if missing:
         fits = [c.name for c in registry.components("decoding") if set(c.requires) <= set(model.provides)]

@@ -13,6 +13,7 @@ noise decided the choice and the check passes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -208,6 +209,10 @@ def _forced_logits(model: Model, ids: Tensor, mask: Tensor | None, tokens: Tenso
         if start is None:
             start = model.special_tokens.get("decoder_start")
             start = model.special_tokens.get("bos") if start is None else start
+        if start is None:
+            raise _fail(
+                f"model {model.name!r}", "an encoder-decoder model needs a decoder_start or bos token to generate"
+            )
         encoded = model.encode(ids, attention_mask=mask)
         inputs = GenerationInputs(ids, mask, ids.new_full((ids.shape[0], 1), start), encoder_output=encoded)
     run = IncrementalDecoder(model, inputs, capacity=inputs.decoder_input_ids.shape[1] + tokens.shape[1] + 1)
@@ -289,7 +294,7 @@ def _check_reorder(model: Model, what: str) -> None:
     )
 
 
-def model_for(reg: Registry, requires: tuple[str, ...], plugin: str, *, generates: bool = False) -> str | None:
+def model_for(reg: Registry, requires: Collection[str], plugin: str, *, generates: bool = False) -> str | None:
     """A registered family (with ``tiny`` overrides, reading token ids) that provides ``requires``: one of
     ``plugin``'s own first, then by name; with ``generates``, one with a decoder and an LM head first."""
     fits = []
