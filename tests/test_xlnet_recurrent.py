@@ -20,14 +20,15 @@ def recurrent(n_blocks=11, memory=5):
 
 def test_each_row_reads_consecutive_blocks_across_steps():
     data = recurrent(11)
-    order = data.epoch_order(0, seed=0, batch_size=3)
+    data.plan_batches(3)
+    order = data.epoch_order(0, seed=0)
     assert len(order) == 9 and sorted(order) == list(range(9))  # 3 lanes of 3 blocks; block 9 and 10 left out
     for r, lane in enumerate(lanes(order, 3)):
         assert sorted(lane) == [3 * r, 3 * r + 1, 3 * r + 2]
         first = lane.index(3 * r)
         assert lane[first:] + lane[:first] == sorted(lane)  # consecutive, from an offset that wraps once
-    assert order == data.epoch_order(0, seed=0, batch_size=3)
-    offsets = {tuple(data.epoch_order(e, seed=0, batch_size=3)[:3]) for e in range(8)}
+    assert order == data.epoch_order(0, seed=0)
+    offsets = {tuple(data.epoch_order(e, seed=0)[:3]) for e in range(8)}
     assert len(offsets) > 1  # the start offset changes between epochs
 
 

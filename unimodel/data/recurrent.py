@@ -44,6 +44,7 @@ class RecurrentText(PackedData):
     """
 
     memory: int = 0
+    rows: int = 1  # the global batch size: one lane per batch row (plan_batches)
     carries_state: ClassVar[bool] = True
 
     @classmethod
@@ -78,10 +79,13 @@ class RecurrentText(PackedData):
                 "data.recurrent_memory = 0"
             )
 
-    def epoch_order(self, epoch: int, *, seed: int, batch_size: int = 1) -> list[int]:
-        """Lane ``r`` holds blocks ``r * L .. r * L + L - 1`` (``L = n_train // batch_size``); global batch ``s``
+    def plan_batches(self, batch_size: int) -> None:
+        self.rows = max(1, min(batch_size, self.n_train))
+
+    def epoch_order(self, epoch: int, *, seed: int) -> list[int]:
+        """Lane ``r`` holds blocks ``r * L .. r * L + L - 1`` (``L = n_train // rows``); global batch ``s``
         is block ``s`` of every lane, starting at an offset drawn per epoch (each lane wraps around once)."""
-        rows = max(1, min(batch_size, self.n_train))
+        rows = self.rows
         lane = self.n_train // rows
         g = torch.Generator().manual_seed(derive_seed(seed, "lanes", epoch))
         offset = int(torch.randint(0, lane, (), generator=g))

@@ -214,6 +214,7 @@ class Trainer:
         data = kind.encode(self.run.data, tokenizer, raw)
         model = self.build_model(tokenizer)
         data.check_fits(model, tokenizer)
+        data.plan_batches(tc.batch_size)
         self.log(
             f"model {model.preset or model.name!r} + objective {model.objective_name!r}: "
             f"{model.num_parameters():,} parameters, vocabulary {model.vocab_size}; data: {data.describe()}; "
@@ -318,7 +319,7 @@ class Trainer:
         steps = min(tc.max_steps - self.step, (self.data.n_train - pos.examples_in_epoch) // tc.batch_size)
         if steps <= 0:
             return
-        order = self.data.epoch_order(pos.epoch, seed=tc.seed, batch_size=tc.batch_size)
+        order = self.data.epoch_order(pos.epoch, seed=tc.seed)
         chosen = order[pos.examples_in_epoch : pos.examples_in_epoch + steps * tc.batch_size]
         self.epoch_indices = order
         loader = self.accelerator.prepare_data_loader(
