@@ -58,6 +58,11 @@ SETUPS = {
         train=dict(batch=8, source=256, target=64),
         generate=dict(batch=1, prompt=64, new=64),
     ),
+    "xlnet": dict(
+        describe="XLNet, 6 layers, d 384, 6 heads, ffn 1536, vocab 8192, permutation LM (1/6 of positions predicted)",
+        train=dict(batch=8, seq=256, plm=True),
+        generate=dict(batch=1, prompt=32, new=128),
+    ),
 }
 
 
@@ -124,6 +129,9 @@ def make_hf_model(family: str):
             forced_eos_token_id=None,
         )
         return tf.BartForConditionalGeneration(cfg)
+    if family == "xlnet":
+        cfg = tf.XLNetConfig(vocab_size=8192, d_model=384, n_layer=6, n_head=6, d_inner=1536, dropout=0.0)
+        return tf.XLNetLMHeadModel(cfg)
     raise SystemExit(f"unknown family {family}")
 
 
@@ -190,6 +198,16 @@ def make_inputs(family: str, task: str) -> dict:
         t = setup["generate"]
         return {"prompt": torch.randint(4, vocab, (t["batch"], t["prompt"]), generator=g)}
     t = setup["train"]
+    if t.get("plm"):
+        # a permutation-LM batch from unimodel's plm objective: perm_mask, target_mapping and labels at the
+        # targets, the names and layout transformers' XLNetLMHeadModel takes
+        from unimodel_xlnet.objectives import PermutationLM, PLMConfig
+
+        ids = torch.randint(10, vocab, (t["batch"], t["seq"]), generator=g)
+        plm = PermutationLM(PLMConfig(pad_token_id=0))
+        batch = plm.prepare([{"input_ids": row.tolist()} for row in ids], generator=g)
+        del batch["attention_mask"]  # nothing is padded
+        return {"batch": batch, "n_tokens": ids.numel()}
     if "predict" in t:
         # a masked-LM batch: a fraction of the positions masked and predicted, the rest -100
         ids = torch.randint(4, vocab, (t["batch"], t["seq"]), generator=g)
@@ -243,7 +261,7 @@ def make_runner(lib: str, model, family: str, task: str, inputs: dict):
     def generate() -> None:
         with torch.inference_mode():
             out = model.generate(prompt, **kwargs)
-        new = out.shape[1] - (t["prompt"] if family == "gpt2" else 1)
+        new = out.shape[1] - (t["prompt"] if family in ("gpt2", "xlnet") else 1)
         if new != t["new"]:
             raise SystemExit(f"{lib} generated {new} tokens, expected {t['new']}")
 

@@ -21,6 +21,7 @@ SWAPS = {
     "bert": ["mlm", "classify", "tag"],
     "t5": ["span_corruption", "text_infilling", "seq2seq"],
     "bart": ["span_corruption", "text_infilling", "seq2seq"],
+    "xlnet": ["plm", "mlm", "classify", "tag"],
 }
 
 
@@ -82,6 +83,8 @@ def test_same_backbone_each_objective_trains(family, objective):
         ("bert", "span_corruption"),
         ("t5", "mlm"),
         ("bart", "fim"),
+        ("xlnet", "clm"),
+        ("bert", "plm"),
     ],
 )
 def test_incompatible_pairs_fail_at_build_listing_the_ones_that_work(family, objective):
@@ -100,5 +103,5 @@ def test_docs_table_matches_the_registry():
         if m and m.group(1) in {c.name for c in REG.components("model") if c.base is None}:
             rows[m.group(1)] = set(re.findall(r"`([\w-]+)`", m.group(2)))
     for comp in REG.components("model"):
-        if comp.base is None and comp.plugin in ("core", "gpt", "bert", "t5", "bart"):
+        if comp.base is None and comp.plugin in ("core", "gpt", "bert", "t5", "bart", "xlnet"):
             assert rows.get(comp.name) == set(REG.compatible_objectives(comp.provides)), comp.name

@@ -472,7 +472,8 @@ def check_generation_memory(model: Any, input_ids: torch.Tensor, settings: Any) 
     """
     import torch
 
-    decoder = model.decoder
+    # the generating part: the decoder, or the encoder of an encoder-only model with a strategy of its own
+    decoder = model.decoder if model.decoder is not None else model.encoder
     batch, source = int(input_ids.shape[0]), int(input_ids.shape[1])
     expand = max(int(getattr(settings, "num_beams", 1) or 1), int(getattr(settings, "num_return_sequences", 1) or 1))
     rows, length = batch * expand, int(settings.max_length)
@@ -486,7 +487,7 @@ def check_generation_memory(model: Any, input_ids: torch.Tensor, settings: Any) 
     nbytes = per_position * length
     nbytes += rows * decoder.vocab_size * 4 * 3  # fp32 logits, their log-softmax and the processed scores
     nbytes += rows * length * 8 * 2  # sequences and their reordered copy (int64)
-    if model.encoder is not None:
+    if model.is_encoder_decoder:
         nbytes += per_position * source + rows * source * model.encoder.d_model * itemsize
     beams = f" x {expand} beams or samples" if expand > 1 else ""
     check_memory(

@@ -81,6 +81,8 @@ class ObjectiveOutput:
     n_predictions: int  # positions that contributed to the loss
     logits: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # what the model returned for the next step, such as extra["mems"], which a recurrent data kind carries
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,9 @@ class Backbone:
     """What a model family builds: an optional encoder, an optional decoder, its LM head.
 
     ``special_tokens`` maps roles (``bos``, ``eos``, ``pad``,
-    ``decoder_start``) to ids, the defaults for generation.
+    ``decoder_start``) to ids, the defaults for generation. ``decoding`` names the
+    ``decoding`` component ``generate`` runs when the caller names none and asks for
+    no beams (``None``: ``greedy``, or ``sample`` with ``do_sample``).
     """
 
     encoder: Encoder | None
@@ -220,6 +224,7 @@ class Backbone:
     lm_head: nn.Module | None
     provides: frozenset[str]
     special_tokens: Mapping[str, int | None] = field(default_factory=dict)
+    decoding: str | None = None
 
 
 class ModelFamily(ABC, Generic[ConfigT]):
@@ -250,7 +255,9 @@ class Objective(ABC, Generic[ConfigT]):
     trainer feeds ``prepare`` (:class:`unimodel.data.kinds.DataKind`): the core's
     ``"text"``, examples ``{"input_ids": block}`` cut from packed text, or
     ``"pairs"``, examples ``{"source": ids, "target": ids}`` (JSONL/TSV pair
-    files, pair corpora), or a plugin's own kind.
+    files, pair corpora), or a plugin's own kind. ``passes_mems``: ``forward``
+    passes a batch's ``mems`` to the model, so the text kind's recurrent mode
+    (``[data] recurrent_memory``, :mod:`unimodel.data.recurrent`) can train with it.
     """
 
     config_class: type[ConfigT]
@@ -259,6 +266,7 @@ class Objective(ABC, Generic[ConfigT]):
     primary_head: ClassVar[str | None] = "lm"
     uses_lm_head: ClassVar[bool] = True
     data_kind: ClassVar[str] = "text"
+    passes_mems: ClassVar[bool] = False
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

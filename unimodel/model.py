@@ -28,7 +28,7 @@ from unimodel.interfaces import (
 )
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
-from unimodel.registry import Component, Registry, get_registry
+from unimodel.registry import Component, Registry, get_registry, variants_providing
 from unimodel.routing import accepted_inputs, call_part
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class Model(nn.Module):
         self.decoder = backbone.decoder
         self.provides = backbone.provides
         self.special_tokens = dict(backbone.special_tokens)
+        self.decoding = backbone.decoding  # the decoding strategy generate runs by default (None: greedy/sample)
         # generate's defaults: the special tokens, until a checkpoint's "generation" section says more
         self.generation_config = GenerationConfig.from_special_tokens(self.special_tokens)
         self.objective = objective
@@ -237,6 +238,12 @@ class Model(nn.Module):
                     "memory": memory,
                     "memory_mask": memory_mask,
                     "cache": cache,
+                    # a decoder-only model's token types are its decoder's (a causal XLNet has them)
+                    **(
+                        {"token_type_ids": token_type_ids}
+                        if token_type_ids is not None and self.encoder is None
+                        else {}
+                    ),
                     **dec_extra,
                 },
                 model=self.name,
@@ -526,9 +533,17 @@ def _build_objective(
         missing = set(comp.requires) - set(provides)
         if missing:
             fits = reg.compatible_objectives(provides)
+            runners = reg.compatible_models(comp.requires)
+            settings = (
+                variants_providing(reg.resolve_model(model_name)[0], comp.requires)
+                if model_name and reg.has("model", model_name)
+                else []
+            )
+            hint = f" Model {model_name!r} provides them when built with {' or '.join(settings)}." if settings else ""
             raise IncompatibleObjectiveError(
-                f"objective {name!r} needs {', '.join(sorted(missing))}, which model {model_name!r} does not provide. "
-                f"Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}."
+                f"objective {name!r} needs {', '.join(sorted(missing))}, which model {model_name!r} does not provide."
+                f"{hint} Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}. "
+                f"Models that can run {name!r}: {', '.join(runners) or '(none registered)'}."
             )
     cls: type[Objective] = comp.load()
     return cls(cls.config_class.from_dict(values, section=f"objective {name!r}")), comp

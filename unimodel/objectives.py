@@ -104,7 +104,10 @@ def token_objective_step(
         accuracy = float(out.n_correct) / n if n else 0.0
     else:  # a head without the fused loss: the model returned logits
         accuracy = token_accuracy(out.logits, targets, shift=shift)
-    return ObjectiveOutput(loss=out.loss, n_predictions=n, logits=out.logits, metrics={"accuracy": accuracy})
+    state = {"mems": out.extra["mems"]} if "mems" in out.extra else {}
+    return ObjectiveOutput(
+        loss=out.loss, n_predictions=n, logits=out.logits, metrics={"accuracy": accuracy}, state=state
+    )
 
 
 class TokenLossObjective(Objective[ConfigT]):

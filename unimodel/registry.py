@@ -546,6 +546,20 @@ class Registry:
         have = set(provides)
         return sorted(self.display_name(c) for c in self.components("objective") if set(c.requires) <= have)
 
+    def compatible_models(self, requires: Iterable[str]) -> list[str]:
+        """Model families (not presets) whose capabilities include ``requires``: by their registered ``provides``,
+        or, as ``"name (setting)"``, under a config setting their ``extra["variants"]`` declares."""
+        need = set(requires)
+        out = []
+        for c in self.components("model"):
+            if c.base is not None:
+                continue
+            if need <= set(c.provides):
+                out.append(self.display_name(c))
+            else:
+                out += [f"{self.display_name(c)} ({setting})" for setting in variants_providing(c, need)]
+        return out
+
 
 def _claim(comps: list[Component], plugin: str) -> list[Component]:
     """``comps`` stamped with their plugin; a default objective the plugin registers itself is stored
@@ -589,6 +603,14 @@ def presets(family: Component, table: Mapping[str, tuple[str, Mapping[str, Any]]
         )
         for name, (summary, values) in table.items()
     ]
+
+
+def variants_providing(comp: Component, requires: Iterable[str]) -> list[str]:
+    """The config settings under which model ``comp`` provides ``requires`` (its ``extra["variants"]``:
+    ``{"attn_type = 'uni'": (capabilities...)}``)."""
+    need = set(requires)
+    variants = comp.extra.get("variants", {})
+    return [setting for setting, caps in variants.items() if need <= set(caps)]
 
 
 def _article(word: str) -> str:

@@ -103,6 +103,11 @@ class DataConfig(Config):
         doc='options of a plugin\'s data kind, e.g. { image_tokenizer = "runs/vq/checkpoint" } for codes',
         default_factory=dict,
     )
+    recurrent_memory: int = param(
+        0,
+        "text: > 0 trains recurrently (a model with mems): each batch row reads consecutive blocks in consecutive "
+        "steps and gets the memory its previous block left, at most this many positions; 0: off",
+    )
 
     def check(self) -> None:
         for name in ("paths", "validation_paths"):
@@ -120,6 +125,8 @@ class DataConfig(Config):
             self.fail("vocab_size", "must be positive")
         if self.min_frequency < 1:
             self.fail("min_frequency", "must be at least 1")
+        if self.recurrent_memory < 0:
+            self.fail("recurrent_memory", "must be 0 (off) or a number of positions")
         bad = [e for e in self.extensions or () if not e.startswith(".")]
         if bad:
             self.fail("extensions", f"write file endings with their dot, e.g. '.txt' (got {', '.join(bad)})")
@@ -174,7 +181,12 @@ class PackedData(DataKind):
 
     @classmethod
     def encode(cls, config: DataConfig, tokenizer: Tokenizer | None, raw: RawData) -> PackedData:
-        return encode_and_pack(config, _require(tokenizer, cls.unit), raw.train, raw.validation)
+        data = encode_and_pack(config, _require(tokenizer, cls.unit), raw.train, raw.validation)
+        if config.recurrent_memory > 0:
+            from unimodel.data.recurrent import RecurrentText
+
+            return RecurrentText.from_packed(data, config.recurrent_memory)
+        return data
 
     @classmethod
     def evaluation_examples(

@@ -193,6 +193,11 @@ class DataKind(ABC):
         ``model`` (longer than its position table ...). Default: every example fits."""
         return None
 
+    def plan_batches(self, batch_size: int) -> None:
+        """Told the global batch size before training, for a kind whose :meth:`epoch_order` depends on it
+        (one lane of consecutive examples per batch row). Default: nothing to plan."""
+        return None
+
     def epoch_order(self, epoch: int, *, seed: int) -> list[int]:
         """Training example indices in the order epoch ``epoch`` uses them, a pure function of its arguments.
 

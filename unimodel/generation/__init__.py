@@ -17,8 +17,10 @@ it adds a model::
               extra={"options": ("iterations",)})
 
 ``generate`` runs the component named by ``strategy=`` (else ``beam`` when
-``num_beams > 1``, ``sample`` when ``do_sample``, else ``greedy``) after checking
-that the model provides every capability in the component's ``requires``.
+``num_beams > 1``, else the model's own strategy when its family declares one
+(``Backbone.decoding``), else ``sample`` when ``do_sample`` and ``greedy``
+otherwise) after checking that the model provides every capability in the
+component's ``requires``.
 The options are a :class:`GenerationConfig` (the model's stored defaults,
 ``model.generation_config``, with the call's overrides), validated when made.
 Option names a strategy lists in ``extra["options"]`` are accepted by
@@ -140,15 +142,24 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     """
     reg = registry or get_registry()
     config = call_config(default_config(model), options)
-    # a strategy chosen from num_beams/do_sample is the core's, whatever other plugins call theirs
-    component = reg.get("decoding", config.strategy_name, prefer=None if options.get("strategy") else "core")
+    if config.strategy is None and config.num_beams == 1 and model.decoding is not None:
+        config = config.replace(strategy=model.decoding)  # the family's own way to generate (it reads do_sample)
+    # a strategy chosen from num_beams/do_sample is the core's, the family's default its plugin's,
+    # whatever other plugins call theirs
+    if options.get("strategy"):
+        prefer = None
+    elif config.strategy is not None and config.strategy == model.decoding:
+        prefer = (model.provenance.get("model", {}).get("component") or "").partition(":")[0] or None
+    else:
+        prefer = "core"
+    component = reg.get("decoding", config.strategy_name, prefer=prefer)
     declared = declared_options(component)
     check_option_names(options, OPTIONS + declared)
     _check_can_generate(model, config.strategy_name, component.requires, reg)
 
     ids, mask = _check_inputs(model, input_ids, options.get("attention_mask"))
     # The decoder prompt is the prompt itself, or the decoder start token of an encoder-decoder model.
-    if model.encoder is not None:
+    if model.is_encoder_decoder:
         has_start = config.decoder_start_token_id is not None or config.bos_token_id is not None
         prompt_length = 1 if has_start else 0
     else:
@@ -165,7 +176,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     from unimodel.bounds import check_generation_memory
 
     check_generation_memory(model, ids, settings)  # before any cache or beam buffer is allocated
-    if model.encoder is None:
+    if not model.is_encoder_decoder:
         inputs = GenerationInputs(ids, mask, ids)
     else:
         start = settings.decoder_start_token_id
@@ -179,8 +190,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         model.eval()
     try:
         lm_head = model.heads["lm"] if "lm" in model.heads else None  # noqa: SIM401 - nn.ModuleDict has no get()
-        with torch.inference_mode(), decoding_layout(model.decoder, lm_head):
-            if inputs.encoder_output is None and model.encoder is not None:
+        main = model.decoder if model.decoder is not None else model.encoder
+        with torch.inference_mode(), decoding_layout(main, lm_head):
+            if inputs.encoder_output is None and model.is_encoder_decoder:
                 inputs.encoder_output = model.encode(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:
                 out = inputs.decoder_input_ids.repeat_interleave(settings.num_return_sequences, dim=0)
@@ -195,14 +207,14 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
 
 
 def _check_can_generate(model: Model, strategy: str, requires: Collection[str], registry: Registry) -> None:
-    if model.decoder is None:
-        raise InputError(
-            f"model {model.name!r} has no decoder (it is an encoder only), so it cannot generate; "
-            "use a decoder-only or encoder-decoder model"
-        )
     missing = [cap for cap in requires if cap not in model.provides]
     if missing:
         fits = [c.name for c in registry.components("decoding") if set(c.requires) <= set(model.provides)]
+        if model.decoder is None and not fits:
+            raise InputError(
+                f"model {model.name!r} has no decoder (it is an encoder only) and no decoding strategy fits it, "
+                "so it cannot generate; use a decoder-only or encoder-decoder model"
+            )
         raise InputError(
             f"decoding strategy {strategy!r} needs capabilit{'y' if len(missing) == 1 else 'ies'} "
             f"{', '.join(repr(m) for m in missing)}, which model {model.name!r} does not provide "
@@ -230,7 +242,7 @@ def _check_inputs(model: Model, input_ids: Any, attention_mask: Any) -> tuple[Te
         raise InputError("attention_mask has a row with no real token; every row needs at least one")
     if bool(mask.all()):
         return ids, None  # nothing padded: the decoder's unmasked fast path applies
-    if model.encoder is None and bool((mask[:, 1:] < mask[:, :-1]).any()):
+    if not model.is_encoder_decoder and bool((mask[:, 1:] < mask[:, :-1]).any()):
         raise InputError(
             "attention_mask has padding after real tokens; decoder-only generation continues from the end "
             "of each row, so pad on the left (tokenizer padding_side='left')"

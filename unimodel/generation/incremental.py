@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -84,6 +84,22 @@ def recompute_prefix() -> Iterator[None]:
         yield
     finally:
         _RECOMPUTE.reset(token)
+
+
+class Stepper(Protocol):
+    """What a left-to-right strategy drives (:func:`~unimodel.generation.strategies.left_to_right`):
+    rows ``prompt`` (N, P) with ``prompt_mask`` (N, P) or ``None``, and next-token logits (N, V) fp32
+    from :meth:`prefill` (after the prompt) and :meth:`step` (after one more token per row)."""
+
+    prompt: Tensor
+    prompt_mask: Tensor | None
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def prefill(self) -> Tensor: ...
+
+    def step(self, tokens: Tensor) -> Tensor: ...
 
 
 class IncrementalDecoder:
@@ -154,6 +170,10 @@ class IncrementalDecoder:
             self._mask = torch.ones(n, max(capacity, p), dtype=mask.dtype, device=mask.device)
             self._mask[:, :p] = mask
             self._next_pos = mask.sum(dim=1, keepdim=True)  # (N, 1): real tokens so far
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
 
     @property
     def length(self) -> int:

@@ -164,9 +164,8 @@ def _one(value: int | None, name: str, vocab: int) -> int | None:
 
 def _lengths(model: Model, config: GenerationConfig, prompt_length: int) -> tuple[int, int]:
     """``(max_length, min_length)`` as decoder lengths, checked against the prompt and the position table."""
-    assert model.decoder is not None
     max_new, max_length = config.max_new_tokens, config.max_length
-    max_pos = model.decoder.max_positions
+    max_pos = generating_part(model).max_positions
     if max_new is not None:  # max_new_tokens wins over max_length, as in HF
         max_length = prompt_length + max_new
     elif max_length is not None:
@@ -197,6 +196,14 @@ def _lengths(model: Model, config: GenerationConfig, prompt_length: int) -> tupl
     return max_length, min_length
 
 
+def generating_part(model: Model) -> Any:
+    """The part whose tokens generation extends: the decoder, or the encoder of an encoder-only model
+    that a decoding strategy of its family generates with."""
+    part = model.decoder if model.decoder is not None else model.encoder
+    assert part is not None
+    return part
+
+
 def _generator(model: Model, seed: Any, generator: Any) -> torch.Generator | None:
     if seed is not None and generator is not None:
         raise InputError("generate: pass either seed or generator, not both")
@@ -224,14 +231,13 @@ def resolve_settings(
     ``prompt_length`` is the decoder prompt length (the prompt of a decoder-only
     model; for an encoder-decoder model 1, the start token, or 0 without one).
     """
-    assert model.decoder is not None
-    vocab = model.decoder.vocab_size
+    vocab = generating_part(model).vocab_size
     eos = _inside_vocabulary(config.eos_token_ids, "eos_token_id", vocab)
     pad = _one(config.pad_token_id, "pad_token_id", vocab)
     if pad is None:
         pad = eos[0] if eos else 0  # only ever written after an EOS, so without one it never shows
     start = None
-    if model.encoder is not None:
+    if model.is_encoder_decoder:
         start = _one(config.decoder_start_token_id, "decoder_start_token_id", vocab)
         if start is None:  # HF falls back to bos
             start = _one(config.bos_token_id, "bos_token_id", vocab)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import InputError
-from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
+from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder, Stepper
 from unimodel.generation.processors import ScoreProcessors, warp
 from unimodel.generation.settings import GenerationSettings
 
@@ -33,7 +33,8 @@ _NEG = -1.0e9
 
 def greedy(model: Model, inputs: GenerationInputs, settings: GenerationSettings) -> Tensor:
     """Argmax of the processed logits at every step. Returns (B, P + steps)."""
-    return _left_to_right(model, inputs, settings, sample=False)
+    run = IncrementalDecoder(model, inputs, capacity=settings.max_length)
+    return left_to_right(run, settings, sample=False)
 
 
 def sample(model: Model, inputs: GenerationInputs, settings: GenerationSettings) -> Tensor:
@@ -41,18 +42,23 @@ def sample(model: Model, inputs: GenerationInputs, settings: GenerationSettings)
 
     Returns (B * num_return_sequences, P + steps); an input's samples are consecutive rows.
     """
-    return _left_to_right(model, inputs, settings, sample=True)
+    run = IncrementalDecoder(model, inputs, capacity=settings.max_length, expand=settings.num_return_sequences)
+    return left_to_right(run, settings, sample=True)
 
 
-def _left_to_right(model: Model, inputs: GenerationInputs, settings: GenerationSettings, *, sample: bool) -> Tensor:
-    expand = settings.num_return_sequences if sample else 1
-    run = IncrementalDecoder(model, inputs, capacity=settings.max_length, expand=expand)
+def left_to_right(run: Stepper, settings: GenerationSettings, *, sample: bool) -> Tensor:
+    """Greedy or sampled decoding driven by ``run`` (one row per output sequence): HF's processors,
+    warpers, EOS handling and streaming around the model's own prefill and steps.
+
+    Returns (N, P + steps), rows that ended early filled with the pad id. A plugin strategy
+    that computes next-token logits its own way passes its own :class:`Stepper`.
+    """
     prompt = run.prompt  # (N, P)
     n, p = prompt.shape
     max_length = settings.max_length
     out = prompt.new_full((n, max_length), settings.pad_token_id)
     out[:, :p] = prompt
-    processors = ScoreProcessors(settings, prompt, run.prompt_mask, run.decoder.vocab_size)
+    processors = ScoreProcessors(settings, prompt, run.prompt_mask, run.vocab_size)
     process = processors.active
     warped = sample and settings.uses_warpers
     generator, streamer = settings.generator, settings.streamer
@@ -118,7 +124,7 @@ def beam_search(model: Model, inputs: GenerationInputs, settings: GenerationSett
     prompt = inputs.decoder_input_ids  # (B, P)
     batch, p = prompt.shape
     max_length = settings.max_length
-    vocab = run.decoder.vocab_size
+    vocab = run.vocab_size
     device = prompt.device
     eos = settings.eos_token_ids
     eos_ids = torch.tensor(eos, device=device) if eos else None

@@ -217,6 +217,7 @@ class Trainer:
         data = kind.encode(self.run.data, tokenizer, raw)
         model = self.build_model(tokenizer)
         data.check_fits(model, tokenizer)
+        data.plan_batches(tc.batch_size)
         self.log(
             f"model {model.preset or model.name!r} + objective {model.objective_name!r}: "
             f"{model.num_parameters():,} parameters, vocabulary {model.vocab_size}; data: {data.describe()}; "
