@@ -172,12 +172,13 @@ def _print_fields(title: str, config_class: Any, values: dict[str, Any]) -> None
         _out("  (* set by the preset)")
 
 
-def _models_with(reg: Registry, requires: Sequence[str]) -> list[str]:
-    need = set(requires)
+def _models_with(reg: Registry, objective: str) -> list[str]:
+    from unimodel.model import compatible_objectives
+
     out = []
     for comp in reg.components("model"):
         try:
-            if need <= reg.provides(comp.name):
+            if objective in compatible_objectives(comp.name, registry=reg):
                 out.append(comp.name)
         except UnimodelError:  # a preset whose base is missing is reported by doctor
             continue
@@ -201,6 +202,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         _out(f"  (also a {', '.join(also)}: `unimodel info {args.name} --kind {also[0]}`)")
     _out()
     if kind == "model":
+        from unimodel.model import compatible_objectives
+
         family, preset_values = reg.resolve_model(comp.name)
         if comp.base is not None:
             chain = [comp.name]
@@ -211,7 +214,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             _out(f"preset chain: {' -> '.join(chain)}")
         _out(f"capabilities: {', '.join(sorted(family.provides)) or '(none)'}")
         _out(f"default objective: {family.default_objective or '(none)'}")
-        _out(f"compatible objectives: {', '.join(reg.compatible_objectives(family.provides)) or '(none)'}")
+        compatible = compatible_objectives(comp.name, registry=reg)
+        _out(f"compatible objectives: {', '.join(compatible) or '(none)'}")
         _out()
         cls = family.load()
         _print_fields(f"config fields of {family.name!r}", cls.config_class, preset_values)
@@ -220,7 +224,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         _out(f"requires: {', '.join(sorted(comp.requires)) or '(nothing)'}")
         roles = getattr(cls, "special_tokens", ())
         _out(f"tokenizer roles needed: {', '.join(roles) or '(none)'}")
-        _out(f"works with models: {', '.join(_models_with(reg, comp.requires)) or '(none registered)'}")
+        _out(f"works with models: {', '.join(_models_with(reg, comp.name)) or '(none registered)'}")
         _out()
         _print_fields("config fields", cls.config_class, {})
     else:

@@ -47,6 +47,28 @@ class Cap:
     def all(cls) -> list[str]:
         return sorted(v for k, v in vars(cls).items() if k.isupper())
 
+    @classmethod
+    def explain(cls, names: Sequence[str]) -> str:
+        """``"encoder_decoder (an encoder and a decoder reading its memory), ..."`` for error messages."""
+        return ", ".join(f"{n} ({_CAP_MEANINGS[n]})" if n in _CAP_MEANINGS else n for n in names)
+
+
+_CAP_MEANINGS = {
+    Cap.ENCODER_ONLY: "an encoder with no decoder",
+    Cap.DECODER_ONLY: "a decoder with no encoder",
+    Cap.ENCODER_DECODER: "an encoder and a decoder reading its memory",
+    Cap.CAUSAL: "a left-to-right decoder",
+    Cap.NONCAUSAL_DECODER: "a decoder that sees its whole input",
+    Cap.LM_HEAD: "vocabulary logits",
+    Cap.KV_CACHE: "incremental decoding with a key/value cache",
+    Cap.TOKEN_TYPES: "segment embeddings",
+    Cap.POOLER: "a pooled sequence vector",
+    Cap.TWO_STREAM: "content and query streams",
+    Cap.MEMS: "recurrence memory",
+    Cap.CONTINUOUS_INPUT: "real-valued inputs",
+    Cap.CODEBOOK: "a vector-quantised bottleneck",
+}
+
 
 # ------------------------------------------------------------------ outputs
 @dataclass
@@ -218,10 +240,21 @@ class Objective(ABC):
     ``data_kind`` says what the trainer feeds ``prepare``: ``"text"``, examples
     ``{"input_ids": block}`` cut from packed text, or ``"pairs"``, examples
     ``{"source": ids, "target": ids}`` (JSONL/TSV pair files, pair corpora).
+
+    ``model_options`` are model config values the objective needs, e.g.
+    ``{"causal_decoder": False}``: :func:`~unimodel.build_model` sets each one
+    on a model whose config has that field (over the preset's value, under a
+    value the model spec sets itself), and checks ``requires`` against the
+    capabilities of the model so configured (``provides_for(config)``).
+    ``default_strategy`` names the decoding strategy ``generate`` runs for a
+    model trained with this objective when the call names none and neither
+    samples nor searches beams (``None``: greedy).
     """
 
     config_class: ClassVar[type[Config]]
     requires: ClassVar[frozenset[str]] = frozenset()
+    model_options: ClassVar[Mapping[str, Any]] = {}
+    default_strategy: ClassVar[str | None] = None
     special_tokens: ClassVar[tuple[str, ...]] = ()
     primary_head: ClassVar[str | None] = "lm"
     uses_lm_head: ClassVar[bool] = True

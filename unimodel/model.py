@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from unimodel.config import Config, read_config_file
-from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
+from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError, UnimodelError
 from unimodel.interfaces import Backbone, Cap, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
-from unimodel.registry import Registry, get_registry
+from unimodel.registry import Component, Registry, get_registry
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -307,8 +307,8 @@ class Model(nn.Module):
 
     # -------------------------------------------------------------- generate
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, **kwargs: Any) -> Tensor:
-        """Generate continuations; see :func:`unimodel.generation.generate` for the options."""
+    def generate(self, input_ids: Tensor, **kwargs: Any) -> Any:
+        """Generate continuations (a LongTensor); see :func:`unimodel.generation.generate` for the options."""
         from unimodel.generation import generate
 
         return generate(self, input_ids, **kwargs)
@@ -372,21 +372,44 @@ def build_model(
     """Build a model from a preset name, a dict, or a ``.toml``/``.json`` file.
 
     Keyword overrides set config fields (``d_model=256``) or the objective
-    (``objective="fim"`` or ``objective={"name": "fim", "rate": 0.5}``).
+    (``objective="fim"`` or ``objective={"name": "fim", "rate": 0.5}``). The
+    objective's :attr:`~unimodel.interfaces.Objective.model_options` are applied
+    to the model config where it has those fields (``cmlm`` builds the decoder
+    without its causal mask), unless the spec sets them itself.
     """
     reg = registry or get_registry()
     model_spec, objective_spec = split_spec(spec, overrides)
     name = model_spec.pop("name")
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
-    config = family.config_class.from_dict({**preset_values, **model_spec}, section=f"model {name!r}")
+    section = f"model {name!r}"
+    family.config_class.from_dict({**preset_values, **model_spec}, section=section)  # the user's own mistakes first
 
-    provides_for = getattr(family, "provides_for", None)
-    provides = provides_for(config) if provides_for is not None else frozenset(family_comp.provides)
     objective_spec = objective_spec or {"name": family_comp.default_objective}
-    if objective_spec.get("name") is None:
+    objective_name = objective_spec.get("name")
+    if objective_name is None:
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
-    objective = build_objective(objective_spec, registry=reg, provides=provides, model_name=name)
+    objective_comp = reg.get("objective", objective_name)
+    objective_cls: type[Objective] = objective_comp.load()
+    options = applicable_options(objective_cls, family.config_class)
+    try:
+        config = family.config_class.from_dict({**preset_values, **options, **model_spec}, section=section)
+        provides = model_provides(family, family_comp, config)
+    except ConfigError as exc:  # the model cannot take the objective's settings
+        fits = _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
+        raise IncompatibleObjectiveError(
+            f"objective {objective_name!r} builds the model with {_assignments(options)}, which model {name!r} "
+            f"cannot take: {exc}. Objectives that work with {name!r}: {', '.join(fits) or '(none)'}."
+        ) from exc
+    missing = set(objective_comp.requires) - provides
+    if missing:
+        fits = _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
+        raise IncompatibleObjectiveError(
+            f"objective {objective_name!r} needs {Cap.explain(sorted(missing))}, which model {name!r} does not "
+            f"provide{_options_note(objective_cls, family.config_class, model_spec)}. "
+            f"Objectives that work with {name!r}: {', '.join(fits) or '(none)'}."
+        )
+    objective = build_objective(objective_spec, registry=reg)
 
     backbone = family.build_backbone(config)
     missing = set(type(objective).requires) - set(backbone.provides)
@@ -410,6 +433,85 @@ def build_model(
         heads=heads,
         tokenizer=tokenizer,
     )
+
+
+def applicable_options(objective: type[Objective], config_class: type[Config]) -> dict[str, Any]:
+    """The objective's :attr:`~unimodel.interfaces.Objective.model_options` that ``config_class`` has fields for."""
+    fields = set(config_class.field_names())
+    return {k: v for k, v in objective.model_options.items() if k in fields}
+
+
+def model_provides(family: type[ModelFamily], family_comp: Component, config: Config) -> frozenset[str]:
+    """Capabilities of ``family`` built with ``config``: its ``provides_for(config)``, else the registry record's."""
+    provides_for = getattr(family, "provides_for", None)
+    return frozenset(provides_for(config) if provides_for is not None else family_comp.provides)
+
+
+def compatible_objectives(spec: Any, *, registry: Registry | None = None) -> list[str]:
+    """Names of the objectives model ``spec`` (a name or a dict, as for :func:`build_model`) builds with.
+
+    Unlike :meth:`Registry.compatible_objectives`, which compares registered
+    capabilities, this applies each objective's ``model_options`` to the model
+    config first: a T5 fits ``cmlm``, which builds its decoder non-causally.
+    Imports the family and the objectives (not a cheap metadata query). A spec
+    whose config cannot be built as given (a pairing without its parts) gets
+    the registry's answer.
+    """
+    reg = registry or get_registry()
+    model_spec, _ = split_spec(spec, {})
+    name = model_spec.pop("name")
+    family_comp, preset_values = reg.resolve_model(name)
+    family: type[ModelFamily] = family_comp.load()
+    try:
+        family.config_class.from_dict({**preset_values, **model_spec})
+    except ConfigError:  # a spec that needs more (a pairing without its parts): the registered capabilities
+        return reg.compatible_objectives(family_comp.provides)
+    return _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
+
+
+def _fitting_objectives(
+    reg: Registry,
+    family: type[ModelFamily],
+    family_comp: Component,
+    preset_values: Mapping[str, Any],
+    model_spec: Mapping[str, Any],
+) -> list[str]:
+    base: frozenset[str] | None = None
+    out = []
+    for comp in reg.components("objective"):
+        try:
+            options = applicable_options(comp.load(), family.config_class)
+            if options or base is None:
+                config = family.config_class.from_dict({**preset_values, **options, **model_spec})
+                provides = model_provides(family, family_comp, config)
+                if not options:
+                    base = provides
+            else:
+                provides = base
+        except UnimodelError:  # a model that cannot take the objective's options, or a broken plugin
+            continue
+        if set(comp.requires) <= provides:
+            out.append(comp.name)
+    return sorted(out)
+
+
+def _assignments(options: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+
+def _options_note(objective: type[Objective], config_class: type[Config], model_spec: Mapping[str, Any]) -> str:
+    """Why the objective's model options did not give the capabilities it needs, when that is why."""
+    wanted = objective.model_options
+    overridden = {k: model_spec[k] for k, v in wanted.items() if k in model_spec and model_spec[k] != v}
+    if overridden:
+        return (
+            f" as configured: the objective builds the model with {_assignments({k: wanted[k] for k in overridden})}"
+            f", but the model spec sets {_assignments(overridden)}; drop that setting"
+        )
+    absent = [k for k in wanted if k not in config_class.field_names()]
+    if absent:
+        return f" (its config has no {', '.join(absent)} option to build it as the objective needs)"
+    return ""
 
 
 def build_objective(
@@ -441,4 +543,4 @@ def build_objective(
     return cls(cls.config_class.from_dict(values, section=f"objective {name!r}"))
 
 
-__all__ = ["Cap", "Model", "build_model", "build_objective"]
+__all__ = ["Cap", "Model", "build_model", "build_objective", "compatible_objectives"]

@@ -33,6 +33,7 @@ from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm
 from unimodel.nn.positions import log_bucket
 
 PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
+NONCAUSAL_PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
 ENCODER_PROVIDES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
 DECODER_PROVIDES = frozenset({Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
 
@@ -83,6 +84,9 @@ class T5Config(Config):
     )
     init_factor: float = param(1.0, "multiplier of every initial weight's standard deviation (HF initializer_factor)")
     memory_dim: int | None = param(None, "width of the encoder memory the decoder attends to; d_model when null")
+    causal_decoder: bool = param(
+        True, "false: the decoder sees all its inputs, with bidirectional position buckets (cmlm), no KV cache"
+    )
     pad_token_id: int | None = param(0, "padding id")
     eos_token_id: int | None = param(1, "end-of-sequence id (generation stops there)")
     decoder_start_token_id: int | None = param(None, "first decoder input; pad_token_id when null")
@@ -312,6 +316,9 @@ class T5Decoder(_T5Stack, Decoder):
     P = ``cache.length``) is rebuilt from the bias table on every call: it is a
     function of positions only, so the cache needs nothing beyond its keys and
     values and the cross-attention keys/values it keeps in ``cache.cross``.
+
+    With ``causal_decoder = false`` every position sees every other one, with
+    the encoder's bidirectional position buckets, and there is no cache.
     """
 
     config_class = T5Config
@@ -323,12 +330,15 @@ class T5Decoder(_T5Stack, Decoder):
         super().__init__()
         c = self.config = config
         self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, None
+        self.is_causal = c.causal_decoder
+        if not c.causal_decoder:
+            self.provides = DECODER_PROVIDES - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
         self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
         self.relative_bias = RelativePositionBias(
             n_heads=c.n_heads,
             num_buckets=c.relative_attention_num_buckets,
             max_distance=c.relative_attention_max_distance,
-            bidirectional=False,
+            bidirectional=not c.causal_decoder,
         )
         self.blocks = _blocks(c, c.decoder_layers, cross=True)
         self.final_norm = RMSNorm(c.d_model, eps=c.layer_norm_eps)
@@ -352,12 +362,17 @@ class T5Decoder(_T5Stack, Decoder):
         """input_ids (B, T); attention_mask (B, P+T) over cached and new tokens; memory (B, S, D_mem);
         memory_mask (B, S). ``position_ids`` are ignored (relative positions only)."""
         _B, T = input_ids.shape
+        if cache is not None and not self.is_causal:
+            raise InputError("a non-causal T5 decoder sees its whole input at once; it cannot decode with a cache")
         past = cache.length if cache is not None else 0
         if memory is None and (cache is None or cache.cross[0] is None):
             raise InputError("the T5 decoder cross-attends to an encoder memory: pass memory (the encoder output)")
         x = self.drop(self.embed_tokens(input_ids))  # (B, T, D)
         padded = attention_mask is not None and not bool(attention_mask.all())
-        if cache is not None and T == 1:
+        if not self.is_causal:
+            allowed = attention_mask[:, None, None, :].bool() if padded else None
+            mask = additive_mask(self.relative_bias(T, T).to(x.dtype), allowed)  # (1 or B, H, T, T)
+        elif cache is not None and T == 1:
             # One new token sees every earlier key: its bias is a slice of a per-distance table.
             allowed = attention_mask[:, None, None, :].bool() if padded else None
             mask = additive_mask(self._step_bias(cache, past, x.dtype), allowed)  # (1 or B, H, 1, P+1)
@@ -399,6 +414,10 @@ class T5(ModelFamily):
     config_class = T5Config
 
     @classmethod
+    def provides_for(cls, config: T5Config) -> frozenset[str]:
+        return PROVIDES if config.causal_decoder else NONCAUSAL_PROVIDES
+
+    @classmethod
     def build_backbone(cls, config: T5Config) -> Backbone:  # type: ignore[override]
         encoder = T5Encoder(config)
         decoder = T5Decoder(config)
@@ -407,7 +426,7 @@ class T5(ModelFamily):
             encoder=encoder,
             decoder=decoder,
             lm_head=decoder.build_lm_head(),
-            provides=PROVIDES,
+            provides=cls.provides_for(config),
             special_tokens={
                 "eos": config.eos_token_id,
                 "pad": config.pad_token_id,

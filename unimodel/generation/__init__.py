@@ -17,7 +17,8 @@ it adds a model::
               extra={"options": ("iterations",)})
 
 ``generate`` runs the component named by ``strategy=`` (else ``beam`` when
-``num_beams > 1``, ``sample`` when ``do_sample``, else ``greedy``) after checking
+``num_beams > 1``, ``sample`` when ``do_sample``, else the model's objective's
+``default_strategy``, normally ``greedy``) after checking
 that the model provides every capability in the component's ``requires``.
 Option names a strategy lists in ``extra["options"]`` are accepted by
 ``generate`` and reach it in ``settings.extra``. The strategy is called as::
@@ -37,11 +38,17 @@ Option names a strategy lists in ``extra["options"]`` are accepted by
   RNG for sampling, the streamer).
 
 The strategy returns the full decoder sequences, prompt included, an input's
-returned sequences on consecutive rows.
+returned sequences on consecutive rows; or, when an option asks for more (an
+iteration history, say), an object holding them that copies itself with
+``clone()``, which ``generate`` returns. A strategy that never multiplies a
+single row by the weights (parallel decoding) sets the attribute
+``uses_decoding_layout = False`` on itself, so ``generate`` skips making the
+one-row weight copies of :func:`~unimodel.nn.linear.decoding_layout`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -65,8 +72,9 @@ if TYPE_CHECKING:
 __all__ = ["OPTIONS", "GenerationInputs", "GenerationSettings", "IncrementalDecoder", "generate"]
 
 
-def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Tensor:
-    """Generate continuations of ``input_ids`` (B, S); returns a LongTensor (B * num_return_sequences, L).
+def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Any:
+    """Generate continuations of ``input_ids`` (B, S); returns a LongTensor (B * num_return_sequences, L)
+    (or a strategy's richer result, when one of its options asks for it).
 
     Options (Hugging Face names and meanings):
         attention_mask: (B, S) 1 for real tokens, 0 for padding. A decoder-only
@@ -102,7 +110,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         ComponentNotFoundError: an unknown strategy name.
     """
     reg = registry or get_registry()
-    strategy_name = choose_strategy(options)
+    strategy_name = choose_strategy(options, default=model.objective.default_strategy or "greedy")
     component = reg.get("decoding", strategy_name)
     declared = tuple(component.extra.get("options", ()))
     check_option_names(options, OPTIONS + declared)
@@ -133,7 +141,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         model.eval()
     try:
         lm_head = model.heads["lm"] if "lm" in model.heads else None  # noqa: SIM401 - nn.ModuleDict has no get()
-        with torch.inference_mode(), decoding_layout(model.decoder, lm_head):
+        layout = decoding_layout(model.decoder, lm_head) if getattr(strategy, "uses_decoding_layout", True) else None
+        with torch.inference_mode(), layout or contextlib.nullcontext():
             if inputs.encoder_output is None and model.encoder is not None:
                 inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:

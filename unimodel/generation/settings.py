@@ -164,8 +164,8 @@ def check_option_names(options: Mapping[str, Any], accepted: Sequence[str]) -> N
             )
 
 
-def choose_strategy(options: Mapping[str, Any]) -> str:
-    """The decoding component to run: the explicit ``strategy``, else HF's rule."""
+def choose_strategy(options: Mapping[str, Any], default: str = "greedy") -> str:
+    """The decoding component to run: the explicit ``strategy``, else HF's rule (``default`` in place of greedy)."""
     name = options.get("strategy")
     if name is not None:
         if not isinstance(name, str):
@@ -174,7 +174,7 @@ def choose_strategy(options: Mapping[str, Any]) -> str:
     beams = options.get("num_beams")
     if isinstance(beams, int) and beams > 1:
         return "beam"
-    return "sample" if options.get("do_sample") else "greedy"
+    return "sample" if options.get("do_sample") else default
 
 
 def resolve_settings(

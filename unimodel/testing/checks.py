@@ -32,7 +32,7 @@ from unimodel.config import Config, read_config_file, to_toml
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError, UnimodelError
 from unimodel.interfaces import Cap, Decoder, Encoder, ModelFamily, Objective
 from unimodel.registry import Component, Registry, get_registry, set_registry
-from unimodel.testing.cases import Selection
+from unimodel.testing.cases import Selection, compatible_objectives
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -363,7 +363,7 @@ def check_roundtrip(name: str, *, registry: Registry | None = None) -> None:
 
     with kit_context(registry) as reg, torch.no_grad():
         family, _ = family_and_tiny(name, reg)
-        objectives = reg.compatible_objectives(family.provides)
+        objectives = compatible_objectives(family, reg)
         tok, _n_plain = synthetic_tokenizer(_vocab_of(name, reg), objective_roles(objectives, reg))
         for objective in objectives:
             what = f"model {name!r} with objective {objective!r}"
@@ -473,7 +473,7 @@ def check_config(name: str, *, registry: Registry | None = None) -> None:
         cls: type[ModelFamily] = family.load()
         config = cls.config_class.from_dict(tiny)
         roundtrip_config(config, f"model {name!r}")
-        for objective in reg.compatible_objectives(family.provides):
+        for objective in compatible_objectives(family, reg):
             obj_cls: type[Objective] = reg.load("objective", objective)
             roundtrip_config(obj_cls.config_class.from_dict({}), f"objective {objective!r}")
         model = build_tiny(name, registry=reg)
@@ -552,7 +552,7 @@ def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
                 for attr in ("d_model", "vocab_size", "max_positions"):
                     if not hasattr(part, attr):
                         raise _fail(what, f"{type(part).__name__} has no attribute {attr!r} (see unimodel.interfaces)")
-        compatible = reg.compatible_objectives(family.provides)
+        compatible = compatible_objectives(family, reg)
         if family.default_objective is not None and family.default_objective not in compatible:
             raise _fail(
                 what,
@@ -896,7 +896,7 @@ def check_model(name: str, *, registry: Registry | None = None, raise_on_failure
         report.run("declaration", case, lambda: check_declaration("model", name))
         for check, fn in MODEL_CHECKS.items():
             report.run(check, case, lambda fn=fn: fn(name))
-        for objective in reg.compatible_objectives(family.provides):
+        for objective in compatible_objectives(family, reg):
             report.run("gradients", f"{case}/objective:{objective}", lambda o=objective: check_gradients(name, o))
     return report.raise_for_failures() if raise_on_failure else report
 
