@@ -398,3 +398,17 @@ def test_mask_predict_refuses_a_causal_model_and_needs_the_mask_id():
         no_tokenizer.generate(torch.tensor([[4, 5]]))
     with_id = tiny("bart", {"name": "cmlm", "mask_token_id": MASK}, tokenizer=None).eval()
     assert with_id.generate(torch.tensor([[4, 5]]), length=3).shape == (1, 5)
+
+
+def test_a_cmlm_checkpoint_generates_and_evaluates_from_the_cli(tmp_path, capsys):
+    from unimodel import cli
+
+    model = tiny("bart", {"name": "cmlm", "max_target_length": 16})
+    model.save(tmp_path / "ckpt")
+    assert cli.main(["generate", str(tmp_path / "ckpt"), "--prompt", "t1 t2 t3", "--max-new-tokens", "8"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert 1 <= len(printed) <= 7 and all(w.startswith("t") for w in printed)  # words of the vocabulary, no specials
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("t1 t2 t3\tt4 t5\nt6 t7\tt8 t9 t10\n")
+    assert cli.main(["eval", str(tmp_path / "ckpt"), "--data", str(tsv)]) == 0
+    assert "exact match" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from unimodel.registry import Component
 _REQUIRES = ("encoder_decoder", "noncausal_decoder", "lm_head")
 
 # generate() options mask_predict reads (besides the standard ones it honours: attention_mask,
-# length_penalty, num_return_sequences, eos/pad/decoder_start token ids). max_new_tokens and
+# length_penalty, num_return_sequences, eos/pad/decoder_start token ids, streamer). max_new_tokens and
 # max_length are listed so that the strategy sees whether the caller set them: the predicted
 # length is capped by them only then, not by generate's default of 20 new tokens.
 MASK_PREDICT_OPTIONS = (

@@ -23,7 +23,9 @@ tokens), ``schedule`` (``"linear"``, mask-predict's, or ``"cosine"``),
 ``early_stop`` (default true), and the standard ``length_penalty``,
 ``num_return_sequences`` (at most ``length_beam``: the best candidates, best
 first), ``max_new_tokens`` / ``max_length`` (cap the length, EOS included, only
-when given), ``eos_token_id``, ``pad_token_id``, ``decoder_start_token_id``.
+when given), ``eos_token_id``, ``pad_token_id``, ``decoder_start_token_id``, and
+``streamer``, which receives the result a position at a time once decoding ends
+(no token is final before the last pass).
 
 The output has ``generate``'s layout for encoder-decoders: the decoder start
 token, the tokens, EOS, then padding.
@@ -132,7 +134,6 @@ def parse_options(settings: GenerationSettings, batch: int, device: torch.device
     unsupported = {
         "do_sample": settings.do_sample,
         "num_beams > 1 (use length_beam)": settings.num_beams > 1,
-        "streamer": settings.streamer is not None,
         "repetition_penalty": settings.repetition_penalty != 1.0,
         "no_repeat_ngram_size": settings.no_repeat_ngram_size > 0,
         "min_new_tokens / min_length": settings.min_length > settings.prompt_length,
@@ -329,6 +330,9 @@ def _select(
     eos = settings.eos_token_ids[0] if settings.eos_token_ids else None
     pad = settings.pad_token_id
     sequences = _layout(prefix, result.tokens[rows], chosen_lengths, width, eos=eos, pad=pad)
+    if settings.streamer is not None:  # nothing is final before the last pass: the result, a position at a time
+        for column in sequences[:, prefix.shape[1] :].unbind(dim=1):
+            settings.streamer(column)
     if not options.return_history:
         return sequences
     p = prefix.shape[1]

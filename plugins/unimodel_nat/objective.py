@@ -57,8 +57,8 @@ def mask_targets(target_mask: Tensor, generator: torch.Generator | None = None) 
     """Which target positions to mask: (B, T) bool from ``target_mask`` (B, T) bool (True = a real token).
 
     Each row masks ``n`` of its ``L`` real tokens, ``n`` uniform in ``[1, L]``, the
-    positions drawn uniformly without replacement; padding is never masked.
-    Every row needs at least one real token.
+    positions drawn uniformly without replacement; padding is never masked (a row
+    without real tokens masks nothing).
     """
     B, T = target_mask.shape
     lengths = target_mask.sum(dim=1)  # (B,)
@@ -66,7 +66,7 @@ def mask_targets(target_mask: Tensor, generator: torch.Generator | None = None) 
     # Random scores, padding after every real token: the n lowest-ranked positions are n random real ones.
     scores = torch.rand(B, T, generator=generator).masked_fill(~target_mask, 2.0)
     ranks = scores.argsort(dim=1).argsort(dim=1)
-    return ranks < counts[:, None]
+    return (ranks < counts[:, None]) & target_mask
 
 
 def masked_mean(hidden: Tensor, mask: Tensor | None) -> Tensor:
@@ -135,7 +135,8 @@ def length_head_of(model: Any) -> LengthHead | None:
 class CMLM(TokenLossObjective):
     """Conditional masked LM on source -> target pairs, with target-length prediction.
 
-    ``prepare`` takes examples ``{"source": ids, "target": ids}``. Sources are
+    ``prepare`` takes examples ``{"source": ids, "target": ids}`` (an empty target,
+    as when framing a source to decode, gives nothing to predict). Sources are
     framed like ``seq2seq``'s (eos, optional bos); targets are not framed (the
     length head, not an eos, ends them). It returns the encoder inputs, the
     masked target as ``decoder_input_ids`` with its ``decoder_attention_mask``,
@@ -204,8 +205,6 @@ class CMLM(TokenLossObjective):
                         "source/target pairs (a pair corpus such as numbers, JSONL with source and target fields, "
                         "or TSV)"
                     )
-            if not ex["target"]:
-                raise DataError(f"cmlm example {i} has an empty target; every pair needs at least one target token")
         c = self.config
         mask_id = self.mask_id(tokenizer)
         pad = tokenizer.pad_id if tokenizer is not None else 0
