@@ -30,7 +30,7 @@ from unimodel.config import Config, param
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
 from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm
-from unimodel.nn.positions import log_bucket
+from unimodel.nn.positions import log_bucket, sinusoids
 
 PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
 NONCAUSAL_PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
@@ -318,7 +318,10 @@ class T5Decoder(_T5Stack, Decoder):
     values and the cross-attention keys/values it keeps in ``cache.cross``.
 
     With ``causal_decoder = false`` every position sees every other one, with
-    the encoder's bidirectional position buckets, and there is no cache.
+    the encoder's bidirectional position buckets, and there is no cache. Such a
+    decoder also adds sinusoidal absolute positions to its input: with relative
+    positions alone, identical inputs (an all-masked target, mask-predict's first
+    pass) would give every position the same state.
     """
 
     config_class = T5Config
@@ -367,7 +370,10 @@ class T5Decoder(_T5Stack, Decoder):
         past = cache.length if cache is not None else 0
         if memory is None and (cache is None or cache.cross[0] is None):
             raise InputError("the T5 decoder cross-attends to an encoder memory: pass memory (the encoder output)")
-        x = self.drop(self.embed_tokens(input_ids))  # (B, T, D)
+        x = self.embed_tokens(input_ids)  # (B, T, D)
+        if not self.is_causal:
+            x = x + sinusoids(torch.arange(T, device=x.device), self.d_model).to(x.dtype)
+        x = self.drop(x)
         padded = attention_mask is not None and not bool(attention_mask.all())
         if not self.is_causal:
             allowed = attention_mask[:, None, None, :].bool() if padded else None
