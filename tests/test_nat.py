@@ -233,9 +233,9 @@ def test_length_head_pools_over_real_positions_only():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     garbage = hidden.clone()
     garbage[0, 3:] = 1e3  # what padding positions hold must not matter
-    torch.testing.assert_close(head(hidden, mask), head(garbage, mask))
-    torch.testing.assert_close(head(hidden, mask)[0], head(hidden[:1, :3])[0])
-    torch.testing.assert_close(masked_mean(hidden, mask)[0], hidden[0, :3].mean(0))
+    assert torch.allclose(head(hidden, mask), head(garbage, mask))
+    assert torch.allclose(head(hidden, mask)[0], head(hidden[:1, :3])[0], atol=1e-6)
+    assert torch.allclose(masked_mean(hidden, mask)[0], hidden[0, :3].mean(0), atol=1e-6)
 
 
 def test_loss_is_token_loss_plus_weighted_length_loss():
@@ -272,10 +272,10 @@ def numbers():
 def test_training_steps_on_numbers_pairs_reduce_the_loss(family, numbers):
     tok, examples = numbers
     model = tiny(family, tokenizer=tok, vocab_size=tok.vocab_size)
-    batch = model.objective.prepare(examples[:16], tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    batch = model.objective.prepare(examples[:8], tokenizer=tok, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
-    for _ in range(15):
+    for _ in range(8):
         out = model.objective(model, batch)
         opt.zero_grad()
         out.loss.backward()
