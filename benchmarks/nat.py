@@ -233,28 +233,21 @@ def write_pairs(path: Path, pairs: Sequence[tuple[str, str]]) -> None:
 
 
 def exact_match(model: Any, pairs: Sequence[tuple[str, str]], options: Mapping[str, Any], batch: int = 64) -> float:
-    """Share of ``pairs`` whose decoded output equals the target (whitespace normalised)."""
-    import torch
+    """Share of ``pairs`` whose decoded output equals the target as the model's tokenizer writes it back."""
+    from unimodel_nat.distill import decode_sources
 
     from unimodel.training import normalize_whitespace
 
     tok = model.tokenizer
-    eos = {model.special_tokens.get("eos"), tok.role_id("eos")} - {None}
     hits = 0
     for start in range(0, len(pairs), batch):
         part = pairs[start : start + batch]
-        examples = [{"source": tok.encode(s), "target": tok.encode(t)} for s, t in part]
-        inputs = model.objective.prepare(examples, tokenizer=tok, generator=torch.Generator().manual_seed(0))
-        cap = max(len(ex["target"]) for ex in examples) + 3
+        cap = max(len(ids) for ids in tok.encode_batch([t for _, t in part])) + 3
         if model.decoder.max_positions is not None:
             cap = min(cap, model.decoder.max_positions - 1)
-        out = model.generate(
-            inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=cap, **options
-        )
-        for row, ex in zip(out[:, 1:].tolist(), examples):
-            end = next((i for i, t in enumerate(row) if t in eos), len(row))
-            predicted = tok.decode(row[:end], skip_special_tokens=True)
-            hits += normalize_whitespace(predicted) == normalize_whitespace(tok.decode(ex["target"]))
+        outputs = decode_sources(model, part, max_new_tokens=cap, **options)
+        references = [tok.decode(tok.encode(t)) for _, t in part]
+        hits += sum(normalize_whitespace(o) == normalize_whitespace(r) for o, r in zip(outputs, references))
     return hits / len(pairs)
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -47,6 +47,9 @@ from unimodel.generation.incremental import GenerationInputs
 from unimodel.generation.refinement import SCHEDULES, Refinement, refine
 from unimodel.generation.settings import GenerationSettings
 from unimodel_nat.objective import length_head_of
+
+if TYPE_CHECKING:
+    from unimodel.model import Model
 
 DEFAULT_ITERATIONS = 10
 DEFAULT_LENGTH_BEAM = 3
@@ -171,7 +174,7 @@ def parse_options(settings: GenerationSettings, batch: int, device: torch.device
 
 
 # ------------------------------------------------------------------ pieces
-def mask_token_id(model: Any) -> int:
+def mask_token_id(model: Model) -> int:
     """The id decoding masks with: the objective's ``mask_token_id``, else the model tokenizer's mask role."""
     configured = getattr(model.objective.config, "mask_token_id", None)
     if configured is not None:
@@ -186,13 +189,13 @@ def mask_token_id(model: Any) -> int:
     return int(tokenizer.special_id("mask"))
 
 
-def _length_limit(model: Any, options: Options) -> int | None:
+def _length_limit(model: Model, options: Options) -> int | None:
     """The longest target the decoder and the caller allow (``None``: no limit)."""
     limits = [x for x in (model.decoder.max_positions, options.cap) if x is not None]
     return min(limits) if limits else None
 
 
-def candidate_lengths(model: Any, inputs: GenerationInputs, options: Options) -> Tensor:
+def candidate_lengths(model: Model, inputs: GenerationInputs, options: Options) -> Tensor:
     """(B, K) target lengths to decode: the forced ones, or the length head's K most likely."""
     limit = _length_limit(model, options)
     if options.length is not None:
@@ -224,7 +227,7 @@ def candidate_lengths(model: Any, inputs: GenerationInputs, options: Options) ->
     return lengths.gather(1, best).clamp(1, limit)
 
 
-def banned_logits(model: Any, settings: GenerationSettings, mask_id: int, vocab: int, device: torch.device) -> Tensor:
+def banned_logits(model: Model, settings: GenerationSettings, mask_id: int, vocab: int, device: torch.device) -> Tensor:
     """(V,) 0, or -inf at the ids no target position may hold (mask, pad, eos, the decoder start, bos)."""
     bias = torch.zeros(vocab, device=device)
     ids = {mask_id, settings.pad_token_id, *settings.eos_token_ids}
@@ -236,12 +239,17 @@ def banned_logits(model: Any, settings: GenerationSettings, mask_id: int, vocab:
 
 
 class _Predictor:
-    """The decoder and LM head as refinement's ``predict``: argmax tokens and their log-probabilities."""
+    """The decoder and LM head as refinement's ``predict``: argmax tokens and their log-probabilities.
 
-    def __init__(self, model: Any, memory: Tensor, memory_mask: Tensor | None, target_mask: Tensor | None) -> None:
+    ``memory`` (N, S, D) and ``memory_mask`` (N, S) are the encoder's output per row, ``target_mask``
+    (N, L) the rows' real positions (``None``: all), ``banned`` (V,) added to the logits.
+    """
+
+    def __init__(
+        self, model: Model, memory: Tensor, memory_mask: Tensor | None, target_mask: Tensor | None, banned: Tensor
+    ) -> None:
         self.decoder, self.head = model.decoder, model.heads["lm"]
-        self.memory, self.memory_mask, self.target_mask = memory, memory_mask, target_mask
-        self.banned: Tensor | None = None
+        self.memory, self.memory_mask, self.target_mask, self.banned = memory, memory_mask, target_mask, banned
 
     def __call__(self, tokens: Tensor, positions: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
         hidden = self.decoder(
@@ -249,9 +257,7 @@ class _Predictor:
         ).last_hidden_state  # (N, L, D)
         if positions is not None:  # the head runs only where tokens are predicted
             hidden = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))  # (N, K, D)
-        logits = self.head(hidden).float()
-        if self.banned is not None:
-            logits = logits + self.banned
+        logits = self.head(hidden).float() + self.banned  # (N, K, V)
         best, predicted = logits.max(dim=-1)
         return predicted, best - torch.logsumexp(logits, dim=-1)  # log-probability of the argmax
 
@@ -268,7 +274,7 @@ def _layout(prefix: Tensor, tokens: Tensor, lengths: Tensor, width: int, *, eos:
 
 
 # ------------------------------------------------------------------ the strategy
-def mask_predict(model: Any, inputs: GenerationInputs, settings: GenerationSettings) -> Tensor | MaskPredictOutput:
+def mask_predict(model: Model, inputs: GenerationInputs, settings: GenerationSettings) -> Tensor | MaskPredictOutput:
     """The ``mask_predict`` decoding component; see the module docstring. Returns (R, W), or a
     :class:`MaskPredictOutput` with ``return_history=True``."""
     encoded = inputs.encoder_output
@@ -289,8 +295,8 @@ def mask_predict(model: Any, inputs: GenerationInputs, settings: GenerationSetti
         memory = memory.repeat_interleave(k, dim=0)
         memory_mask = None if memory_mask is None else memory_mask.repeat_interleave(k, dim=0)
     target_mask = None if bool(open_positions.all()) else open_positions.long()
-    predict = _Predictor(model, memory, memory_mask, target_mask)
-    predict.banned = banned_logits(model, settings, mask_id, model.decoder.vocab_size, device)
+    banned = banned_logits(model, settings, mask_id, model.decoder.vocab_size, device)
+    predict = _Predictor(model, memory, memory_mask, target_mask, banned)
 
     tokens = torch.full((flat.shape[0], width), settings.pad_token_id, dtype=torch.long, device=device)
     result = refine(

@@ -106,39 +106,41 @@ def _done_pairs(path: Path, pairs: Sequence[Pair]) -> int:
 
 @torch.no_grad()
 def decode_sources(
-    teacher: Any,
+    model: Any,
     pairs: Sequence[Pair],
     *,
     num_beams: int = 1,
     max_new_tokens: int | None = None,
     **generate_options: Any,
 ) -> list[str]:
-    """The teacher's outputs (text) for the sources of ``pairs``, decoded as one batch.
+    """``model``'s outputs (text) for the sources of ``pairs``, decoded as one batch.
 
-    Sources are framed by the teacher's objective as in its training. Each output
-    is cut at its first eos (the model's or the tokenizer's). Without ``max_new_tokens`` the output may take twice
-    the longest reference target plus 8 tokens.
+    Sources are framed by the model's objective as in its training. Each output
+    is cut at its first eos (the model's or the tokenizer's). Without
+    ``max_new_tokens`` an output may take twice the longest reference target plus
+    8 tokens. ``generate_options`` choose the decoding (a teacher's beams, a
+    ``cmlm`` model's mask-predict options).
     """
-    tok = teacher.tokenizer
+    tok = model.tokenizer
     examples = [
         {"source": s, "target": t}
         for s, t in zip(tok.encode_batch([p[0] for p in pairs]), tok.encode_batch([p[1] for p in pairs]))
     ]
-    batch = teacher.objective.prepare(examples, tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    batch = model.objective.prepare(examples, tokenizer=tok, generator=torch.Generator().manual_seed(0))
     if max_new_tokens is None:
         max_new_tokens = 2 * max(len(ex["target"]) for ex in examples) + 8
-        limit = teacher.decoder.max_positions
+        limit = model.decoder.max_positions
         if limit is not None:
             max_new_tokens = min(max_new_tokens, limit - 1)
-    out = teacher.generate(
-        batch["input_ids"].to(teacher.device),
-        attention_mask=batch["attention_mask"].to(teacher.device),
+    out = model.generate(
+        batch["input_ids"].to(model.device),
+        attention_mask=batch["attention_mask"].to(model.device),
         num_beams=num_beams,
         max_new_tokens=max_new_tokens,
         **generate_options,
     )
-    has_start = any(teacher.special_tokens.get(role) is not None for role in ("decoder_start", "bos"))
-    ends = {teacher.special_tokens.get("eos"), tok.role_id("eos")} - {None}  # where generation stopped
+    has_start = any(model.special_tokens.get(role) is not None for role in ("decoder_start", "bos"))
+    ends = {model.special_tokens.get("eos"), tok.role_id("eos")} - {None}  # where generation stopped
     texts = []
     for row in out[:, 1 if has_start else 0 :].tolist():
         end = next((i for i, t in enumerate(row) if t in ends), len(row))
