@@ -119,17 +119,15 @@ def refine(
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    n, width = tokens.shape
+    width = tokens.shape[1]
     lengths = open_positions.sum(dim=1)  # (N,)
-    tokens.masked_fill_(open_positions, mask_id)
-    out = Refinement(tokens=tokens, scores=torch.zeros(n, width, device=tokens.device), iterations=0)
     # Closed positions score +inf so that they are never the least confident.
     closed = torch.where(open_positions, 0.0, math.inf)
 
+    tokens.masked_fill_(open_positions, mask_id)
     predicted, scores = predict(tokens, None, 0)
     tokens.copy_(torch.where(open_positions, predicted, tokens))
-    out.scores = torch.where(open_positions, scores.float(), 0.0)
-    out.iterations = 1
+    out = Refinement(tokens=tokens, scores=torch.where(open_positions, scores.float(), 0.0), iterations=1)
     if record_history:
         out.history.append(tokens.clone())
         out.masked.append(open_positions.clone())
