@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,20 @@ def pad_sequences(
             ids[i, T - n :] = torch.tensor(s, dtype=torch.long)
             mask[i, T - n :] = 1
     return ids, mask
+
+
+def frame(ids: Sequence[int], tokenizer: Any, *, add_bos: bool, add_eos: bool, limit: int | None = None) -> list[int]:
+    """``[bos] ids [eos]`` with the tokenizer's tokens (each only when asked and the tokenizer has it),
+    cut to at most ``limit`` tokens with the eos kept."""
+    out = list(ids)
+    if tokenizer is not None and add_bos and tokenizer.has_role("bos"):
+        out = [tokenizer.special_id("bos"), *out]
+    eos = tokenizer is not None and add_eos and tokenizer.has_role("eos")
+    if limit is not None:
+        out = out[: max(limit - eos, 0)]
+    if eos:
+        out.append(tokenizer.special_id("eos"))
+    return out
 
 
 def lm_loss(logits: Tensor, labels: Tensor, *, shift: bool, label_smoothing: float = 0.0) -> Tensor:
@@ -171,15 +186,7 @@ class Seq2Seq(TokenLossObjective):
         return {}
 
     def _frame(self, ids: Sequence[int], tokenizer, limit: int | None) -> list[int]:
-        c = self.config
-        out = list(ids)
-        if tokenizer is not None and c.add_bos and tokenizer.has_role("bos"):
-            out = [tokenizer.special_id("bos"), *out]
-        if limit is not None:
-            out = out[: limit - (1 if c.add_eos and tokenizer is not None and tokenizer.has_role("eos") else 0)]
-        if tokenizer is not None and c.add_eos and tokenizer.has_role("eos"):
-            out.append(tokenizer.special_id("eos"))
-        return out
+        return frame(ids, tokenizer, add_bos=self.config.add_bos, add_eos=self.config.add_eos, limit=limit)
 
     def prepare(self, examples, *, tokenizer=None, generator=None):
         for i, ex in enumerate(examples):

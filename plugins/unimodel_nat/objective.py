@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
-from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, frame, pad_sequences, token_objective_step
 
 LengthMode = Literal["target", "offset"]
 
@@ -176,20 +176,6 @@ class CMLM(TokenLossObjective):
             )
         return int(tokenizer.special_id("mask"))
 
-    def _source(self, ids: Sequence[int], tokenizer: Any) -> list[int]:
-        """A source framed as ``seq2seq`` frames it: [bos] ids [eos], cut to ``max_source_length``."""
-        c = self.config
-        before = (
-            [tokenizer.special_id("bos")] if tokenizer is not None and c.add_bos and tokenizer.has_role("bos") else []
-        )
-        after = (
-            [tokenizer.special_id("eos")] if tokenizer is not None and c.add_eos and tokenizer.has_role("eos") else []
-        )
-        body = list(ids)
-        if c.max_source_length is not None:
-            body = body[: max(c.max_source_length - len(before) - len(after), 0)]
-        return before + body + after
-
     def prepare(
         self,
         examples: Sequence[Mapping[str, Sequence[int]]],
@@ -208,7 +194,11 @@ class CMLM(TokenLossObjective):
         c = self.config
         mask_id = self.mask_id(tokenizer)
         pad = tokenizer.pad_id if tokenizer is not None else 0
-        ids, mask = pad_sequences([self._source(ex["source"], tokenizer) for ex in examples], pad)
+        sources = [
+            frame(ex["source"], tokenizer, add_bos=c.add_bos, add_eos=c.add_eos, limit=c.max_source_length)
+            for ex in examples
+        ]
+        ids, mask = pad_sequences(sources, pad)
         target, target_mask = pad_sequences([list(ex["target"])[: c.max_target_length] for ex in examples], pad)
         masked = mask_targets(target_mask.bool(), generator)
         lengths, source_lengths = target_mask.sum(dim=1), mask.sum(dim=1)
