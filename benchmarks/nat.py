@@ -47,16 +47,13 @@ VOCAB = 1000
 # 4 + 4 layers, d 256, 4 heads, ffn 1024: the size the speed targets are stated for
 BART_SIZE = {
     "d_model": 256,
-    "encoder_layers": 4,
-    "decoder_layers": 4,
-    "encoder_heads": 4,
-    "decoder_heads": 4,
-    "encoder_ffn_dim": 1024,
-    "decoder_ffn_dim": 1024,
+    "n_layers": 4,
+    "n_heads": 4,
+    "d_ff": 1024,
     "max_positions": 256,
     "dropout": 0.0,
 }
-T5_SIZE = {"d_model": 256, "d_kv": 64, "d_ff": 1024, "n_layers": 4, "n_heads": 4, "dropout": 0.0}
+T5_SIZE = {"d_model": 256, "head_dim": 64, "d_ff": 1024, "n_layers": 4, "n_heads": 4, "dropout": 0.0}
 
 
 # ================================================================= speed

@@ -6,6 +6,8 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import build_tiny, tiny_config
+from unimodel_bart import TOKENIZER
 from unimodel_bart.model import BartConfig
 from unimodel_bart.objectives import infill, place_spans, poisson_span_lengths
 
@@ -13,18 +15,7 @@ import unimodel as um
 from unimodel.data.tokenizer import Tokenizer, check_objective_tokens
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
 
-TINY = dict(
-    vocab_size=99,
-    max_positions=64,
-    d_model=32,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_heads=4,
-    decoder_heads=4,
-    encoder_ffn_dim=37,
-    decoder_ffn_dim=37,
-    dropout=0.0,
-)
+TINY = tiny_config("bart")
 TEXT = [
     "The cat sat on the mat. The dog lay by the door. A bird sang in the tree.",
     "Rain fell on the town. The river rose. People stayed at home and read books.",
@@ -33,31 +24,23 @@ TEXT = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine thread hand-offs dominate."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides):
-    torch.manual_seed(0)
-    return um.build_model("bart", **{**TINY, **overrides}).eval()
+    return build_tiny("bart", **overrides)
 
 
 @pytest.fixture(scope="module")
 def tok():
-    roles = um.get_registry().get("model", "bart").extra["tokenizer"]["roles"]
-    return Tokenizer.train_bpe(TEXT * 20, vocab_size=420, roles=roles)
+    return Tokenizer.train_bpe(TEXT * 20, vocab_size=420, roles=TOKENIZER.roles)
 
 
 # ------------------------------------------------------------ registration
 def test_registered_components_agree_with_what_they_build():
     reg = um.get_registry()
     family = reg.get("model", "bart")
-    assert family.default_objective == "text_infilling"
+    assert family.default_objective == "bart:text_infilling"  # stored qualified: no other plugin can capture it
     model = tiny()
     assert model.provides == frozenset(family.provides)
     assert model.is_encoder_decoder and model.decoder.is_causal and model.decoder.cross_attention
@@ -70,18 +53,18 @@ def test_registered_components_agree_with_what_they_build():
         base, values = reg.resolve_model(name)
         assert base.name == "bart"
         cfg = BartConfig.from_dict(values)
-        sizes[name] = (cfg.d_model, cfg.encoder_layers, cfg.decoder_layers, cfg.encoder_heads, cfg.encoder_ffn_dim)
-    assert sizes["bart-mini"] == (384, 3, 3, 6, 1536)
-    assert sizes["bart-base"] == (768, 6, 6, 12, 3072)
-    assert sizes["bart-large"] == (1024, 12, 12, 16, 4096)
+        sizes[name] = (cfg.d_model, cfg.dec_layers, cfg.n_layers, cfg.dec_heads, cfg.n_heads, cfg.dec_ff, cfg.d_ff)
+    assert sizes["bart-mini"] == (384, 3, 3, 6, 6, 1536, 1536)
+    assert sizes["bart-base"] == (768, 6, 6, 12, 12, 3072, 3072)
+    assert sizes["bart-large"] == (1024, 12, 12, 16, 16, 4096, 4096)
     # tied embeddings: one matrix for encoder, decoder and LM head
     assert model.encoder.embed_tokens.weight is model.decoder.embed_tokens.weight is model.heads["lm"].weight
     assert model.special_tokens == {"bos": 0, "eos": 2, "pad": 1, "decoder_start": 2}
 
 
 def test_tokenizer_roles_fit_bart_ids_and_every_encoder_decoder_objective(tok):
-    spec = um.get_registry().get("model", "bart").extra["tokenizer"]
-    assert spec["kind"] == "bpe"
+    recipe = um.get_registry().get("model", "bart").tokenizer
+    assert recipe is TOKENIZER and recipe.kind == "bpe"
     defaults = BartConfig()
     assert (tok.special_id("bos"), tok.special_id("pad"), tok.special_id("eos")) == (
         defaults.bos_token_id,
@@ -99,11 +82,12 @@ def test_tokenizer_roles_fit_bart_ids_and_every_encoder_decoder_objective(tok):
 
 
 def test_impossible_configs_name_their_fields():
-    with pytest.raises(ConfigError, match=r"d_model=30, decoder_heads=4"):
-        BartConfig(d_model=30, encoder_heads=5, decoder_heads=4)
+    with pytest.raises(ConfigError, match=r"d_model=30, n_decoder_heads=4"):
+        BartConfig(d_model=30, n_heads=5, n_decoder_heads=4)
+    assert BartConfig(d_model=30, n_heads=5).dec_heads == 5  # an unset decoder field follows the encoder's
     with pytest.raises(ConfigError, match=r"bos_token_id=120, vocab_size=99"):
         BartConfig(vocab_size=99, bos_token_id=120)
-    with pytest.raises(ConfigError, match="Did you mean 'encoder_layers'"):
+    with pytest.raises(ConfigError, match="Did you mean 'n_layers'"):  # a near miss of the old name
         um.build_model("bart", **TINY, encoder_layer=3)
     with pytest.raises(ConfigError, match="memory_dim"):
         um.build_model("bart", **TINY, memory_dim=16)
@@ -183,7 +167,7 @@ def test_scale_embedding_multiplies_token_embeddings_by_sqrt_d():
 
 
 def test_layerdrop_skips_blocks_only_while_training():
-    model = tiny(encoder_layerdrop=0.5, decoder_layerdrop=0.5)
+    model = tiny(layerdrop=0.5, decoder_layerdrop=0.5)
     ids, _ = padded_source()
     dec = torch.randint(3, 99, (2, 5))
     with torch.no_grad():
@@ -217,7 +201,7 @@ def test_bart_parts_pair_with_other_families():
     pair = um.build_model(
         {
             "name": "encoder-decoder",
-            "encoder": {"name": "bart", **TINY, "d_model": 48, "encoder_heads": 4},
+            "encoder": {"name": "bart", **TINY, "d_model": 48, "n_heads": 4},
             "decoder": {"name": "bart", **TINY},
             "vocab_size": 99,
         },
@@ -475,7 +459,7 @@ def test_text_infilling_trains_other_encoder_decoders(tok):
         {
             "name": "encoder-decoder",
             "encoder": {"name": "bart", **TINY},
-            "decoder": {"name": "gpt", "n_layers": 1, "d_model": 32, "n_heads": 4, "n_positions": 64},
+            "decoder": {"name": "gpt", "n_layers": 1, "d_model": 32, "n_heads": 4, "max_positions": 64},
             "vocab_size": tok.vocab_size,
             "pad_token_id": 1,
             "decoder_start_token_id": 2,

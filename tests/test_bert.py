@@ -2,23 +2,18 @@
 
 import pytest
 import torch
+from helpers import tiny_config
 
 import unimodel as um
 from unimodel.data.tokenizer import Tokenizer
 from unimodel.errors import ConfigError, DataError, IncompatibleObjectiveError, InputError
 from unimodel.objectives import IGNORE_INDEX, pad_sequences
 
-TINY = dict(vocab_size=99, max_positions=64, d_model=32, n_layers=2, n_heads=4, d_ff=37, dropout=0.0, attn_dropout=0.0)
+TINY = tiny_config("bert")
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine their barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(objective="mlm", **kw):
@@ -103,8 +98,8 @@ def test_presets_and_registration():
     assert set(family.provides) == set(tiny().provides)
     assert reg.get("encoder", "bert").load().__name__ == "BertEncoder"
     assert reg.get("hf_converter", "bert").model_types == ("bert",)
-    roles = family.extra["tokenizer"]["roles"]
-    assert family.extra["tokenizer"]["kind"] == "wordpiece" and set(roles) == {"pad", "unk", "cls", "sep", "mask"}
+    assert family.tokenizer is not None and family.tokenizer.kind == "wordpiece"
+    assert set(family.tokenizer.roles) == {"pad", "unk", "cls", "sep", "mask"}
     model = um.build_model("bert-tiny", vocab_size=120)
     assert (model.config.n_layers, model.config.d_model, model.config.d_ff) == (2, 128, 512)
 
@@ -287,9 +282,7 @@ def test_whole_word_masking_selects_words_together():
 
 def test_mlm_uses_tokenizer_roles_and_trained_wordpiece():
     text = ["the quick brown fox jumps over the lazy dog", "unbelievable jumping foxes are quickly jumping"] * 40
-    tok = Tokenizer.train_wordpiece(
-        text, vocab_size=120, roles=um.get_registry().get("model", "bert").extra["tokenizer"]["roles"]
-    )
+    tok = Tokenizer.train_wordpiece(text, vocab_size=120, roles=um.get_registry().get("model", "bert").tokenizer.roles)
     ids = tok.encode("unbelievable foxes jumping quickly over the lazy dogs")
     assert any(tok.id_to_token(i).startswith("##") for i in ids)
     model = um.build_model(

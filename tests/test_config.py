@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+import math
+import typing
 
 import pytest
 from unimodel_gpt.model import GPTConfig
 
 import unimodel as um
-from unimodel.config import SCHEMA_VERSION, read_config_file, to_toml
+from unimodel.config import SCHEMA_VERSION, Config, param, read_config_file, to_toml
 from unimodel.errors import ConfigError
 
 
@@ -70,7 +72,7 @@ def test_dict_json_toml_round_trip(tmp_path):
 
 def test_model_spec_from_toml_and_json_files(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('[model]\nname = "gpt2-tiny"\nvocab_size = 77\nn_positions = 32\n\n[objective]\nname = "fim"\n')
+    toml.write_text('[model]\nname = "gpt2-tiny"\nvocab_size = 77\nmax_positions = 32\n\n[objective]\nname = "fim"\n')
     m = um.build_model(toml)
     assert (m.config.vocab_size, m.config.n_layers, m.objective_name) == (77, 2, "fim")
     js = tmp_path / "m.json"
@@ -106,10 +108,10 @@ def test_describe_lists_fields_with_docs():
 @pytest.mark.parametrize(
     ("name", "values", "problem"),
     [
-        ("t5", {"d_kv": 0}, r"d_kv=0\): must be positive"),
+        ("t5", {"head_dim": 0}, r"head_dim=0\): must be positive"),
         ("t5", {"n_decoder_layers": -1}, r"n_decoder_layers=-1\): must be positive"),
         ("bart", {"memory_dim": 0}, r"memory_dim=0\): must be positive"),
-        ("bart", {"encoder_layerdrop": 1.0}, r"encoder_layerdrop=1.0\): must be in \[0, 1\)"),
+        ("bart", {"layerdrop": 1.0}, r"layerdrop=1.0\): must be in \[0, 1\)"),
         ("bert", {"vocab_size": 100, "pad_token_id": 100}, r"pad_token_id=100, vocab_size=100\): token id must lie"),
         ("gpt", {"vocab_size": 50, "eos_token_id": -1}, r"eos_token_id=-1, vocab_size=50\): token id must lie"),
     ],
@@ -131,3 +133,112 @@ def test_shared_range_checks_name_field_and_value(name, values, problem):
 def test_objective_range_checks(objective, values, problem):
     with pytest.raises(ConfigError, match=problem):
         um.build_objective({"name": objective, **values})
+
+
+# ------------------------------------------------------------------ NaN, infinity and physical ranges
+def _float_fields(cls: type) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if float in (hints[f.name], *typing.get_args(hints[f.name]))]
+
+
+def _every_config_class() -> list[type]:
+    """The config class of every registered model family, encoder, decoder and objective, plus the run's."""
+    from unimodel.data.dataset import DataConfig
+    from unimodel.training import TrainConfig
+
+    reg = um.get_registry()
+    classes = {DataConfig, TrainConfig}
+    for kind in ("model", "encoder", "decoder", "objective"):
+        classes |= {c.load().config_class for c in reg.components(kind) if c.base is None}
+    return sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}")
+
+
+def test_every_float_field_of_every_config_refuses_nan_and_infinity():
+    refused = []
+    for cls in _every_config_class():
+        for name in _float_fields(cls):
+            for bad in (math.nan, math.inf, -math.inf):
+                with pytest.raises(ConfigError, match=rf"field '{name}' must be a finite number, got {bad}"):
+                    cls.from_dict({name: bad})
+                refused.append((cls.__name__, name, bad))
+    # the built-in families' float fields are all in there (a family without any would be a test bug)
+    assert {("GPTConfig", "init_std"), ("BertConfig", "layer_norm_eps"), ("TrainConfig", "learning_rate")} <= {
+        (c, n) for c, n, _ in refused
+    }
+    assert len(refused) >= 3 * 40
+
+
+def test_nan_and_infinity_are_refused_from_files_and_inside_lists(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text('{"model": {"name": "gpt2-tiny", "init_std": NaN}}')
+    with pytest.raises(ConfigError, match="'init_std' must be a finite number, got nan"):
+        um.build_model(str(path))
+    path = tmp_path / "model.toml"
+    path.write_text('[model]\nname = "gpt2-tiny"\nlayer_norm_eps = inf\n')
+    with pytest.raises(ConfigError, match="'layer_norm_eps' must be a finite number, got inf"):
+        um.build_model(str(path))
+
+    @dataclasses.dataclass(frozen=True)
+    class Weights(Config):
+        section = "weights"
+        values: tuple[float, ...] = param((1.0,), "per-class weights")
+        scale: float | None = param(None, "optional scale")
+
+    with pytest.raises(ConfigError, match=r"'values' must be a finite number, got inf \(in \[1.0, inf\]\)"):
+        Weights.from_dict({"values": [1.0, math.inf]})
+    with pytest.raises(ConfigError, match="'scale' must be a finite number, got nan"):
+        Weights(scale=math.nan)
+    with pytest.raises(ConfigError, match="'scale' must be a finite number, got 1000"):
+        Weights(scale=10**1000)  # an integer past the float range
+
+
+@pytest.mark.parametrize(
+    ("spec", "values", "problem"),
+    [
+        ("gpt2-tiny", {"layer_norm_eps": -1.0}, r"layer_norm_eps=-1.0\): must be positive"),
+        ("gpt2-tiny", {"layer_norm_eps": 0.0}, r"layer_norm_eps=0.0\): must be positive"),
+        ("gpt2-tiny", {"init_std": 0.0}, r"init_std=0.0\): must be positive"),
+        ("gpt2-tiny", {"init_std": -0.02}, r"init_std=-0.02\): must be positive"),
+        ("bert-tiny", {"init_std": -1.0}, r"init_std=-1.0\): must be positive"),
+        ("bert-tiny", {"objective": {"name": "classify", "init_std": 0.0}}, r"init_std=0.0\): must be positive"),
+    ],
+)
+def test_layer_norm_eps_and_init_std_must_be_positive(spec, values, problem):
+    with pytest.raises(ConfigError, match=problem):
+        um.build_model(spec, **values)
+
+
+def test_range_helpers_state_a_family_rule_in_one_line():
+    @dataclasses.dataclass(frozen=True)
+    class Sampler(Config):
+        section = "sampler"
+        temperature: float = param(1.0, "softmax temperature")
+        dropout: float | None = param(None, "optional dropout")
+        min_count: float = param(0.0, "counts below are dropped")
+
+        def check(self) -> None:
+            self.require_positive("temperature")
+            self.require_fraction("dropout")
+            self.require_at_least(0.0, "min_count")
+
+    assert Sampler().dropout is None
+    with pytest.raises(ConfigError, match=r"temperature=0.0\): must be positive"):
+        Sampler(temperature=0.0)
+    with pytest.raises(ConfigError, match=r"dropout=1.0\): must be in \[0, 1\)"):
+        Sampler(dropout=1.0)
+    with pytest.raises(ConfigError, match=r"min_count=-1.0\): must be 0.0 or more"):
+        Sampler(min_count=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: um.build_model({"name": 5}), "model spec needs a 'name', a string"),
+        (lambda: um.build_model("gpt2-tiny", objective=5), "objective must be a name or a table with a name"),
+        (lambda: um.build_objective(123), "build_objective takes an objective name or a dict, got int"),
+        (lambda: um.build_objective({"name": 3}), "objective spec needs a 'name', a string"),
+    ],
+)
+def test_specs_of_the_wrong_type_are_config_errors(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()

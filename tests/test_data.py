@@ -263,6 +263,31 @@ def test_tokenizer_folder_missing():
         make_tokenizer(DataConfig(tokenizer="no/such/folder"), [])
 
 
+@pytest.mark.parametrize(
+    ("family", "model", "roles"),
+    [
+        ("bert", "WordPiece", {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}),
+        ("t5", "Unigram", {"pad": "<pad>", "eos": "</s>", "sentinel_0": "<extra_id_0>"}),
+        ("bart", "BPE", {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "mask": "<mask>"}),
+        ("gpt", "BPE", {"eos": "<|endoftext|>", "fim_prefix": "<|fim_prefix|>"}),
+    ],
+)
+def test_an_unset_data_tokenizer_trains_the_familys_recipe(family, model, roles):
+    from unimodel.registry import get_registry
+
+    recipe = get_registry().get("model", family).tokenizer
+    texts = [f"the quick brown fox {i} jumps over the lazy dog" for i in range(60)]
+    tok = make_tokenizer(DataConfig(vocab_size=400), texts, needed_roles=["mask"], recipe=recipe)
+    assert type(tok.backend.model).__name__ == model
+    assert {r: tok.roles[r] for r in roles} == roles and tok.has_role("mask")
+    assert list(tok.roles)[: len(recipe.roles)] == list(recipe.roles)  # reserved first, in the recipe's order
+    # a kind named in [data] wins over the recipe; neither gives a byte-level BPE
+    named = make_tokenizer(DataConfig(vocab_size=400, tokenizer="bpe"), texts, recipe=recipe)
+    plain = make_tokenizer(DataConfig(vocab_size=400), texts)
+    assert type(named.backend.model).__name__ == type(plain.backend.model).__name__ == "BPE"
+    assert named.roles == plain.roles and named.encode("the lazy fox") == plain.encode("the lazy fox")
+
+
 def test_roles_of_other_tokenizer_kinds():
     assert tokenizer_roles("wordpiece") is None  # its trainer's defaults
     assert tokenizer_roles("wordpiece", ["mask", "eos"])["eos"] == "<|eos|>"

@@ -18,7 +18,7 @@ from unimodel.training import train
 CONFIG = """\
 [model]
 name = "gpt"
-n_positions = 32
+max_positions = 32
 d_model = 32
 n_layers = 2
 n_heads = 4

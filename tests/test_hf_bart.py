@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
+import transformers
+from helpers import assert_peaked, build_tiny, randomize_
 from safetensors.torch import load_file, save_file
+from unimodel_bart import hf as bart_hf
 
 import unimodel as um
 from unimodel.errors import CheckpointError
-
-transformers = pytest.importorskip("transformers")
 
 TINY = dict(
     vocab_size=99,
@@ -25,25 +26,19 @@ TINY = dict(
 REL_TOL = 2e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine thread hand-offs dominate."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_bart(**overrides):
-    """A tiny random BartForConditionalGeneration with a non-zero final_logits_bias (HF starts it at zero)."""
+    """A tiny random BartForConditionalGeneration with every tensor randomised (final_logits_bias,
+    which HF starts at zero, LayerNorms and biases included)."""
     torch.manual_seed(0)
     model = transformers.BartForConditionalGeneration(transformers.BartConfig(**{**TINY, **overrides})).eval()
     with torch.no_grad():
-        model.final_logits_bias.normal_()
         if overrides.get("tie_word_embeddings") is False:
             model.lm_head.weight.normal_()
             model.model.decoder.embed_tokens.weight.normal_()
-    return model
+    return randomize_(model)
 
 
 def rel_err(ours, ref):
@@ -97,6 +92,19 @@ def test_logits_match_transformers_with_padding(tmp_path, variant):
     assert (ours.logits[keep] - (ref.logits[keep] - hf.final_logits_bias)).abs().max() > 1e-2
 
 
+def test_a_swapped_mapping_fails_parity(hf_folder, monkeypatch):
+    """The fixture can see a converter bug: each block's self-attention LayerNorm read as its final one."""
+    blocks = dict(bart_hf._SELF)
+    blocks["norm_attn"], blocks["norm_ffn"] = blocks["norm_ffn"], blocks["norm_attn"]
+    monkeypatch.setattr(bart_hf, "_SELF", blocks)
+    hf = transformers.BartForConditionalGeneration.from_pretrained(hf_folder).eval()
+    ids, mask, dec, _ = padded_batch()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        ours = um.from_hf(hf_folder)(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    assert rel_err(ours, ref) > 100 * REL_TOL
+
+
 def test_shifted_input_ids_reproduce_hf_auto_decoder_inputs(hf_folder):
     """HF BartModel shifts input_ids when no decoder input is given; unimodel spells it model.shift_right(input_ids)."""
     hf = transformers.BartForConditionalGeneration.from_pretrained(hf_folder).eval()
@@ -114,7 +122,7 @@ def test_config_and_special_tokens_carried(hf_folder):
     model = um.from_hf(hf_folder)
     assert model.name == "bart" and model.objective_name == "text_infilling"
     c = model.config
-    assert (c.d_model, c.encoder_layers, c.decoder_heads, c.encoder_ffn_dim, c.max_positions) == (32, 2, 4, 37, 64)
+    assert (c.d_model, c.n_layers, c.n_decoder_heads, c.d_ff, c.max_positions) == (32, 2, 4, 37, 64)
     assert model.special_tokens == {"bos": 0, "eos": 2, "pad": 1, "decoder_start": 2}
     assert c.forced_eos_token_id == 2
     assert model.encoder.embed_positions.weight.shape == (66, 32)  # max_position_embeddings + 2
@@ -167,7 +175,7 @@ def test_missing_final_logits_bias_is_zero_as_in_transformers(hf_folder, tmp_pat
 
 def test_bart_model_folder_loads_as_features(tmp_path):
     torch.manual_seed(0)
-    hf = transformers.BartModel(transformers.BartConfig(**TINY)).eval()
+    hf = randomize_(transformers.BartModel(transformers.BartConfig(**TINY)).eval())
     hf.save_pretrained(tmp_path)
     model = um.from_hf(tmp_path)
     assert model.objective_name == "features" and "lm" not in model.heads
@@ -218,33 +226,11 @@ def test_missing_and_unexpected_keys_are_named(hf_folder, tmp_path):
         um.from_hf(tmp_path / "layers")
 
 
-def build_tiny(**overrides):
-    torch.manual_seed(0)
-    model = um.build_model(
-        "bart",
-        vocab_size=99,
-        max_positions=64,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_heads=4,
-        decoder_heads=4,
-        encoder_ffn_dim=37,
-        decoder_ffn_dim=37,
-        dropout=0.0,
-        **overrides,
-    ).eval()
-    if "lm" in model.heads:
-        with torch.no_grad():
-            model.heads["lm"].logits_bias.normal_()
-    return model
-
-
 @pytest.mark.parametrize(
-    "overrides", [{}, {"scale_embedding": True}, {"tie_word_embeddings": False}], ids=["default", "scaled", "untied"]
+    "overrides", [{}, {"scale_embedding": True}, {"tie_embeddings": False}], ids=["default", "scaled", "untied"]
 )
 def test_export_loads_in_transformers_with_equal_logits(tmp_path, overrides):
-    model = build_tiny(**overrides)
+    model = randomize_(build_tiny("bart", **overrides))
     um.to_hf(model, tmp_path / "out")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["model_type"] == "bart" and cfg["architectures"] == ["BartForConditionalGeneration"]
@@ -267,7 +253,7 @@ def test_export_loads_in_transformers_with_equal_logits(tmp_path, overrides):
 
 
 def test_noncausal_decoder_is_not_exported(tmp_path):
-    model = build_tiny(causal_decoder=False, objective="features")
+    model = build_tiny("bart", causal_decoder=False, objective="features")
     with pytest.raises(CheckpointError, match="non-causal"):
         um.to_hf(model, tmp_path / "out")
 
@@ -286,7 +272,7 @@ def generation_pair(tmp_path_factory):
     cfg = transformers.BartConfig(
         **TINY, init_std=1.0, eos_token_id=58, forced_eos_token_id=None, no_repeat_ngram_size=0
     )
-    hf = transformers.BartForConditionalGeneration(cfg).eval()
+    hf = randomize_(transformers.BartForConditionalGeneration(cfg).eval())
     hf.generation_config.forced_eos_token_id = None
     hf.generation_config.no_repeat_ngram_size = 0
     folder = tmp_path_factory.mktemp("bart-gen")
@@ -296,6 +282,8 @@ def generation_pair(tmp_path_factory):
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0
     ids[0, 6:] = 1
+    with torch.no_grad():
+        assert_peaked(hf(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :5]).logits)
     return hf, um.from_hf(folder), ids, mask
 
 

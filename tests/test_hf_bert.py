@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
+import transformers
+from helpers import build_tiny, randomize_
 from safetensors.torch import load_file, save_file
+from unimodel_bert import hf as bert_hf
 
 import unimodel as um
 from unimodel.errors import CheckpointError
-
-transformers = pytest.importorskip("transformers")
 
 TINY = dict(
     vocab_size=99,
@@ -23,24 +24,14 @@ TINY = dict(
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine their barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_bert(cls_name="BertForMaskedLM", **overrides):
+    """A tiny random BERT with every tensor randomised (init leaves LayerNorms at 1/0 and biases at 0)."""
     torch.manual_seed(0)
     cfg = transformers.BertConfig(**{**TINY, **overrides})
-    model = getattr(transformers, cls_name)(cfg).eval()
-    with torch.no_grad():  # random init leaves LayerNorms at 1/0 and biases at 0: make every parameter matter
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return randomize_(getattr(transformers, cls_name)(cfg).eval())
 
 
 def save(model, path):
@@ -86,6 +77,18 @@ def test_mlm_logits_match(mlm_folder, padded):
     keep = mask.bool()
     assert ref.abs().max() > 0.5  # not a degenerate comparison
     assert max_err(ours[keep], ref[keep]) < TOL
+
+
+def test_a_swapped_mapping_fails_parity(mlm_folder, monkeypatch):
+    """The fixture can see a converter bug: the attention output's LayerNorm read as the FFN output's."""
+    keys = dict(bert_hf._LAYER_KEYS)
+    for param in ("weight", "bias"):
+        keys[f"norm_attn.{param}"], keys[f"norm_ffn.{param}"] = keys[f"norm_ffn.{param}"], keys[f"norm_attn.{param}"]
+    monkeypatch.setattr(bert_hf, "_LAYER_KEYS", keys)
+    hf = transformers.BertForMaskedLM.from_pretrained(mlm_folder).eval()
+    ids, _, _ = inputs()
+    with torch.no_grad():
+        assert max_err(um.from_hf(mlm_folder)(input_ids=ids).logits, hf(input_ids=ids).logits) > 100 * TOL
 
 
 def test_mlm_loss_matches(mlm_folder):
@@ -240,11 +243,7 @@ def test_unsupported_configs_are_refused(tmp_path):
 
 # ------------------------------------------------------------------ export
 def test_mlm_export_loads_in_transformers(tmp_path):
-    model = um.build_model("bert", vocab_size=99, max_positions=64, d_model=32, n_layers=2, n_heads=4, d_ff=37).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    model = randomize_(build_tiny("bert"))
     um.to_hf(model, tmp_path / "out")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["model_type"] == "bert" and cfg["architectures"] == ["BertForMaskedLM"]
@@ -270,16 +269,7 @@ def test_mlm_export_loads_in_transformers(tmp_path):
 
 
 def test_export_without_pooler_roundtrips(tmp_path):
-    model = um.build_model(
-        "bert",
-        vocab_size=99,
-        max_positions=64,
-        d_model=32,
-        n_layers=1,
-        n_heads=4,
-        add_pooler=False,
-        objective="features",
-    ).eval()
+    model = randomize_(build_tiny("bert", n_layers=1, add_pooler=False, objective="features"))
     um.to_hf(model, tmp_path / "out")
     assert not any("pooler" in k for k in load_file(str(tmp_path / "out" / "model.safetensors")))
     again = um.from_hf(tmp_path / "out")
@@ -367,9 +357,7 @@ def test_wordpiece_tokenizer_travels_with_the_folder(tmp_path):
     from unimodel.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train_wordpiece(["hello world, hello unimodel and wordpieces"] * 50, vocab_size=120)
-    model = um.build_model(
-        "bert", vocab_size=tok.vocab_size, max_positions=32, d_model=32, n_layers=1, n_heads=4, tokenizer=tok
-    )
+    model = build_tiny("bert", vocab_size=tok.vocab_size, n_layers=1, tokenizer=tok)
     um.to_hf(model, tmp_path / "hf")
     back = um.from_hf(tmp_path / "hf")
     assert back.tokenizer.encode("hello unimodel") == tok.encode("hello unimodel")

@@ -4,20 +4,26 @@ import json
 
 import pytest
 import torch
+import transformers
+from helpers import build_tiny, randomize_
 from safetensors.torch import load_file, save_file
+from unimodel_gpt import hf as gpt_hf
 
 import unimodel as um
 from unimodel.errors import CheckpointError, ComponentNotFoundError
 
-transformers = pytest.importorskip("transformers")
-
+# Hugging Face's names for the registered tiny GPT (tests/helpers.py: build_tiny("gpt"))
 TINY = dict(vocab_size=99, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=98, eos_token_id=98)
+TOL = 1e-4
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_gpt2(**overrides):
+    """A tiny random GPT2LMHeadModel with every tensor randomised (LayerNorms and biases too)."""
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(**{**TINY, **overrides})
-    return transformers.GPT2LMHeadModel(cfg).eval()
+    return randomize_(transformers.GPT2LMHeadModel(cfg).eval())
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,19 @@ def test_logits_match_transformers(hf_folder):
     ids = torch.randint(0, 99, (3, 17))
     with torch.no_grad():
         ours, ref = model(input_ids=ids).logits, hf(ids).logits
-    assert (ours - ref).abs().max().item() < 1e-4
+    assert (ours - ref).abs().max().item() < TOL
+
+
+def test_a_swapped_mapping_fails_parity(hf_folder, monkeypatch):
+    """The fixture can see a converter bug: reading ln_2 as ln_1 (and back) breaks the logits."""
+    keys = dict(gpt_hf._LAYER_KEYS)
+    for param in ("weight", "bias"):
+        keys[f"norm_attn.{param}"], keys[f"norm_ffn.{param}"] = keys[f"norm_ffn.{param}"], keys[f"norm_attn.{param}"]
+    monkeypatch.setattr(gpt_hf, "_LAYER_KEYS", keys)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_folder).eval()
+    ids = torch.randint(0, 99, (2, 9))
+    with torch.no_grad():
+        assert (um.from_hf(hf_folder)(input_ids=ids).logits - hf(ids).logits).abs().max().item() > 100 * TOL
 
 
 def test_padded_batch_matches_on_real_tokens(hf_folder):
@@ -46,7 +64,7 @@ def test_padded_batch_matches_on_real_tokens(hf_folder):
         ours = model(input_ids=ids, attention_mask=mask).logits
         ref = hf(ids, attention_mask=mask).logits
     keep = mask.bool()
-    assert (ours[keep] - ref[keep]).abs().max().item() < 1e-4
+    assert (ours[keep] - ref[keep]).abs().max().item() < TOL
 
 
 def test_special_tokens_and_config_carried(hf_folder):
@@ -88,19 +106,18 @@ def test_variants_match(tmp_path, variant):
     model = um.from_hf(tmp_path)
     ids = torch.randint(0, 99, (2, 10))
     with torch.no_grad():
-        assert (model(input_ids=ids).logits - hf(ids).logits).abs().max().item() < 1e-4
+        assert (model(input_ids=ids).logits - hf(ids).logits).abs().max().item() < TOL
 
 
 def test_export_loads_in_transformers(tmp_path):
-    model = um.build_model(
-        "gpt", vocab_size=99, n_positions=64, d_model=32, n_layers=2, n_heads=4, eos_token_id=5
-    ).eval()
+    model = build_tiny("gpt", eos_token_id=5)
+    randomize_(model)
     um.to_hf(model, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "gpt2"
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     ids = torch.randint(0, 99, (2, 11))
     with torch.no_grad():
-        assert (model(input_ids=ids).logits - hf(ids).logits).abs().max().item() < 1e-4
+        assert (model(input_ids=ids).logits - hf(ids).logits).abs().max().item() < TOL
     assert hf.generation_config.eos_token_id == 5
     # and back again, exactly
     again = um.from_hf(tmp_path / "out")
@@ -111,7 +128,7 @@ def test_tokenizer_travels_with_the_folder(tmp_path):
     from unimodel.data.tokenizer import Tokenizer
 
     tok = Tokenizer.train_bpe(["hello world, hello unimodel"] * 50, vocab_size=300)
-    model = um.build_model("gpt", vocab_size=tok.vocab_size, n_positions=32, d_model=32, n_layers=1, n_heads=4)
+    model = build_tiny("gpt", vocab_size=tok.vocab_size)
     model.tokenizer = tok
     um.to_hf(model, tmp_path / "hf")
     assert (tmp_path / "hf" / "tokenizer.json").is_file()

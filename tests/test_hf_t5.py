@@ -6,31 +6,26 @@ import shutil
 
 import pytest
 import torch
+import transformers
+from helpers import assert_peaked, build_tiny, randomize_
 from safetensors.torch import load_file, save_file
+from unimodel_t5 import hf as t5_hf
+from unimodel_t5.hf import T5Converter
 
 import unimodel as um
 from unimodel.errors import CheckpointError
-
-transformers = pytest.importorskip("transformers")
-
-from unimodel_t5.hf import T5Converter  # noqa: E402
 
 TINY = dict(vocab_size=99, d_model=32, d_ff=37, num_layers=2, num_heads=4, decoder_start_token_id=0)
 VARIANTS = ("t5_v1_0", "t5_v1_1", "t5_v1_1_hubstyle", "t5_v1_1_untied")
 REL_TOL = 2e-5
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_t5(**config):
+    """A tiny random T5ForConditionalGeneration with every tensor randomised (RMSNorm weights included)."""
     torch.manual_seed(0)
-    return transformers.T5ForConditionalGeneration(transformers.T5Config(**{**TINY, **config})).eval()
+    return randomize_(transformers.T5ForConditionalGeneration(transformers.T5Config(**{**TINY, **config})).eval())
 
 
 def write_safetensors(folder, tensors):
@@ -96,10 +91,28 @@ def test_logits_match_transformers(folders, variant):
     assert rel < REL_TOL
 
 
+def test_a_swapped_mapping_fails_parity(folders, monkeypatch):
+    """The fixture can see a converter bug: each block's attention RMSNorm read as its feed-forward one."""
+    layer_map = t5_hf._layer_map
+
+    def swapped(prefix, hf_prefix, **kw):
+        out = layer_map(prefix, hf_prefix, **kw)
+        attn, ffn = f"{prefix}.norm_attn.weight", f"{prefix}.norm_ffn.weight"
+        out[attn], out[ffn] = out[ffn], out[attn]
+        return out
+
+    monkeypatch.setattr(t5_hf, "_layer_map", swapped)
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(folders["t5_v1_0"]).eval()
+    with pytest.raises(AssertionError):  # compare() checks the encoder states first
+        compare(um.from_hf(folders["t5_v1_0"]), hf)
+    monkeypatch.setattr(t5_hf, "_layer_map", layer_map)
+    assert compare(um.from_hf(folders["t5_v1_0"]), hf)[1] < REL_TOL
+
+
 def test_stacks_of_different_depths_match(tmp_path):
     hf_t5(d_kv=8, num_layers=1, num_decoder_layers=3, feed_forward_proj="gated-gelu").save_pretrained(tmp_path)
     model = um.from_hf(tmp_path)
-    assert (model.config.n_layers, model.config.decoder_layers) == (1, 3)
+    assert (model.config.n_layers, model.config.n_decoder_layers) == (1, 3)
     hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert compare(model, hf)[1] < REL_TOL
 
@@ -127,7 +140,7 @@ def test_head_rules_of_transformers_5(folders, variant, tied, scaled):
 def test_config_carried(folders):
     model = um.from_hf(folders["t5_v1_1"])
     c = model.config
-    assert (c.d_model, c.d_kv, c.d_ff, c.n_layers, c.decoder_layers, c.n_heads) == (32, 8, 37, 2, 2, 4)
+    assert (c.d_model, c.head_dim, c.d_ff, c.n_layers, c.n_decoder_layers, c.n_heads) == (32, 8, 37, 2, 2, 4)
     assert c.feed_forward == "gated-gelu" and model.encoder.blocks[0].ffn.act_name == "gelu_tanh"
     assert model.name == "t5" and model.objective_name == "span_corruption"
     assert model.special_tokens == {"eos": 1, "pad": 0, "decoder_start": 0}
@@ -219,20 +232,16 @@ def test_export_round_trip(folders, variant, tmp_path):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_native_model_exports(tmp_path, tied):
-    model = um.build_model(
+    model = build_tiny(
         "t5",
-        vocab_size=99,
-        d_model=32,
-        d_kv=16,
+        head_dim=16,
         d_ff=40,
-        n_layers=2,
         n_decoder_layers=1,
-        n_heads=4,
-        dropout=0.0,
         feed_forward="relu" if tied else "gated-silu",
         tie_embeddings=tied,
         eos_token_id=2,
-    ).eval()
+    )
+    randomize_(model)
     um.to_hf(model, tmp_path / "out")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["model_type"] == "t5" and cfg["scale_decoder_outputs"] is tied
@@ -246,11 +255,12 @@ def test_native_model_exports(tmp_path, tied):
 # ------------------------------------------------------------------ generation
 @pytest.mark.parametrize("variant", ["t5_v1_0", "t5_v1_1"])
 def test_generation_matches_transformers(folders, variant):
-    pytest.importorskip("unimodel.generation")
     hf = transformers.T5ForConditionalGeneration.from_pretrained(folders[variant]).eval()
     model = um.from_hf(folders[variant])
     batch = inputs()
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        assert_peaked(hf(**batch).logits)
     greedy_ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
     # an eos the model actually emits, so rows finish early and are padded
     eos = int(greedy_ref[0, 4])

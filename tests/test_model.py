@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+from helpers import build_tiny, tiny_config
 
 import unimodel as um
 from unimodel.errors import ComponentNotFoundError, IncompatibleObjectiveError, InputError
 
-TINY = dict(vocab_size=50, n_positions=16, d_model=32, n_layers=1, n_heads=4)
+# the registered tiny GPT with a short position table (the input-length errors below need one)
+TINY = {**tiny_config("gpt"), "vocab_size": 50, "max_positions": 16, "n_layers": 1}
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +17,7 @@ def model():
 
 
 def test_presets_resolve_and_override():
-    m = um.build_model("gpt2-tiny", vocab_size=50, n_positions=16, n_layers=3)
+    m = um.build_model("gpt2-tiny", vocab_size=50, max_positions=16, n_layers=3)
     assert (m.name, m.preset, m.config.n_layers, m.config.d_model) == ("gpt", "gpt2-tiny", 3, 128)
 
 
@@ -115,8 +117,7 @@ def test_unknown_inputs_are_named(model):
 
 
 def test_load_with_another_objective_starts_new_heads_fresh(tmp_path):
-    pytest.importorskip("unimodel_bert")
-    mlm = um.build_model("bert", vocab_size=60, d_model=32, n_layers=1, n_heads=4, d_ff=48, max_positions=32)
+    mlm = build_tiny("bert", n_layers=1)
     mlm.save(tmp_path / "mlm")
     with pytest.warns(UserWarning, match="head.*classify.*new and randomly initialised"):
         clf = um.load(tmp_path / "mlm", objective={"name": "classify", "num_labels": 3})
@@ -126,7 +127,7 @@ def test_load_with_another_objective_starts_new_heads_fresh(tmp_path):
     clf.save(tmp_path / "clf")
     with pytest.warns(UserWarning, match="lm"):  # and back: the prediction head's transform is new
         again = um.load(tmp_path / "clf", objective="mlm")
-    assert again(input_ids=torch.tensor([[2, 3]])).logits.shape == (1, 2, 60)
+    assert again(input_ids=torch.tensor([[2, 3]])).logits.shape == (1, 2, 99)
 
 
 def test_missing_weights_of_the_saved_objective_are_still_errors(tmp_path):

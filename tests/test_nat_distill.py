@@ -24,7 +24,7 @@ def teacher(objective="seq2seq"):
     torch.manual_seed(0)
     ids = {f"{r}_token_id": TOK.special_id(r) for r in ("pad", "eos", "bos")}
     spec = {**get_registry().get("model", "bart").tiny, **ids, "decoder_start_token_id": ids["bos_token_id"]}
-    return um.build_model("bart", objective=objective, tokenizer=TOK, tie_word_embeddings=False, **spec)
+    return um.build_model("bart", objective=objective, tokenizer=TOK, tie_embeddings=False, **spec)
 
 
 def text_pairs(n=10, seed=0):

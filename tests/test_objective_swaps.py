@@ -25,9 +25,12 @@ SWAPS = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def family_tokenizer(name):
-    spec = REG.get("model", name).extra["tokenizer"]
-    return Tokenizer.train(spec["kind"], TEXT, 400, spec["roles"])
+    recipe = REG.get("model", name).tokenizer
+    return Tokenizer.train(recipe.kind, TEXT, 400, recipe.roles)
 
 
 def examples(tok, objective, n=4, length=24):

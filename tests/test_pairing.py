@@ -68,7 +68,7 @@ SPEC = {
         "n_layers": 1,
         "d_model": 32,
         "n_heads": 4,
-        "n_positions": 32,
+        "max_positions": 32,
         "dropout": 0.0,
         "attn_dropout": 0.0,
     },

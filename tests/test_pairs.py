@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import build_tiny
 
 from unimodel.data.corpus import corpus_kind, load_pair_corpus
 from unimodel.data.dataset import DataConfig, load_data, make_tokenizer
@@ -188,8 +189,8 @@ class _PairPlugin:
     @hookimpl
     def unimodel_components(self):
         return [
-            Component(kind="corpus", name="tuples", target="test_pairs:_tuple_corpus", extra={"data": "pairs"}),
-            Component(kind="corpus", name="bad", target="test_pairs:_bad_corpus", extra={"data": "pairs"}),
+            Component(kind="corpus", name="tuples", target="test_pairs:_tuple_corpus", data_kind="pairs"),
+            Component(kind="corpus", name="bad", target="test_pairs:_bad_corpus", data_kind="pairs"),
         ]
 
 
@@ -224,22 +225,10 @@ def test_split_digits_gives_one_token_per_digit(kind):
 
 
 def test_encoded_pairs_feed_seq2seq(tmp_path):
-    import unimodel as um
-
     tok = Tokenizer.train_bpe(["1 2 3", "one two three"] * 5, vocab_size=300, min_frequency=1)
     examples = encode_pairs(tok, [("1 2", "one two"), ("3", "three")])
     assert examples[0] == {"source": tok.encode("1 2"), "target": tok.encode("one two")}
-    model = um.build_model(
-        "t5",
-        vocab_size=tok.vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        n_layers=1,
-        n_heads=4,
-        objective="seq2seq",
-        tokenizer=tok,
-    )
+    model = build_tiny("t5", vocab_size=tok.vocab_size, n_layers=1, objective="seq2seq", tokenizer=tok)
     batch = model.objective.prepare(examples, tokenizer=tok)
     eos = tok.special_id("eos")
     assert batch["input_ids"][1].tolist()[: len(examples[1]["source"]) + 1] == [*examples[1]["source"], eos]
@@ -252,16 +241,8 @@ def test_encoded_pairs_feed_seq2seq(tmp_path):
     with pytest.raises(DataError, match=r"seq2seq example 1 has no 'target' \(keys: source\)"):
         model.objective.prepare([examples[0], {"source": [1]}], tokenizer=tok)
     # BART-style framing needs a bos distinct from eos; the byte-level BPE's are one token
-    framed = um.build_model(
-        "t5",
-        vocab_size=tok.vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        n_layers=1,
-        n_heads=4,
-        objective={"name": "seq2seq", "add_bos": True},
-        tokenizer=tok,
+    framed = build_tiny(
+        "t5", vocab_size=tok.vocab_size, n_layers=1, objective={"name": "seq2seq", "add_bos": True}, tokenizer=tok
     )
     with pytest.raises(ConfigError, match="bos and eos are one token.*add_bos = false"):
         framed.objective.prepare(examples, tokenizer=tok)

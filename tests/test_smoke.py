@@ -1,10 +1,11 @@
 import torch
+from helpers import build_tiny
 
 import unimodel as um
 
 
 def test_build_forward_save_load_roundtrip(tmp_path):
-    model = um.build_model("gpt", vocab_size=99, n_positions=64, d_model=32, n_layers=2, n_heads=4).eval()
+    model = build_tiny("gpt")
     ids = torch.randint(0, 99, (2, 10))
     logits = model(input_ids=ids).logits
     assert logits.shape == (2, 10, 99)

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from helpers import build_tiny, tiny_config
+from transformers.models.t5.modeling_t5 import T5Attention
 from unimodel_t5.model import T5Config, relative_position_bucket
 from unimodel_t5.objectives import count_spans, random_spans_noise_mask
 
@@ -11,28 +13,21 @@ import unimodel as um
 from unimodel.errors import ConfigError, DataError, InputError
 from unimodel.registry import get_registry
 
-TINY = dict(vocab_size=99, d_model=32, d_kv=8, d_ff=37, n_layers=2, n_heads=4, dropout=0.0)
+TINY = tiny_config("t5")
 SPAN = {"name": "span_corruption", "first_sentinel_id": 98, "n_sentinels": 20, "eos_token_id": 1, "pad_token_id": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models run fastest on one thread, and the suite shares two cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_t5(**overrides):
-    return um.build_model("t5", **{**TINY, "objective": SPAN, **overrides}).eval()
+    return build_tiny("t5", **{"objective": SPAN, **overrides})
 
 
 # ------------------------------------------------------------------ architecture
 @pytest.mark.parametrize("buckets,max_distance", [(32, 128), (16, 40), (8, 20)])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_buckets_equal_transformers(bidirectional, buckets, max_distance):
-    T5Attention = pytest.importorskip("transformers.models.t5.modeling_t5").T5Attention
     rel = torch.arange(-300, 300)
     ours = relative_position_bucket(rel, bidirectional=bidirectional, num_buckets=buckets, max_distance=max_distance)
     ref = T5Attention._relative_position_bucket(
@@ -51,7 +46,7 @@ def test_bucket_semantics():
 
 
 def test_structure_follows_t5():
-    m = tiny_t5(d_kv=16)  # inner 64 != d_model 32
+    m = tiny_t5(head_dim=16)  # inner 64 != d_model 32
     assert m.encoder.embed_tokens is m.decoder.embed_tokens  # the shared embedding
     assert m.heads["lm"].weight is m.encoder.embed_tokens.weight  # tied by default
     assert m.heads["lm"].input_scale == pytest.approx(32**-0.5)
@@ -163,7 +158,7 @@ def test_special_tokens_and_shift_right():
         (dict(feed_forward="gated-banana"), "feed_forward"),
         (dict(relative_attention_max_distance=16), "relative_attention_max_distance"),
         (dict(eos_token_id=99), "eos_token_id"),
-        (dict(d_kv=0), "d_kv"),
+        (dict(head_dim=0), "head_dim"),
     ],
 )
 def test_impossible_configs_name_their_fields(bad, field):
@@ -196,7 +191,7 @@ def test_t5_parts_pair_with_other_families():
     assert m.decoder.blocks[0].cross is not None
     ids, dec = torch.randint(2, 99, (2, 6)), torch.randint(2, 99, (2, 4))
     assert m(input_ids=ids, decoder_input_ids=dec).logits.shape == (2, 4, 99)
-    spec["decoder"] = {"name": "gpt", "n_positions": 32, "d_model": 32, "n_layers": 1, "n_heads": 4}
+    spec["decoder"] = {"name": "gpt", "max_positions": 32, "d_model": 32, "n_layers": 1, "n_heads": 4}
     m = um.build_model(spec, objective=SPAN).eval()
     assert m(input_ids=ids, decoder_input_ids=dec).logits.shape == (2, 4, 99)
     # span corruption needs only roles/ids, so it trains this non-T5 pair too
@@ -314,10 +309,10 @@ def test_running_out_of_sentinels_is_a_clear_error():
 def test_tokenizer_roles_cover_the_objectives():
     from unimodel.data.tokenizer import Tokenizer
 
-    declared = get_registry().get("model", "t5").extra["tokenizer"]
-    assert declared["kind"] == "unigram"
+    declared = get_registry().get("model", "t5").tokenizer
+    assert declared is not None and declared.kind == "unigram"
     texts = [f"the quick brown fox jumps over the lazy dog {i} times" for i in range(100)]
-    tok = Tokenizer.train(declared["kind"], texts, 200, declared["roles"])
+    tok = Tokenizer.train(declared.kind, texts, 200, declared.roles)
     assert [tok.special_id(r) for r in ("pad", "eos", "unk")] == [0, 1, 2]
     assert tok.has_role("mask") and tok.has_role("sentinel_99") and not tok.has_role("sentinel_100")
     m = um.build_model("t5", **{**TINY, "vocab_size": tok.vocab_size}, tokenizer=tok)  # build-time token check

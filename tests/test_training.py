@@ -10,20 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config
 
 import unimodel as um
 from unimodel.errors import ConfigError, DataError, TrainingError
 from unimodel.training import RunConfig, _ObjectiveStep, evaluate, load_run_config, lr_multiplier, param_groups, train
 
-TINY_MODEL = {
-    "name": "gpt",
-    "n_positions": 32,
-    "d_model": 32,
-    "n_layers": 2,
-    "n_heads": 4,
-    "dropout": 0.0,
-    "attn_dropout": 0.0,
-}
+# the registered tiny GPT; its vocabulary comes from each run's tokenizer
+TINY_MODEL = {"name": "gpt", **tiny_config("gpt"), "max_positions": 32}
+del TINY_MODEL["vocab_size"]
 
 
 def tiny_run(out: Path, *, model=None, objective=None, data=None, **train_opts) -> dict:
@@ -189,7 +184,7 @@ def test_evaluate_on_other_data(trained, tmp_path):
 def test_objective_swap_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # each run writes to runs/<config file name>
     text = (
-        '[model]\nname = "gpt"\nn_positions = 32\nd_model = 32\nn_layers = 2\nn_heads = 4\n\n'
+        '[model]\nname = "gpt"\nmax_positions = 32\nd_model = 32\nn_layers = 2\nn_heads = 4\n\n'
         '[objective]\nname = "clm"\n\n'
         "[data]\nmax_documents = 10\nvocab_size = 320\nblock_size = 32\n\n"
         '[train]\nmax_steps = 2\nbatch_size = 8\nprogress = false\nsample_prompt = ""\neval_every = 0\n'

@@ -25,7 +25,7 @@ _LAZY = {
     "Component": "unimodel.registry",
     "get_registry": "unimodel.registry",
     "Tokenizer": "unimodel.data.tokenizer",
-    "Cap": "unimodel.interfaces",
+    "Cap": "unimodel.capabilities",
     "Encoder": "unimodel.interfaces",
     "Decoder": "unimodel.interfaces",
     "Objective": "unimodel.interfaces",
@@ -39,13 +39,13 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from unimodel.api import is_component, list_components
+    from unimodel.capabilities import Cap
     from unimodel.checkpoint import load
     from unimodel.config import Config, param
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.hf import from_hf, to_hf
     from unimodel.interfaces import (
         Backbone,
-        Cap,
         Decoder,
         Encoder,
         ModelFamily,

@@ -1,14 +1,19 @@
-"""The core's own plugin: decoding strategies, the generic objectives and the built-in corpora.
+"""The core's own plugin: decoding strategies, the generic objectives, the built-in corpora and the
+reference encoder and decoder (the conformance kit's pairing partners).
 
 Registered through the ``unimodel`` entry-point group like any other plugin.
 """
 
 from __future__ import annotations
 
+from unimodel.capabilities import Cap
 from unimodel.hookspecs import PLUGIN_API_VERSION, hookimpl
 from unimodel.registry import Component
 
-_CAUSAL = ("causal", "lm_head", "kv_cache")
+# Left-to-right strategies use a decoder's KV cache when it has one and re-run the prefix otherwise.
+_CAUSAL = (Cap.CAUSAL, Cap.LM_HEAD)
+_REFERENCE_TINY = {"vocab_size": 64, "max_positions": 64, "d_model": 32, "n_layers": 1, "n_heads": 4, "d_ff": 64}
+SEQ2SEQ_REQUIRES = frozenset({Cap.ENCODER_DECODER, Cap.LM_HEAD})  # the objective's class reads it from here
 
 
 @hookimpl
@@ -54,12 +59,29 @@ def unimodel_components() -> list[Component]:
             provides=("encoder_decoder", "causal", "lm_head", "kv_cache"),
             default_objective="seq2seq",
         ),
+        # the conformance kit pairs every encoder with this decoder and every decoder with this encoder
+        Component(
+            kind="encoder",
+            name="reference",
+            target="unimodel.testing.reference:ReferenceEncoder",
+            summary="minimal pre-LN encoder from unimodel.nn; the conformance kit's pairing partner for decoders",
+            provides=("encoder_only", "lm_head"),
+            tiny=_REFERENCE_TINY,
+        ),
+        Component(
+            kind="decoder",
+            name="reference",
+            target="unimodel.testing.reference:ReferenceDecoder",
+            summary="minimal causal KV-cached decoder from unimodel.nn; the conformance kit's partner for encoders",
+            provides=("causal", "lm_head", "kv_cache"),
+            tiny=_REFERENCE_TINY,
+        ),
         Component(
             kind="objective",
             name="seq2seq",
             target="unimodel.objectives:Seq2Seq",
             summary="supervised source -> target pairs (optional label smoothing)",
-            requires=("encoder_decoder", "lm_head"),
+            requires=SEQ2SEQ_REQUIRES,
         ),
         Component(
             kind="corpus",
@@ -73,8 +95,8 @@ def unimodel_components() -> list[Component]:
             name="numbers",
             target="unimodel.data.synthetic:numbers_pairs",
             summary="pairs: numbers in digits -> English words (generated; 20,000 train / 500 validation)",
+            data_kind="pairs",
             extra={
-                "data": "pairs",
                 "corpus_options": "n_train = 20000, n_validation = 500, max_value = 99999 (99999999 when count > 1), "
                 "seed = 0, count = 1 (numbers per pair, joined by ' , ')",
             },

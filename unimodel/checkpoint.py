@@ -3,14 +3,21 @@
 Nothing read from disk is executed. Pickle-based files are refused. Writes are
 atomic: a checkpoint is written to a temporary sibling folder and renamed into
 place, so a crash never leaves a half-written checkpoint where a good one was.
+
+Saving never empties a folder that is not a checkpoint: a folder holding other
+files is refused unless it is a unimodel or Hugging Face checkpoint, or
+``overwrite=True`` is passed; either way only the files the checkpoint formats
+own (:func:`owned_by_checkpoints`) are replaced or removed, and the others stay.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from unimodel.bounds import check_memory
 from unimodel.config import SCHEMA_VERSION, check_schema_version
-from unimodel.errors import CheckpointError, UnimodelError
+from unimodel.errors import CheckpointError, InputError, ResourceError, UnimodelError
 
 if TYPE_CHECKING:
     from unimodel.model import Model
@@ -28,15 +36,93 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+PROVENANCE = "provenance"  # config.json: which plugin, distribution and version provided each component
+
+# Files a unimodel checkpoint (with a training run's state) or a Hugging Face folder consists of.
+OWNED_FILES = (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model-*-of-*.bin",
+    "pytorch_model.bin.index.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "run.json",
+    "trainer_state.json",
+    "optimizer.safetensors",
+    "rng_state.safetensors",
+)
+
+
+def owned_by_checkpoints(name: str) -> bool:
+    """Whether a file called ``name`` belongs to a checkpoint format (replaced or removed on save)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in OWNED_FILES)
+
+
+def as_path(value: Any, what: str) -> Path:
+    """``value`` as a path, or an :class:`InputError` naming ``what`` (e.g. ``"unimodel.load: path"``)."""
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise InputError(
+            f"{what} must be a folder path (str or pathlib.Path), got {type(value).__name__} {value!r:.60}"
+        )
+    if not value:
+        raise InputError(f"{what} is an empty string; give a folder path")
+    return Path(value)
+
+
+def as_device(value: Any, what: str) -> torch.device:
+    """``value`` (``"cpu"``, ``"cuda:0"``, a torch.device) as a device this machine has."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"{what}: device {value!r} is not a device ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{what}: device {value!r} asked for, but this torch sees no CUDA device; use 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{what}: device {value!r} asked for, but MPS is not available here; use 'cpu'")
+    return device
+
+
+def check_objective_arg(objective: Any, what: str) -> None:
+    if objective is not None and not isinstance(objective, (str, Mapping)):
+        raise InputError(
+            f"{what}: objective must be a name or a dict such as {{'name': 'classify', 'num_labels': 3}}, "
+            f"got {type(objective).__name__}"
+        )
 
 
 # ------------------------------------------------------------------ atomic I/O
+def make_temp_dir(path: Path) -> Path:
+    """A new empty sibling of ``path`` (``.NAME.tmp-XXXX``), with the permissions the umask gives new folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            tmp.mkdir(mode=0o777)  # the umask applies, unlike mkdtemp's 0700
+        except FileExistsError:
+            continue
+        return tmp
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` when the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = make_temp_dir(path)
     try:
         yield tmp
         old = None
@@ -51,6 +137,52 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds a unimodel checkpoint or a Hugging Face model folder (by its config.json)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("model" in config or "model_type" in config)
+
+
+@contextmanager
+def checkpoint_dir(path: Path, *, overwrite: bool, what: str) -> Iterator[Path]:
+    """Yield an empty folder to write a checkpoint into; when the block succeeds it becomes ``path``.
+
+    ``path`` absent, empty, or holding only checkpoint files: replaced whole, atomically (a rename).
+    ``path`` holding other files too: refused unless it is a checkpoint or ``overwrite``; then the
+    checkpoint's files are moved in one by one (each atomically), checkpoint files the new one does not
+    have are removed, and every other file is left as it was.
+    """
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{what}: {str(path)!r} is a file; give a folder path (new, empty or a checkpoint)")
+    entries = sorted(e.name for e in path.iterdir()) if path.is_dir() else []
+    if entries and not overwrite and not is_checkpoint(path):
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise CheckpointError(
+            f"{what}: {str(path)!r} is not a unimodel or Hugging Face checkpoint and is not empty ({shown}); "
+            "nothing was written. Save to a new or empty folder, or pass overwrite=True to write the checkpoint's "
+            "files there (files that are not part of a checkpoint are kept)"
+        )
+    others = [name for name in entries if not ((path / name).is_file() and owned_by_checkpoints(name))]
+    if not others:
+        with atomic_dir(path) as tmp:
+            yield tmp
+        return
+    tmp = make_temp_dir(path)
+    try:
+        yield tmp
+        written = {e.name for e in tmp.iterdir()}
+        for name in sorted(written):
+            os.replace(tmp / name, path / name)
+        for entry in path.iterdir():  # files of the previous checkpoint the new one does not have
+            if entry.name not in written and entry.is_file() and owned_by_checkpoints(entry.name):
+                entry.unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -97,6 +229,9 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[s
 
     if not path.is_file():
         raise CheckpointError(f"missing {path.name} in {str(path.parent)!r}")
+    check_memory(
+        path.stat().st_size, f"reading {str(path)!r}", device=device, fix="Free memory, or load on another device."
+    )
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
@@ -138,6 +273,11 @@ def load_state_into(
         for k in expected
         if k in tensors and tensors[k].shape != expected[k].shape
     )
+    kinds = sorted(
+        f"{k}: checkpoint {tensors[k].dtype} vs model {expected[k].dtype}"
+        for k in expected
+        if k in tensors and _kind(tensors[k].dtype) != _kind(expected[k].dtype)
+    )
     problems = []
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
@@ -145,13 +285,45 @@ def load_state_into(
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
     if wrong:
         problems.append(f"shape mismatches: {'; '.join(wrong)}")
+    if kinds:  # an integer tensor copied into float weights would load as other numbers, silently
+        problems.append(f"dtype mismatches (integer, floating and bool values do not convert): {'; '.join(kinds)}")
     if problems:
         raise CheckpointError(f"{where} does not fit its config. " + ". ".join(problems))
+    warn_nonfinite({k: t for k, t in tensors.items() if k in expected}, where)
     with torch.no_grad():
         for k, t in expected.items():
             if k in tensors:
                 t.copy_(tensors[k])
     return kept_fresh
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "floating" if dtype.is_floating_point else "complex" if dtype.is_complex else "integer"
+
+
+def nonfinite_tensors(tensors: Mapping[str, Tensor]) -> list[str]:
+    """Names of the floating tensors holding a NaN or an infinity (one float64 sum per tensor, then a
+    confirming check of the few whose sum is not finite)."""
+    floating = [(k, t) for k, t in tensors.items() if t.is_floating_point() and t.numel()]
+    if not floating:
+        return []
+    # float64 cannot overflow on a sum of finite float32/16 values; NaN and infinities propagate
+    sums = torch.stack([t.sum(dtype=torch.float64).cpu() for _, t in floating])
+    suspects = (~torch.isfinite(sums)).nonzero().flatten().tolist()
+    return [floating[i][0] for i in suspects if not bool(torch.isfinite(floating[i][1]).all())]
+
+
+def warn_nonfinite(tensors: Mapping[str, Tensor], where: str) -> None:
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        warnings.warn(
+            f"{where}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}); the model's outputs will not "
+            "be finite. The checkpoint was probably saved after training diverged",
+            stacklevel=3,
+        )
 
 
 def new_head_prefixes(model: Model, tensors: Mapping[str, Tensor]) -> tuple[str, ...]:
@@ -172,17 +344,24 @@ def warn_fresh(keys: list[str], where: str) -> None:
 
 
 # ------------------------------------------------------------------ public API
-def save(model: Model, path: str | Path) -> Path:
-    """Write a checkpoint folder (atomically). Returns its path."""
-    from unimodel import __version__
+def save(model: Model, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a checkpoint folder (atomically). Returns its path.
 
-    path = Path(path)
+    ``path`` may be new, empty, or a checkpoint (replaced). A folder holding other files is refused unless
+    ``overwrite``; then only checkpoint files are replaced and the other files are kept.
+    """
+    from unimodel import __version__
+    from unimodel.model import Model
+
+    if not isinstance(model, Model):
+        raise InputError(f"save: expected a unimodel Model, got {type(model).__name__}")
+    path = as_path(path, "save: path")
     tensors, aliases = dedup_state_dict(model)
-    with atomic_dir(path) as tmp:
-        write_json(
-            tmp / CONFIG_FILE,
-            {"schema_version": SCHEMA_VERSION, "unimodel_version": __version__, **model.spec()},
-        )
+    with checkpoint_dir(path, overwrite=overwrite, what="save") as tmp:
+        config: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "unimodel_version": __version__, **model.spec()}
+        if model.provenance:
+            config[PROVENANCE] = model.provenance
+        write_json(tmp / CONFIG_FILE, config)
         save_tensors(tensors, tmp / WEIGHTS_FILE, {"unimodel_tied": json.dumps(aliases)})
         if model.tokenizer is not None:
             model.tokenizer.save(tmp)
@@ -197,7 +376,9 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
     """
     from unimodel.model import build_model
 
-    folder = Path(path)
+    folder = as_path(path, "unimodel.load: path")
+    device = as_device(device, "unimodel.load")
+    check_objective_arg(objective, "unimodel.load")
     if not folder.exists():
         raise CheckpointError(f"checkpoint {str(folder)!r} does not exist")
     if folder.is_file():
@@ -213,16 +394,22 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
     if "model" not in config:
         raise CheckpointError(f"{str(folder / CONFIG_FILE)!r} has no 'model' section; is this a unimodel checkpoint?")
     check_schema_version(config, str(folder / CONFIG_FILE))
+    model_section, saved_objective = _sections(config, folder / CONFIG_FILE)
     tokenizer = None
     if (folder / "tokenizer.json").is_file():
         from unimodel.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(folder)
-    tensors, _ = load_tensors(folder / WEIGHTS_FILE, device)
-    try:
-        model = build_model(config["model"], objective=objective or config.get("objective"), tokenizer=tokenizer)
+    model_spec, objective_spec = _installed_components(
+        model_section, saved_objective, config, folder, keep_objective=objective is None
+    )
+    try:  # the size of the model is checked before its weights are read
+        model = build_model(model_spec, objective=objective or objective_spec, tokenizer=tokenizer)
+    except ResourceError:
+        raise
     except UnimodelError as exc:
         raise CheckpointError(f"checkpoint {str(folder)!r} cannot be rebuilt: {exc}") from exc
+    tensors, _ = load_tensors(folder / WEIGHTS_FILE, device)
     if objective is not None:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads}
     fresh = new_head_prefixes(model, tensors) if objective is not None else ()
@@ -231,6 +418,95 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
     model.to(device).eval()
     notify_loaded(model, folder)
     return model
+
+
+def _sections(config: Mapping[str, Any], where: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The ``model`` and ``objective`` tables of a checkpoint's config.json, checked."""
+    model, objective = config["model"], config.get("objective")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise CheckpointError(
+            f"{str(where)!r}: 'model' must be a JSON object with a 'name' (a model or preset), "
+            f"got {json.dumps(model)[:80]}"
+        )
+    if objective is not None and (not isinstance(objective, dict) or not isinstance(objective.get("name"), str)):
+        raise CheckpointError(
+            f"{str(where)!r}: 'objective' must be a JSON object with a 'name' (an objective), "
+            f"got {json.dumps(objective)[:80]}"
+        )
+    return model, objective
+
+
+def _installed_components(
+    model_section: dict[str, Any],
+    objective_section: dict[str, Any] | None,
+    config: Mapping[str, Any],
+    folder: Path,
+    *,
+    keep_objective: bool,
+) -> tuple[dict[str, Any], Any]:
+    """The model and objective sections with names qualified by the checkpoint's provenance.
+
+    A checkpoint written before provenance was recorded keeps its plain names.
+    When the plugin that provided a component is missing, the error names the
+    distribution to install and the version the checkpoint was saved with.
+    """
+    model_spec = dict(model_section)
+    objective_spec: Any = objective_section
+    provenance = config.get(PROVENANCE)
+    if provenance is None:
+        return model_spec, objective_spec
+    if not isinstance(provenance, Mapping):
+        raise CheckpointError(f"{str(folder / CONFIG_FILE)!r}: {PROVENANCE!r} must be a JSON object")
+    model_spec["name"] = _installed("model", provenance.get("model"), model_spec.get("name"), folder)
+    if keep_objective and isinstance(objective_spec, Mapping) and provenance.get("objective") is not None:
+        objective_spec = dict(objective_spec)
+        objective_spec["name"] = _installed("objective", provenance["objective"], objective_spec.get("name"), folder)
+    return model_spec, objective_spec
+
+
+def _installed(kind: str, entry: Any, saved_name: Any, folder: Path) -> Any:
+    """The qualified name in provenance ``entry`` if that component is installed, else a CheckpointError
+    saying what to install."""
+    from unimodel.registry import QUALIFIER, get_registry
+
+    if entry is None:
+        return saved_name
+    qualified = entry.get("component") if isinstance(entry, Mapping) else None
+    if not isinstance(qualified, str) or QUALIFIER not in qualified:
+        raise CheckpointError(
+            f"{str(folder / CONFIG_FILE)!r}: {PROVENANCE}.{kind} must be an object with a 'component' "
+            f"of the form 'plugin{QUALIFIER}name', got {entry!r}"
+        )
+    reg = get_registry()
+    if reg.has(kind, qualified):
+        return qualified
+    plugin, _, plain = qualified.rpartition(QUALIFIER)
+    dist, version = entry.get("distribution"), entry.get("version")
+    saved = f"{dist} {version}" if dist and version else str(dist or "an unknown distribution")
+    where = f"checkpoint {str(folder)!r} needs {kind} {plain!r} from plugin {plugin!r} ({saved})"
+    rec = reg.plugins.get(plugin)
+    if rec is not None and not rec.ok:
+        raise CheckpointError(f"{where}, which failed to load: {rec.error}; run `unimodel doctor -v`")
+    if rec is not None:
+        now = f"{rec.source} {rec.version}" if rec.version else rec.source
+        raise CheckpointError(
+            f"{where}, but the installed plugin {plugin!r} ({now}) registers no {kind} {plain!r}"
+            + (
+                f"; install the version the checkpoint was saved with: pip install '{dist}=={version}'"
+                if version
+                else ""
+            )
+        )
+    if dist in (None, "?", "<programmatic>"):
+        raise CheckpointError(
+            f"{where}, which is not installed; the plugin was registered without a distribution when the "
+            "checkpoint was saved, so register it again (Registry.add_plugin) before loading"
+        )
+    pin = f"=={version}" if version else ""
+    raise CheckpointError(
+        f"{where}, which is not installed: pip install '{dist}{pin}'"
+        + (" (the version the checkpoint was saved with)" if version else "")
+    )
 
 
 def notify_loaded(model: Model, folder: Path) -> None:

@@ -73,15 +73,17 @@ def _fmt(value: Any) -> str:
 
 
 def _warn_registry_problems(reg: Registry, stream: TextIO) -> None:
-    """One line per broken plugin or conflict, so ``list`` never hides them silently."""
+    """One line per broken plugin or name clash, so ``list`` never hides them silently."""
     for rec in reg.failed_plugins:
         _out(f"warning: plugin {rec.name!r} ({rec.source}) failed to load: {rec.error}; run `unimodel doctor`", stream)
     for (kind, name), comps in sorted(reg.conflicts.items()):
-        who = " and ".join(repr(c.plugin) for c in comps)
-        _out(
-            f"warning: {kind} {name!r} is registered by both plugins {who}; it cannot be used until one is removed",
-            stream,
-        )
+        _out(f"warning: {_clash(kind, name, comps)}", stream)
+
+
+def _clash(kind: str, name: str, comps: Sequence[Component]) -> str:
+    who = " and ".join(repr(c.plugin) for c in comps)
+    choices = ", ".join(repr(c.qualified_name) for c in comps)
+    return f"{kind} {name!r} is registered by plugins {who}; a plain {name!r} is ambiguous, use {choices}"
 
 
 # ------------------------------------------------------------------ list
@@ -89,41 +91,61 @@ def cmd_list(args: argparse.Namespace) -> int:
     reg = _registry()
     pattern = args.pattern
     kind = args.kind
+    plugins = set(args.plugin or ())
+    unknown = sorted(plugins - set(reg.plugins))
+    if unknown:
+        from unimodel.errors import ComponentNotFoundError, did_you_mean
+
+        raise ComponentNotFoundError(
+            f"--plugin {unknown[0]!r}: no such plugin.{did_you_mean(unknown[0], reg.plugins)} "
+            f"Plugins: {', '.join(sorted(reg.plugins))}"
+        )
     if kind is None and pattern in _kinds() and not any(reg.names(None, f"*{pattern}*").values()):
         kind, pattern = pattern, None  # `unimodel list corpus`: a kind's name, matching no component
     if pattern is not None and not (_GLOB_CHARS & set(pattern)):
         pattern = f"*{pattern}*"  # a bare word matches anywhere in the name
-    names = reg.names(kind, pattern)
+    listed: dict[str, list[Component]] = {}
+    for k, names in reg.names(kind, pattern).items():
+        comps = [reg.get(k, n) for n in names]
+        listed[k] = [c for c in comps if not plugins or c.plugin in plugins]
     if args.json:
         data = {
-            kind: [
-                {"name": n, "summary": (c := reg.get(kind, n)).summary, "plugin": c.plugin, "base": c.base} for n in ns
-            ]
-            for kind, ns in names.items()
+            k: [{"name": reg.display_name(c), "summary": c.summary, "plugin": c.plugin, "base": c.base} for c in comps]
+            for k, comps in listed.items()
         }
         _out(json.dumps(data, indent=2))
         _warn_registry_problems(reg, sys.stderr)
         return EXIT_OK
     shown = 0
-    for kind, ns in names.items():
-        if not ns:
+    clashes = []
+    for k, comps in listed.items():
+        if not comps:
             continue
         if shown:
             _out()
-        _out(f"{kind}:")
+        _out(f"{k}:")
         rows = []
-        for n in ns:
-            c = reg.get(kind, n)
+        for c in comps:
             summary = c.summary or "(no summary)"
             if c.base is not None:
                 summary += f" [preset of {c.base}]"
-            rows.append((n, summary, f"({c.plugin})"))
+            rows.append((reg.display_name(c), summary, f"({c.plugin})"))
+            if (k, c.name) in reg.conflicts and (k, c.name) not in clashes:
+                clashes.append((k, c.name))
         for line in _table(rows):
             _out(line)
-        shown += len(ns)
+        shown += len(comps)
+    if clashes:
+        _out()
+        for k, n in clashes:
+            _out(f"conflict: {_clash(k, n, reg.conflicts[(k, n)])}")
     if not shown:
         what = f"{args.kind}s" if args.kind else "components"
-        _out(f"no {what} match {args.pattern!r}" if args.pattern else f"no {what} are registered", sys.stderr)
+        where = f" of plugin(s) {', '.join(sorted(plugins))}" if plugins else ""
+        if args.pattern:
+            _out(f"no {what}{where} match {args.pattern!r}", sys.stderr)
+        else:
+            _out(f"no {what}{where} are registered", sys.stderr)
     _warn_registry_problems(reg, sys.stderr)
     return EXIT_OK
 
@@ -139,16 +161,14 @@ def _pick_kind(reg: Registry, name: str, kind: str | None) -> str:
     kinds = [k for k in _INFO_ORDER if reg.has(k, name)]
     if kinds:
         return kinds[0]
-    conflicted = [k for (k, n) in reg.conflicts if n == name]
-    if conflicted:
-        reg.get(conflicted[0], name)  # raises the DuplicateComponentError naming both plugins
     from unimodel.errors import ComponentNotFoundError, did_you_mean
 
     every = sorted({n for names in reg.names().values() for n in names})
-    msg = f"no component named {name!r}.{did_you_mean(name, every)} See `unimodel list` for what is registered."
+    msg = f"no component named {name!r}"
     if reg.failed_plugins:
-        msg += " Note: " + "; ".join(f"plugin {p.name!r} failed to load ({p.error})" for p in reg.failed_plugins)
-        msg += " and may have provided it; run `unimodel doctor`."
+        msg += ": " + "; ".join(f"plugin {p.name!r} failed to load ({p.error})" for p in reg.failed_plugins)
+        msg += " and may have provided it; run `unimodel doctor`"
+    msg += f".{did_you_mean(name, every)} See `unimodel list` for what is registered."
     raise ComponentNotFoundError(msg)
 
 
@@ -175,11 +195,13 @@ def _print_fields(title: str, config_class: Any, values: dict[str, Any]) -> None
 def _models_with(reg: Registry, objective: str) -> list[str]:
     from unimodel.model import compatible_objectives
 
+    shown = reg.display_name(reg.get("objective", objective))
     out = []
     for comp in reg.components("model"):
+        name = reg.display_name(comp)
         try:
-            if objective in compatible_objectives(comp.name, registry=reg):
-                out.append(comp.name)
+            if shown in compatible_objectives(name, registry=reg):
+                out.append(name)
         except UnimodelError:  # a preset whose base is missing is reported by doctor
             continue
     return out
@@ -213,8 +235,11 @@ def cmd_info(args: argparse.Namespace) -> int:
                 chain.append(c.name)
             _out(f"preset chain: {' -> '.join(chain)}")
         _out(f"capabilities: {', '.join(sorted(family.provides)) or '(none)'}")
-        _out(f"default objective: {family.default_objective or '(none)'}")
-        compatible = compatible_objectives(comp.name, registry=reg)
+        default = family.default_objective
+        if default is not None and reg.has("objective", default):
+            default = reg.display_name(reg.get("objective", default))
+        _out(f"default objective: {default or '(none)'}")
+        compatible = compatible_objectives(comp.qualified_name, registry=reg)
         _out(f"compatible objectives: {', '.join(compatible) or '(none)'}")
         _out()
         cls = family.load()
@@ -224,7 +249,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         _out(f"requires: {', '.join(sorted(comp.requires)) or '(nothing)'}")
         roles = getattr(cls, "special_tokens", ())
         _out(f"tokenizer roles needed: {', '.join(roles) or '(none)'}")
-        _out(f"works with models: {', '.join(_models_with(reg, comp.name)) or '(none registered)'}")
+        _out(f"works with models: {', '.join(_models_with(reg, comp.qualified_name)) or '(none registered)'}")
         _out()
         _print_fields("config fields", cls.config_class, {})
     else:
@@ -234,7 +259,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "requires": ", ".join(comp.requires),
             "model types": ", ".join(comp.model_types),
         }
-        for key, value in comp.extra.items():
+        for key, value in comp.display_items().items():
             meta[key] = _fmt(value) if not isinstance(value, str) else value
         for line in _table([(f"{k}:", v) for k, v in meta.items() if v]):
             _out(line.strip())
@@ -288,6 +313,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CheckpointError(f"checkpoint {args.checkpoint!r} does not exist")
     if args.exact_match_examples is not None and args.exact_match_examples < 0:
         raise InputError(f"--exact-match-examples must be 0 or more, got {args.exact_match_examples}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be 1 or more, got {args.batch_size}")
+    if args.max_batches is not None and args.max_batches < 1:
+        raise InputError(
+            f"--max-batches must be 1 or more (leave it out to evaluate every batch), got {args.max_batches}"
+        )
     result = training.evaluate(
         args.checkpoint,
         data=args.data,
@@ -464,11 +495,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     if target == "hf":
         model = um.load(src)
-        um.to_hf(model, dst)
+        um.to_hf(model, dst, overwrite=args.overwrite)
         _out(f"wrote Hugging Face folder {dst} (model {model.name!r})")
     else:
         model = um.from_hf(src)
-        model.save(dst)
+        model.save(dst, overwrite=args.overwrite)
         _out(f"wrote unimodel checkpoint {dst} (model {model.name!r}, objective {model.objective_name!r})")
     return EXIT_OK
 
@@ -502,7 +533,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for rec in sorted(reg.plugins.values(), key=lambda r: r.name):
         api = str(rec.api_version) if rec.api_version is not None else "-"
         status = "OK" if rec.ok else "FAILED"
-        rows.append((rec.name, rec.source, f"api {api}", f"{len(rec.components)} components", status))
+        source = f"{rec.source} {rec.version}" if rec.version else rec.source
+        rows.append((rec.name, source, f"api {api}", f"{len(rec.components)} components", status))
     for line in _table([("name", "distribution", "api", "components", "status"), *rows]):
         _out(line)
     if not reg.plugins:
@@ -517,11 +549,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         elif rec.traceback:
             _out("  (run `unimodel doctor -v` for the traceback)")
 
-    for (kind, name), comps in sorted(reg.conflicts.items()):
-        problems += 1
+    clashes = sorted(reg.conflicts.items())
+    for (kind, name), comps in clashes:
         who = " and ".join(f"{c.plugin!r} ({reg.plugins[c.plugin].source})" for c in comps if c.plugin in reg.plugins)
+        choices = " or ".join(repr(c.qualified_name) for c in comps)
         _out()
-        _out(f"CONFLICT {kind} {name!r} is registered by plugins {who}; uninstall one or ask its author to rename it")
+        _out(
+            f"CONFLICT {kind} {name!r} is registered by plugins {who}; a plain {name!r} is an error, "
+            f"name {choices} (or uninstall one, or ask its author to rename it)"
+        )
 
     unversioned = [rec.name for rec in reg.plugins.values() if rec.ok and rec.api_version is None]
     if unversioned:
@@ -535,10 +571,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         problems += _doctor_imports(reg, verbose)
 
     _out()
+    # a name clash breaks nothing that names its components qualified, so it is reported, not counted as broken
+    clash_note = f"; {len(clashes)} name conflict(s): use qualified names (plugin:name)" if clashes else ""
     if problems:
-        _out(f"{problems} problem(s) found", sys.stderr)
+        _out(f"{problems} problem(s) found{clash_note}", sys.stderr)
         return EXIT_BROKEN
-    _out("no problems found")
+    _out(f"no problems found{clash_note}")
     return EXIT_OK
 
 
@@ -610,6 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="shell glob on the name ('gpt2*'); a plain word matches anywhere in the name",
     )
     p.add_argument("--kind", choices=kinds, help="only this kind")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        metavar="NAME",
+        help="only components of this plugin (its entry-point name, as `unimodel doctor` shows it; repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 

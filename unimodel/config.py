@@ -5,20 +5,29 @@ are typed and documented (``param(default, "doc")``); ``__post_init__`` checks
 types and calls :meth:`Config.check`, where a subclass states the rules that
 tie fields together (``d_model % n_heads == 0`` ...). Unknown keys are errors
 with a did-you-mean. Configs round-trip through dicts, JSON and TOML.
+
+A field that was renamed keeps its old name as a deprecated alias: the class
+lists ``renamed = {"old": "new"}``, and every way in (dicts, TOML and JSON
+files, ``build_model`` keywords, saved checkpoints) accepts the old key with a
+:class:`RenamedFieldWarning` (a ``DeprecationWarning``) naming the new one.
+Giving both is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from unimodel.errors import ConfigError, did_you_mean
+from unimodel.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +38,15 @@ SCHEMA_VERSION = 1
 """Version of the on-disk config layout; bumped when a saved config would be read differently."""
 
 C = TypeVar("C", bound="Config")
+
+
+class RenamedFieldWarning(DeprecationWarning):
+    """A config key was given under a field's old name; the message names the new one."""
+
+
+# Python hides DeprecationWarning outside __main__, but here the old name sits in the user's own run file
+# or checkpoint, not in library code: show it once per place, as for any warning meant for users.
+warnings.filterwarnings("default", category=RenamedFieldWarning)
 
 
 def param(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> Any:
@@ -43,6 +61,7 @@ class Config:
     """Base of every config. Subclasses are frozen dataclasses."""
 
     section: ClassVar[str] = "config"  # how error messages name it ("model 'gpt'", "train" ...)
+    renamed: ClassVar[Mapping[str, str]] = {}  # deprecated key -> the field that replaced it
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -53,6 +72,11 @@ class Config:
             except _TypeMismatch as exc:
                 raise ConfigError(
                     f"{self.section}: field {f.name!r} must be {_type_name(hints[f.name])}, got {value!r}{exc.where}"
+                ) from None
+            except _NotFinite as exc:
+                raise ConfigError(
+                    f"{self.section}: field {f.name!r} must be a finite number, got {exc.value!r}"
+                    f"{'' if exc.value is value else f' (in {value!r})'}; NaN and infinity are never valid settings"
                 ) from None
             if coerced is not value:
                 object.__setattr__(self, f.name, coerced)
@@ -67,16 +91,27 @@ class Config:
         raise ConfigError(f"{self.section}: impossible config ({shown}): {problem}")
 
     def require_positive(self, *names: str) -> None:
-        """Fail on the first of ``names`` that is set and not > 0 (``None`` means "unset" and passes)."""
+        """Fail on the first of ``names`` that is set and not > 0 (``None`` means "unset" and passes).
+
+        For ``layer_norm_eps``, ``init_std``, temperatures, widths and counts."""
         for name in names:
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:
                 self.fail(name, "must be positive")
+
+    def require_at_least(self, minimum: float, *names: str) -> None:
+        """Fail on the first of ``names`` that is set and below ``minimum`` (``None`` passes)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and not value >= minimum:
+                self.fail(name, f"must be {minimum} or more")
 
     def require_fraction(self, *names: str, inclusive: bool = False) -> None:
         """Fail on the first of ``names`` outside [0, 1) (or [0, 1] when ``inclusive``)."""
         for name in names:
             value = getattr(self, name)
+            if value is None:
+                continue
             if not (0.0 <= value <= 1.0 if inclusive else 0.0 <= value < 1.0):
                 self.fail(name, "must be in [0, 1]" if inclusive else "must be in [0, 1)")
 
@@ -94,37 +129,86 @@ class Config:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
+    def canonical(cls, values: Mapping[str, Any], section: str | None = None) -> dict[str, Any]:
+        """``values`` with deprecated keys (:attr:`renamed`) replaced by their new names.
+
+        Each old key gives a :class:`RenamedFieldWarning`; an old key given
+        together with its new name is a :class:`ConfigError`. Other keys pass
+        unchanged (unknown ones are reported by :meth:`from_dict`).
+        """
+        out = dict(values)
+        for old, new in cls.renamed.items():
+            if old not in out:
+                continue
+            where = section or cls.section
+            if new in out:
+                raise ConfigError(f"{where}: both {old!r} and {new!r} are given; {old!r} is the old name of {new!r}")
+            message = f"{where}: {old!r} is deprecated; it is now called {new!r}"
+            warnings.warn(message, RenamedFieldWarning, stacklevel=3)
+            out[new] = out.pop(old)
+        return out
+
+    @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any], section: str | None = None) -> C:
-        """Build from a mapping; unknown keys are a :class:`ConfigError` with close matches."""
+        """Build from a mapping; unknown keys are a :class:`ConfigError` with close matches.
+
+        Deprecated keys are accepted under their new names (see :meth:`canonical`).
+        """
+        values = cls.canonical(values, section)
         known = cls.field_names()
         where = section or cls.section
         for key in values:
             if key not in known:
-                raise ConfigError(
-                    f"{where}: unknown key {key!r}.{did_you_mean(key, known)} Known keys: {', '.join(known)}."
-                )
-        return cls(**dict(values))
+                # a near miss of an old name suggests the new one ("encoder_layer" -> n_layers)
+                close = difflib.get_close_matches(key, [*known, *cls.renamed], n=3, cutoff=0.5)
+                names = list(dict.fromkeys(cls.renamed.get(c, c) for c in close))
+                hint = (" Did you mean " + " or ".join(map(repr, names)) + "?") if names else ""
+                raise ConfigError(f"{where}: unknown key {key!r}.{hint} Known keys: {', '.join(known)}.")
+        return cls(**values)
+
+    @classmethod
+    def from_layers(cls: type[C], *layers: Mapping[str, Any], section: str | None = None) -> C:
+        """Build from mappings applied in order, later keys winning (a preset's values, then overrides).
+
+        Each layer is made :meth:`canonical` on its own, so an override under a
+        deprecated name replaces the new-named value of an earlier layer.
+        """
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            merged.update(cls.canonical(layer, section))
+        return cls.from_dict(merged, section)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def replace(self: C, **changes: Any) -> C:
-        return type(self).from_dict({**self.to_dict(), **changes})
+        return type(self).from_layers(self.to_dict(), changes)
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, doc) for each field."""
         hints = typing.get_type_hints(cls)
+        old_names = {new: old for old, new in cls.renamed.items()}
         rows = []
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else "(required)"
-            rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("doc", "")))
+            doc = f.metadata.get("doc", "")
+            if f.name in old_names:
+                doc += f" (formerly {old_names[f.name]})"
+            rows.append((f.name, _type_name(hints[f.name]), default, doc))
         return rows
 
 
 class _TypeMismatch(Exception):
     def __init__(self, where: str = "") -> None:
         self.where = where
+
+
+class _NotFinite(Exception):
+    """A float field holding NaN or an infinity (JSON and TOML can both spell them)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
 
 
 def _coerce(value: Any, tp: Any) -> Any:
@@ -160,7 +244,13 @@ def _coerce(value: Any, tp: Any) -> Any:
         raise _TypeMismatch()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range
+                raise _NotFinite(value) from None
+            if not math.isfinite(number):
+                raise _NotFinite(number)
+            return number
         raise _TypeMismatch()
     if tp is str:
         if isinstance(value, str):

@@ -38,7 +38,7 @@ class IncompatibleObjectiveError(UnimodelError):
 
 
 class InputError(UnimodelError, ValueError):
-    """Model inputs that cannot be run: ids out of range, wrong dtype, too long."""
+    """Inputs that cannot be used: model inputs of the wrong shape, dtype or range, arguments of the wrong type."""
 
 
 class CheckpointError(UnimodelError):
@@ -51,6 +51,11 @@ class TrainingError(UnimodelError):
 
 class DataError(UnimodelError):
     """Data source that cannot be read or yields nothing usable."""
+
+
+class ResourceError(UnimodelError):
+    """A model, generation call or corpus that would need more memory than is available (estimated before
+    anything is allocated)."""
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:

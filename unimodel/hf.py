@@ -19,7 +19,10 @@ from torch import Tensor
 from unimodel.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
-    atomic_dir,
+    as_device,
+    as_path,
+    check_objective_arg,
+    checkpoint_dir,
     load_state_into,
     load_tensors,
     new_head_prefixes,
@@ -30,7 +33,7 @@ from unimodel.checkpoint import (
     warn_fresh,
     write_json,
 )
-from unimodel.errors import CheckpointError, ComponentNotFoundError, UnimodelError
+from unimodel.errors import CheckpointError, ComponentNotFoundError, InputError, ResourceError, UnimodelError
 from unimodel.registry import Registry, get_registry
 
 if TYPE_CHECKING:
@@ -90,9 +93,9 @@ def _converter_for_type(model_type: str, registry: Registry) -> HFConverter:
 def _converter_for_model(model: Model, registry: Registry) -> HFConverter:
     comps = registry.components("hf_converter")
     for comp in comps:
-        if model.name in comp.extra.get("exports", ()):
+        if model.name in comp.exports:
             return comp.load()()
-    exported = sorted({m for c in comps for m in c.extra.get("exports", ())})
+    exported = sorted({m for c in comps for m in c.exports})
     raise ComponentNotFoundError(
         f"no plugin exports model {model.name!r} to Hugging Face format; "
         f"exportable models: {', '.join(exported) or '(none)'}"
@@ -107,6 +110,8 @@ def read_hf_weights(folder: Path, device: str | torch.device = "cpu") -> dict[st
         return load_tensors(folder / WEIGHTS_FILE, device)[0]
     if index.is_file():
         weight_map = read_json(index).get("weight_map", {})
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{str(index)!r}: weight_map must map tensor names to shard file names")
         tensors: dict[str, Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             if "/" in shard or "\\" in shard or shard.startswith("."):
@@ -131,7 +136,9 @@ def from_hf(
     from unimodel.model import build_model
 
     reg = registry or get_registry()
-    folder = Path(path)
+    folder = as_path(path, "unimodel.from_hf: path")
+    device = as_device(device, "unimodel.from_hf")
+    check_objective_arg(objective, "unimodel.from_hf")
     if not folder.is_dir():
         raise CheckpointError(f"Hugging Face folder {str(folder)!r} does not exist")
     refuse_pickles(folder)
@@ -140,7 +147,14 @@ def from_hf(
     if not isinstance(model_type, str):
         raise CheckpointError(f"{str(folder / CONFIG_FILE)!r} has no 'model_type'; is this a Hugging Face folder?")
     converter = _converter_for_type(model_type, reg)
-    spec = converter.spec_from_hf(hf_config)
+    try:
+        spec = converter.spec_from_hf(hf_config)
+    except UnimodelError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type or missing
+        raise CheckpointError(
+            f"{str(folder / CONFIG_FILE)!r} ({model_type}) is malformed: {type(exc).__name__}: {exc}"
+        ) from None
     if objective is not None:
         spec["objective"] = objective
     tokenizer = None
@@ -148,8 +162,10 @@ def from_hf(
         from unimodel.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(folder)
-    try:
+    try:  # the size of the model is checked before its weights are read
         model = build_model(spec, registry=reg, tokenizer=tokenizer)
+    except ResourceError:
+        raise
     except UnimodelError as exc:
         raise CheckpointError(f"{str(folder)!r} ({model_type}) cannot be built: {exc}") from exc
     tensors = converter.weights_from_hf(read_hf_weights(folder, device), hf_config)
@@ -163,14 +179,25 @@ def from_hf(
     return model
 
 
-def to_hf(model: Model, path: str | Path, *, registry: Registry | None = None) -> Path:
-    """Write ``model`` as a Hugging Face folder that ``transformers`` loads."""
+def to_hf(model: Model, path: str | Path, *, overwrite: bool = False, registry: Registry | None = None) -> Path:
+    """Write ``model`` as a Hugging Face folder that ``transformers`` loads.
+
+    ``path`` may be new, empty, or a checkpoint (replaced). A folder holding other files is refused unless
+    ``overwrite``; then only checkpoint files are replaced and the other files are kept.
+    """
+    from unimodel.model import Model
+
+    if not isinstance(model, Model):
+        raise InputError(
+            f"unimodel.to_hf(model, path): model must be a unimodel Model, got {type(model).__name__} "
+            f"{model!r:.60}; load one first (unimodel.load or unimodel.from_hf)"
+        )
+    folder = as_path(path, "unimodel.to_hf: path")
     reg = registry or get_registry()
     converter = _converter_for_model(model, reg)
-    folder = Path(path)
     config = converter.config_to_hf(model)
     tensors = converter.weights_to_hf(model)
-    with atomic_dir(folder) as tmp:
+    with checkpoint_dir(folder, overwrite=overwrite, what="to_hf") as tmp:
         write_json(tmp / CONFIG_FILE, config)
         save_tensors(tensors, tmp / WEIGHTS_FILE)
         gen = converter.generation_config(model)

@@ -4,6 +4,10 @@ These classes hold declarations only. Shared behaviour lives in
 :mod:`unimodel.nn` (blocks), :mod:`unimodel.model` (composition) and
 :mod:`unimodel.generation`; the interface is not a vehicle for code reuse.
 
+The interfaces are generic in their config class: ``class GPTDecoder(Decoder[GPTConfig])``
+makes ``self.config`` a ``GPTConfig`` for type checkers, and an override of
+``build_backbone(cls, config: GPTConfig)`` matches the base signature.
+
 Shapes: B batch, T target length, S source length, D model width, V vocabulary.
 """
 
@@ -12,10 +16,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from torch import Tensor, nn
 
+from unimodel.capabilities import Cap as Cap  # re-exported: the names predate unimodel.capabilities
 from unimodel.config import Config
 
 if TYPE_CHECKING:
@@ -25,49 +30,8 @@ if TYPE_CHECKING:
     from unimodel.model import Model
     from unimodel.nn.attention import KVCache
 
-
-class Cap:
-    """Capability names. Backbones declare what they provide, objectives what they require."""
-
-    ENCODER_ONLY = "encoder_only"  # an encoder with no decoder
-    DECODER_ONLY = "decoder_only"  # a decoder with no encoder
-    ENCODER_DECODER = "encoder_decoder"  # both, the decoder reading the encoder's memory
-    CAUSAL = "causal"  # the decoder is causal (left-to-right)
-    NONCAUSAL_DECODER = "noncausal_decoder"  # the decoder sees its whole input (mask-predict)
-    LM_HEAD = "lm_head"  # hidden states map to vocabulary logits
-    KV_CACHE = "kv_cache"  # incremental decoding with a key/value cache
-    TOKEN_TYPES = "token_types"  # segment embeddings (token_type_ids)
-    POOLER = "pooler"  # a pooled sequence vector
-    TWO_STREAM = "two_stream"  # content and query streams (perm_mask, target_mapping)
-    MEMS = "mems"  # recurrence memory across segments
-    CONTINUOUS_INPUT = "continuous_input"  # inputs are real-valued (images), not ids
-    CODEBOOK = "codebook"  # a vector-quantised bottleneck
-
-    @classmethod
-    def all(cls) -> list[str]:
-        return sorted(v for k, v in vars(cls).items() if k.isupper())
-
-    @classmethod
-    def explain(cls, names: Sequence[str]) -> str:
-        """``"encoder_decoder (an encoder and a decoder reading its memory), ..."`` for error messages."""
-        return ", ".join(f"{n} ({_CAP_MEANINGS[n]})" if n in _CAP_MEANINGS else n for n in names)
-
-
-_CAP_MEANINGS = {
-    Cap.ENCODER_ONLY: "an encoder with no decoder",
-    Cap.DECODER_ONLY: "a decoder with no encoder",
-    Cap.ENCODER_DECODER: "an encoder and a decoder reading its memory",
-    Cap.CAUSAL: "a left-to-right decoder",
-    Cap.NONCAUSAL_DECODER: "a decoder that sees its whole input",
-    Cap.LM_HEAD: "vocabulary logits",
-    Cap.KV_CACHE: "incremental decoding with a key/value cache",
-    Cap.TOKEN_TYPES: "segment embeddings",
-    Cap.POOLER: "a pooled sequence vector",
-    Cap.TWO_STREAM: "content and query streams",
-    Cap.MEMS: "recurrence memory",
-    Cap.CONTINUOUS_INPUT: "real-valued inputs",
-    Cap.CODEBOOK: "a vector-quantised bottleneck",
-}
+ConfigT = TypeVar("ConfigT", bound=Config)
+"""The config class a component is generic in."""
 
 
 # ------------------------------------------------------------------ outputs
@@ -124,16 +88,20 @@ class TokenLoss:
 
 
 # ------------------------------------------------------------------ backbones
-class Encoder(nn.Module, ABC):
+class Encoder(nn.Module, ABC, Generic[ConfigT]):
     """Bidirectional: inputs (B, S) ids, or continuous data, -> hidden states (B, S, D).
 
-    Subclasses set ``config_class`` and take their config as the only
-    constructor argument; ``d_model``, ``vocab_size`` and ``max_positions``
-    (``None`` when unbounded) are instance attributes.
+    Subclasses set ``config_class`` and take their config (kept as ``self.config``)
+    as the only constructor argument; ``d_model``, ``vocab_size`` and
+    ``max_positions`` (``None`` when unbounded) are instance attributes.
+    ``forward`` may declare fewer keyword arguments than below: the model passes
+    only those it declares (docs/plugins.md).
     """
 
-    config_class: ClassVar[type[Config]]
-    provides: ClassVar[frozenset[str]] = frozenset()
+    # set on the class; a ClassVar cannot name the type variable
+    config_class: type[ConfigT]
+    config: ConfigT
+    provides: frozenset[str] = frozenset()
     d_model: int
     vocab_size: int
     max_positions: int | None
@@ -156,19 +124,21 @@ class Encoder(nn.Module, ABC):
         """This family's output layer for token prediction (tied where the family ties)."""
 
 
-class Decoder(nn.Module, ABC):
+class Decoder(nn.Module, ABC, Generic[ConfigT]):
     """Target-side states, optionally attending to an encoder memory.
 
-    ``is_causal`` says whether position t sees only positions <= t. A causal
-    decoder supports incremental decoding: :meth:`new_cache` gives a cache that
-    :meth:`forward` fills and reads, one or more positions per call.
+    ``is_causal`` says whether position t sees only positions <= t. A decoder
+    that provides ``kv_cache`` decodes incrementally: :meth:`new_cache` gives a
+    cache that :meth:`forward` fills and reads, one or more positions per call.
     ``cross_attention`` is true when the decoder reads a memory; a decoder
     built with ``memory_dim`` set gains cross-attention layers when it is
-    paired with an encoder.
+    paired with an encoder. ``forward`` may declare fewer keyword arguments
+    than below: the model passes only those it declares (docs/plugins.md).
     """
 
-    config_class: ClassVar[type[Config]]
-    provides: ClassVar[frozenset[str]] = frozenset()
+    config_class: type[ConfigT]
+    config: ConfigT
+    provides: frozenset[str] = frozenset()
     is_causal: bool
     cross_attention: bool
     d_model: int
@@ -194,8 +164,15 @@ class Decoder(nn.Module, ABC):
     @abstractmethod
     def build_lm_head(self) -> nn.Module: ...
 
-    @abstractmethod
-    def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache: ...
+    def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
+        """An empty cache for ``batch`` rows and about ``capacity`` positions (it must grow past them).
+
+        Decoders that provide ``kv_cache`` override this; without one, generation
+        re-runs the whole prefix at every step.
+        """
+        from unimodel.errors import InputError
+
+        raise InputError(f"decoder {type(self).__name__} keeps no cache for incremental decoding (no kv_cache)")
 
 
 @dataclass
@@ -213,7 +190,7 @@ class Backbone:
     special_tokens: Mapping[str, int | None] = field(default_factory=dict)
 
 
-class ModelFamily(ABC):
+class ModelFamily(ABC, Generic[ConfigT]):
     """A ``model`` component: a config class and a function from config to backbone.
 
     A family whose capabilities depend on its config (a pairing of registered
@@ -221,15 +198,15 @@ class ModelFamily(ABC):
     objective check at build time then uses it instead of the registry record.
     """
 
-    config_class: ClassVar[type[Config]]
+    config_class: type[ConfigT]
 
     @classmethod
     @abstractmethod
-    def build_backbone(cls, config: Config) -> Backbone: ...
+    def build_backbone(cls, config: ConfigT) -> Backbone: ...
 
 
 # ------------------------------------------------------------------ objectives
-class Objective(ABC):
+class Objective(ABC, Generic[ConfigT]):
     """A pretraining or fine-tuning task: data transform, heads, loss.
 
     ``requires`` lists the capabilities a backbone must provide;
@@ -251,7 +228,7 @@ class Objective(ABC):
     samples nor searches beams (``None``: greedy).
     """
 
-    config_class: ClassVar[type[Config]]
+    config_class: type[ConfigT]
     requires: ClassVar[frozenset[str]] = frozenset()
     model_options: ClassVar[Mapping[str, Any]] = {}
     default_strategy: ClassVar[str | None] = None
@@ -260,7 +237,7 @@ class Objective(ABC):
     uses_lm_head: ClassVar[bool] = True
     data_kind: ClassVar[Literal["text", "pairs"]] = "text"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ConfigT) -> None:
         self.config = config
 
     @abstractmethod

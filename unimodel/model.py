@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from unimodel.bounds import build_within_memory
 from unimodel.config import Config, read_config_file
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError, UnimodelError
-from unimodel.interfaces import Backbone, Cap, ModelFamily, ModelOutput, Objective
+from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
+from unimodel.interfaces import Backbone, Cap, Decoder, Encoder, EncoderOutput, ModelFamily, ModelOutput, Objective
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
 from unimodel.registry import Component, Registry, get_registry
@@ -41,9 +44,13 @@ class Model(nn.Module):
         heads: Mapping[str, nn.Module],
         preset: str | None = None,
         tokenizer: Tokenizer | None = None,
+        provenance: Mapping[str, Mapping[str, str | None]] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
+        # by role ("model", "objective"): the qualified component and the distribution and version that provided it,
+        # which a checkpoint records so that loading it can name the package to install
+        self.provenance = {role: dict(entry) for role, entry in (provenance or {}).items()}
         self.preset = preset
         self.config = config
         self.encoder = backbone.encoder
@@ -116,7 +123,8 @@ class Model(nn.Module):
             decoder_input_ids: (B, T) decoder input of an encoder-decoder model;
                 derived from ``labels`` by a right shift when absent.
             past_key_values: a cache from a previous call (``use_cache=True``).
-            labels: targets for the objective's loss (-100 ignored).
+            labels: targets for the objective's loss (-100 ignored). When no position has a target
+                (all -100), ``loss`` is 0 (a zero-gradient part of the graph) and a warning says so.
             logits_at: (B, T) bool; when given, the head runs only at the True
                 positions and ``logits`` is (N, V) for those N positions in
                 row-major order (``loss`` then pairs them with ``labels[logits_at]``).
@@ -130,25 +138,51 @@ class Model(nn.Module):
             **inputs: family-specific inputs (``perm_mask``, ``mems``,
                 ``pixel_values`` ...), passed to the encoder or decoder whose
                 ``forward`` declares them.
+
+        Raises:
+            InputError: an input of the wrong type, dtype, shape or batch size, or values out of range
+                (ids outside the vocabulary, masks other than 0/1, positions past the position table);
+                the message names the argument and the expected shape (see :mod:`unimodel.inputs`).
         """
         enc_extra, dec_extra = self._route(inputs)
         if input_ids is None and encoder_outputs is None and not enc_extra:
             raise InputError("model call needs input_ids")
+        head = (
+            self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
+        )
+        lm_labels = isinstance(head, LMHead)
+        fused = self.objective.token_loss() if lm_labels and labels is not None else None
+        targets = check_call(  # shapes, dtypes, batch sizes, and every value range with one host sync
+            self,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            decoder_position_ids=decoder_position_ids,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            labels=labels,
+            logits_at=logits_at,
+            lm_labels=lm_labels,
+            shifted=fused is not None and fused.shift,
+        )
         enc = None
         memory = memory_mask = None
         extra: dict[str, Any] = {}
         if self.encoder is not None:
             if encoder_outputs is None:
-                if input_ids is not None:
-                    self.check_ids(input_ids, "input_ids", self.encoder)
-                if token_type_ids is not None:
-                    _check_integer(token_type_ids, "token_type_ids")
-                enc = self.encoder(
+                enc = call_part(
+                    self.encoder,
                     input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                    position_ids=position_ids,
-                    **enc_extra,
+                    {
+                        "attention_mask": attention_mask,
+                        "token_type_ids": token_type_ids,
+                        "position_ids": position_ids,
+                        **enc_extra,
+                    },
+                    model=self.name,
                 )
             else:
                 enc = encoder_outputs
@@ -159,6 +193,7 @@ class Model(nn.Module):
             hidden = enc.last_hidden_state
             cache = None
         else:
+            dec_ids: Tensor | None
             if self.encoder is not None:
                 if decoder_input_ids is None:
                     if labels is None:
@@ -167,31 +202,38 @@ class Model(nn.Module):
                 dec_ids, dec_mask, dec_pos = decoder_input_ids, decoder_attention_mask, decoder_position_ids
             else:
                 dec_ids, dec_mask, dec_pos = input_ids, attention_mask, position_ids
-            past = past_key_values.length if past_key_values is not None else 0
-            self.check_ids(
-                dec_ids, "decoder_input_ids" if self.encoder is not None else "input_ids", self.decoder, past
-            )
+            if dec_ids is None:
+                raise InputError(f"model {self.name!r} needs input_ids for its decoder")
             cache = past_key_values
+            if (use_cache or cache is not None) and Cap.KV_CACHE not in self.provides:
+                why = "its decoder is non-causal" if not self.decoder.is_causal else "it does not provide kv_cache"
+                raise InputError(
+                    f"model {self.name!r} keeps no cache for incremental decoding ({why}); "
+                    "call it without use_cache and past_key_values, on the whole sequence"
+                )
             if use_cache and cache is None:
                 cache = self.decoder.new_cache(
                     dec_ids.shape[0], dec_ids.shape[1], dtype=self.dtype, device=dec_ids.device
                 )
-            out = self.decoder(
+            out = call_part(
+                self.decoder,
                 dec_ids,
-                attention_mask=dec_mask,
-                position_ids=dec_pos,
-                memory=memory,
-                memory_mask=memory_mask,
-                cache=cache,
-                **dec_extra,
+                {
+                    "attention_mask": dec_mask,
+                    "position_ids": dec_pos,
+                    "memory": memory,
+                    "memory_mask": memory_mask,
+                    "cache": cache,
+                    **dec_extra,
+                },
+                model=self.name,
             )
             hidden = out.last_hidden_state
             extra.update(out.extra)
-        head = (
-            self.heads[self.primary_head] if self.primary_head is not None and self.primary_head in self.heads else None
-        )
         pooled = enc.pooler_output if enc is not None else None
         logits, loss, correct = self._head_and_loss(head, hidden, pooled, labels, logits_at, return_logits)
+        if targets == 0 and loss is not None:
+            loss = _no_target_loss(hidden)
         return ModelOutput(
             logits=logits,
             last_hidden_state=hidden,
@@ -219,13 +261,16 @@ class Model(nn.Module):
         if getattr(head, "pooled_input", False):  # a sequence head reads the pooled vector
             logits = head(pooled)
             return logits, self.objective.loss(logits, labels) if labels is not None else None, None
+        if labels is not None and labels.shape != hidden.shape[:2]:
+            raise InputError(
+                f"labels must have shape {tuple(hidden.shape[:2])} (batch, positions), one per position of the "
+                f"{'decoder' if self.decoder is not None else 'encoder'} input; got {tuple(labels.shape)}"
+            )
         if logits_at is not None:
             at = self._check_logits_at(logits_at, hidden)
             hidden, labels = hidden[at], (labels[at] if labels is not None else None)  # (N, D), (N,)
-        if labels is not None and isinstance(head, LMHead):
-            self._check_labels(labels)  # token ids, before cross_entropy meets one outside the vocabulary
         fused = self.objective.token_loss() if labels is not None and not return_logits else None
-        if fused is not None and isinstance(head, LMHead):
+        if fused is not None and isinstance(head, LMHead) and labels is not None:
             if fused.shift and logits_at is None:
                 hidden, labels = hidden[:, :-1], labels[:, 1:]
             loss, correct = head.token_loss(hidden, labels, label_smoothing=fused.label_smoothing)
@@ -242,27 +287,15 @@ class Model(nn.Module):
             )
         return logits_at
 
-    def _check_labels(self, labels: Tensor) -> None:
-        _check_integer(labels, "labels")
-        bad = (labels >= self.vocab_size) | ((labels < 0) & (labels != IGNORE_INDEX))
-        if bool(bad.any()):
-            raise InputError(
-                f"labels contain {int(labels[bad][0])}, which is neither a token id of this model's vocabulary "
-                f"(0..{self.vocab_size - 1}) nor {IGNORE_INDEX} (ignored)"
-            )
-
     def _route(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split family-specific inputs between encoder and decoder by their signatures."""
+        """Split family-specific inputs between encoder and decoder by their ``forward`` signatures."""
         if not inputs:
             return {}, {}
-        enc_keys = _keyword_params(self.encoder)
-        dec_keys = _keyword_params(self.decoder)
+        enc_keys = accepted_inputs(self.encoder) if self.encoder is not None else frozenset()
+        dec_keys = accepted_inputs(self.decoder) if self.decoder is not None else frozenset()
         unknown = [k for k in inputs if k not in enc_keys and k not in dec_keys]
         if unknown:
-            takes = sorted(
-                (enc_keys | dec_keys)
-                - {"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"}
-            )
+            takes = sorted((enc_keys | dec_keys) - _STANDARD_INPUTS)
             raise InputError(
                 f"model {self.name!r} does not take input(s) {', '.join(map(repr, unknown))}; besides input_ids, "
                 f"attention_mask, labels and decoder_* inputs it takes: {', '.join(takes) or 'nothing else'}"
@@ -272,27 +305,26 @@ class Model(nn.Module):
             {k: v for k, v in inputs.items() if k in dec_keys and k not in enc_keys},
         )
 
-    def check_ids(self, ids: Tensor, name: str, part: nn.Module, past: int = 0) -> None:
-        """Reject ids a user could pass by mistake, before torch fails obscurely."""
-        _check_integer(ids, name)
-        if ids.dim() != 2:
-            raise InputError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
-        if ids.numel() == 0:
-            raise InputError(f"{name} is empty (shape {tuple(ids.shape)})")
-        lo, hi = int(ids.min()), int(ids.max())
-        vocab = part.vocab_size  # type: ignore[attr-defined]
-        if lo < 0 or hi >= vocab:
-            bad = lo if lo < 0 else hi
-            raise InputError(
-                f"{name} contains token id {bad}, outside this model's vocabulary of {vocab} (ids 0..{vocab - 1}); "
-                "was the text encoded with another tokenizer?"
-            )
-        max_pos = part.max_positions  # type: ignore[attr-defined]
+    def encode(self, input_ids: Tensor | None, attention_mask: Tensor | None = None, **inputs: Any) -> EncoderOutput:
+        """Run the encoder alone, passing what its ``forward`` declares; ``inputs`` are encoder extras
+        (``token_type_ids``, ``pixel_values`` ...). Generation uses this to encode a source once."""
+        if self.encoder is None:
+            raise InputError(f"model {self.name!r} has no encoder")
+        return call_part(self.encoder, input_ids, {"attention_mask": attention_mask, **inputs}, model=self.name)
+
+    def check_ids(self, ids: Tensor, name: str, part: Encoder | Decoder, past: int = 0) -> None:
+        """Reject ids a user could pass by mistake (dtype, shape, vocabulary, position table), before torch
+        fails obscurely; one host sync."""
+        ids = check_ids_shape(ids, name)
+        checks = RangeChecks()
+        check_ids_range(checks, ids, name, part.vocab_size)
+        max_pos = part.max_positions
         if max_pos is not None and past + ids.shape[1] > max_pos:
             raise InputError(
                 f"{name} has {past + ids.shape[1]} positions (including {past} cached) but model {self.name!r} "
-                f"has a position table of {max_pos}; truncate the input or build with a larger n_positions"
+                f"has a position table of {max_pos}; truncate the input or build with a larger max_positions"
             )
+        checks.run()
 
     def shift_right(self, labels: Tensor) -> Tensor:
         """Decoder inputs from labels: prepend the decoder start token, drop the last, -100 -> pad."""
@@ -314,25 +346,110 @@ class Model(nn.Module):
         return generate(self, input_ids, **kwargs)
 
     # ------------------------------------------------------------------- I/O
-    def save(self, path: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json``) to a folder."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (and ``tokenizer.json``) to a folder.
+
+        The folder may be new, empty, or a checkpoint (replaced). A folder holding other files is refused
+        unless ``overwrite``; then only the checkpoint's files are replaced and the other files are kept.
+        """
         from unimodel.checkpoint import save
 
-        return save(self, path)
+        return save(self, path, overwrite=overwrite)
 
 
-def _keyword_params(part: nn.Module | None) -> set[str]:
-    if part is None:
-        return set()
-    params = inspect.signature(part.forward).parameters.values()
-    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+# Inputs the model hands every encoder or decoder whose forward declares them (see docs/plugins.md).
+_STANDARD_INPUTS = frozenset({"attention_mask", "position_ids", "token_type_ids", "memory", "memory_mask", "cache"})
+# A mask of ones says nothing, so a part that takes no mask loses nothing when it is left out.
+_MASKS = frozenset({"attention_mask", "memory_mask"})
 
 
-def _check_integer(t: Tensor, name: str) -> None:
-    if not isinstance(t, Tensor):
-        raise InputError(f"{name} must be a torch tensor of token ids, got {type(t).__name__}")
-    if t.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise InputError(f"{name} must hold integer token ids (torch.long), got dtype {t.dtype}")
+# per class: a plain dict, which torch.compile reads as it reads any global (it warns about functools caches)
+_SIGNATURES: dict[type, tuple[frozenset[str], bool, str | None]] = {}
+
+
+def _forward_signature(cls: type) -> tuple[frozenset[str], bool, str | None]:
+    """What ``cls.forward`` takes: (keyword-passable names besides ``input_ids``, whether it has
+    ``**kwargs``, the name of its first positional parameter). Inspected once per class: this runs on every call."""
+    found = _SIGNATURES.get(cls)
+    if found is None:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # without self
+        names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+        found = _SIGNATURES[cls] = (names - {"input_ids"}, var_kw, positional[0] if positional else None)
+    return found
+
+
+def _signature_owner(part: nn.Module) -> nn.Module:
+    """The module whose signature ``part`` forwards to: a wrapper names it in ``forwards_inputs_to``."""
+    while True:
+        attr = getattr(type(part), "forwards_inputs_to", None)
+        if attr is None:
+            return part
+        part = getattr(part, attr)
+
+
+def accepted_inputs(part: nn.Module) -> frozenset[str]:
+    """The input names (besides the ids) that an encoder's or decoder's ``forward`` declares."""
+    names, _, _ = _forward_signature(type(_signature_owner(part)))
+    return names
+
+
+def call_part(
+    part: nn.Module,
+    ids: Tensor | None,
+    inputs: Mapping[str, Any],
+    *,
+    model: str = "?",
+    optional: frozenset[str] = frozenset(),
+) -> Any:
+    """Call an encoder or decoder with ``ids`` and the ``inputs`` its ``forward`` declares.
+
+    An input the part does not declare is left out when it is ``None``, a mask
+    of ones, or named in ``optional`` (a hint the caller computed, such as the
+    position ids generation derives from padding); any other is an
+    :class:`InputError` naming what the part takes. A part whose ``forward``
+    takes ``**kwargs`` gets everything.
+    """
+    names, var_kw, first = _forward_signature(type(_signature_owner(part)))
+    if var_kw:
+        kwargs = dict(inputs)
+    else:
+        kwargs = {}
+        for key, value in inputs.items():
+            if key in names:
+                kwargs[key] = value
+            elif value is not None and key not in optional and not _says_nothing(key, value):
+                _refuse(part, key, names, model)
+    if ids is None and first is not None and first != "input_ids" and first in kwargs:
+        return part(**kwargs)  # a part whose main input is not ids (pixel_values, say)
+    return part(ids, **kwargs)
+
+
+def _says_nothing(key: str, value: Any) -> bool:
+    """A mask of all ones: leaving it out changes nothing."""
+    return key in _MASKS and isinstance(value, Tensor) and bool(value.all())
+
+
+def _refuse(part: nn.Module, key: str, names: frozenset[str], model: str) -> None:
+    owner = _signature_owner(part)
+    role = "encoder" if isinstance(owner, Encoder) else "decoder" if isinstance(owner, Decoder) else "part"
+    hint = ", so it cannot run a padded batch (give it rows of one length)" if key in _MASKS else ""
+    raise InputError(
+        f"model {model!r}: its {role} ({type(owner).__name__}) does not take {key}{hint}; its forward takes "
+        f"input_ids{', ' if names else ''}{', '.join(sorted(names))}"
+    )
+
+
+def _no_target_loss(hidden: Tensor) -> Tensor:
+    """The loss of a batch whose labels are all -100: zero (a mean over no target would be NaN), still part
+    of the graph so that ``backward()`` works and gives zero gradients."""
+    warnings.warn(
+        f"labels hold no target: every position is {IGNORE_INDEX} (ignored), so the loss is 0 and teaches nothing; "
+        "check the objective's masking or the batch",
+        stacklevel=5,  # the caller of the model
+    )
+    return hidden.new_zeros(()) + hidden.sum() * 0.0  # + 0 makes a -0.0 a 0.0
 
 
 # ---------------------------------------------------------------- build API
@@ -357,12 +474,17 @@ def split_spec(spec: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any],
     if "objective" in extra:
         objective = extra.pop("objective")
     model.update(extra)
-    if "name" not in model:
-        raise ConfigError("model spec needs a 'name' (a model or preset; see `unimodel list model`)")
+    if not isinstance(model.get("name"), str):
+        raise ConfigError("model spec needs a 'name', a string (a model or preset; see `unimodel list model`)")
     if isinstance(objective, str):
         objective = {"name": objective}
-    elif objective is not None:
+    elif isinstance(objective, Mapping):
         objective = dict(objective)
+    elif objective is not None:
+        raise ConfigError(
+            f"objective must be a name or a table with a name (e.g. {{name = 'fim', rate = 0.5}}), "
+            f"got {type(objective).__name__} {objective!r:.60}"
+        )
     return model, objective
 
 
@@ -380,10 +502,12 @@ def build_model(
     reg = registry or get_registry()
     model_spec, objective_spec = split_spec(spec, overrides)
     name = model_spec.pop("name")
+    named = reg.get("model", name)
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
     section = f"model {name!r}"
-    family.config_class.from_dict({**preset_values, **model_spec}, section=section)  # the user's own mistakes first
+    model_spec = family.config_class.canonical(model_spec, section)
+    family.config_class.from_layers(preset_values, model_spec, section=section)  # the user's own mistakes first
 
     objective_spec = objective_spec or {"name": family_comp.default_objective}
     objective_name = objective_spec.get("name")
@@ -393,7 +517,7 @@ def build_model(
     objective_cls: type[Objective] = objective_comp.load()
     options = applicable_options(objective_cls, family.config_class)
     try:
-        config = family.config_class.from_dict({**preset_values, **options, **model_spec}, section=section)
+        config = family.config_class.from_layers(preset_values, options, model_spec, section=section)
         provides = model_provides(family, family_comp, config)
     except ConfigError as exc:  # the model cannot take the objective's settings
         fits = _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
@@ -409,29 +533,31 @@ def build_model(
             f"provide{_options_note(objective_cls, family.config_class, model_spec)}. "
             f"Objectives that work with {name!r}: {', '.join(fits) or '(none)'}."
         )
-    objective = build_objective(objective_spec, registry=reg)
+    objective, objective_comp = _build_objective(objective_spec, reg, provides=None, model_name=name)
 
-    backbone = family.build_backbone(config)
+    shown = reg.display_name(named)  # the plain name unless another plugin registers it too
+    backbone, heads = build_within_memory(family, config, objective, f"model {shown!r}")  # or a ResourceError
     missing = set(type(objective).requires) - set(backbone.provides)
     if missing:  # the registry metadata promised more than the built backbone has
         raise IncompatibleObjectiveError(
             f"model {name!r} declares {sorted(provides)} but its backbone lacks "
             f"{sorted(missing)}; this is a bug in plugin {family_comp.plugin!r}"
         )
+    objective_name = reg.display_name(objective_comp)
     if tokenizer is not None:
         from unimodel.data.tokenizer import check_objective_tokens
 
-        check_objective_tokens(tokenizer, objective, objective_spec["name"])
-    heads = objective.build_heads(backbone)
+        check_objective_tokens(tokenizer, objective, objective_name)
     return Model(
-        name=family_comp.name,
-        preset=name if name != family_comp.name else None,
+        name=reg.display_name(family_comp),
+        preset=reg.display_name(named) if named.base is not None else None,
         config=config,
         backbone=backbone,
         objective=objective,
-        objective_name=objective_spec["name"],
+        objective_name=objective_name,
         heads=heads,
         tokenizer=tokenizer,
+        provenance={"model": reg.provenance(family_comp), "objective": reg.provenance(objective_comp)},
     )
 
 
@@ -445,6 +571,22 @@ def model_provides(family: type[ModelFamily], family_comp: Component, config: Co
     """Capabilities of ``family`` built with ``config``: its ``provides_for(config)``, else the registry record's."""
     provides_for = getattr(family, "provides_for", None)
     return frozenset(provides_for(config) if provides_for is not None else family_comp.provides)
+
+
+def capabilities_for(spec: Any, objective: str | None = None, *, registry: Registry | None = None) -> frozenset[str]:
+    """Capabilities of model ``spec`` (a name or a dict, as for :func:`build_model`) built for ``objective``.
+
+    The objective's ``model_options`` are applied first (``cmlm`` makes a T5's
+    decoder non-causal); builds configs only, no weights. Raises ConfigError
+    when the model cannot take the spec or the options.
+    """
+    reg = registry or get_registry()
+    model_spec, _ = split_spec(spec, {})
+    family_comp, preset_values = reg.resolve_model(model_spec.pop("name"))
+    family: type[ModelFamily] = family_comp.load()
+    options = applicable_options(reg.load("objective", objective), family.config_class) if objective else {}
+    config = family.config_class.from_layers(preset_values, options, family.config_class.canonical(model_spec))
+    return model_provides(family, family_comp, config)
 
 
 def compatible_objectives(spec: Any, *, registry: Registry | None = None) -> list[str]:
@@ -463,7 +605,8 @@ def compatible_objectives(spec: Any, *, registry: Registry | None = None) -> lis
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
     try:
-        family.config_class.from_dict({**preset_values, **model_spec})
+        model_spec = family.config_class.canonical(model_spec)
+        family.config_class.from_layers(preset_values, model_spec)
     except ConfigError:  # a spec that needs more (a pairing without its parts): the registered capabilities
         return reg.compatible_objectives(family_comp.provides)
     return _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
@@ -482,7 +625,7 @@ def _fitting_objectives(
         try:
             options = applicable_options(comp.load(), family.config_class)
             if options or base is None:
-                config = family.config_class.from_dict({**preset_values, **options, **model_spec})
+                config = family.config_class.from_layers(preset_values, options, model_spec)
                 provides = model_provides(family, family_comp, config)
                 if not options:
                     base = provides
@@ -491,7 +634,7 @@ def _fitting_objectives(
         except UnimodelError:  # a model that cannot take the objective's options, or a broken plugin
             continue
         if set(comp.requires) <= provides:
-            out.append(comp.name)
+            out.append(reg.display_name(comp))
     return sorted(out)
 
 
@@ -522,14 +665,22 @@ def build_objective(
     model_name: str | None = None,
     **overrides: Any,
 ) -> Objective:
-    """Build an objective by name or dict. With ``provides`` (a backbone's
+    """Build an objective by name (plain or ``plugin:name``) or dict. With ``provides`` (a backbone's
     capabilities), an objective that needs more fails with the list of ones that fit."""
-    reg = registry or get_registry()
+    if not isinstance(spec, (str, Mapping)):
+        raise ConfigError(f"build_objective takes an objective name or a dict, got {type(spec).__name__}")
     values = {"name": spec} if isinstance(spec, str) else dict(spec)
     values.update(overrides)
+    return _build_objective(values, registry or get_registry(), provides=provides, model_name=model_name)[0]
+
+
+def _build_objective(
+    spec: Mapping[str, Any], reg: Registry, *, provides: Any, model_name: str | None
+) -> tuple[Objective, Component]:
+    values = dict(spec)
     name = values.pop("name", None)
-    if name is None:
-        raise ConfigError("objective spec needs a 'name' (see `unimodel list objective`)")
+    if not isinstance(name, str):
+        raise ConfigError("objective spec needs a 'name', a string (see `unimodel list objective`)")
     comp = reg.get("objective", name)
     if provides is not None:
         missing = set(comp.requires) - set(provides)
@@ -540,7 +691,16 @@ def build_objective(
                 f"Objectives that work with {model_name!r}: {', '.join(fits) or '(none)'}."
             )
     cls: type[Objective] = comp.load()
-    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}"))
+    return cls(cls.config_class.from_dict(values, section=f"objective {name!r}")), comp
 
 
-__all__ = ["Cap", "Model", "build_model", "build_objective", "compatible_objectives"]
+__all__ = [
+    "Cap",
+    "Model",
+    "accepted_inputs",
+    "build_model",
+    "build_objective",
+    "call_part",
+    "capabilities_for",
+    "compatible_objectives",
+]

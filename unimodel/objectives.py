@@ -5,16 +5,25 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unimodel.builtin import SEQ2SEQ_REQUIRES
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError, TrainingError
-from unimodel.interfaces import Objective, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, ConfigT, Objective, ObjectiveOutput, TokenLoss
 from unimodel.nn.losses import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
+
+Examples = Sequence[Mapping[str, Sequence[int]]]
 
 
 def pad_sequences(
@@ -40,17 +49,19 @@ def pad_sequences(
     return ids, mask
 
 
-def frame(ids: Sequence[int], tokenizer: Any, *, add_bos: bool, add_eos: bool, limit: int | None = None) -> list[int]:
+def frame(
+    ids: Sequence[int], tokenizer: Tokenizer | None, *, add_bos: bool, add_eos: bool, limit: int | None = None
+) -> list[int]:
     """``[bos] ids [eos]`` with the tokenizer's tokens (each only when asked and the tokenizer has it),
     cut to at most ``limit`` tokens with the eos kept."""
     out = list(ids)
     if tokenizer is not None and add_bos and tokenizer.has_role("bos"):
         out = [tokenizer.special_id("bos"), *out]
-    eos = tokenizer is not None and add_eos and tokenizer.has_role("eos")
+    eos = tokenizer.special_id("eos") if tokenizer is not None and add_eos and tokenizer.has_role("eos") else None
     if limit is not None:
-        out = out[: max(limit - eos, 0)]
-    if eos:
-        out.append(tokenizer.special_id("eos"))
+        out = out[: max(limit - (eos is not None), 0)]
+    if eos is not None:
+        out.append(eos)
     return out
 
 
@@ -87,8 +98,8 @@ def token_accuracy(logits: Tensor, labels: Tensor, *, shift: bool) -> float:
 
 
 def token_objective_step(
-    objective: Objective,
-    model,
+    objective: Objective[ConfigT],
+    model: Model,
     inputs: Mapping[str, Tensor | None],
     labels: Tensor,
     *,
@@ -112,7 +123,7 @@ def token_objective_step(
     return ObjectiveOutput(loss=out.loss, n_predictions=n, logits=out.logits, metrics={"accuracy": accuracy})
 
 
-class TokenLossObjective(Objective):
+class TokenLossObjective(Objective[ConfigT]):
     """An objective whose loss is a token cross-entropy on the LM head. It states the loss once,
     in :meth:`token_loss`; :meth:`loss` on logits follows from it, so the two paths cannot disagree."""
 
@@ -129,7 +140,7 @@ class FeaturesConfig(Config):
     section = "objective 'features'"
 
 
-class Features(Objective):
+class Features(Objective[FeaturesConfig]):
     """No task head and no loss: the model returns hidden states (feature extraction).
 
     What a backbone-only checkpoint (a Hugging Face ``BertModel`` folder, say)
@@ -140,18 +151,20 @@ class Features(Objective):
     primary_head = None
     uses_lm_head = False
 
-    def build_heads(self, backbone):
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}
 
-    def prepare(self, examples, *, tokenizer=None, generator=None):
+    def prepare(
+        self, examples: Examples, *, tokenizer: Tokenizer | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         pad = tokenizer.pad_id if tokenizer is not None else 0
         ids, mask = pad_sequences([ex["input_ids"] for ex in examples], pad)
         return {"input_ids": ids, "attention_mask": mask}
 
-    def loss(self, logits, labels):
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         raise TrainingError("objective 'features' has no loss; build the model with a training objective")
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         raise TrainingError("objective 'features' has no loss; build the model with a training objective")
 
 
@@ -170,7 +183,7 @@ class Seq2SeqConfig(Config):
             self.fail("label_smoothing", "must be in [0, 1)")
 
 
-class Seq2Seq(TokenLossObjective):
+class Seq2Seq(TokenLossObjective[Seq2SeqConfig]):
     """Supervised sequence-to-sequence: the decoder learns the target given the source.
 
     ``prepare`` takes examples ``{"source": ids, "target": ids}``; labels are the
@@ -179,16 +192,18 @@ class Seq2Seq(TokenLossObjective):
     """
 
     config_class = Seq2SeqConfig
-    requires = frozenset({"encoder_decoder", "lm_head"})
+    requires = SEQ2SEQ_REQUIRES
     data_kind = "pairs"
 
-    def build_heads(self, backbone):
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}
 
-    def _frame(self, ids: Sequence[int], tokenizer, limit: int | None) -> list[int]:
+    def _frame(self, ids: Sequence[int], tokenizer: Tokenizer | None, limit: int | None) -> list[int]:
         return frame(ids, tokenizer, add_bos=self.config.add_bos, add_eos=self.config.add_eos, limit=limit)
 
-    def prepare(self, examples, *, tokenizer=None, generator=None):
+    def prepare(
+        self, examples: Examples, *, tokenizer: Tokenizer | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         for i, ex in enumerate(examples):
             for side in ("source", "target"):
                 if ex.get(side) is None:
@@ -220,7 +235,7 @@ class Seq2Seq(TokenLossObjective):
     def token_loss(self) -> TokenLoss:
         return TokenLoss(label_smoothing=self.config.label_smoothing)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         if "labels" not in batch:
             raise DataError("a seq2seq batch needs 'labels' (the targets); build it with objective.prepare")
         inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "decoder_input_ids")}

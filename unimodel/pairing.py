@@ -58,19 +58,22 @@ def _resolve(kind: str, spec: dict[str, Any], vocab_size: int | None, reg: Regis
     """
     values = dict(spec)
     name = values.pop("name")
+    preset: dict[str, Any] = {}
     if not reg.has(kind, name) and reg.has("model", name):
         family, preset = reg.resolve_model(name)
-        values = {**preset, **values}
         name = family.name
     comp = reg.get(kind, name)
     cls = comp.load()
+    shared = {}  # the pair's vocabulary wins over either side's
     if vocab_size is not None and "vocab_size" in cls.config_class.field_names():
-        values["vocab_size"] = vocab_size
-    return cls, cls.config_class.from_dict(values, section=f"{kind} {name!r}"), comp
+        shared = {"vocab_size": vocab_size}
+    return cls, cls.config_class.from_layers(preset, values, shared, section=f"{kind} {name!r}"), comp
 
 
-class ProjectedEncoder(Encoder):
+class ProjectedEncoder(Encoder[Config]):
     """An encoder followed by a linear map to the decoder's width: (B, S, D_enc) -> (B, S, D_dec)."""
+
+    forwards_inputs_to = "inner"  # the model passes what the inner encoder's forward declares
 
     def __init__(self, inner: Encoder, d_out: int) -> None:
         super().__init__()
@@ -90,7 +93,7 @@ class ProjectedEncoder(Encoder):
         return self.inner.build_lm_head()
 
 
-class EncoderDecoder(ModelFamily):
+class EncoderDecoder(ModelFamily[EncoderDecoderConfig]):
     """The ``encoder-decoder`` model: a registered encoder joined to a registered decoder."""
 
     config_class = EncoderDecoderConfig
@@ -104,6 +107,7 @@ class EncoderDecoder(ModelFamily):
         config has no ``causal_decoder`` option cannot, which is a :class:`ConfigError`.
         """
         reg = get_registry()
+        assert config.decoder is not None  # check() refuses a pair without one
         dec_name = config.decoder["name"]
         if not reg.has("decoder", dec_name) and reg.has("model", dec_name):
             dec_name = reg.resolve_model(dec_name)[0].name
@@ -119,8 +123,9 @@ class EncoderDecoder(ModelFamily):
         return provides - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
 
     @classmethod
-    def build_backbone(cls, config: EncoderDecoderConfig) -> Backbone:  # type: ignore[override]
+    def build_backbone(cls, config: EncoderDecoderConfig) -> Backbone:
         reg = get_registry()
+        assert config.encoder is not None and config.decoder is not None  # check() refuses a pair without them
         enc_cls, enc_cfg, _ = _resolve("encoder", config.encoder, config.vocab_size, reg)
         dec_cls, dec_cfg, dec_comp = _resolve("decoder", config.decoder, config.vocab_size, reg)
         encoder: Encoder = enc_cls(enc_cfg)

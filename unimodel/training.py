@@ -51,6 +51,7 @@ from unimodel.data.dataset import (
     load_data,
     make_tokenizer,
     separator_id,
+    tokenizer_recipe,
 )
 from unimodel.data.packing import pack_blocks_with_tail
 from unimodel.data.pairs import encode_pairs
@@ -495,13 +496,15 @@ class Trainer:
         with self.accelerator.main_process_first():
             if self.main:
                 started = time.perf_counter()
-                tok = make_tokenizer(data, train_docs, needed_roles=needed_roles)
+                tok = make_tokenizer(
+                    data, train_docs, needed_roles=needed_roles, recipe=tokenizer_recipe(self.run.model["name"])
+                )
                 from unimodel.checkpoint import atomic_dir
 
                 with atomic_dir(folder) as tmp:
                     tok.save(tmp)
                 self.log(
-                    f"trained a {data.tokenizer} tokenizer: {tok.vocab_size} tokens "
+                    f"trained a {tok.kind} tokenizer: {tok.vocab_size} tokens "
                     f"in {time.perf_counter() - started:.1f}s -> {folder}"
                 )
             else:
@@ -1082,8 +1085,8 @@ def objective_data_kind(run: RunConfig) -> tuple[str, DataKind]:
     name = run.objective_name or family.default_objective
     if name is None:
         return "", "text"  # building the model reports the missing objective
-    kind = getattr(reg.load("objective", name), "data_kind", "text")
-    return name, kind
+    comp = reg.get("objective", name)  # a default objective is stored qualified; messages show the plain name
+    return reg.display_name(comp), getattr(comp.load(), "data_kind", "text")
 
 
 def needed_roles(run: RunConfig) -> list[str]:

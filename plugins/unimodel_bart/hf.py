@@ -12,13 +12,17 @@ decoder, LM head) and leaves ``model.shared`` unused; so does unimodel.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter, pop_known, strip_prefix
+from unimodel_bart.model import BartConfig
+
+if TYPE_CHECKING:
+    from unimodel.model import Model
 
 _ACT_FROM_HF = {
     "gelu": "gelu",
@@ -116,20 +120,20 @@ class BartConverter(HFConverter):
             "vocab_size": _get(c, "vocab_size"),
             "max_positions": _get(c, "max_position_embeddings"),
             "d_model": _get(c, "d_model"),
-            "encoder_layers": _get(c, "encoder_layers"),
-            "decoder_layers": _get(c, "decoder_layers"),
-            "encoder_heads": _get(c, "encoder_attention_heads"),
-            "decoder_heads": _get(c, "decoder_attention_heads"),
-            "encoder_ffn_dim": _get(c, "encoder_ffn_dim"),
-            "decoder_ffn_dim": _get(c, "decoder_ffn_dim"),
+            "n_layers": _get(c, "encoder_layers"),
+            "n_decoder_layers": _get(c, "decoder_layers"),
+            "n_heads": _get(c, "encoder_attention_heads"),
+            "n_decoder_heads": _get(c, "decoder_attention_heads"),
+            "d_ff": _get(c, "encoder_ffn_dim"),
+            "d_decoder_ff": _get(c, "decoder_ffn_dim"),
             "activation": _ACT_FROM_HF[act],
             "dropout": float(_get(c, "dropout")),
             "attn_dropout": float(_get(c, "attention_dropout")),
             "act_dropout": float(_get(c, "activation_dropout")),
-            "encoder_layerdrop": float(_get(c, "encoder_layerdrop")),
+            "layerdrop": float(_get(c, "encoder_layerdrop")),
             "decoder_layerdrop": float(_get(c, "decoder_layerdrop")),
             "scale_embedding": bool(_get(c, "scale_embedding")),
-            "tie_word_embeddings": _tied(c),
+            "tie_embeddings": _tied(c),
             "init_std": float(_get(c, "init_std")),
             "pad_token_id": _token(c, "pad_token_id"),
             "bos_token_id": _token(c, "bos_token_id"),
@@ -205,8 +209,9 @@ class BartConverter(HFConverter):
         out.update(leftovers)  # the loader reports them as unexpected
         return out
 
-    def config_to_hf(self, model) -> dict[str, Any]:
+    def config_to_hf(self, model: Model) -> dict[str, Any]:
         c = model.config
+        assert isinstance(c, BartConfig)
         if not c.causal_decoder:
             raise CheckpointError(
                 "a BART model with a non-causal decoder has no BartForConditionalGeneration equivalent"
@@ -218,21 +223,21 @@ class BartConverter(HFConverter):
             "vocab_size": c.vocab_size,
             "max_position_embeddings": c.max_positions,
             "d_model": c.d_model,
-            "encoder_layers": c.encoder_layers,
-            "decoder_layers": c.decoder_layers,
-            "encoder_attention_heads": c.encoder_heads,
-            "decoder_attention_heads": c.decoder_heads,
-            "encoder_ffn_dim": c.encoder_ffn_dim,
-            "decoder_ffn_dim": c.decoder_ffn_dim,
+            "encoder_layers": c.n_layers,
+            "decoder_layers": c.dec_layers,
+            "encoder_attention_heads": c.n_heads,
+            "decoder_attention_heads": c.dec_heads,
+            "encoder_ffn_dim": c.d_ff,
+            "decoder_ffn_dim": c.dec_ff,
             "activation_function": _ACT_TO_HF[c.activation],
             "dropout": c.dropout,
             "attention_dropout": c.attn_dropout,
             "activation_dropout": c.act_dropout,
-            "encoder_layerdrop": c.encoder_layerdrop,
+            "encoder_layerdrop": c.layerdrop,
             "decoder_layerdrop": c.decoder_layerdrop,
             "init_std": c.init_std,
             "scale_embedding": c.scale_embedding,
-            "tie_word_embeddings": c.tie_word_embeddings,
+            "tie_word_embeddings": c.tie_embeddings,
             "pad_token_id": c.pad_token_id,
             "bos_token_id": c.bos_token_id,
             "eos_token_id": c.eos_token_id,
@@ -242,11 +247,12 @@ class BartConverter(HFConverter):
             "dtype": "float32",
         }
 
-    def weights_to_hf(self, model) -> dict[str, Tensor]:
+    def weights_to_hf(self, model: Model) -> dict[str, Tensor]:
         c = model.config
+        assert isinstance(c, BartConfig)
         state = model.state_dict()
         out: dict[str, Tensor] = {"model.shared.weight": state["encoder.embed_tokens.weight"]}
-        if not c.tie_word_embeddings:
+        if not c.tie_embeddings:
             # HF keeps an unused model.shared beside the three matrices; a copy, as safetensors refuses aliases
             out["model.shared.weight"] = out["model.shared.weight"].clone()
             for side in _SIDES:
@@ -257,7 +263,7 @@ class BartConverter(HFConverter):
             for key in _STACK_TOP:
                 out[f"model.{side}.{key}"] = state[f"{side}.{key}"]
             modules = {**_SELF, **(_CROSS if side == "decoder" else {})}
-            for i in range(getattr(c, f"{side}_layers")):
+            for i in range(c.n_layers if side == "encoder" else c.dec_layers):
                 for ours, theirs in modules.items():
                     for param in ("weight", "bias"):
                         parts = state[f"{side}.blocks.{i}.{ours}.{param}"].chunk(len(theirs), dim=0)
@@ -267,8 +273,10 @@ class BartConverter(HFConverter):
         out["final_logits_bias"] = bias if bias is not None else torch.zeros(1, c.vocab_size)
         return {k: v.contiguous() for k, v in out.items()}
 
-    def generation_config(self, model) -> dict[str, Any] | None:
+    def generation_config(self, model: Model) -> dict[str, Any] | None:
         gen = super().generation_config(model) or {}
-        if model.config.forced_eos_token_id is not None:
-            gen["forced_eos_token_id"] = model.config.forced_eos_token_id
+        c = model.config
+        assert isinstance(c, BartConfig)
+        if c.forced_eos_token_id is not None:
+            gen["forced_eos_token_id"] = c.forced_eos_token_id
         return gen or None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,42 +27,52 @@ from unimodel.config import Config, param
 from unimodel.errors import ConfigError, InputError
 from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
 from unimodel.nn import ACTIVATIONS, Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
+from unimodel_bart import DECODER_PROVIDES, ENCODER_PROVIDES, NONCAUSAL_PROVIDES, PROVIDES
 
 POSITION_OFFSET = 2  # BART's table keeps two rows before position 0 (a fairseq padding legacy)
-
-PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
-NONCAUSAL_PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
-ENCODER_PROVIDES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
-DECODER_PROVIDES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
 
 
 @dataclass(frozen=True)
 class BartConfig(Config):
     """One config for the family and for its encoder and decoder components.
 
-    The encoder reads the ``encoder_*`` fields, the decoder the ``decoder_*``
-    ones, so a preset (``bart-mini``) names either side when paired.
+    The encoder reads ``n_layers``, ``n_heads`` and ``d_ff``; the decoder reads
+    ``n_decoder_layers``, ``n_decoder_heads`` and ``d_decoder_ff``, each falling
+    back to the encoder's value when null. So a preset (``bart-mini``) names
+    either side when paired.
     """
 
     section = "model 'bart'"
+    renamed: ClassVar[dict[str, str]] = {
+        "encoder_layers": "n_layers",
+        "decoder_layers": "n_decoder_layers",
+        "encoder_heads": "n_heads",
+        "decoder_heads": "n_decoder_heads",
+        "encoder_ffn_dim": "d_ff",
+        "decoder_ffn_dim": "d_decoder_ff",
+        "encoder_layerdrop": "layerdrop",
+        "tie_word_embeddings": "tie_embeddings",
+    }
 
     vocab_size: int = param(50265, "vocabulary size (set from the tokenizer when training)")
     max_positions: int = param(1024, "longest sequence either stack accepts (the table has 2 more rows)")
     d_model: int = param(768, "hidden width of both stacks")
-    encoder_layers: int = param(6, "encoder blocks")
-    decoder_layers: int = param(6, "decoder blocks")
-    encoder_heads: int = param(12, "encoder attention heads; must divide d_model")
-    decoder_heads: int = param(12, "decoder self- and cross-attention heads; must divide d_model")
-    encoder_ffn_dim: int = param(3072, "encoder feed-forward width")
-    decoder_ffn_dim: int = param(3072, "decoder feed-forward width")
+    n_layers: int = param(6, "encoder blocks")
+    n_decoder_layers: int | None = param(None, "decoder blocks; n_layers when null")
+    n_heads: int = param(12, "encoder attention heads; must divide d_model")
+    n_decoder_heads: int | None = param(
+        None, "decoder self- and cross-attention heads; must divide d_model; n_heads when null"
+    )
+    d_ff: int = param(3072, "encoder feed-forward width")
+    d_decoder_ff: int | None = param(None, "decoder feed-forward width; d_ff when null")
     activation: str = param("gelu", "feed-forward activation (gelu is exact erf): " + ", ".join(ACTIVATIONS))
     dropout: float = param(0.1, "dropout on embeddings and on every sublayer's output")
     attn_dropout: float = param(0.0, "dropout on attention probabilities")
     act_dropout: float = param(0.0, "dropout after the feed-forward activation")
-    encoder_layerdrop: float = param(0.0, "probability of skipping an encoder block while training")
+    layerdrop: float = param(0.0, "probability of skipping an encoder block while training")
     decoder_layerdrop: float = param(0.0, "probability of skipping a decoder block while training")
     scale_embedding: bool = param(False, "multiply token embeddings by sqrt(d_model)")
-    tie_word_embeddings: bool = param(True, "one token embedding for encoder, decoder and LM head")
+    tie_embeddings: bool = param(True, "one token embedding for encoder, decoder and LM head")
     causal_decoder: bool = param(True, "false: the decoder sees all its inputs (mask-predict / cmlm), no KV cache")
     memory_dim: int | None = param(
         None, "width of the memory the decoder cross-attends to (set when paired; d_model in the family)"
@@ -78,24 +89,39 @@ class BartConfig(Config):
             "vocab_size",
             "max_positions",
             "d_model",
-            "encoder_layers",
-            "decoder_layers",
-            "encoder_heads",
-            "decoder_heads",
-            "encoder_ffn_dim",
-            "decoder_ffn_dim",
+            "n_layers",
+            "n_decoder_layers",
+            "n_heads",
+            "n_decoder_heads",
+            "d_ff",
+            "d_decoder_ff",
             "memory_dim",
             "init_std",
         )
-        for heads in ("encoder_heads", "decoder_heads"):
-            if self.d_model % getattr(self, heads):
+        for heads in ("n_heads", "n_decoder_heads"):
+            if self.d_model % (getattr(self, heads) or self.n_heads):
                 self.fail(("d_model", heads), f"d_model must be divisible by {heads}")
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
-        self.require_fraction("dropout", "attn_dropout", "act_dropout", "encoder_layerdrop", "decoder_layerdrop")
+        self.require_fraction("dropout", "attn_dropout", "act_dropout", "layerdrop", "decoder_layerdrop")
         self.require_token_ids(
             "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_eos_token_id"
         )
+
+    @property
+    def dec_layers(self) -> int:
+        """Decoder blocks: ``n_decoder_layers``, or ``n_layers`` when that is null."""
+        return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
+
+    @property
+    def dec_heads(self) -> int:
+        """Decoder heads: ``n_decoder_heads``, or ``n_heads`` when that is null."""
+        return self.n_decoder_heads if self.n_decoder_heads is not None else self.n_heads
+
+    @property
+    def dec_ff(self) -> int:
+        """Decoder feed-forward width: ``d_decoder_ff``, or ``d_ff`` when that is null."""
+        return self.d_decoder_ff if self.d_decoder_ff is not None else self.d_ff
 
 
 class _Embeddings:
@@ -106,6 +132,7 @@ class _Embeddings:
     embed_positions: LearnedPositions
     layernorm_embedding: nn.LayerNorm
     drop: nn.Dropout
+    max_positions: int | None
 
     def _build_embeddings(self, c: BartConfig) -> None:
         pad = c.pad_token_id
@@ -143,10 +170,10 @@ class _Embeddings:
         head = LMHead(
             d_model=c.d_model,
             vocab_size=c.vocab_size,
-            embedding=self.embed_tokens if c.tie_word_embeddings else None,
+            embedding=self.embed_tokens if c.tie_embeddings else None,
             logits_bias=True,
         )
-        if not c.tie_word_embeddings:
+        if not c.tie_embeddings:
             nn.init.normal_(head.weight, std=c.init_std)
         return head
 
@@ -179,7 +206,7 @@ def _skip(module: nn.Module, p: float) -> bool:
     return module.training and p > 0.0 and bool(torch.rand(()) < p)
 
 
-class BartEncoder(_Embeddings, Encoder):
+class BartEncoder(_Embeddings, Encoder[BartConfig]):
     """Token ids (B, S) -> hidden states (B, S, D); bidirectional, padding masked as keys."""
 
     config_class = BartConfig
@@ -189,9 +216,7 @@ class BartEncoder(_Embeddings, Encoder):
         super().__init__()
         self.config = c = config
         self._build_embeddings(c)
-        self.blocks = _blocks(
-            c, n_layers=c.encoder_layers, n_heads=c.encoder_heads, d_ff=c.encoder_ffn_dim, cross=False, memory_dim=None
-        )
+        self.blocks = _blocks(c, n_layers=c.n_layers, n_heads=c.n_heads, d_ff=c.d_ff, cross=False, memory_dim=None)
         self._init_weights()
 
     def forward(
@@ -210,12 +235,12 @@ class BartEncoder(_Embeddings, Encoder):
             key_mask=attention_mask, q_len=x.shape[1], k_len=x.shape[1], causal=False, device=x.device
         )
         for block in self.blocks:
-            if not _skip(self, self.config.encoder_layerdrop):
+            if not _skip(self, self.config.layerdrop):
                 x = block(x, mask=mask)
         return EncoderOutput(last_hidden_state=x)
 
 
-class BartDecoder(_Embeddings, Decoder):
+class BartDecoder(_Embeddings, Decoder[BartConfig]):
     """Target ids (B, T) -> hidden states (B, T, D), cross-attending to an encoder memory.
 
     Causal by default, with incremental decoding on a :class:`KVCache` whose
@@ -237,9 +262,9 @@ class BartDecoder(_Embeddings, Decoder):
             self.provides = DECODER_PROVIDES - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
         self.blocks = _blocks(
             c,
-            n_layers=c.decoder_layers,
-            n_heads=c.decoder_heads,
-            d_ff=c.decoder_ffn_dim,
+            n_layers=c.dec_layers,
+            n_heads=c.dec_heads,
+            d_ff=c.dec_ff,
             cross=self.cross_attention,
             memory_dim=c.memory_dim,
         )
@@ -247,9 +272,7 @@ class BartDecoder(_Embeddings, Decoder):
 
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
         c = self.config
-        return KVCache(
-            c.decoder_layers, batch, c.decoder_heads, c.d_model // c.decoder_heads, capacity, dtype=dtype, device=device
-        )
+        return KVCache(c.dec_layers, batch, c.dec_heads, c.d_model // c.dec_heads, capacity, dtype=dtype, device=device)
 
     def forward(
         self,
@@ -285,7 +308,7 @@ class BartDecoder(_Embeddings, Decoder):
         return DecoderOutput(last_hidden_state=x, cache=cache)
 
 
-class BART(ModelFamily):
+class BART(ModelFamily[BartConfig]):
     """The BART family: encoder and decoder sharing one embedding, tied LM head with a logits bias."""
 
     config_class = BartConfig
@@ -295,7 +318,7 @@ class BART(ModelFamily):
         return PROVIDES if config.causal_decoder else NONCAUSAL_PROVIDES
 
     @classmethod
-    def build_backbone(cls, config: BartConfig) -> Backbone:  # type: ignore[override]
+    def build_backbone(cls, config: BartConfig) -> Backbone:
         if config.memory_dim not in (None, config.d_model):
             raise ConfigError(
                 f"model 'bart': memory_dim={config.memory_dim} differs from d_model={config.d_model}, but the BART "
@@ -303,7 +326,7 @@ class BART(ModelFamily):
             )
         encoder = BartEncoder(config)
         decoder = BartDecoder(config.replace(memory_dim=config.d_model))
-        if config.tie_word_embeddings:
+        if config.tie_embeddings:
             decoder.embed_tokens.weight = encoder.embed_tokens.weight  # BART's model.shared
         return Backbone(
             encoder=encoder,

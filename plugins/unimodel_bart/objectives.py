@@ -36,14 +36,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+from unimodel_bart import TEXT_INFILLING_REQUIRES
+
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
 
 
 @dataclass(frozen=True)
@@ -244,7 +250,7 @@ def infill(
     return Noised(document=doc, source=source, spans=spans, replacements=replacements)
 
 
-class TextInfilling(TokenLossObjective):
+class TextInfilling(TokenLossObjective[TextInfillingConfig]):
     """BART denoising: reconstruct the original document from its span-masked, permuted form.
 
     ``prepare`` takes packed blocks ``{"input_ids": [...]}`` and returns
@@ -254,19 +260,19 @@ class TextInfilling(TokenLossObjective):
     """
 
     config_class = TextInfillingConfig
-    requires = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD})
+    requires = TEXT_INFILLING_REQUIRES
     special_tokens = ("mask", "eos")
 
     def __init__(self, config: TextInfillingConfig) -> None:
         super().__init__(config)
-        self._vocab_of = None  # the tokenizer _vocab describes (held, so its id cannot be reused)
+        self._vocab_of: Tokenizer | None = None  # the tokenizer _vocab describes (held, so its id cannot be reused)
         self._vocab: tuple[frozenset[int], Tensor] | None = None
 
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}
 
     # ------------------------------------------------------------- tokens
-    def _id(self, role: str, given: int | None, tokenizer, *, required: bool = True) -> int | None:
+    def _id(self, role: str, given: int | None, tokenizer: Tokenizer | None, *, required: bool = True) -> int | None:
         if given is not None:
             return given
         if tokenizer is not None and tokenizer.has_role(role):
@@ -278,7 +284,7 @@ class TextInfilling(TokenLossObjective):
             )
         return None
 
-    def _vocabulary(self, tokenizer) -> tuple[frozenset[int], Tensor]:
+    def _vocabulary(self, tokenizer: Tokenizer) -> tuple[frozenset[int], Tensor]:
         """(full-stop ids found in the tokenizer, non-special ids for random replacement), cached."""
         if self._vocab_of is not tokenizer or self._vocab is None:
             specials = tokenizer.special_ids
@@ -300,11 +306,12 @@ class TextInfilling(TokenLossObjective):
         self,
         examples: Sequence[Mapping[str, Sequence[int]]],
         *,
-        tokenizer=None,
+        tokenizer: Tokenizer | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         c = self.config
         mask = self._id("mask", c.mask_token_id, tokenizer)
+        assert mask is not None  # required: _id raised otherwise
         eos = self._id("eos", c.eos_token_id, tokenizer, required=c.add_eos)
         bos = self._id("bos", c.bos_token_id, tokenizer, required=False) if c.add_bos else None
         pad = c.pad_token_id
@@ -370,7 +377,7 @@ class TextInfilling(TokenLossObjective):
     def token_loss(self) -> TokenLoss:
         return TokenLoss(label_smoothing=self.config.label_smoothing)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         if "labels" not in batch:
             raise DataError("a text_infilling batch needs 'labels'; build it with objective.prepare")
         # without decoder_input_ids the model shifts the labels right behind its own start token

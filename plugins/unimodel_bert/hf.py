@@ -12,13 +12,17 @@ query, key and value as three Linears; unimodel fuses them into one ``qkv``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter, pop_known, strip_prefix
+from unimodel_bert.model import BertConfig
+
+if TYPE_CHECKING:
+    from unimodel.model import Model
 
 _ACT_FROM_HF = {
     "gelu": "gelu",
@@ -198,7 +202,7 @@ class BertConverter(HFConverter):
                     out[f"heads.{objective}.proj.{part}"] = src.pop(f"classifier.{part}")
 
     # ------------------------------------------------------------------ export
-    def _architecture_of(self, model) -> str:
+    def _architecture_of(self, model: Model) -> str:
         if "lm" in model.heads:
             return "BertForMaskedLM"
         if "classify" in model.heads:
@@ -207,8 +211,9 @@ class BertConverter(HFConverter):
             return "BertForTokenClassification"
         return "BertModel"
 
-    def config_to_hf(self, model) -> dict[str, Any]:
+    def config_to_hf(self, model: Model) -> dict[str, Any]:
         c = model.config
+        assert isinstance(c, BertConfig)
         arch = self._architecture_of(model)
         out: dict[str, Any] = {
             "architectures": [arch],
@@ -239,15 +244,17 @@ class BertConverter(HFConverter):
                 out["problem_type"] = "regression" if oc.num_labels == 1 else "single_label_classification"
         return out
 
-    def weights_to_hf(self, model) -> dict[str, Tensor]:
+    def weights_to_hf(self, model: Model) -> dict[str, Tensor]:
+        c = model.config
+        assert isinstance(c, BertConfig)
         state = model.state_dict()
         arch = self._architecture_of(model)
         pre = "" if arch == "BertModel" else "bert."
         names = dict(_TOP_KEYS)
-        if model.config.add_pooler:
+        if c.add_pooler:
             names.update(_POOLER_KEYS)
         out = {pre + theirs: state[f"encoder.{ours}"] for ours, theirs in names.items()}
-        for i in range(model.config.n_layers):
+        for i in range(c.n_layers):
             ours_pre, theirs_pre = f"encoder.blocks.{i}.", f"{pre}encoder.layer.{i}."
             for ours, theirs in _LAYER_KEYS.items():
                 out[theirs_pre + theirs] = state[ours_pre + ours]
@@ -257,7 +264,7 @@ class BertConverter(HFConverter):
                     out[f"{theirs_pre}attention.self.{name}.{part}"] = t.contiguous()
         if arch == "BertForMaskedLM":
             out.update({theirs: state[f"heads.lm.{ours}"] for ours, theirs in _MLM_KEYS.items()})
-            if not model.config.tie_embeddings:
+            if not c.tie_embeddings:
                 out["cls.predictions.decoder.weight"] = state["heads.lm.weight"]
                 out["cls.predictions.decoder.bias"] = state["heads.lm.bias"]
         elif arch != "BertModel":
@@ -265,5 +272,5 @@ class BertConverter(HFConverter):
             out.update({f"classifier.{p}": state[f"heads.{head}.proj.{p}"] for p in ("weight", "bias")})
         return {k: v.contiguous() for k, v in out.items()}
 
-    def generation_config(self, model) -> dict[str, Any] | None:
+    def generation_config(self, model: Model) -> dict[str, Any] | None:
         return None  # BERT does not generate; transformers writes no generation_config.json for it

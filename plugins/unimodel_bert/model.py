@@ -11,8 +11,7 @@ from unimodel.config import Config, param
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Cap, Encoder, EncoderOutput, ModelFamily
 from unimodel.nn import ACTIVATIONS, Block, LearnedPositions, LMHead, attention_mask_for, init_normal_
-
-PROVIDES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD, Cap.TOKEN_TYPES, Cap.POOLER})
+from unimodel_bert import PROVIDES
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,11 @@ class BertConfig(Config):
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
         self.require_fraction("dropout", "attn_dropout")
+        self.require_positive("init_std")
         self.require_token_ids("pad_token_id")
 
 
-class BertEncoder(Encoder):
+class BertEncoder(Encoder[BertConfig]):
     """Token ids (B, S) (+ token types (B, S)) -> hidden states (B, S, D) and pooled (B, D).
 
     Embeddings are ``LayerNorm(word + token_type + position)`` then dropout;
@@ -148,7 +148,7 @@ class BertEncoder(Encoder):
         return EncoderOutput(last_hidden_state=x, pooler_output=pooled)
 
 
-class Bert(ModelFamily):
+class Bert(ModelFamily[BertConfig]):
     """The BERT family: an encoder-only backbone with BERT's MLM prediction head."""
 
     config_class = BertConfig
@@ -159,7 +159,7 @@ class Bert(ModelFamily):
         return PROVIDES if config.add_pooler else PROVIDES - {Cap.POOLER}
 
     @classmethod
-    def build_backbone(cls, config: BertConfig) -> Backbone:  # type: ignore[override]
+    def build_backbone(cls, config: BertConfig) -> Backbone:
         encoder = BertEncoder(config)
         provides = cls.provides_for(config)
         return Backbone(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, Objective, ObjectiveOutput, TokenLoss
 from unimodel.objectives import (
     IGNORE_INDEX,
     TokenLossObjective,
@@ -27,10 +27,11 @@ from unimodel.objectives import (
     token_accuracy,
     token_objective_step,
 )
+from unimodel_bert import CLASSIFY_REQUIRES, MLM_REQUIRES, TAG_REQUIRES
 
-MLM_REQUIRES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
-CLASSIFY_REQUIRES = frozenset({Cap.ENCODER_ONLY, Cap.POOLER})
-TAG_REQUIRES = frozenset({Cap.ENCODER_ONLY})
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
 
 
 # ------------------------------------------------------------------ inputs
@@ -72,11 +73,11 @@ def _token_types(examples: Sequence[Mapping[str, Any]], length: int) -> Tensor |
     return types
 
 
-def _model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def _model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
     mask = batch.get("attention_mask")
     if mask is not None and bool(mask.all()):
         mask = None  # no padding: skip building an attention mask
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask}
+    inputs: dict[str, Tensor | None] = {"input_ids": batch["input_ids"], "attention_mask": mask}
     if "token_type_ids" in batch:
         inputs["token_type_ids"] = batch["token_type_ids"]
     return inputs
@@ -110,7 +111,7 @@ class MLMConfig(Config):
             self.fail(("whole_word", "continuation_prefix"), "whole-word masking needs a continuation prefix")
 
 
-class MaskedLM(TokenLossObjective):
+class MaskedLM(TokenLossObjective[MLMConfig]):
     """BERT's masked language modelling.
 
     A fraction ``mlm_probability`` of the non-special tokens (or of the words,
@@ -199,7 +200,13 @@ class MaskedLM(TokenLossObjective):
         word_start = torch.where(start, pos, torch.full_like(pos, -1)).cummax(dim=1).values.clamp(min=0)
         return candidate & chosen.gather(1, word_start)
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         c = self.config
         mask_id = _role_or(c.mask_token_id, "mask", tokenizer, "mlm", "mask_token_id")
         vocab = c.vocab_size if c.vocab_size is not None else (tokenizer.vocab_size if tokenizer is not None else None)
@@ -232,7 +239,7 @@ class MaskedLM(TokenLossObjective):
     def token_loss(self) -> TokenLoss:
         return TokenLoss()
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         """Loss at the selected positions only: the MLM head (transform and vocabulary
         projection) runs on those rows, not on every token, and the loss is computed
         without forming their logits."""
@@ -278,10 +285,11 @@ class ClassifyConfig(Config):
         if self.num_labels < 1:
             self.fail("num_labels", "must be at least 1")
         self.require_fraction("dropout")
+        self.require_positive("init_std")
 
 
 def _wrap(
-    examples, tokenizer, add_special_tokens: bool, objective: str
+    examples: Sequence[Mapping[str, Any]], tokenizer: Tokenizer | None, add_special_tokens: bool, objective: str
 ) -> tuple[list[list[int]], list[list[int]] | None]:
     """Input ids (and token types) of each example, with BERT's special tokens when asked."""
     if not add_special_tokens:
@@ -297,7 +305,7 @@ def _wrap(
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-class SequenceClassification(Objective):
+class SequenceClassification(Objective[ClassifyConfig]):
     """Sequence classification (or regression) on the encoder's pooled vector.
 
     Examples: ``{"input_ids": [...], "label": int}`` (a float label when
@@ -319,7 +327,13 @@ class SequenceClassification(Objective):
             )
         }
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         c = self.config
         labels = []
         for i, ex in enumerate(examples):
@@ -347,7 +361,7 @@ class SequenceClassification(Objective):
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
         return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         logits = model(**_model_inputs(batch)).logits  # (B, C)
         labels = batch["labels"]
         if self.config.num_labels == 1:
@@ -371,7 +385,7 @@ class TagConfig(ClassifyConfig):
             self.fail("num_labels", "token classification needs at least 2 tags")
 
 
-class TokenClassification(Objective):
+class TokenClassification(Objective[TagConfig]):
     """A label for every token (NER-style tagging) from the encoder's hidden states.
 
     Examples: ``{"input_ids": [...], "labels": [...]}`` of equal length, -100
@@ -392,7 +406,13 @@ class TokenClassification(Objective):
             )
         }
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         c = self.config
         label_seqs = []
         for i, ex in enumerate(examples):
@@ -424,7 +444,7 @@ class TokenClassification(Objective):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return lm_loss(logits, labels, shift=False)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         logits = model(**_model_inputs(batch)).logits  # (B, T, C)
         labels = batch["labels"]
         return ObjectiveOutput(

@@ -7,12 +7,16 @@ unimodel uses ``nn.Linear`` (``[out, in]``), so those weights are transposed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter, pop_known, strip_prefix
+from unimodel_gpt.model import GPTConfig
+
+if TYPE_CHECKING:
+    from unimodel.model import Model
 
 _ACT_FROM_HF = {
     "gelu_new": "gelu_tanh",
@@ -74,7 +78,7 @@ class GPT2Converter(HFConverter):
         return {
             "name": "gpt",
             "vocab_size": c.get("vocab_size", 50257),
-            "n_positions": c.get("n_positions", 1024),
+            "max_positions": c.get("n_positions", 1024),
             "d_model": c.get("n_embd", 768),
             "n_layers": c.get("n_layer", 12),
             "n_heads": c.get("n_head", 12),
@@ -111,8 +115,9 @@ class GPT2Converter(HFConverter):
         out.update(src)  # anything left is reported as unexpected by the loader
         return out
 
-    def config_to_hf(self, model) -> dict[str, Any]:
+    def config_to_hf(self, model: Model) -> dict[str, Any]:
         c = model.config
+        assert isinstance(c, GPTConfig)
         if c.memory_dim is not None:
             raise CheckpointError("a GPT decoder with cross-attention has no GPT2LMHeadModel equivalent")
         if not c.causal_decoder:
@@ -121,7 +126,7 @@ class GPT2Converter(HFConverter):
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
             "vocab_size": c.vocab_size,
-            "n_positions": c.n_positions,
+            "n_positions": c.max_positions,
             "n_embd": c.d_model,
             "n_layer": c.n_layers,
             "n_head": c.n_heads,
@@ -140,13 +145,15 @@ class GPT2Converter(HFConverter):
             "dtype": "float32",
         }
 
-    def weights_to_hf(self, model) -> dict[str, Tensor]:
+    def weights_to_hf(self, model: Model) -> dict[str, Tensor]:
+        c = model.config
+        assert isinstance(c, GPTConfig)
         state = model.state_dict()
         out = {f"transformer.{theirs}": state[ours] for ours, theirs in _TOP_KEYS.items()}
-        for i in range(model.config.n_layers):
+        for i in range(c.n_layers):
             for ours, (theirs, transposed) in _LAYER_KEYS.items():
                 t = state[f"decoder.blocks.{i}.{ours}"]
                 out[f"transformer.h.{i}.{theirs}"] = (t.t() if transposed else t).contiguous()
-        if not model.config.tie_embeddings:
+        if not c.tie_embeddings:
             out["lm_head.weight"] = state["heads.lm.weight"]
         return out

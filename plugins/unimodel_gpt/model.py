@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import InputError
-from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, ModelFamily
+from unimodel.interfaces import Backbone, Decoder, DecoderOutput, ModelFamily
 from unimodel.nn import ACTIVATIONS, Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
 from unimodel.nn.ffn import residual_std
-
-PROVIDES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
-NONCAUSAL_PROVIDES = frozenset({Cap.DECODER_ONLY, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
+from unimodel_gpt import NONCAUSAL_PROVIDES, PROVIDES
 
 
 @dataclass(frozen=True)
 class GPTConfig(Config):
     section = "model 'gpt'"
+    renamed: ClassVar[dict[str, str]] = {"n_positions": "max_positions"}
 
     vocab_size: int = param(50257, "vocabulary size (set from the tokenizer when training)")
-    n_positions: int = param(1024, "length of the learned position table: the longest sequence")
+    max_positions: int = param(1024, "length of the learned position table: the longest sequence")
     d_model: int = param(768, "hidden width")
     n_layers: int = param(12, "number of transformer blocks")
     n_heads: int = param(12, "attention heads; must divide d_model")
@@ -42,16 +42,17 @@ class GPTConfig(Config):
     pad_token_id: int | None = param(None, "padding id (falls back to eos in generation)")
 
     def check(self) -> None:
-        self.require_positive("vocab_size", "n_positions", "d_model", "n_layers", "n_heads", "d_ff")
+        self.require_positive("vocab_size", "max_positions", "d_model", "n_layers", "n_heads", "d_ff")
         if self.d_model % self.n_heads:
             self.fail(("d_model", "n_heads"), "d_model must be divisible by n_heads")
         if self.activation not in ACTIVATIONS:
             self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
         self.require_fraction("dropout", "attn_dropout")
+        self.require_positive("layer_norm_eps", "init_std")
         self.require_token_ids("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-class GPTDecoder(Decoder):
+class GPTDecoder(Decoder[GPTConfig]):
     """Token ids (B, T) -> final-norm hidden states (B, T, D); causal, cached."""
 
     config_class = GPTConfig
@@ -62,13 +63,13 @@ class GPTDecoder(Decoder):
         super().__init__()
         c = config
         self.config = c
-        self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, c.n_positions
+        self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, c.max_positions
         self.is_causal = c.causal_decoder
         if not c.causal_decoder:
             self.provides = NONCAUSAL_PROVIDES
         self.cross_attention = c.memory_dim is not None
         self.wte = nn.Embedding(c.vocab_size, c.d_model)
-        self.wpe = LearnedPositions(c.n_positions, c.d_model)
+        self.wpe = LearnedPositions(c.max_positions, c.d_model)
         self.drop = nn.Dropout(c.dropout)
         head_dim = c.d_model // c.n_heads
         self.blocks = nn.ModuleList(
@@ -132,7 +133,7 @@ class GPTDecoder(Decoder):
         return DecoderOutput(last_hidden_state=self.norm(x), cache=cache)
 
 
-class GPT(ModelFamily):
+class GPT(ModelFamily[GPTConfig]):
     """The GPT family: a decoder-only backbone."""
 
     config_class = GPTConfig
@@ -142,7 +143,7 @@ class GPT(ModelFamily):
         return PROVIDES if config.causal_decoder else NONCAUSAL_PROVIDES
 
     @classmethod
-    def build_backbone(cls, config: GPTConfig) -> Backbone:  # type: ignore[override]
+    def build_backbone(cls, config: GPTConfig) -> Backbone:
         decoder = GPTDecoder(config)
         return Backbone(
             encoder=None,

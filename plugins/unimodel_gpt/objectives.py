@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError
-from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+from unimodel_gpt import REQUIRES
 
-REQUIRES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD})
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
 
 
 @dataclass(frozen=True)
@@ -28,39 +31,56 @@ class CLMConfig(Config):
         self.require_fraction("label_smoothing")
 
 
-class CausalLM(TokenLossObjective):
-    """Next-token prediction: logits[t] predict input_ids[t+1]; padding is not predicted."""
+ClmConfigT = TypeVar("ClmConfigT", bound=CLMConfig)
 
-    config_class = CLMConfig
+
+class NextTokenObjective(TokenLossObjective[ClmConfigT]):
+    """Next-token prediction: logits[t] predict input_ids[t+1]; padding is not predicted.
+
+    Generic in its config so that ``fim`` (whose config extends ``clm``'s) shares the step.
+    """
+
     requires = REQUIRES
 
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}
 
-    def _pad_id(self, tokenizer) -> int:
+    def _pad_id(self, tokenizer: Tokenizer | None) -> int:
         if self.config.pad_token_id is not None:
             return self.config.pad_token_id
         if tokenizer is not None:
             return tokenizer.pad_id
         return 0
 
-    def collate(self, seqs: Sequence[Sequence[int]], tokenizer) -> dict[str, Tensor]:
+    def collate(self, seqs: Sequence[Sequence[int]], tokenizer: Tokenizer | None) -> dict[str, Tensor]:
         ids, mask = pad_sequences(seqs, self._pad_id(tokenizer))
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Sequence[int]]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         return self.collate([ex["input_ids"] for ex in examples], tokenizer)
 
     def token_loss(self) -> TokenLoss:
         return TokenLoss(shift=True, label_smoothing=self.config.label_smoothing)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         mask = batch.get("attention_mask")
         if mask is not None and bool(mask.all()):
             mask = None  # packed blocks: let attention take its causal fast path
         return token_objective_step(
             self, model, {"input_ids": batch["input_ids"], "attention_mask": mask}, batch["labels"]
         )
+
+
+class CausalLM(NextTokenObjective[CLMConfig]):
+    """Causal language modelling (the ``clm`` objective)."""
+
+    config_class = CLMConfig
 
 
 @dataclass(frozen=True)
@@ -92,7 +112,7 @@ def fim_transform(
     return [prefix_id, suffix_id, *suffix, middle_id, *prefix, *middle]
 
 
-class FillInTheMiddle(CausalLM):
+class FillInTheMiddle(NextTokenObjective[FIMConfig]):
     """CLM on documents rearranged as prefix-suffix-middle with sentinel tokens.
 
     A fraction ``rate`` of examples is split at two uniform random points and
@@ -103,7 +123,7 @@ class FillInTheMiddle(CausalLM):
     config_class = FIMConfig
     special_tokens = ("fim_prefix", "fim_middle", "fim_suffix")
 
-    def _sentinels(self, tokenizer) -> tuple[int, int, int]:
+    def _sentinels(self, tokenizer: Tokenizer | None) -> tuple[int, int, int]:
         c = self.config
         ids = []
         for role, given in (
@@ -118,7 +138,13 @@ class FillInTheMiddle(CausalLM):
             ids.append(given)
         return ids[0], ids[1], ids[2]
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Sequence[int]]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         pre, mid, suf = self._sentinels(tokenizer)
         out = []
         for ex in examples:

@@ -10,10 +10,11 @@ Only metadata lives here; modules are imported when a component is used.
 from __future__ import annotations
 
 from unimodel import hookimpl
+from unimodel.capabilities import Cap
 from unimodel.hookspecs import PLUGIN_API_VERSION
 from unimodel.registry import Component
 
-_REQUIRES = ("encoder_decoder", "noncausal_decoder", "lm_head")
+_REQUIRES = frozenset({Cap.ENCODER_DECODER, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
 
 # generate() options mask_predict reads (besides the standard ones it honours: attention_mask,
 # length_penalty, num_return_sequences, eos/pad/decoder_start token ids, streamer). max_new_tokens and
@@ -52,6 +53,6 @@ def unimodel_components() -> list[Component]:
             target="unimodel_nat.decoding:mask_predict",
             summary="parallel decoding: predicted lengths, all-masked start, least confident tokens re-predicted",
             requires=_REQUIRES,
-            extra={"options": MASK_PREDICT_OPTIONS},
+            options=MASK_PREDICT_OPTIONS,
         ),
     ]

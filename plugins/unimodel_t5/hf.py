@@ -19,14 +19,17 @@ logits).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter
-from unimodel_t5.model import parse_feed_forward
+from unimodel_t5.model import T5Config, parse_feed_forward
+
+if TYPE_CHECKING:
+    from unimodel.model import Model
 
 _EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 # Some old checkpoints carry a cross-attention bias table that T5 never uses.
@@ -58,7 +61,7 @@ def _layer_map(prefix: str, hf_prefix: str, *, cross: bool, gated: bool) -> dict
     ffn_layer = 2 if cross else 1
     ff = f"{hf_prefix}.layer.{ffn_layer}.DenseReluDense"
     sa = f"{hf_prefix}.layer.0.SelfAttention"
-    out = {
+    out: dict[str, tuple[str, ...]] = {
         f"{prefix}.norm_attn.weight": (f"{hf_prefix}.layer.0.layer_norm.weight",),
         f"{prefix}.attn.qkv.weight": (f"{sa}.q.weight", f"{sa}.k.weight", f"{sa}.v.weight"),
         f"{prefix}.attn.out.weight": (f"{sa}.o.weight",),
@@ -81,7 +84,7 @@ def _layer_map(prefix: str, hf_prefix: str, *, cross: bool, gated: bool) -> dict
 
 def key_map(n_layers: int, n_decoder_layers: int, *, gated: bool) -> dict[str, tuple[str, ...]]:
     """Every unimodel T5 weight except the embedding and the LM head -> its HF source keys."""
-    out = {
+    out: dict[str, tuple[str, ...]] = {
         "encoder.relative_bias.weight": ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",),
         "encoder.final_norm.weight": ("encoder.final_layer_norm.weight",),
         "decoder.relative_bias.weight": ("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",),
@@ -112,7 +115,7 @@ class T5Converter(HFConverter):
             "name": "t5",
             "vocab_size": c.get("vocab_size", 32128),
             "d_model": c.get("d_model", 512),
-            "d_kv": c.get("d_kv", 64),
+            "head_dim": c.get("d_kv", 64),
             "d_ff": c.get("d_ff", 2048),
             "n_layers": n_layers,
             "n_decoder_layers": c.get("num_decoder_layers") or n_layers,
@@ -170,8 +173,9 @@ class T5Converter(HFConverter):
         out.update(src)  # anything left is reported as unexpected by the loader
         return out
 
-    def config_to_hf(self, model) -> dict[str, Any]:
+    def config_to_hf(self, model: Model) -> dict[str, Any]:
         c = model.config
+        assert isinstance(c, T5Config)
         if c.memory_dim is not None and c.memory_dim != c.d_model:
             raise CheckpointError("a T5 decoder reading a memory narrower or wider than d_model has no HF equivalent")
         if not c.causal_decoder:
@@ -181,10 +185,10 @@ class T5Converter(HFConverter):
             "model_type": "t5",
             "vocab_size": c.vocab_size,
             "d_model": c.d_model,
-            "d_kv": c.d_kv,
+            "d_kv": c.head_dim,
             "d_ff": c.d_ff,
             "num_layers": c.n_layers,
-            "num_decoder_layers": c.decoder_layers,
+            "num_decoder_layers": c.dec_layers,
             "num_heads": c.n_heads,
             "relative_attention_num_buckets": c.relative_attention_num_buckets,
             "relative_attention_max_distance": c.relative_attention_max_distance,
@@ -204,12 +208,13 @@ class T5Converter(HFConverter):
             "dtype": "float32",
         }
 
-    def weights_to_hf(self, model) -> dict[str, Tensor]:
+    def weights_to_hf(self, model: Model) -> dict[str, Tensor]:
         c = model.config
+        assert isinstance(c, T5Config)
         state = model.state_dict()
         gated = parse_feed_forward(c.feed_forward)[1]  # type: ignore[index]
         out: dict[str, Tensor] = {"shared.weight": state["encoder.embed_tokens.weight"]}
-        for ours, theirs in key_map(c.n_layers, c.decoder_layers, gated=gated).items():
+        for ours, theirs in key_map(c.n_layers, c.dec_layers, gated=gated).items():
             parts = state[ours].chunk(len(theirs), dim=0) if len(theirs) > 1 else (state[ours],)
             for key, t in zip(theirs, parts):
                 out[key] = t.contiguous()

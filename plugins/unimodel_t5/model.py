@@ -4,7 +4,7 @@ What sets T5 apart from the other families, all expressed with the shared
 blocks of :mod:`unimodel.nn`:
 
 - no biases anywhere, and attention scores are *not* scaled (``scale=1.0``);
-  the head size ``d_kv`` is free, so ``n_heads * d_kv`` may differ from ``d_model``;
+  the head size ``head_dim`` (HF's ``d_kv``) is free, so ``n_heads * head_dim`` may differ from ``d_model``;
 - no absolute positions: each stack owns one learned table of relative
   position biases (HF stores it in the stack's first layer) that is computed
   once per forward and added to every layer's self-attention scores, together
@@ -21,6 +21,7 @@ positions, H heads, D model width, V vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +29,16 @@ from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import InputError
-from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
+from unimodel.interfaces import Backbone, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
 from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm
 from unimodel.nn.positions import log_bucket, sinusoids
-
-PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
-NONCAUSAL_PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
-ENCODER_PROVIDES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
-DECODER_PROVIDES = frozenset({Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
+from unimodel_t5 import (
+    DECODER_PROVIDES,
+    ENCODER_PROVIDES,
+    NONCAUSAL_DECODER_PROVIDES,
+    NONCAUSAL_PROVIDES,
+    PROVIDES,
+)
 
 # Activation names T5 configs use (HF's ``feed_forward_proj`` = "[gated-]<act>") -> unimodel's.
 # HF maps the legacy "gated-gelu" to the tanh approximation ("gelu_new"); plain "gelu" stays exact.
@@ -63,10 +66,11 @@ def parse_feed_forward(spec: str) -> tuple[str, bool] | None:
 @dataclass(frozen=True)
 class T5Config(Config):
     section = "model 't5'"
+    renamed: ClassVar[dict[str, str]] = {"d_kv": "head_dim"}
 
     vocab_size: int = param(32128, "vocabulary size (set from the tokenizer when training)")
     d_model: int = param(512, "hidden width")
-    d_kv: int = param(64, "size of each attention head; n_heads * d_kv may differ from d_model")
+    head_dim: int = param(64, "size of each attention head; n_heads * head_dim may differ from d_model")
     d_ff: int = param(2048, "feed-forward width")
     n_layers: int = param(6, "encoder blocks")
     n_decoder_layers: int | None = param(None, "decoder blocks; n_layers when null")
@@ -95,7 +99,7 @@ class T5Config(Config):
         self.require_positive(
             "vocab_size",
             "d_model",
-            "d_kv",
+            "head_dim",
             "d_ff",
             "n_layers",
             "n_heads",
@@ -117,7 +121,8 @@ class T5Config(Config):
         self.require_token_ids("pad_token_id", "eos_token_id", "decoder_start_token_id")
 
     @property
-    def decoder_layers(self) -> int:
+    def dec_layers(self) -> int:
+        """Decoder blocks: ``n_decoder_layers``, or ``n_layers`` when that is null."""
         return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
 
     @property
@@ -198,7 +203,7 @@ def _blocks(c: T5Config, n: int, *, cross: bool) -> nn.ModuleList:
             d_model=c.d_model,
             n_heads=c.n_heads,
             d_ff=c.d_ff,
-            head_dim=c.d_kv,
+            head_dim=c.head_dim,
             norm="rmsnorm",
             norm_eps=c.layer_norm_eps,
             prenorm=True,
@@ -208,7 +213,7 @@ def _blocks(c: T5Config, n: int, *, cross: bool) -> nn.ModuleList:
             dropout=c.dropout,
             attn_dropout=c.dropout,
             act_dropout=c.dropout,
-            scale=1.0,  # T5 folds the 1/sqrt(d_kv) into its initialisation of q
+            scale=1.0,  # T5 folds the 1/sqrt(head_dim) into its initialisation of q
             cross_attention=cross,
             memory_dim=c.memory_dim,
         )
@@ -218,12 +223,12 @@ def _blocks(c: T5Config, n: int, *, cross: bool) -> nn.ModuleList:
 
 def init_t5_(module: nn.Module, c: T5Config) -> None:
     """Mesh-TensorFlow / HF T5 initialisation: per-projection fan-in scaled normals, unit norms."""
-    f, d, inner = c.init_factor, c.d_model, c.n_heads * c.d_kv
+    f, d, inner = c.init_factor, c.d_model, c.n_heads * c.head_dim
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, Attention):
                 q = m.q.weight if m.cross else m.qkv.weight[:inner]
-                q.normal_(0.0, f * (d * c.d_kv) ** -0.5)
+                q.normal_(0.0, f * (d * c.head_dim) ** -0.5)
                 (m.kv.weight if m.cross else m.qkv.weight[inner:]).normal_(0.0, f * d**-0.5)
                 m.out.weight.normal_(0.0, f * inner**-0.5)
             elif isinstance(m, FeedForward):
@@ -263,7 +268,7 @@ class _T5Stack(nn.Module):
         return head
 
 
-class T5Encoder(_T5Stack, Encoder):
+class T5Encoder(_T5Stack, Encoder[T5Config]):
     """Token ids (B, S) -> hidden states (B, S, D) after the final RMSNorm; bidirectional."""
 
     config_class = T5Config
@@ -309,7 +314,7 @@ class T5Encoder(_T5Stack, Encoder):
         return EncoderOutput(last_hidden_state=self.drop(self.final_norm(x)))
 
 
-class T5Decoder(_T5Stack, Decoder):
+class T5Decoder(_T5Stack, Decoder[T5Config]):
     """Decoder ids (B, T) attending to an encoder memory (B, S, D_mem) -> (B, T, D); causal, cached.
 
     The causal self-attention bias for the new queries (positions P .. P+T-1,
@@ -335,7 +340,7 @@ class T5Decoder(_T5Stack, Decoder):
         self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, None
         self.is_causal = c.causal_decoder
         if not c.causal_decoder:
-            self.provides = DECODER_PROVIDES - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
+            self.provides = NONCAUSAL_DECODER_PROVIDES
         self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
         self.relative_bias = RelativePositionBias(
             n_heads=c.n_heads,
@@ -343,14 +348,14 @@ class T5Decoder(_T5Stack, Decoder):
             max_distance=c.relative_attention_max_distance,
             bidirectional=not c.causal_decoder,
         )
-        self.blocks = _blocks(c, c.decoder_layers, cross=True)
+        self.blocks = _blocks(c, c.dec_layers, cross=True)
         self.final_norm = RMSNorm(c.d_model, eps=c.layer_norm_eps)
         self.drop = nn.Dropout(c.dropout)
         init_t5_(self, c)
 
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
         c = self.config
-        return KVCache(c.decoder_layers, batch, c.n_heads, c.d_kv, capacity, dtype=dtype, device=device)
+        return KVCache(c.dec_layers, batch, c.n_heads, c.head_dim, capacity, dtype=dtype, device=device)
 
     def forward(
         self,
@@ -374,20 +379,21 @@ class T5Decoder(_T5Stack, Decoder):
         if not self.is_causal:
             x = x + sinusoids(torch.arange(T, device=x.device), self.d_model).to(x.dtype)
         x = self.drop(x)
-        padded = attention_mask is not None and not bool(attention_mask.all())
+        key_mask = None  # (B, 1, 1, P+T) when some key is padding
+        if attention_mask is not None and not bool(attention_mask.all()):
+            key_mask = attention_mask[:, None, None, :].bool()
         if not self.is_causal:
-            allowed = attention_mask[:, None, None, :].bool() if padded else None
-            mask = additive_mask(self.relative_bias(T, T).to(x.dtype), allowed)  # (1 or B, H, T, T)
+            mask = additive_mask(self.relative_bias(T, T).to(x.dtype), key_mask)  # (1 or B, H, T, T)
         elif cache is not None and T == 1:
             # One new token sees every earlier key: its bias is a slice of a per-distance table.
-            allowed = attention_mask[:, None, None, :].bool() if padded else None
+            allowed = key_mask
             mask = additive_mask(self._step_bias(cache, past, x.dtype), allowed)  # (1 or B, H, 1, P+1)
         else:
             q_pos = torch.arange(past, past + T, device=x.device)[:, None]
             allowed = torch.arange(past + T, device=x.device)[None, :] <= q_pos  # causal (T, P+T)
             allowed = allowed[None, None]
-            if padded:
-                allowed = allowed & attention_mask[:, None, None, :].bool()
+            if key_mask is not None:
+                allowed = allowed & key_mask
             mask = additive_mask(self.relative_bias(T, past + T, past).to(x.dtype), allowed)  # (1 or B, H, T, P+T)
         mem_mask = None
         if memory_mask is not None and not bool(memory_mask.all()):
@@ -414,7 +420,7 @@ class T5Decoder(_T5Stack, Decoder):
         return table[..., n - 1 - past :]
 
 
-class T5(ModelFamily):
+class T5(ModelFamily[T5Config]):
     """The T5 family: encoder and decoder sharing one token embedding, and the T5 LM head."""
 
     config_class = T5Config
@@ -424,7 +430,7 @@ class T5(ModelFamily):
         return PROVIDES if config.causal_decoder else NONCAUSAL_PROVIDES
 
     @classmethod
-    def build_backbone(cls, config: T5Config) -> Backbone:  # type: ignore[override]
+    def build_backbone(cls, config: T5Config) -> Backbone:
         encoder = T5Encoder(config)
         decoder = T5Decoder(config)
         decoder.embed_tokens = encoder.embed_tokens  # T5's "shared" embedding

@@ -21,14 +21,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
-from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
+from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+from unimodel_t5 import SPAN_CORRUPTION_REQUIRES
+
+if TYPE_CHECKING:
+    from unimodel.data.tokenizer import Tokenizer
+    from unimodel.model import Model
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def corrupt_spans(tokens: Sequence[int], mask: Sequence[bool], sentinels: Sequen
 
 
 # ------------------------------------------------------------------ objective
-class SpanCorruption(TokenLossObjective):
+class SpanCorruption(TokenLossObjective[SpanCorruptionConfig]):
     """T5 span corruption: the decoder restores the spans the encoder input lost.
 
     ``prepare`` takes examples ``{"input_ids": [...]}`` (packed blocks) and returns
@@ -140,14 +146,14 @@ class SpanCorruption(TokenLossObjective):
     """
 
     config_class = SpanCorruptionConfig
-    requires = frozenset({Cap.ENCODER_DECODER, Cap.LM_HEAD})
+    requires = SPAN_CORRUPTION_REQUIRES
     special_tokens = ("eos", "sentinel_0")
 
     def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
         return {}
 
     # ----------------------------------------------------------- token ids
-    def sentinel_ids(self, tokenizer=None) -> list[int]:
+    def sentinel_ids(self, tokenizer: Tokenizer | None = None) -> list[int]:
         """Sentinel ids in order: from ``first_sentinel_id`` downward, else the tokenizer's
         ``sentinel_0``, ``sentinel_1`` ... roles."""
         c = self.config
@@ -163,14 +169,14 @@ class SpanCorruption(TokenLossObjective):
             ids.append(tokenizer.special_id(f"sentinel_{len(ids)}"))
         return ids
 
-    def _eos(self, tokenizer) -> int:
+    def _eos(self, tokenizer: Tokenizer | None) -> int:
         if self.config.eos_token_id is not None:
             return self.config.eos_token_id
         if tokenizer is None:
             raise ConfigError("objective 'span_corruption' needs a tokenizer with an eos token, or eos_token_id set")
         return tokenizer.special_id("eos")
 
-    def _pad(self, tokenizer) -> int:
+    def _pad(self, tokenizer: Tokenizer | None) -> int:
         if self.config.pad_token_id is not None:
             return self.config.pad_token_id
         return tokenizer.pad_id if tokenizer is not None else 0
@@ -198,7 +204,13 @@ class SpanCorruption(TokenLossObjective):
         inputs, targets = corrupt_spans(ids, mask, sentinels)
         return [*inputs, eos], [*targets, eos]
 
-    def prepare(self, examples, *, tokenizer=None, generator=None) -> dict[str, Tensor]:
+    def prepare(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        tokenizer: Tokenizer | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         if not examples:
             raise DataError("cannot build a span_corruption batch from zero examples")
         sentinels = self.sentinel_ids(tokenizer)
@@ -218,7 +230,7 @@ class SpanCorruption(TokenLossObjective):
     def token_loss(self) -> TokenLoss:
         return TokenLoss(label_smoothing=self.config.label_smoothing)
 
-    def forward(self, model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         if "labels" not in batch:
             raise DataError("a span_corruption batch needs 'labels'; build it with objective.prepare")
         # without decoder_input_ids the model shifts the labels right behind its own start token

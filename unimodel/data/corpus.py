@@ -1,7 +1,7 @@
 """Registered corpora: named collections a run config selects with ``corpus = "NAME"``.
 
 A corpus holds either text or source -> target pairs; its component says
-which in ``extra={"data": "pairs"}`` (text when absent), so the trainer can
+which in ``data_kind="pairs"`` (``"text"`` by default), so the trainer can
 refuse a corpus its objective cannot use before importing anything.
 
 - A **text** corpus's target is a callable returning an iterable of
@@ -24,6 +24,7 @@ import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
+from unimodel.bounds import check_corpus_memory
 from unimodel.errors import DataError, UnimodelError
 
 
@@ -49,7 +50,8 @@ CorpusKind = Literal["text", "pairs"]
 
 def corpus_kind(name: str, *, registry: Any = None) -> CorpusKind:
     """``"pairs"`` or ``"text"``: what the registered corpus ``name`` holds, from its metadata (no import)."""
-    return "pairs" if _component(name, registry).extra.get("data") == "pairs" else "text"
+    kind: CorpusKind = _component(name, registry).data_kind
+    return kind
 
 
 def _component(name: str, registry: Any) -> Any:
@@ -90,6 +92,7 @@ def _call(name: str, component: Any, options: Mapping[str, Any] | None, **args: 
                 f"{did_you_mean(unknown[0], known)} Its options: {', '.join(known) or 'none'}."
             )
     try:
+        check_corpus_memory(name, target, {**args, **options})  # before the corpus builds anything
         return target(**args, **options)
     except ValueError as exc:  # a corpus rejecting its options' values
         raise DataError(f"corpus {name!r}: {exc}; change data.corpus_options") from None

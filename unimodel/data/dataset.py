@@ -4,7 +4,8 @@ The objective decides what the data is (``Objective.data_kind``): **text**,
 cut into fixed-length blocks, or **pairs**, source -> target examples
 (``seq2seq``). :func:`load_data` reads either kind and splits it;
 :func:`make_tokenizer` trains a tokenizer on the training split (both sides
-of the pairs) or loads one; :func:`encode_data` turns both splits into token
+of the pairs), of the kind the run names or else of the model family's recipe,
+or loads one; :func:`encode_data` turns both splits into token
 ids: :class:`PackedData` blocks for text (:func:`encode_and_pack`),
 :class:`PairData` examples for pairs. Every step is deterministic, so every
 process of a distributed run, and a resumed run, computes the same data.
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor
 
@@ -27,6 +28,9 @@ from unimodel.data.pairs import PAIR_EXTENSIONS, Pair, encode_pairs, pair_key, r
 from unimodel.data.text import DEFAULT_EXTENSIONS, read_documents
 from unimodel.data.tokenizer import DEFAULT_BPE_ROLES, TOKENIZER_FILE, Tokenizer
 from unimodel.errors import DataError
+
+if TYPE_CHECKING:
+    from unimodel.registry import Registry, TokenizerRecipe
 
 DEFAULT_CORPUS = "pydoc"
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
@@ -72,8 +76,11 @@ class DataConfig(Config):
         0.1, "fraction of documents or pairs held out for validation (0 for none); a pair corpus has its own split"
     )
     seed: int = param(0, "seed of the train/validation split")
-    tokenizer: str = param(
-        "bpe", "bpe, wordpiece or unigram to train one on the training split; or a folder with tokenizer.json"
+    tokenizer: str | None = param(
+        None,
+        "bpe, wordpiece or unigram to train one on the training split; or a folder with tokenizer.json; "
+        "null: train the model family's own kind (BERT: wordpiece, T5: unigram, GPT and BART: bpe). Only bpe "
+        "trains the same vocabulary on every run",
     )
     vocab_size: int = param(8192, "vocabulary size of a trained tokenizer (special tokens included)")
     min_frequency: int = param(2, "a trained tokenizer's pieces occur at least this often")
@@ -107,7 +114,14 @@ class DataConfig(Config):
 
     @property
     def trains_tokenizer(self) -> bool:
-        return self.tokenizer in TOKENIZER_KINDS
+        """True unless ``tokenizer`` names a folder to load."""
+        return self.tokenizer is None or self.tokenizer in TOKENIZER_KINDS
+
+    def tokenizer_kind(self, recipe: TokenizerRecipe | None = None) -> str:
+        """The kind of tokenizer a run trains: the one named, else the family's ``recipe``, else ``"bpe"``."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        return recipe.kind if recipe is not None else "bpe"
 
 
 @dataclass
@@ -321,37 +335,57 @@ def encode_data(config: DataConfig, tokenizer: Tokenizer, raw: RawData) -> Packe
     return encode_and_pack(config, tokenizer, raw.train, raw.validation)
 
 
-def tokenizer_roles(kind: str, needed: Iterable[str] = ()) -> dict[str, str] | None:
+def tokenizer_roles(
+    kind: str, needed: Iterable[str] = (), *, base: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
     """Special-token roles to reserve when training a tokenizer of ``kind``.
 
-    A byte-level BPE reserves eos/bos, pad, mask and the FIM sentinels
-    (what the decoder-only objectives need); any role in ``needed`` that the
-    kind's defaults lack gets a token of its own, ``<|role|>``. ``None``
-    means the trainer's own defaults suffice.
+    ``base`` (a family's recipe) gives the roles and their tokens; without it a
+    byte-level BPE reserves eos/bos, pad, mask and the FIM sentinels (what the
+    decoder-only objectives need), the other kinds their trainer's defaults. Any
+    role in ``needed`` that these lack gets a token of its own, ``<|role|>``.
+    ``None`` means the trainer's own defaults suffice.
     """
-    if kind == "bpe":
-        roles = dict(DEFAULT_BPE_ROLES)
-    else:
-        from unimodel.data import tokenizer as tk
+    from unimodel.data import tokenizer as tk
 
-        defaults = tk.DEFAULT_WORDPIECE_ROLES if kind == "wordpiece" else tk.DEFAULT_UNIGRAM_ROLES
-        roles = dict(defaults)
+    defaults = {"bpe": DEFAULT_BPE_ROLES, "wordpiece": tk.DEFAULT_WORDPIECE_ROLES}.get(kind, tk.DEFAULT_UNIGRAM_ROLES)
+    roles = dict(defaults if base is None else base)
     extra = [r for r in needed if r not in roles and not (kind == "unigram" and r.startswith("sentinel"))]
-    if kind != "bpe" and not extra:
+    if kind != "bpe" and base is None and not extra:
         return None
     roles.update({r: f"<|{r}|>" for r in extra})
     return roles
 
 
-def make_tokenizer(config: DataConfig, train_texts: Sequence[str], *, needed_roles: Iterable[str] = ()) -> Tokenizer:
-    """Train a tokenizer of kind ``config.tokenizer`` on ``train_texts``, or load one from a folder."""
+def tokenizer_recipe(model_name: str, *, registry: Registry | None = None) -> TokenizerRecipe | None:
+    """The tokenizer recipe the family of model or preset ``model_name`` registers (``None`` when none)."""
+    from unimodel.registry import get_registry
+
+    family, _ = (registry or get_registry()).resolve_model(model_name)
+    return family.tokenizer
+
+
+def make_tokenizer(
+    config: DataConfig,
+    train_texts: Sequence[str],
+    *,
+    needed_roles: Iterable[str] = (),
+    recipe: TokenizerRecipe | None = None,
+) -> Tokenizer:
+    """Train a tokenizer on ``train_texts``, or load one from the folder ``config.tokenizer`` names.
+
+    The kind trained is ``config.tokenizer``; when that is unset, the model
+    family's ``recipe`` (its kind and special tokens), else a byte-level BPE.
+    ``needed_roles`` (what the run's objectives need) are reserved as well.
+    """
     if config.trains_tokenizer:
-        roles = tokenizer_roles(config.tokenizer, needed_roles)
+        kind = config.tokenizer_kind(recipe)
+        base = recipe.roles if config.tokenizer is None and recipe is not None else None
+        roles = tokenizer_roles(kind, needed_roles, base=base)
         # the Unigram trainer has no frequency threshold
-        options: dict[str, Any] = {} if config.tokenizer == "unigram" else {"min_frequency": config.min_frequency}
-        return Tokenizer.train(
-            config.tokenizer, train_texts, config.vocab_size, roles, split_digits=config.split_digits, **options
-        )
+        options: dict[str, Any] = {} if kind == "unigram" else {"min_frequency": config.min_frequency}
+        return Tokenizer.train(kind, train_texts, config.vocab_size, roles, split_digits=config.split_digits, **options)
+    assert config.tokenizer is not None  # a folder: trains_tokenizer is False
     folder = Path(config.tokenizer).expanduser()
     if not (folder / TOKENIZER_FILE).is_file():
         raise DataError(

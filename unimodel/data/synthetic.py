@@ -9,6 +9,9 @@ non-autoregressive decoding, whose outputs have lengths unknown in advance.
 from __future__ import annotations
 
 import random
+from typing import Any
+
+from unimodel.bounds import declare_size
 
 _ONES = [
     "zero",
@@ -64,6 +67,16 @@ def number_to_words(n: int) -> str:
     return " ".join(words)
 
 
+def _numbers_bytes(split: str = "train", *, n_train: int = 20000, n_validation: int = 500, **_: Any) -> float:
+    """Memory of one split: the shuffled draw of every number (about 48 bytes each), then each pair
+    of the split as strings and, once encoded, token ids (about 800 bytes)."""
+    if not all(isinstance(n, int) for n in (n_train, n_validation)):
+        return 0  # the corpus itself refuses the values
+    chosen = n_train if split == "train" else n_validation
+    return 48 * (n_train + n_validation) + 800 * chosen
+
+
+@declare_size(_numbers_bytes)
 def numbers_pairs(
     split: str = "train",
     *,

@@ -81,6 +81,19 @@ def _roles_from_special_tokens(backend: tokenizers.Tokenizer) -> dict[str, str]:
     return roles
 
 
+def _saved_roles(cfg: Any, path: Path) -> dict[str, str]:
+    """The ``unimodel_roles`` table of a ``tokenizer_config.json`` (role -> token), checked."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object, got {type(cfg).__name__}")
+    roles = cfg.get("unimodel_roles", {})
+    if not isinstance(roles, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in roles.items()):
+        raise CheckpointError(
+            f"{str(path)!r}: unimodel_roles must map role names to token strings, e.g. "
+            f'{{"eos": "<|endoftext|>"}}; got {json.dumps(roles)[:80]}'
+        )
+    return dict(roles)
+
+
 class Tokenizer:
     """Text <-> ids, plus the special-token roles objectives rely on."""
 
@@ -95,6 +108,11 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def kind(self) -> str:
+        """``"bpe"``, ``"wordpiece"``, ``"unigram"`` (or the backend model's name, lower-cased)."""
+        return type(self.backend.model).__name__.lower()
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -166,9 +184,9 @@ class Tokenizer:
         if cfg_path.is_file():
             try:
                 cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CheckpointError(f"{str(cfg_path)!r} is not valid JSON: {exc}") from None
-            roles = dict(cfg.get("unimodel_roles", {}))
+            roles = _saved_roles(cfg, cfg_path)
             for role, key in _HF_ROLE_KEYS.items():
                 tok = cfg.get(key)
                 if isinstance(tok, dict):  # HF's AddedToken form
@@ -177,7 +195,10 @@ class Tokenizer:
                     roles[role] = tok
         for role, token in _roles_from_special_tokens(backend).items():
             roles.setdefault(role, token)
-        return cls(backend, roles)
+        try:
+            return cls(backend, roles)
+        except ConfigError as exc:  # a role naming a token the vocabulary lacks
+            raise CheckpointError(f"{str(cfg_path)!r} does not fit {str(path)!r}: {exc}") from None
 
     # -------------------------------------------------------------- training
     @classmethod

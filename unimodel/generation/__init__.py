@@ -14,13 +14,13 @@ it adds a model::
 
     Component(kind="decoding", name="mask_predict", target="my_plugin.decoding:mask_predict",
               requires=("encoder_decoder", "noncausal_decoder", "lm_head"),
-              extra={"options": ("iterations",)})
+              options=("iterations",))
 
 ``generate`` runs the component named by ``strategy=`` (else ``beam`` when
 ``num_beams > 1``, ``sample`` when ``do_sample``, else the model's objective's
 ``default_strategy``, normally ``greedy``) after checking
 that the model provides every capability in the component's ``requires``.
-Option names a strategy lists in ``extra["options"]`` are accepted by
+Option names a strategy lists in its ``options`` are accepted by
 ``generate`` and reach it in ``settings.extra``. The strategy is called as::
 
     strategy(model, inputs, settings) -> torch.LongTensor   # (B * num_return_sequences, L)
@@ -55,7 +55,8 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import InputError
-from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
+from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder, recompute_prefix
+from unimodel.generation.processors import ScoreProcessors, banned_ngram_tokens, warp
 from unimodel.generation.settings import (
     OPTIONS,
     GenerationSettings,
@@ -69,7 +70,17 @@ from unimodel.registry import Registry, get_registry
 if TYPE_CHECKING:
     from unimodel.model import Model
 
-__all__ = ["OPTIONS", "GenerationInputs", "GenerationSettings", "IncrementalDecoder", "generate"]
+__all__ = [
+    "OPTIONS",
+    "GenerationInputs",
+    "GenerationSettings",
+    "IncrementalDecoder",
+    "ScoreProcessors",
+    "banned_ngram_tokens",
+    "generate",
+    "recompute_prefix",
+    "warp",
+]
 
 
 def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Any:
@@ -111,8 +122,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     """
     reg = registry or get_registry()
     strategy_name = choose_strategy(options, default=model.objective.default_strategy or "greedy")
-    component = reg.get("decoding", strategy_name)
-    declared = tuple(component.extra.get("options", ()))
+    # a strategy chosen from num_beams/do_sample is the core's, whatever other plugins call theirs
+    component = reg.get("decoding", strategy_name, prefer=None if options.get("strategy") else "core")
+    declared = tuple(component.options)
     check_option_names(options, OPTIONS + declared)
     _check_can_generate(model, strategy_name, component.requires, reg)
 
@@ -127,6 +139,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         prompt_length = ids.shape[1]
     extra = {name: options[name] for name in declared if name in options}
     settings = resolve_settings(model, options, strategy=strategy_name, prompt_length=prompt_length, extra=extra)
+    from unimodel.bounds import check_generation_memory
+
+    check_generation_memory(model, ids, settings)  # before any cache or beam buffer is allocated
     if model.encoder is None:
         inputs = GenerationInputs(ids, mask, ids)
     else:
@@ -144,7 +159,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         layout = decoding_layout(model.decoder, lm_head) if getattr(strategy, "uses_decoding_layout", True) else None
         with torch.inference_mode(), layout or contextlib.nullcontext():
             if inputs.encoder_output is None and model.encoder is not None:
-                inputs.encoder_output = model.encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
+                inputs.encoder_output = model.encode(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:
                 out = inputs.decoder_input_ids.repeat_interleave(settings.num_return_sequences, dim=0)
             else:

@@ -8,6 +8,8 @@ Two ways to run it:
 - the plain functions here, e.g. ``check_model("gpt")``, which raise
   :class:`ConformanceError` on the first problem or return a :class:`Report`.
 
+docs/plugins.md lists every check and what it catches.
+
 Importing this package is cheap (pytest imports it in every run through the
 plugin); the checks, which need torch, load on first use.
 """
@@ -20,66 +22,76 @@ from typing import TYPE_CHECKING, Any
 from unimodel.testing.cases import Case, Selection
 
 if TYPE_CHECKING:
-    from unimodel.testing.checks import (
+    from unimodel.testing.base import (
         ConformanceError,
         NotApplicable,
-        Report,
         build_tiny,
-        check_capabilities,
-        check_component,
-        check_config,
-        check_declaration,
-        check_decoder,
-        check_determinism,
-        check_encoder,
-        check_forward,
-        check_gradients,
-        check_input_errors,
-        check_kv_cache,
-        check_model,
-        check_objective,
-        check_preset,
-        check_roundtrip,
+        kit_context,
         model_inputs,
         roundtrip_config,
-        run_conformance,
         synthetic_examples,
         synthetic_tokenizer,
         using_registry,
     )
+    from unimodel.testing.checks import (
+        check_capabilities,
+        check_config,
+        check_determinism,
+        check_forward,
+        check_gradients,
+        check_input_errors,
+        check_kv_cache,
+        check_preset,
+        check_roundtrip,
+    )
+    from unimodel.testing.components import check_declaration, check_decoder, check_encoder, check_objective
+    from unimodel.testing.generation import check_beam_search, check_decoding, check_generation
+    from unimodel.testing.objectives import check_padding_loss, check_prepare
+    from unimodel.testing.parts import check_pairing
+    from unimodel.testing.runner import Report, check_component, check_model, run_conformance
+    from unimodel.testing.vocabulary import check_config_names
 
-_CHECKS = (
-    "ConformanceError",
-    "NotApplicable",
-    "Report",
-    "build_tiny",
-    "check_capabilities",
-    "check_component",
-    "check_config",
-    "check_declaration",
-    "check_decoder",
-    "check_determinism",
-    "check_encoder",
-    "check_forward",
-    "check_gradients",
-    "check_input_errors",
-    "check_kv_cache",
-    "check_model",
-    "check_objective",
-    "check_preset",
-    "check_roundtrip",
-    "model_inputs",
-    "roundtrip_config",
-    "run_conformance",
-    "synthetic_examples",
-    "synthetic_tokenizer",
-    "using_registry",
-)
+# public name -> the module that defines it (imported on first use: the checks need torch)
+_CHECKS = {
+    "ConformanceError": "base",
+    "NotApplicable": "base",
+    "build_tiny": "base",
+    "kit_context": "base",
+    "model_inputs": "base",
+    "roundtrip_config": "base",
+    "synthetic_examples": "base",
+    "synthetic_tokenizer": "base",
+    "using_registry": "base",
+    "check_capabilities": "checks",
+    "check_config": "checks",
+    "check_determinism": "checks",
+    "check_forward": "checks",
+    "check_gradients": "checks",
+    "check_input_errors": "checks",
+    "check_kv_cache": "checks",
+    "check_preset": "checks",
+    "check_roundtrip": "checks",
+    "check_declaration": "components",
+    "check_decoder": "components",
+    "check_encoder": "components",
+    "check_objective": "components",
+    "check_beam_search": "generation",
+    "check_decoding": "generation",
+    "check_generation": "generation",
+    "check_padding_loss": "objectives",
+    "check_prepare": "objectives",
+    "check_pairing": "parts",
+    "Report": "runner",
+    "check_component": "runner",
+    "check_model": "runner",
+    "run_conformance": "runner",
+    "check_config_names": "vocabulary",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _CHECKS:
-        value = getattr(importlib.import_module("unimodel.testing.checks"), name)
+        value = getattr(importlib.import_module(f"unimodel.testing.{_CHECKS[name]}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'unimodel.testing' has no attribute {name!r}")

@@ -26,7 +26,7 @@ class Case:
     """
 
     kind: str
-    name: str
+    name: str  # as the registry displays it: plain, or plugin:name where two plugins share the name
     objective: str | None = None
     skip: str | None = None
 
@@ -73,7 +73,7 @@ def model_cases(
             continue
         if capability is not None and capability not in comp.provides:
             continue
-        out.append(Case("model", comp.name, skip=None if comp.tiny else NO_TINY.format(name=comp.name)))
+        out.append(Case("model", reg.display_name(comp), skip=None if comp.tiny else NO_TINY.format(name=comp.name)))
     return out
 
 
@@ -87,7 +87,7 @@ def compatible_objectives(comp: Component, reg: Registry) -> list[str]:
     from unimodel.model import compatible_objectives as compatible
 
     try:
-        return compatible({"name": comp.name, **comp.tiny}, registry=reg)
+        return compatible({"name": comp.qualified_name, **comp.tiny}, registry=reg)
     except UnimodelError:
         return reg.compatible_objectives(comp.provides)
 
@@ -101,7 +101,8 @@ def pair_cases(reg: Registry | None = None, sel: Selection = Selection()) -> lis
             obj = reg.get("objective", obj_name)
             if not (sel.matches(comp) or sel.matches(obj)):
                 continue
-            out.append(Case("model", comp.name, obj_name, skip=None if comp.tiny else NO_TINY.format(name=comp.name)))
+            skip = None if comp.tiny else NO_TINY.format(name=comp.name)
+            out.append(Case("model", reg.display_name(comp), obj_name, skip=skip))
     return out
 
 
@@ -115,19 +116,28 @@ def component_cases(kind: str, reg: Registry | None = None, sel: Selection = Sel
         skip = None
         if kind in ("encoder", "decoder") and not comp.tiny:
             skip = f"{kind} {comp.name!r} registers no `tiny` config overrides; add tiny={{...}} to its Component"
-        out.append(Case(kind, comp.name, skip=skip))
+        out.append(Case(kind, reg.display_name(comp), skip=skip))
     return out
+
+
+def config_cases(reg: Registry | None = None, sel: Selection = Selection()) -> list[Case]:
+    """Every selected component with a config class of its own: model families, encoders, decoders."""
+    reg = reg or get_registry()
+    kinds = ("model", "encoder", "decoder")
+    return [Case(c.kind, c.name) for c in reg.components() if c.kind in kinds and c.base is None and sel.matches(c)]
 
 
 def preset_cases(reg: Registry | None = None, sel: Selection = Selection()) -> list[Case]:
     reg = reg or get_registry()
-    return [Case("model", c.name) for c in reg.components("model") if c.base is not None and sel.matches(c)]
+    return [
+        Case("model", reg.display_name(c)) for c in reg.components("model") if c.base is not None and sel.matches(c)
+    ]
 
 
 def declaration_cases(reg: Registry | None = None, sel: Selection = Selection()) -> list[Case]:
     """Every selected component of every kind."""
     reg = reg or get_registry()
-    return [Case(c.kind, c.name) for c in reg.components() if sel.matches(c)]
+    return [Case(c.kind, reg.display_name(c)) for c in reg.components() if sel.matches(c)]
 
 
 def plugin_names(reg: Registry | None = None) -> Iterable[str]:

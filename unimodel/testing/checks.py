@@ -1,4 +1,4 @@
-"""The conformance checks, as plain functions.
+"""The conformance checks of model families, as plain functions.
 
 Each ``check_*`` function builds small instances of a registered component
 and raises :class:`ConformanceError` (an ``AssertionError``) naming the
@@ -6,213 +6,63 @@ component, what was expected and what happened; it returns ``None`` when the
 component conforms. A check that does not apply to a component (a KV-cache
 check on a model without ``kv_cache``) raises :class:`NotApplicable`.
 
-Models are built from their family's ``tiny`` overrides, with dropout as the
-family sets it there. Checks use the process-wide registry unless given one;
-a given registry is installed for the duration of the check, because loading
-a checkpoint resolves names through the process-wide registry.
-
-:func:`check_model`, :func:`check_component` and :func:`run_conformance`
-run many checks and return a :class:`Report`.
+The checks of other components are in :mod:`unimodel.testing.components`
+(objectives, encoders, decoders, declarations), :mod:`unimodel.testing.generation`
+(generation, beam search, decoding strategies), :mod:`unimodel.testing.parts`
+(pairings) and :mod:`unimodel.testing.objectives` (prepare, padding); the
+shared helpers in :mod:`unimodel.testing.base`. :mod:`unimodel.testing.runner`
+runs many at once. This module re-exports the helpers and the component checks.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from unimodel.config import Config, read_config_file, to_toml
-from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError, UnimodelError
-from unimodel.interfaces import Cap, Decoder, Encoder, ModelFamily, Objective
-from unimodel.registry import Component, Registry, get_registry, set_registry
-from unimodel.testing.cases import Selection, compatible_objectives
+from unimodel.config import read_config_file
+from unimodel.errors import IncompatibleObjectiveError, InputError, UnimodelError
+from unimodel.interfaces import Cap, Decoder, ModelFamily, Objective
+from unimodel.registry import Registry
+from unimodel.testing.base import (
+    ATOL,
+    RTOL,
+    STANDARD_ROLES,
+    ConformanceError,
+    NotApplicable,
+    _close,
+    _decoder_key,
+    _fail,
+    _finite,
+    _main_output,
+    _needs_ids,
+    _vocab_of,
+    build_tiny,
+    check_known_caps,
+    family_and_tiny,
+    kit_context,
+    model_inputs,
+    objective_roles,
+    roundtrip_config,
+    synthetic_examples,
+    synthetic_tokenizer,
+    using_registry,
+)
+from unimodel.testing.cases import compatible_objectives
+from unimodel.testing.components import (
+    check_declaration,
+    check_decoder,
+    check_encoder,
+    check_objective,
+)
 
 if TYPE_CHECKING:
-    from unimodel.data.tokenizer import Tokenizer
     from unimodel.model import Model
-
-STANDARD_ROLES = ("pad", "eos", "bos", "unk", "mask", "cls", "sep")
-"""Tokenizer roles the synthetic tokenizer always has; an objective's own roles are added."""
-
-ATOL, RTOL = 1e-5, 1e-4  # for results that differ only by the order of float operations
-
-
-class ConformanceError(AssertionError):
-    """A component does not behave as unimodel's interfaces promise."""
-
-
-class NotApplicable(Exception):
-    """The check does not apply to this component; the message says why."""
-
-
-# ------------------------------------------------------------------ helpers
-@contextmanager
-def using_registry(registry: Registry | None) -> Iterator[Registry]:
-    """Make ``registry`` the process-wide one for the block (``None``: keep the current one)."""
-    if registry is None:
-        yield get_registry()
-        return
-    old = set_registry(registry)
-    try:
-        yield registry
-    finally:
-        set_registry(old)
-
-
-@contextmanager
-def kit_context(registry: Registry | None) -> Iterator[Registry]:
-    """What every check runs under: ``registry`` installed (see :func:`using_registry`) and one torch thread.
-
-    The kit's models are tiny; a second intra-op thread only adds synchronisation,
-    which on a busy machine makes each forward pass many times slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with using_registry(registry) as reg:
-            yield reg
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fail(what: str, problem: str) -> ConformanceError:
-    return ConformanceError(f"{what}: {problem}")
-
-
-def _close(actual: Tensor, expected: Tensor, what: str, problem: str) -> None:
-    try:
-        torch.testing.assert_close(actual, expected, atol=ATOL, rtol=RTOL)
-    except AssertionError as exc:
-        raise _fail(what, f"{problem}\n{exc}") from None
-
-
-def _finite(t: Tensor, what: str, name: str) -> None:
-    if not torch.isfinite(t).all():
-        raise _fail(what, f"{name} holds NaN or inf values")
-
-
-def family_and_tiny(name: str, reg: Registry) -> tuple[Component, dict[str, Any]]:
-    """The family record of model ``name`` and the config values of its small instance."""
-    family, preset_values = reg.resolve_model(name)
-    if not family.tiny:
-        raise NotApplicable(
-            f"model family {family.name!r} registers no `tiny` config overrides; add tiny={{...}} to its Component"
-        )
-    return family, {**preset_values, **family.tiny}
-
-
-def objective_roles(names: Sequence[str], reg: Registry) -> list[str]:
-    """Tokenizer roles the named objectives ask for."""
-    roles: list[str] = []
-    for n in names:
-        cls = reg.load("objective", n)
-        roles.extend(getattr(cls, "special_tokens", ()))
-    return roles
-
-
-def synthetic_tokenizer(vocab_size: int, roles: Sequence[str] = ()) -> tuple[Tokenizer, int]:
-    """A word-level tokenizer of exactly ``vocab_size`` tokens with a token for every role.
-
-    Ordinary tokens ``t0 t1 ...`` take ids ``0 .. n_plain - 1``; one special
-    token per role (``<pad>``, ``<mask>`` ...) takes the ids above. Returns
-    ``(tokenizer, n_plain)``; synthetic text uses ids below ``n_plain`` so no
-    example contains a special token by accident.
-    """
-    import tokenizers
-    from tokenizers import models, pre_tokenizers
-
-    from unimodel.data.tokenizer import Tokenizer
-
-    wanted = list(dict.fromkeys([*STANDARD_ROLES, *roles]))
-    n_plain = vocab_size - len(wanted)
-    if n_plain < 8:
-        raise ConformanceError(
-            f"a vocabulary of {vocab_size} leaves {n_plain} ordinary tokens after the {len(wanted)} special tokens "
-            f"({', '.join(wanted)}); give the tiny config a vocab_size of at least {len(wanted) + 8}"
-        )
-    vocab = {f"t{i}": i for i in range(n_plain)}
-    special = {role: f"<{role}>" for role in wanted}
-    for j, token in enumerate(special.values()):
-        vocab[token] = n_plain + j
-    backend = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token=special["unk"]))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.add_special_tokens(list(special.values()))
-    return Tokenizer(backend, special), n_plain
-
-
-def synthetic_examples(n_plain: int, lengths: Sequence[int] = (12, 9, 16), seed: int = 0) -> list[dict[str, Any]]:
-    """Tokenized examples of ragged ``lengths``, ids in ``[0, n_plain)``, in every layout the kit knows.
-
-    Each example carries ``input_ids``; ``label`` (a class, 0 or 1) for
-    sequence classification; ``labels`` (a class per token) for tagging; and
-    ``source``/``target`` id lists for sequence-to-sequence objectives. An
-    objective's ``prepare`` reads the keys it needs.
-    """
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i, n in enumerate(lengths):
-        ids = torch.randint(0, n_plain, (n,), generator=g).tolist()
-        target = torch.randint(0, n_plain, (max(2, n // 2),), generator=g).tolist()
-        out.append(
-            {"input_ids": ids, "label": i % 2, "labels": [j % 2 for j in range(n)], "source": ids, "target": target}
-        )
-    return out
-
-
-def build_tiny(
-    name: str,
-    objective: str | None = None,
-    *,
-    registry: Registry | None = None,
-    tokenizer: Tokenizer | None = None,
-    **overrides: Any,
-) -> Model:
-    """A small instance of model ``name`` from its family's ``tiny`` overrides (and ``overrides``)."""
-    from unimodel.model import build_model
-
-    reg = registry or get_registry()
-    _, tiny = family_and_tiny(name, reg)
-    spec: dict[str, Any] = {"name": name, **tiny, **overrides}
-    if objective is not None:
-        spec["objective"] = objective
-    return build_model(spec, registry=reg, tokenizer=tokenizer)
-
-
-def _needs_ids(model: Model, what: str) -> None:
-    if Cap.CONTINUOUS_INPUT in model.provides:
-        raise NotApplicable(f"{what}: takes continuous inputs; the kit feeds token ids only")
-
-
-def model_inputs(
-    model: Model, *, batch: int = 2, src_len: int = 7, tgt_len: int = 6, seed: int = 0
-) -> dict[str, Tensor]:
-    """Random in-vocabulary inputs: ``input_ids`` (B, S) and, for encoder-decoders, ``decoder_input_ids`` (B, T)."""
-    g = torch.Generator().manual_seed(seed)
-    if model.is_encoder_decoder:
-        assert model.encoder is not None and model.decoder is not None
-        return {
-            "input_ids": torch.randint(0, model.encoder.vocab_size, (batch, src_len), generator=g),
-            "decoder_input_ids": torch.randint(0, model.decoder.vocab_size, (batch, tgt_len), generator=g),
-        }
-    main = model.decoder if model.decoder is not None else model.encoder
-    assert main is not None
-    length = tgt_len if model.decoder is not None else src_len
-    return {"input_ids": torch.randint(0, main.vocab_size, (batch, length), generator=g)}
-
-
-def _main_output(out: Any) -> Tensor:
-    return out.logits if out.logits is not None else out.last_hidden_state
-
-
-def _decoder_key(model: Model) -> str:
-    return "decoder_input_ids" if model.is_encoder_decoder else "input_ids"
 
 
 # ------------------------------------------------------------------ models
@@ -345,34 +195,38 @@ class _WithLogits:
         return self._model(*args, **{**kwargs, "return_logits": True})
 
 
-def _vocab_of(name: str, reg: Registry) -> int:
-    family, tiny = family_and_tiny(name, reg)
-    cls: type[ModelFamily] = family.load()
-    vocab = getattr(cls.config_class.from_dict(tiny), "vocab_size", None)
-    if not isinstance(vocab, int):
-        raise NotApplicable(f"model {name!r}: its config has no vocab_size, so the kit cannot build token inputs")
-    return vocab
-
-
 def check_roundtrip(name: str, *, registry: Registry | None = None) -> None:
-    """``model.save`` then ``unimodel.load`` gives identical config, weights, tokenizer and logits.
+    """``model.save`` then ``unimodel.load`` gives identical config, parameters, buffers, tokenizer and outputs.
 
-    Done once per compatible objective, since objectives add heads that must be saved too.
+    Every buffer counts, those registered with ``persistent=False`` too: before
+    saving, a training-mode forward lets running statistics move (an EMA
+    codebook, say) and every saved tensor is nudged, and the checkpoint is
+    loaded under another seed, so a value that is not saved cannot come back
+    by chance. Done once per compatible objective, since objectives add heads
+    that must be saved too.
     """
     from unimodel.checkpoint import load
 
-    with kit_context(registry) as reg, torch.no_grad():
+    with kit_context(registry) as reg, torch.no_grad(), torch.random.fork_rng(devices=[]):
         family, _ = family_and_tiny(name, reg)
         objectives = compatible_objectives(family, reg)
-        tok, _n_plain = synthetic_tokenizer(_vocab_of(name, reg), objective_roles(objectives, reg))
+        reads_ids = Cap.CONTINUOUS_INPUT not in family.provides
+        tok = None
+        if reads_ids:
+            tok, _n_plain = synthetic_tokenizer(_vocab_of(name, reg), objective_roles(objectives, reg))
         for objective in objectives:
             what = f"model {name!r} with objective {objective!r}"
-            model = build_tiny(name, objective, registry=reg, tokenizer=tok).eval()
-            _needs_ids(model, what)
-            inputs = model_inputs(model)
+            torch.manual_seed(1234)
+            model = build_tiny(name, objective, registry=reg, tokenizer=tok)
+            inputs = model_inputs(model) if reads_ids else None
+            if inputs is not None:
+                model.train()(**inputs)  # running statistics move
+            model.eval()
+            _nudge(model)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "ckpt"
                 model.save(path)
+                torch.manual_seed(4321)  # whatever is not saved comes back different
                 try:
                     read_config_file(path / "config.json")  # plain JSON a user can read and edit
                     loaded = load(path)
@@ -382,20 +236,47 @@ def check_roundtrip(name: str, *, registry: Registry | None = None) -> None:
                 raise _fail(what, f"loaded as model {loaded.name!r} with objective {loaded.objective_name!r}")
             if loaded.config != model.config or loaded.objective.config != model.objective.config:
                 raise _fail(what, f"config changed in the round trip:\n saved  {model.spec()}\n loaded {loaded.spec()}")
-            ours, theirs = model.state_dict(), loaded.state_dict()
-            if set(ours) != set(theirs):
-                raise _fail(
-                    what,
-                    f"state dict keys differ: only saved {sorted(set(ours) - set(theirs))}, "
-                    f"only loaded {sorted(set(theirs) - set(ours))}",
-                )
-            changed = [k for k in ours if not torch.equal(ours[k], theirs[k])]
-            if changed:
-                raise _fail(what, f"tensors changed in the round trip: {', '.join(changed[:5])}")
-            if not torch.equal(_main_output(model(**inputs)), _main_output(loaded(**inputs))):
+            _same_tensors(model, loaded, what)
+            if inputs is not None and not torch.equal(_main_output(model(**inputs)), _main_output(loaded(**inputs))):
                 raise _fail(what, "the loaded model's outputs differ from the saved model's")
-            if loaded.tokenizer is None or loaded.tokenizer.roles != tok.roles:
+            if tok is not None and (loaded.tokenizer is None or loaded.tokenizer.roles != tok.roles):
                 raise _fail(what, "the tokenizer (and its roles) did not travel with the checkpoint")
+
+
+def _nudge(model: nn.Module) -> None:
+    """Add small noise to every saved floating tensor (parameters and persistent buffers), each once."""
+    seen: set[int] = set()
+    for t in model.state_dict(keep_vars=True).values():
+        if id(t) in seen or not t.is_floating_point():
+            continue
+        seen.add(id(t))
+        t.data.add_(torch.randn_like(t) * 1e-3)
+
+
+def _same_tensors(model: nn.Module, loaded: nn.Module, what: str) -> None:
+    """Every parameter and every buffer, persistent or not, equal in ``model`` and ``loaded``."""
+    persistent = set(model.state_dict())
+    for kind, ours, theirs in (
+        ("parameter", dict(model.named_parameters()), dict(loaded.named_parameters())),
+        ("buffer", dict(model.named_buffers()), dict(loaded.named_buffers())),
+    ):
+        if set(ours) != set(theirs):
+            raise _fail(
+                what,
+                f"{kind} names differ: only saved {sorted(set(ours) - set(theirs))}, "
+                f"only loaded {sorted(set(theirs) - set(ours))}",
+            )
+        changed = [k for k in ours if ours[k].shape != theirs[k].shape or not torch.equal(ours[k], theirs[k])]
+        lost = [k for k in changed if k not in persistent]
+        if lost:
+            raise _fail(
+                what,
+                f"buffer(s) {', '.join(lost[:5])} differ after loading: registered with persistent=False they are "
+                "not saved, so a value that is not a function of the config (a running statistic, a random "
+                "table) is lost; register them persistent",
+            )
+        if changed:
+            raise _fail(what, f"{kind}s changed in the round trip: {', '.join(changed[:5])}")
 
 
 def check_kv_cache(name: str, *, registry: Registry | None = None) -> None:
@@ -426,6 +307,42 @@ def check_kv_cache(name: str, *, registry: Registry | None = None) -> None:
             what,
             "outputs decoded incrementally with the KV cache differ from the full forward pass",
         )
+        if not model.is_encoder_decoder:
+            _check_padded_cache(model, ids, bounds, what)
+
+
+def _check_padded_cache(model: Model, ids: Tensor, bounds: list[tuple[int, int]], what: str) -> None:
+    """Row 0 left-padded by 3, as generation pads a batch: cached decoding with the mask over cached + new
+    positions and position ids that skip the pads equals the full forward at every real position."""
+    from unimodel.model import accepted_inputs
+    from unimodel.nn.positions import positions_from_mask
+
+    assert model.decoder is not None
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    # a decoder that declares no position ids places tokens itself
+    positions = positions_from_mask(mask) if "position_ids" in accepted_inputs(model.decoder) else None
+    full = _main_output(model(input_ids=ids, attention_mask=mask, position_ids=positions))
+    cache, pieces = None, []
+    for a, b in bounds:
+        out = model(
+            input_ids=ids[:, a:b],
+            attention_mask=mask[:, :b],
+            position_ids=None if positions is None else positions[:, a:b],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        pieces.append(_main_output(out))
+    real = mask.bool()
+    _close(
+        torch.cat(pieces, dim=1)[real],
+        full[real],
+        what,
+        "with a left-padded row, outputs decoded incrementally with the KV cache (attention_mask over cached + new "
+        "positions) differ from the full forward pass at real positions: the decoder must apply attention_mask "
+        "to the cached keys too",
+    )
 
 
 def check_determinism(name: str, *, registry: Registry | None = None) -> None:
@@ -483,36 +400,6 @@ def check_config(name: str, *, registry: Registry | None = None) -> None:
             raise _fail(f"model {name!r}", "model.spec() does not rebuild the same model")
 
 
-def roundtrip_config(config: Config, what: str) -> None:
-    """``config`` equals itself after to_dict/from_dict, JSON and TOML; an unknown key raises ConfigError."""
-    import tomllib
-
-    cls = type(config)
-    data = config.to_dict()
-    forms: list[tuple[str, Callable[[], Any]]] = [
-        ("to_dict/from_dict", lambda: data),
-        ("JSON", lambda: json.loads(json.dumps(data))),
-        ("TOML", lambda: tomllib.loads(to_toml({"section": data})).get("section", {})),
-    ]
-    for form, make in forms:
-        try:
-            back = cls.from_dict(make())
-        except (UnimodelError, TypeError, ValueError) as exc:
-            raise _fail(what, f"config does not survive {form}: {exc}") from exc
-        if back != config:
-            diff = {k: (v, back.to_dict().get(k)) for k, v in data.items() if back.to_dict().get(k) != v}
-            hint = ""
-            if form == "TOML" and any(v is None for v, _ in diff.values()):
-                hint = " (TOML has no null: a field that may be null needs null as its default)"
-            raise _fail(what, f"config changed through {form}: (saved, read back) = {diff}{hint}")
-    try:
-        cls.from_dict({**data, "no_such_field_xyz": 1})
-    except ConfigError:
-        pass
-    else:
-        raise _fail(what, "an unknown config key was accepted; configs must reject unknown keys")
-
-
 def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
     """Registered ``provides`` are known names and equal the built backbone's, and match its structure;
     the default objective is compatible; every incompatible objective fails at build time."""
@@ -540,8 +427,10 @@ def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
             ),
             Cap.LM_HEAD: (backbone.lm_head is not None, "lm_head needs Backbone.lm_head"),
             Cap.KV_CACHE: (
-                dec is not None and bool(getattr(dec, "is_causal", False)),
-                "kv_cache needs a causal decoder (Decoder.new_cache)",
+                dec is not None
+                and bool(getattr(dec, "is_causal", False))
+                and type(dec).new_cache is not Decoder.new_cache,
+                "kv_cache needs a causal decoder that implements Decoder.new_cache",
             ),
         }
         for cap, (ok, rule) in rules.items():
@@ -553,17 +442,17 @@ def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
                     if not hasattr(part, attr):
                         raise _fail(what, f"{type(part).__name__} has no attribute {attr!r} (see unimodel.interfaces)")
         compatible = compatible_objectives(family, reg)
-        if family.default_objective is not None and family.default_objective not in compatible:
+        default = family.default_objective
+        if default is not None and reg.display_name(reg.get("objective", default)) not in compatible:
             raise _fail(
                 what,
-                f"default objective {family.default_objective!r} is not among the compatible ones "
-                f"({', '.join(compatible)})",
+                f"default objective {default!r} is not among the compatible ones ({', '.join(compatible)})",
             )
         for comp in reg.components("objective"):
-            if comp.name in compatible:
+            if reg.display_name(comp) in compatible:
                 continue
             try:
-                build_tiny(name, comp.name, registry=reg)
+                build_tiny(name, comp.qualified_name, registry=reg)
             except IncompatibleObjectiveError as exc:
                 if compatible and not any(c in str(exc) for c in compatible):
                     raise _fail(
@@ -577,16 +466,6 @@ def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
                     f"objective {comp.name!r} requires {sorted(comp.requires)}, which the model lacks, "
                     "yet building the pair succeeded; it should raise IncompatibleObjectiveError",
                 )
-
-
-def check_known_caps(caps: Sequence[str], what: str, field_name: str) -> None:
-    known = Cap.all()
-    unknown = [c for c in caps if c not in known]
-    if unknown:
-        from unimodel.errors import did_you_mean
-
-        hints = "".join(did_you_mean(c, known) for c in unknown)
-        raise _fail(what, f"{field_name} names unknown capabilities {unknown}.{hints} Known: {', '.join(known)}")
 
 
 def check_input_errors(name: str, *, registry: Registry | None = None) -> None:
@@ -652,230 +531,6 @@ def check_preset(name: str, *, registry: Registry | None = None) -> None:
             )
 
 
-# ------------------------------------------------------------------ objectives, encoders, decoders
-def check_objective(name: str, *, registry: Registry | None = None) -> None:
-    """Declared ``requires`` are known capability names and match the class; the config round-trips."""
-    what = f"objective {name!r}"
-    with kit_context(registry) as reg:
-        comp = reg.get("objective", name)
-        check_known_caps(comp.requires, what, "requires")
-        cls = comp.load()
-        if not (isinstance(cls, type) and issubclass(cls, Objective)):
-            raise _fail(what, f"target {comp.target!r} is {cls!r}, not a unimodel.interfaces.Objective subclass")
-        if set(cls.requires) != set(comp.requires):
-            raise _fail(
-                what, f"registered requires {sorted(comp.requires)} but the class declares {sorted(cls.requires)}"
-            )
-        roles = cls.special_tokens
-        if not isinstance(roles, tuple) or not all(isinstance(r, str) for r in roles):
-            raise _fail(what, f"special_tokens must be a tuple of role names, got {roles!r}")
-        try:
-            config = cls.config_class.from_dict({})
-        except UnimodelError as exc:
-            raise _fail(what, f"its config needs values to be built ({exc}); give every field a default") from exc
-        roundtrip_config(config, what)
-
-
-def _build_part(kind: str, name: str, reg: Registry, **overrides: Any) -> tuple[Component, Any, Config]:
-    comp = reg.get(kind, name)
-    if not comp.tiny:
-        raise NotApplicable(f"{kind} {name!r} registers no `tiny` config overrides; add tiny={{...}} to its Component")
-    cls = comp.load()
-    base = Encoder if kind == "encoder" else Decoder
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise _fail(f"{kind} {name!r}", f"target {comp.target!r} is {cls!r}, not a unimodel.interfaces.{base.__name__}")
-    config = cls.config_class.from_dict({**comp.tiny, **overrides})
-    return comp, cls(config), config
-
-
-def _check_part_basics(kind: str, name: str, comp: Component, part: nn.Module) -> tuple[str, Tensor]:
-    what = f"{kind} {name!r}"
-    check_known_caps(comp.provides, what, "provides")
-    if set(comp.provides) != set(type(part).provides):
-        raise _fail(
-            what, f"registered provides {sorted(comp.provides)} but the class declares {sorted(type(part).provides)}"
-        )
-    for attr in ("d_model", "vocab_size", "max_positions"):
-        if not hasattr(part, attr):
-            raise _fail(what, f"has no attribute {attr!r} (see unimodel.interfaces)")
-    emb = part.get_input_embeddings()
-    if not isinstance(emb, nn.Embedding) or emb.num_embeddings != part.vocab_size:
-        raise _fail(what, f"get_input_embeddings() must return an nn.Embedding of vocab_size={part.vocab_size} rows")
-    ids = torch.randint(0, part.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
-    return what, ids
-
-
-def check_encoder(name: str, *, registry: Registry | None = None) -> None:
-    """An encoder maps ids (B, S) to (B, S, d_model), masks padding, has an LM head and finite gradients."""
-    with kit_context(registry) as reg:
-        comp, enc, _ = _build_part("encoder", name, reg)
-        what, ids = _check_part_basics("encoder", name, comp, enc)
-        enc.eval()
-        out = enc(ids)
-        h = out.last_hidden_state
-        if tuple(h.shape) != (2, 6, enc.d_model):
-            raise _fail(what, f"last_hidden_state has shape {tuple(h.shape)}, expected {(2, 6, enc.d_model)}")
-        _finite(h, what, "last_hidden_state")
-        with torch.no_grad():
-            mask = torch.ones_like(ids)
-            mask[1, -2:] = 0
-            padded = enc(ids, attention_mask=mask).last_hidden_state[1, :4]
-            alone = enc(ids[1:2, :4]).last_hidden_state[0]
-        _close(padded, alone, what, "padding (attention_mask 0) changes the states of real tokens")
-        logits = enc.build_lm_head()(h)
-        if tuple(logits.shape) != (2, 6, enc.vocab_size):
-            raise _fail(
-                what, f"build_lm_head() gives logits of shape {tuple(logits.shape)}, expected {(2, 6, enc.vocab_size)}"
-            )
-        logits.float().pow(2).mean().backward()
-        _check_grads(enc, what)
-
-
-def check_decoder(name: str, *, registry: Registry | None = None) -> None:
-    """A decoder maps ids (B, T) to (B, T, d_model); a causal one decodes incrementally with its cache exactly as
-    in one pass; one with ``memory_dim`` gains cross-attention that reads the memory.
-
-    A decoder that always cross-attends (``cross_attention`` true as built) is
-    given a random memory of width ``memory_dim`` (or ``d_model``).
-    """
-    with kit_context(registry) as reg:
-        comp, dec, config = _build_part("decoder", name, reg)
-        what, ids = _check_part_basics("decoder", name, comp, dec)
-        dec.eval()
-        g = torch.Generator().manual_seed(1)
-
-        def memory_for(part: Any, cfg: Config) -> Tensor | None:
-            if not getattr(part, "cross_attention", False):
-                return None
-            width = getattr(cfg, "memory_dim", None) or part.d_model
-            return torch.randn(2, 5, width, generator=g)
-
-        memory = memory_for(dec, config)
-        out = dec(ids, memory=memory)
-        h = out.last_hidden_state
-        if tuple(h.shape) != (2, 6, dec.d_model):
-            raise _fail(what, f"last_hidden_state has shape {tuple(h.shape)}, expected {(2, 6, dec.d_model)}")
-        _finite(h, what, "last_hidden_state")
-        causal = bool(getattr(dec, "is_causal", False))
-        if (Cap.CAUSAL in comp.provides) != causal:
-            raise _fail(what, f"is_causal is {causal} but 'causal' {'is not' if causal else 'is'} in its provides")
-        logits = dec.build_lm_head()(h)
-        if tuple(logits.shape) != (2, 6, dec.vocab_size):
-            raise _fail(
-                what, f"build_lm_head() gives logits of shape {tuple(logits.shape)}, expected {(2, 6, dec.vocab_size)}"
-            )
-        logits.float().pow(2).mean().backward()
-        _check_grads(dec, what)
-        with torch.no_grad():
-            if causal:
-                cache = dec.new_cache(2, 2, dtype=h.dtype, device=h.device)  # small: the cache must grow
-                steps = [
-                    dec(ids[:, a:b], memory=memory, cache=cache).last_hidden_state
-                    for a, b in ((0, 3), (3, 4), (4, 5), (5, 6))
-                ]
-                _close(
-                    torch.cat(steps, 1), h.detach(), what, "incremental decoding with new_cache() differs from one pass"
-                )
-            if "memory_dim" in dec.config_class.field_names():
-                _, xdec, xconfig = _build_part("decoder", name, reg, memory_dim=24)
-                xdec.eval()
-                if not getattr(xdec, "cross_attention", False):
-                    raise _fail(what, "built with memory_dim=24 but cross_attention is False")
-                m1, m2 = memory_for(xdec, xconfig), memory_for(xdec, xconfig)
-                y1 = xdec(ids, memory=m1).last_hidden_state
-                y2 = xdec(ids, memory=m2).last_hidden_state
-                if tuple(y1.shape) != (2, 6, xdec.d_model):
-                    raise _fail(
-                        what, f"with a memory, output shape is {tuple(y1.shape)}, expected {(2, 6, xdec.d_model)}"
-                    )
-                if torch.equal(y1, y2):
-                    raise _fail(what, "with cross-attention, the output does not depend on the memory")
-
-
-def _check_grads(module: nn.Module, what: str) -> None:
-    bad = [n for n, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    if bad:
-        raise _fail(what, f"non-finite gradients in {', '.join(bad[:5])}")
-    if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in module.parameters()):
-        raise _fail(what, "no parameter received a gradient")
-
-
-# ------------------------------------------------------------------ every component
-def check_declaration(kind: str, name: str, *, registry: Registry | None = None) -> None:
-    """The record is well-formed: a summary, known capability names, an importable target, a resolvable base."""
-    what = f"{kind} {name!r}"
-    with kit_context(registry) as reg:
-        comp = reg.get(kind, name)
-        if not comp.summary.strip():
-            raise _fail(what, "has no summary; `unimodel list` shows it, so give the Component a one-line summary=")
-        check_known_caps(comp.provides, what, "provides")
-        check_known_caps(comp.requires, what, "requires")
-        if comp.base is not None:
-            if kind != "model":
-                raise _fail(what, "only model presets may name a base")
-            try:
-                reg.resolve_model(name)
-            except UnimodelError as exc:
-                raise _fail(what, f"its base chain does not resolve: {exc}") from exc
-            return
-        try:
-            comp.load()
-        except UnimodelError as exc:
-            raise _fail(what, str(exc)) from exc
-        if kind == "hf_converter" and not comp.model_types:
-            raise _fail(what, "an hf_converter must list the Hugging Face model_types it reads")
-        if kind == "model" and comp.default_objective is not None and not reg.has("objective", comp.default_objective):
-            raise _fail(what, f"its default objective {comp.default_objective!r} is not registered")
-
-
-# ------------------------------------------------------------------ aggregate runs
-@dataclass
-class Outcome:
-    check: str
-    case: str
-    status: str  # "passed", "failed" or "skipped"
-    message: str = ""
-
-
-@dataclass
-class Report:
-    """What a run of several checks found."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def run(self, check: str, case: str, fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except NotApplicable as exc:
-            self.outcomes.append(Outcome(check, case, "skipped", str(exc)))
-        except AssertionError as exc:
-            self.outcomes.append(Outcome(check, case, "failed", str(exc)))
-        except Exception as exc:  # a crash inside the component is a failure of that component
-            self.outcomes.append(Outcome(check, case, "failed", f"{type(exc).__name__}: {exc}"))
-        else:
-            self.outcomes.append(Outcome(check, case, "passed"))
-
-    def raise_for_failures(self) -> Report:
-        if self.failures:
-            lines = [f"{len(self.failures)} conformance check(s) failed:"]
-            lines += [f"- {o.check}[{o.case}]: {o.message}" for o in self.failures]
-            raise ConformanceError("\n".join(lines))
-        return self
-
-    def __str__(self) -> str:
-        return "\n".join(
-            f"{o.status:8} {o.check}[{o.case}]" + (f": {o.message}" if o.message else "") for o in self.outcomes
-        )
-
-
 MODEL_CHECKS: dict[str, Callable[..., None]] = {
     "forward": check_forward,
     "roundtrip": check_roundtrip,
@@ -887,64 +542,15 @@ MODEL_CHECKS: dict[str, Callable[..., None]] = {
 }
 
 
-def check_model(name: str, *, registry: Registry | None = None, raise_on_failure: bool = True) -> Report:
-    """Every model check, plus gradients with every compatible objective, for model family (or preset) ``name``."""
-    report = Report()
-    with kit_context(registry) as reg:
-        family, _ = reg.resolve_model(name)
-        case = f"model:{name}"
-        report.run("declaration", case, lambda: check_declaration("model", name))
-        for check, fn in MODEL_CHECKS.items():
-            report.run(check, case, lambda fn=fn: fn(name))
-        for objective in compatible_objectives(family, reg):
-            report.run("gradients", f"{case}/objective:{objective}", lambda o=objective: check_gradients(name, o))
-    return report.raise_for_failures() if raise_on_failure else report
-
-
-def check_component(kind: str, name: str, *, registry: Registry | None = None, raise_on_failure: bool = True) -> Report:
-    """All checks that apply to one component of any kind."""
-    with kit_context(registry) as reg:
-        comp = reg.get(kind, name)
-        if kind == "model" and comp.base is None:
-            return check_model(name, raise_on_failure=raise_on_failure)
-        report = Report()
-        case = f"{kind}:{name}"
-        report.run("declaration", case, lambda: check_declaration(kind, name))
-        extra: dict[str, Callable[[], None]] = {
-            "objective": lambda: check_objective(name),
-            "encoder": lambda: check_encoder(name),
-            "decoder": lambda: check_decoder(name),
-            "model": lambda: check_preset(name),
-        }
-        if kind in extra:
-            report.run(kind if kind != "model" else "preset", case, extra[kind])
-    return report.raise_for_failures() if raise_on_failure else report
-
-
-def run_conformance(
-    select: Sequence[str] = (), plugins: Sequence[str] = (), *, registry: Registry | None = None
-) -> Report:
-    """Every check over every selected component (``select``: name globs; ``plugins``: plugin names).
-
-    Never raises for a failed check; inspect :attr:`Report.failures` (or call
-    :meth:`Report.raise_for_failures`).
-    """
-    sel = Selection(tuple(select), tuple(plugins))
-    report = Report()
-    with kit_context(registry) as reg:
-        for comp in reg.components():
-            if sel.matches(comp):
-                report.outcomes += check_component(comp.kind, comp.name, raise_on_failure=False).outcomes
-    return report
-
-
 __all__ = [
+    "ATOL",
+    "MODEL_CHECKS",
+    "RTOL",
+    "STANDARD_ROLES",
     "ConformanceError",
     "NotApplicable",
-    "Report",
     "build_tiny",
     "check_capabilities",
-    "check_component",
     "check_config",
     "check_declaration",
     "check_decoder",
@@ -954,13 +560,14 @@ __all__ = [
     "check_gradients",
     "check_input_errors",
     "check_kv_cache",
-    "check_model",
     "check_objective",
     "check_preset",
     "check_roundtrip",
+    "family_and_tiny",
+    "kit_context",
     "model_inputs",
+    "objective_roles",
     "roundtrip_config",
-    "run_conformance",
     "synthetic_examples",
     "synthetic_tokenizer",
     "using_registry",

@@ -13,7 +13,8 @@ import pytest
 
 from unimodel.registry import get_registry
 from unimodel.testing import cases as C
-from unimodel.testing import checks
+from unimodel.testing import checks, generation, objectives, parts
+from unimodel.testing.base import ConformanceError, NotApplicable
 from unimodel.testing.plugin import selection
 
 _CASES: dict[str, Callable[..., list[C.Case]]] = {
@@ -21,15 +22,22 @@ _CASES: dict[str, Callable[..., list[C.Case]]] = {
     "test_gradients": lambda reg, sel: C.pair_cases(reg, sel),
     "test_roundtrip": lambda reg, sel: C.model_cases(reg, sel),
     "test_kv_cache": lambda reg, sel: C.model_cases(reg, sel, capability="kv_cache"),
+    "test_generation": lambda reg, sel: C.model_cases(reg, sel),
+    "test_beam_search": lambda reg, sel: C.model_cases(reg, sel),
     "test_determinism": lambda reg, sel: C.model_cases(reg, sel),
     "test_config_roundtrip": lambda reg, sel: C.model_cases(reg, sel),
     "test_capabilities": lambda reg, sel: C.model_cases(reg, sel),
     "test_input_errors": lambda reg, sel: C.model_cases(reg, sel),
     "test_preset": lambda reg, sel: C.preset_cases(reg, sel),
     "test_objective": lambda reg, sel: C.component_cases("objective", reg, sel),
+    "test_prepare": lambda reg, sel: C.component_cases("objective", reg, sel),
+    "test_padding_loss": lambda reg, sel: C.component_cases("objective", reg, sel),
+    "test_pairing": lambda reg, sel: C.component_cases("encoder", reg, sel) + C.component_cases("decoder", reg, sel),
+    "test_decoding": lambda reg, sel: C.component_cases("decoding", reg, sel),
     "test_encoder": lambda reg, sel: C.component_cases("encoder", reg, sel),
     "test_decoder": lambda reg, sel: C.component_cases("decoder", reg, sel),
     "test_declaration": lambda reg, sel: C.declaration_cases(reg, sel),
+    "test_config_names": lambda reg, sel: C.config_cases(reg, sel),
 }
 
 
@@ -56,9 +64,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _run(fn: Callable[[], None]) -> None:
     try:
         fn()
-    except checks.NotApplicable as exc:
+    except NotApplicable as exc:
         pytest.skip(str(exc))
-    except checks.ConformanceError as exc:
+    except ConformanceError as exc:
         # The message names the component and the problem; the kit's own frames would only add noise.
         pytest.fail(str(exc), pytrace=False)
 
@@ -74,7 +82,9 @@ def test_plugin_loaded(plugin: str) -> None:
     clashes = [f"{k} {n!r}" for (k, n), comps in reg.conflicts.items() if any(c.plugin == plugin for c in comps)]
     if clashes:
         pytest.fail(
-            f"plugin {plugin!r} registers names another plugin also registers: {', '.join(clashes)}", pytrace=False
+            f"plugin {plugin!r} registers names another plugin also registers: {', '.join(clashes)}; users must "
+            "then write qualified names (plugin:name), so rename yours",
+            pytrace=False,
         )
     if rec.api_version is None:
         pytest.fail(
@@ -104,6 +114,14 @@ def test_kv_cache(case: C.Case) -> None:
     _run(lambda: checks.check_kv_cache(case.name))
 
 
+def test_generation(case: C.Case) -> None:
+    _run(lambda: generation.check_generation(case.name))
+
+
+def test_beam_search(case: C.Case) -> None:
+    _run(lambda: generation.check_beam_search(case.name))
+
+
 def test_determinism(case: C.Case) -> None:
     _run(lambda: checks.check_determinism(case.name))
 
@@ -128,9 +146,32 @@ def test_objective(case: C.Case) -> None:
     _run(lambda: checks.check_objective(case.name))
 
 
+def test_prepare(case: C.Case) -> None:
+    _run(lambda: objectives.check_prepare(case.name))
+
+
+def test_padding_loss(case: C.Case) -> None:
+    _run(lambda: objectives.check_padding_loss(case.name))
+
+
+def test_pairing(case: C.Case) -> None:
+    _run(lambda: parts.check_pairing(case.kind, case.name))
+
+
+def test_decoding(case: C.Case) -> None:
+    _run(lambda: generation.check_decoding(case.name))
+
+
 def test_encoder(case: C.Case) -> None:
     _run(lambda: checks.check_encoder(case.name))
 
 
 def test_decoder(case: C.Case) -> None:
     _run(lambda: checks.check_decoder(case.name))
+
+
+def test_config_names(case: C.Case) -> None:
+    """The config's field names follow unimodel's vocabulary (no ``n_positions``, ``hidden_size`` ...)."""
+    from unimodel.testing.vocabulary import check_config_names
+
+    _run(lambda: check_config_names(case.kind, case.name))
