@@ -415,3 +415,52 @@ def test_a_cmlm_checkpoint_generates_and_evaluates_from_the_cli(tmp_path, capsys
     tsv.write_text("t1 t2 t3\tt4 t5\nt6 t7\tt8 t9 t10\n")
     assert cli.main(["eval", str(tmp_path / "ckpt"), "--data", str(tsv)]) == 0
     assert "exact match" in capsys.readouterr().out
+
+
+class _NoisyMaskPredict:
+    """A fixture plugin: mask_predict whose target length changes from call to call (the kit must fail it)."""
+
+    calls = 0
+
+    @staticmethod
+    def strategy(model, inputs, settings):
+        from unimodel_nat.decoding import mask_predict
+
+        _NoisyMaskPredict.calls += 1
+        settings.extra["length"] = 1 + _NoisyMaskPredict.calls % 2
+        return mask_predict(model, inputs, settings)
+
+    @um.hookimpl
+    def unimodel_api_version(self):
+        from unimodel.hookspecs import PLUGIN_API_VERSION
+
+        return PLUGIN_API_VERSION
+
+    @um.hookimpl
+    def unimodel_components(self):
+        nat = REG.get("decoding", "mask_predict")
+        return [Component(kind="decoding", name="noisy_mask_predict", target=f"{__name__}:_NoisyMaskPredict.strategy",
+                          requires=nat.requires, options=nat.options)]  # fmt: skip
+
+
+def test_the_kit_runs_mask_predict_and_cmlm_on_a_model_built_for_cmlm():
+    import unimodel_bart
+    import unimodel_nat
+
+    import unimodel.builtin
+    from unimodel.registry import Registry
+    from unimodel.testing import ConformanceError
+    from unimodel.testing.generation import check_decoding, decoding_target
+    from unimodel.testing.objectives import check_padding_loss
+
+    reg = Registry(discover=False)
+    for name, plugin in (("core", unimodel.builtin), ("bart", unimodel_bart), ("nat", unimodel_nat)):
+        assert reg.add_plugin(plugin, name).ok
+    assert reg.add_plugin(_NoisyMaskPredict(), "noisy").ok
+    # no family provides noncausal_decoder as registered: the kit builds one for the objective that gives it
+    assert "noncausal_decoder" not in reg.get("model", "bart").provides
+    assert decoding_target(reg, reg.get("decoding", "mask_predict")) == ("bart", "nat:cmlm")
+    check_decoding("mask_predict", registry=reg)
+    check_padding_loss("cmlm", registry=reg)
+    with pytest.raises(ConformanceError, match="two runs with seed=0 give different tokens"):
+        check_decoding("noisy_mask_predict", registry=reg)
