@@ -377,13 +377,15 @@ def test_options_are_checked():
     model = tiny("bart").eval()
     ids = torch.tensor([[4, 5, 6]])
     bad = [
-        ({"iterations": 0}, "iterations must be an integer >= 1"),
-        ({"length": 0}, "length must be a target length >= 1"),
+        ({"iterations": 0}, r"mask_predict: impossible config \(iterations=0\): must be an integer >= 1"),
+        ({"iterations": "4"}, "field 'iterations' must be an integer"),
+        ({"early_stop": 1}, "field 'early_stop' must be true or false"),
+        ({"length": 0}, "must be a target length >= 1"),
         ({"length": [3, 4]}, "a list of 1"),
         ({"num_beams": 2}, "does not support num_beams > 1"),
         ({"do_sample": True}, "does not support do_sample"),
         ({"num_return_sequences": 4}, "cannot exceed mask_predict's length_beam"),
-        ({"schedule": "cos"}, "schedule must be one of linear, cosine"),
+        ({"schedule": "cos"}, "field 'schedule' must be one of 'linear', 'cosine'"),
         ({"iteration": 3}, "Did you mean 'iterations'"),
         ({"length": 200}, "exceeds what model 'bart'"),
     ]

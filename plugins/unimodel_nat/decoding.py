@@ -35,14 +35,15 @@ Shapes: B inputs, K length candidates per input, N = B * K rows, L longest candi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
-from unimodel.errors import InputError
+from unimodel.config import Config, param
+from unimodel.errors import ConfigError, InputError
 from unimodel.generation.incremental import GenerationInputs
 from unimodel.generation.refinement import SCHEDULES, Refinement, refine
 from unimodel.generation.settings import GenerationSettings
@@ -88,6 +89,32 @@ class MaskPredictOutput:
 
 
 @dataclass(frozen=True)
+class MaskPredictConfig(Config):
+    """mask_predict's own ``generate`` options, checked like every config (unknown names get close matches)."""
+
+    section = "mask_predict"
+
+    iterations: int = param(DEFAULT_ITERATIONS, "decoder passes T; 1 is a single parallel pass")
+    length_beam: int = param(DEFAULT_LENGTH_BEAM, "target lengths tried per input (the length head's most likely)")
+    length: int | tuple[int, ...] | None = param(None, "force the target length: one for every input, or one each")
+    return_history: bool = param(False, "return a MaskPredictOutput with every pass's tokens")
+    schedule: Literal["linear", "cosine"] = param("linear", "re-masked share per pass: (T - t) / T, or cosine")
+    early_stop: bool = param(True, "stop once a pass changes no token")
+
+    def check(self) -> None:
+        for name in ("iterations", "length_beam"):
+            if getattr(self, name) < 1:
+                self.fail(name, f"must be an integer >= 1, got {getattr(self, name)}")
+        lengths = (self.length,) if isinstance(self.length, int) else self.length or ()
+        if any(n < 1 for n in lengths):
+            self.fail("length", f"must be a target length >= 1 (or one per input), got {self.length!r}")
+
+
+#: option names mask_predict reads beyond its config: the caps (see MASK_PREDICT_OPTIONS in the plugin)
+_CAPS = ("max_new_tokens", "max_length")
+
+
+@dataclass(frozen=True)
 class Options:
     """The validated mask-predict options of one call."""
 
@@ -101,32 +128,29 @@ class Options:
 
 
 # ------------------------------------------------------------------ options
-def _int_option(extra: dict[str, Any], name: str, default: int) -> int:
-    value = extra.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"generate: mask_predict's {name} must be an integer >= 1, got {value!r}")
-    return value
+def strategy_config(extra: Mapping[str, Any]) -> MaskPredictConfig:
+    """The :class:`MaskPredictConfig` of a call's strategy options (``length`` may be a tensor);
+    an out-of-range or mistyped value is an InputError naming the option."""
+    values = {k: v for k, v in extra.items() if k not in _CAPS}
+    if isinstance(values.get("length"), Tensor):
+        values["length"] = tuple(int(n) for n in values["length"].flatten().tolist())
+    elif isinstance(values.get("length"), list):
+        values["length"] = tuple(values["length"])
+    try:
+        return MaskPredictConfig.from_dict(values, section="generate: mask_predict")
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
 
 
-def _bool_option(extra: dict[str, Any], name: str, default: bool) -> bool:
-    value = extra.get(name, default)
-    if not isinstance(value, bool):
-        raise InputError(f"generate: mask_predict's {name} must be True or False, got {value!r}")
-    return value
-
-
-def _forced_lengths(value: Any, batch: int, device: torch.device) -> Tensor | None:
+def _forced_lengths(value: int | tuple[int, ...] | None, batch: int, device: torch.device) -> Tensor | None:
     """``length=``: None, an int for every input, or one int per input -> (B,) long."""
     if value is None:
         return None
-    if isinstance(value, Tensor):
-        value = value.flatten().tolist()
-    items = [value] * batch if isinstance(value, int) and not isinstance(value, bool) else value
-    ok = isinstance(items, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in items)
-    if not ok or len(items) != batch or min(items) < 1:
+    items = [value] * batch if isinstance(value, int) else list(value)
+    if len(items) != batch:
         raise InputError(
-            f"generate: mask_predict's length must be a target length >= 1, or a list of {batch} (one per input), "
-            f"got {value!r}"
+            f"generate: mask_predict's length must be one target length, or a list of {batch} (one per input), "
+            f"got {len(items)}"
         )
     return torch.tensor(items, dtype=torch.long, device=device)
 
@@ -147,28 +171,26 @@ def parse_options(settings: GenerationSettings, batch: int, device: torch.device
             f"generate: mask_predict predicts every token at once and does not support {', '.join(refused)}; "
             "drop the option (length=... forces a target length)"
         )
-    schedule = extra.get("schedule", "linear")
-    if schedule not in SCHEDULES:
-        raise InputError(f"generate: mask_predict's schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    length = _forced_lengths(extra.get("length"), batch, device)
-    length_beam = 1 if length is not None else _int_option(extra, "length_beam", DEFAULT_LENGTH_BEAM)
+    config = strategy_config(extra)
+    length = _forced_lengths(config.length, batch, device)
+    length_beam = 1 if length is not None else config.length_beam
     if settings.num_return_sequences > length_beam:
         raise InputError(
             f"generate: num_return_sequences ({settings.num_return_sequences}) cannot exceed mask_predict's "
             f"length_beam ({length_beam}{', as length= forces one length' if length is not None else ''})"
         )
     cap = None
-    if "max_new_tokens" in extra or "max_length" in extra:
+    if any(name in extra for name in _CAPS):
         cap = settings.max_new_tokens - (1 if settings.eos_token_ids else 0)
         if cap < 1:
             raise InputError(f"generate: max_new_tokens leaves no room for a target ({settings.max_new_tokens} tokens)")
     return Options(
-        iterations=_int_option(extra, "iterations", DEFAULT_ITERATIONS),
+        iterations=config.iterations,
         length_beam=length_beam,
         length=length,
-        return_history=_bool_option(extra, "return_history", False),
-        schedule=schedule,
-        early_stop=_bool_option(extra, "early_stop", True),
+        return_history=config.return_history,
+        schedule=config.schedule,
+        early_stop=config.early_stop,
         cap=cap,
     )
 
@@ -314,6 +336,8 @@ def mask_predict(model: Model, inputs: GenerationInputs, settings: GenerationSet
 
 # Every pass multiplies N * L rows by each weight: the one-row weight copies generate makes would go unused.
 mask_predict.uses_decoding_layout = False  # type: ignore[attr-defined]
+# the strategy's own options, for front ends that check them before a model loads (unimodel generate --option)
+mask_predict.config_class = MaskPredictConfig  # type: ignore[attr-defined]
 
 
 def _select(
@@ -357,4 +381,12 @@ def _select(
     )
 
 
-__all__ = ["MaskPredictOutput", "candidate_lengths", "mask_predict", "mask_token_id", "parse_options"]
+__all__ = [
+    "MaskPredictConfig",
+    "MaskPredictOutput",
+    "candidate_lengths",
+    "mask_predict",
+    "mask_token_id",
+    "parse_options",
+    "strategy_config",
+]
