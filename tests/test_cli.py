@@ -218,9 +218,9 @@ def test_argument_errors_exit_2_with_the_usage(argv, message, capsys):
     ("options", "message"),
     [
         (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-        (["--num-beams", "0"], "--num-beams must be at least 1"),
-        (["--temperature", "0"], "--temperature must be positive"),
-        (["--top-k", "0"], "--top-k must be at least 1"),
+        (["--num-beams", "0"], "--num-beams must be >= 1"),
+        (["--temperature", "0"], "--temperature must be > 0 when sampling"),
+        (["--top-k", "0"], "--top-k must be >= 1"),
     ],
 )
 def test_generate_option_values_are_checked_before_loading(options, message, tmp_path, capsys):

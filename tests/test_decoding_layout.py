@@ -1,6 +1,8 @@
 """Decoding in per-thread chunks (copies, or views of the parameters) gives the same results."""
 
 import contextlib
+import sys
+import threading
 
 import pytest
 import torch
@@ -87,3 +89,73 @@ def test_generation_is_the_same_with_and_without_copies(name, monkeypatch):
     monkeypatch.setattr(generation, "decoding_layout", lambda *modules: contextlib.nullcontext(False))
     assert torch.equal(model.generate(ids, **kw), fast)
     assert torch.equal(model.generate(ids, num_beams=3, **kw), beams)
+
+
+def test_each_block_keeps_its_own_layout_when_threads_share_a_layer():
+    # two threads lay out one layer at once, with different chunk counts; each must compute with its
+    # own copies, and keep them after the other thread's block has closed
+    torch.manual_seed(0)
+    layer = Linear(24, 48)  # widening: its layout is a copy of k chunks
+    x = torch.randn(1, 24)
+    alone = {}
+    for k in (2, 4):
+        with decoding_layout(layer, threads=k):
+            alone[k] = layer(x)
+    both_open, first_closed = threading.Barrier(2, timeout=30), threading.Event()
+    seen: dict[int, list] = {2: [], 4: []}
+
+    def run(k: int) -> None:
+        with decoding_layout(layer, threads=k):
+            both_open.wait()
+            seen[k].append((layer.decode_weight.shape[0], layer(x)))
+            both_open.wait()  # neither block closes before both have computed
+            if k == 4:
+                assert first_closed.wait(timeout=30)
+                seen[k].append((layer.decode_weight.shape[0], layer(x)))
+        if k == 2:
+            first_closed.set()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (2, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [len(seen[2]), len(seen[4])] == [1, 2]
+    for k, calls in seen.items():
+        for chunks, out in calls:
+            assert chunks == k
+            assert torch.equal(out, alone[k])
+    assert layer.decode_weight is None  # nothing left on the module
+
+
+def test_two_threads_generating_with_one_model_match_sequential_runs():
+    torch.manual_seed(0)
+    model = um.build_model("gpt2-tiny", vocab_size=512).eval()
+    prompts = [torch.randint(5, model.vocab_size, (1, n)) for n in (3, 6)]
+    kw = dict(max_new_tokens=6, min_new_tokens=6)
+    sequential = [model.generate(p, **kw) for p in prompts]
+    results: dict[int, torch.Tensor] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=30)
+
+    def run(rows: list[int]) -> None:
+        try:
+            start.wait()
+            for _ in range(2):
+                for i in rows:
+                    results[i] = model.generate(prompts[i], **kw)
+        except BaseException as exc:  # reported below: an exception in a thread would otherwise vanish
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, inside the layout's reads too
+    try:
+        threads = [threading.Thread(target=run, args=(rows,)) for rows in ([0], [1])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    assert all(torch.equal(results[i], sequential[i]) for i in range(len(prompts)))

@@ -448,6 +448,16 @@ def test_strategy_resolved_through_the_registry(pair, monkeypatch):
         generate(model, ids, registry=registry, token=7)  # only the strategy that declares it accepts it
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_forced_first_and_last_tokens_match_hf(pair, beams):
+    hf, model = pair
+    ids = torch.tensor([[17]])  # the first token is forced when the decoder sequence is one token long
+    kw = dict(max_new_tokens=6, num_beams=beams, forced_bos_token_id=33, forced_eos_token_id=44)
+    out = model.generate(ids, **kw)
+    assert torch.equal(out, hf_generate(hf, ids, **kw))
+    assert out[0, 1] == 33 and out[0, -1] == 44
+
+
 # ------------------------------------------------------------------ errors
 @pytest.mark.parametrize(
     ("options", "error", "match"),

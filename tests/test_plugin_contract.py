@@ -20,8 +20,8 @@ from unimodel.errors import CheckpointError, DuplicateComponentError, InputError
 from unimodel.generation import recompute_prefix
 from unimodel.hookspecs import PLUGIN_API_VERSION
 from unimodel.interfaces import Backbone, Decoder
-from unimodel.model import _SIGNATURES
 from unimodel.registry import Component, Registry, set_registry
+from unimodel.routing import _SIGNATURES
 from unimodel.testing.reference import ReferenceEncoder
 
 HERE = __name__
@@ -184,7 +184,7 @@ def test_the_signature_is_inspected_once_per_class(registry, monkeypatch):
     def no_more(*args, **kwargs):
         raise AssertionError("forward signatures are inspected again")
 
-    monkeypatch.setattr(unimodel.model.inspect, "signature", no_more)
+    monkeypatch.setattr(unimodel.routing.inspect, "signature", no_more)
     for _ in range(3):
         model(input_ids=src, decoder_input_ids=tgt)
     pair("reference")(input_ids=src, decoder_input_ids=tgt)  # another instance of the same classes

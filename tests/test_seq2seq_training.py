@@ -81,7 +81,7 @@ def test_exact_match_counts_whitespace_normalised_equality():
 
 
 def test_exact_match_scores_the_decodings_against_the_targets(monkeypatch):
-    from unimodel import training
+    from unimodel.data import exact_match as exact_match_module
 
     tok = Tokenizer.train_bpe(
         ["four thousand twelve one hundred five seventy 0 1 2 3"] * 4, vocab_size=300, min_frequency=1
@@ -93,7 +93,7 @@ def test_exact_match_scores_the_decodings_against_the_targets(monkeypatch):
     def decode(model, part, *, tokenizer, batch_size):
         return [predictions[examples.index(ex)] for ex in part]
 
-    monkeypatch.setattr(training, "generate_targets", decode)
+    monkeypatch.setattr(exact_match_module, "generate_targets", decode)
     em = exact_match(None, examples, tokenizer=tok, batch_size=3)
     assert (em.matches, em.total, em.score) == (2, 4, 0.5)
     assert em.examples == [

@@ -1,5 +1,5 @@
-"""The core's own plugin: decoding strategies, the generic objectives, the built-in corpora and the
-reference encoder and decoder (the conformance kit's pairing partners).
+"""The core's own plugin: decoding strategies, the generic objectives, the data kinds, the built-in
+corpora and the reference encoder and decoder (the conformance kit's pairing partners).
 
 Registered through the ``unimodel`` entry-point group like any other plugin.
 """
@@ -82,6 +82,19 @@ def unimodel_components() -> list[Component]:
             target="unimodel.objectives:Seq2Seq",
             summary="supervised source -> target pairs (optional label smoothing)",
             requires=SEQ2SEQ_REQUIRES,
+        ),
+        # data kinds: what an objective's data_kind names (see unimodel.data.kinds)
+        Component(
+            kind="data",
+            name="text",
+            target="unimodel.data.dataset:PackedData",
+            summary="documents packed into fixed-length token blocks ({'input_ids': block} examples)",
+        ),
+        Component(
+            kind="data",
+            name="pairs",
+            target="unimodel.data.dataset:PairData",
+            summary="source -> target pairs ({'source': ids, 'target': ids} examples); exact match",
         ),
         Component(
             kind="corpus",

@@ -8,6 +8,13 @@ Saving never empties a folder that is not a checkpoint: a folder holding other
 files is refused unless it is a unimodel or Hugging Face checkpoint, or
 ``overwrite=True`` is passed; either way only the files the checkpoint formats
 own (:func:`owned_by_checkpoints`) are replaced or removed, and the others stay.
+
+``config.json`` holds the model and objective sections and the model's
+generation defaults (``generation``, a :class:`~unimodel.generation.config.GenerationConfig`).
+
+This module is the checkpoint I/O that Hugging Face conversion (:mod:`unimodel.hf`)
+builds on; it imports nothing of it. :func:`load` hands a Hugging Face folder to
+the ``hf_converter`` component registered for its ``model_type``.
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ from unimodel.config import SCHEMA_VERSION, check_schema_version
 from unimodel.errors import CheckpointError, InputError, ResourceError, UnimodelError
 
 if TYPE_CHECKING:
+    from unimodel.hf import HFConverter
     from unimodel.model import Model
+    from unimodel.registry import Registry
 
 CONFIG_FILE = "config.json"
+GENERATION_SECTION = "generation"
 WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 PROVENANCE = "provenance"  # config.json: which plugin, distribution and version provided each component
@@ -358,7 +368,12 @@ def save(model: Model, path: str | Path, *, overwrite: bool = False) -> Path:
     path = as_path(path, "save: path")
     tensors, aliases = dedup_state_dict(model)
     with checkpoint_dir(path, overwrite=overwrite, what="save") as tmp:
-        config: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "unimodel_version": __version__, **model.spec()}
+        config: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "unimodel_version": __version__,
+            **model.spec(),
+            GENERATION_SECTION: model.generation_config.to_dict(),
+        }
         if model.provenance:
             config[PROVENANCE] = model.provenance
         write_json(tmp / CONFIG_FILE, config)
@@ -388,9 +403,9 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
     refuse_pickles(folder)
     config = read_json(folder / CONFIG_FILE)
     if "model" not in config and "model_type" in config:
-        from unimodel.hf import from_hf
-
-        return from_hf(folder, device=device, objective=objective)
+        return hf_converter_for(str(config["model_type"])).load_folder(
+            folder, hf_config=config, device=device, objective=objective
+        )
     if "model" not in config:
         raise CheckpointError(f"{str(folder / CONFIG_FILE)!r} has no 'model' section; is this a unimodel checkpoint?")
     check_schema_version(config, str(folder / CONFIG_FILE))
@@ -415,6 +430,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
     fresh = new_head_prefixes(model, tensors) if objective is not None else ()
     where = f"checkpoint {str(folder)!r}"
     warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
+    model.generation_config = _generation_defaults(model, config.get(GENERATION_SECTION), folder)
     model.to(device).eval()
     notify_loaded(model, folder)
     return model
@@ -434,6 +450,40 @@ def _sections(config: Mapping[str, Any], where: Path) -> tuple[dict[str, Any], d
             f"got {json.dumps(objective)[:80]}"
         )
     return model, objective
+
+
+def _generation_defaults(model: Model, section: Any, folder: Path) -> Any:
+    """The checkpoint's generation defaults; the model's own (from its special tokens) when it stores none."""
+    if section is None:
+        return model.generation_config
+    from unimodel.generation.config import GenerationConfig
+
+    where = f"{str(folder / CONFIG_FILE)!r} section {GENERATION_SECTION!r}"
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{where} must be a JSON object, got {type(section).__name__}")
+    try:
+        return GenerationConfig.from_dict(section, section=where)
+    except UnimodelError as exc:
+        raise CheckpointError(f"checkpoint {str(folder)!r} has unusable generation defaults: {exc}") from None
+
+
+def hf_converter_for(model_type: str, registry: Registry | None = None) -> HFConverter:
+    """A converter for Hugging Face folders of ``model_type``: the registered ``hf_converter`` listing it."""
+    from unimodel.errors import ComponentNotFoundError
+    from unimodel.registry import get_registry
+
+    reg = registry or get_registry()
+    comps = reg.components("hf_converter")
+    for comp in comps:
+        if model_type in comp.model_types:
+            converter: HFConverter = comp.load()()
+            return converter
+    known = sorted({t for c in comps for t in c.model_types})
+    msg = f"no plugin converts Hugging Face model_type {model_type!r}; supported: {', '.join(known) or '(none)'}"
+    failed = reg.failed_plugins
+    if failed:
+        msg += ". Note: plugin(s) " + ", ".join(repr(p.name) for p in failed) + " failed to load; run `unimodel doctor`"
+    raise ComponentNotFoundError(msg)
 
 
 def _installed_components(

@@ -328,127 +328,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     _out(f"loss: {result.loss:.4f}")
     _out(f"perplexity: {result.perplexity:.2f}")
-    if result.exact_match is not None:
-        matched = round(result.exact_match * result.exact_match_examples)
-        _out(
-            f"exact match: {result.exact_match:.2%} ({matched:,} of {result.exact_match_examples:,} pairs, "
-            "greedy decoding)"
-        )
+    if result.task_report is not None:  # the data kind's own metric: exact match for pairs
+        _out(result.task_report)
     _out(f"({result.n_tokens:,} predicted tokens in {result.n_examples:,} {result.unit} of the {result.split} split)")
     return EXIT_OK
 
 
 # ------------------------------------------------------------------ generate
-class TextStreamer:
-    """Prints a growing token sequence as text, one decoding step at a time.
-
-    Byte-level BPE splits a multi-byte character over several tokens; decoding
-    a prefix that ends inside one yields U+FFFD. Text is therefore printed only
-    up to a point where the decoded string is stable, and the rest at the end.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str], stream: TextIO, prefix: str = "") -> None:
-        self.decode = decode
-        self.stream = stream
-        self.prefix = prefix  # written with the first step, so an option error prints nothing to stdout
-        self.ids: list[int] = []
-        self.printed = ""
-
-    def __call__(self, tokens: Any) -> None:
-        """``tokens``: LongTensor (B,) of the step's new tokens; only row 0 is shown."""
-        self._write_prefix()
-        self.ids.append(int(tokens.reshape(-1)[0]))
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return  # inside a multi-byte character: wait for its remaining bytes
-        self._emit(text)
-
-    def _emit(self, text: str) -> None:
-        if text.startswith(self.printed):
-            new = text[len(self.printed) :]
-        else:  # a decoder that revises earlier text: print from where they differ
-            same = next(
-                (i for i, (a, b) in enumerate(zip(text, self.printed)) if a != b), min(len(text), len(self.printed))
-            )
-            new = text[same:]
-        if new:
-            self.stream.write(new)
-            self.stream.flush()
-        self.printed = text
-
-    def _write_prefix(self) -> None:
-        if self.prefix:
-            self.stream.write(self.prefix)
-            self.stream.flush()
-            self.prefix = ""
-
-    def end(self) -> None:
-        self._write_prefix()
-        self._emit(self.decode(self.ids))
+#: the command line's spelling of generation options it takes
+_GENERATE_FLAGS = {
+    "max_new_tokens": "--max-new-tokens",
+    "num_beams": "--num-beams",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    _check_generate_args(args)
-    import torch
+    from unimodel.generation import GenerationConfig
+
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    given = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    given |= {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    asked_to_sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.seed))
+    # a sampling option given without --greedy or beams makes the run sample, whatever the model's kind
+    given["do_sample"] = asked_to_sample and not args.greedy and args.num_beams == 1
+    _flag_errors(lambda: GenerationConfig().with_options(given))  # the options' ranges, before the model loads
 
     import unimodel as um
+    from unimodel.data.kinds import data_kind, data_kind_name
+    from unimodel.generation import generate_text
 
     model = um.load(args.checkpoint)
-    tok = model.tokenizer
-    if tok is None:
+    if model.tokenizer is None:
         raise InputError(
             f"checkpoint {args.checkpoint!r} has no tokenizer.json, so the prompt cannot be encoded; "
             "save the model with its tokenizer (model.tokenizer = ...; model.save(path))"
         )
-    prompt_ids = tok.encode(args.prompt)
-    if not prompt_ids and not model.is_encoder_decoder:
-        start = model.special_tokens.get("bos") or model.special_tokens.get("eos")
-        if start is None:
-            raise InputError("the prompt is empty and the model has no bos/eos token to start from; give a --prompt")
-        prompt_ids = [start]
-    translates = getattr(type(model.objective), "data_kind", "text") == "pairs"
-    if translates:  # the prompt is a source: framed (eos ...) as the objective framed sources in training
-        ids = model.objective.prepare([{"source": prompt_ids, "target": []}], tokenizer=tok)["input_ids"]
-    else:
-        ids = torch.tensor([prompt_ids], dtype=torch.long)
     options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
     if args.seed is not None:
         options["seed"] = args.seed
-    beam = args.num_beams > 1
     # a model trained on pairs (seq2seq) translates: its most likely output, unless sampling is asked for
-    asked_to_sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.seed))
-    if args.greedy or beam or (translates and not asked_to_sample):
+    greedy_kind = data_kind(data_kind_name(model.objective)).greedy_by_default
+    if args.greedy or args.num_beams > 1 or (greedy_kind and not asked_to_sample):
         options["do_sample"] = False
     else:
         temperature = 1.0 if args.temperature is None else args.temperature
         options.update(do_sample=True, temperature=temperature, top_k=args.top_k, top_p=args.top_p)
-    decode = lambda seq: tok.decode(seq, skip_special_tokens=True)  # noqa: E731
-    # a decoder-only model continues the user's text as typed; an encoder-decoder's output stands alone
-    prefix = "" if model.is_encoder_decoder else args.prompt
-    if beam:  # beams are reordered at every step, so nothing is final until the search ends
-        out = model.generate(ids, **options)
-        new = out[0, 1:] if model.is_encoder_decoder else out[0, ids.shape[1] :]
-        sys.stdout.write(prefix + decode(new.tolist()))
-    else:
-        streamer = TextStreamer(decode, sys.stdout, prefix)
-        model.generate(ids, streamer=streamer, **options)
-        streamer.end()
+    _flag_errors(lambda: generate_text(model, args.prompt, stream=sys.stdout, **options))
     sys.stdout.write("\n")
     sys.stdout.flush()
     return EXIT_OK
 
 
-def _check_generate_args(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.num_beams < 1:
-        raise InputError(f"--num-beams must be at least 1, got {args.num_beams}")
-    if args.temperature is not None and args.temperature <= 0:
-        raise InputError(f"--temperature must be positive, got {args.temperature}; use --greedy for argmax decoding")
-    if args.top_k is not None and args.top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
+def _flag_errors(run: Callable[[], Any]) -> Any:
+    """``run()``, with a generation option's error naming the command-line flag that set it."""
+    from unimodel.generation import GenerationOptionError
+
+    try:
+        return run()
+    except GenerationOptionError as exc:
+        flag = _GENERATE_FLAGS.get(exc.field)
+        if flag is None:
+            raise
+        raise InputError(f"{flag} {exc.problem}") from None
 
 
 # ------------------------------------------------------------------ convert
@@ -771,4 +716,12 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
-__all__ = ["TextStreamer", "build_parser", "main"]
+def __getattr__(name: str) -> Any:
+    if name == "TextStreamer":  # it moved to unimodel.generation.text; imported on use (torch)
+        from unimodel.generation.text import TextStreamer
+
+        return TextStreamer
+    raise AttributeError(f"module 'unimodel.cli' has no attribute {name!r}")
+
+
+__all__ = ["build_parser", "main"]

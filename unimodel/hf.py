@@ -23,6 +23,7 @@ from unimodel.checkpoint import (
     as_path,
     check_objective_arg,
     checkpoint_dir,
+    hf_converter_for,
     load_state_into,
     load_tensors,
     new_head_prefixes,
@@ -76,18 +77,51 @@ class HFConverter(ABC):
         out = {key: model.special_tokens.get(role) for role, key in roles.items()}
         return {k: v for k, v in out.items() if v is not None} or None
 
+    def load_folder(
+        self,
+        folder: Path,
+        *,
+        hf_config: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        objective: Any = None,
+        registry: Registry | None = None,
+    ) -> Model:
+        """Build the model of the Hugging Face folder ``folder`` (whose ``config.json`` is ``hf_config``)
+        and load its weights; see :func:`from_hf`."""
+        from unimodel.model import build_model
 
-def _converter_for_type(model_type: str, registry: Registry) -> HFConverter:
-    comps = registry.components("hf_converter")
-    for comp in comps:
-        if model_type in comp.model_types:
-            return comp.load()()
-    known = sorted({t for c in comps for t in c.model_types})
-    msg = f"no plugin converts Hugging Face model_type {model_type!r}; supported: {', '.join(known) or '(none)'}"
-    failed = registry.failed_plugins
-    if failed:
-        msg += ". Note: plugin(s) " + ", ".join(repr(p.name) for p in failed) + " failed to load; run `unimodel doctor`"
-    raise ComponentNotFoundError(msg)
+        reg = registry or get_registry()
+        model_type = hf_config.get("model_type")
+        try:
+            spec = self.spec_from_hf(hf_config)
+        except UnimodelError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type or missing
+            raise CheckpointError(
+                f"{str(folder / CONFIG_FILE)!r} ({model_type}) is malformed: {type(exc).__name__}: {exc}"
+            ) from None
+        if objective is not None:
+            spec["objective"] = objective
+        tokenizer = None
+        if (folder / "tokenizer.json").is_file():
+            from unimodel.data.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.load(folder)
+        try:  # the size of the model is checked before its weights are read
+            model = build_model(spec, registry=reg, tokenizer=tokenizer)
+        except ResourceError:
+            raise
+        except UnimodelError as exc:
+            raise CheckpointError(f"{str(folder)!r} ({model_type}) cannot be built: {exc}") from exc
+        tensors = self.weights_from_hf(read_hf_weights(folder, device), hf_config)
+        if objective is not None:  # a head of the folder's own task that the new objective does not use
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads}
+        fresh = new_head_prefixes(model, tensors) if objective is not None else ()
+        where = f"Hugging Face folder {str(folder)!r}"
+        warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
+        model.to(device).eval()
+        notify_loaded(model, folder)
+        return model
 
 
 def _converter_for_model(model: Model, registry: Registry) -> HFConverter:
@@ -133,8 +167,6 @@ def from_hf(
     The tokenizer (``tokenizer.json``) is attached when present. ``objective``
     overrides the one the converter picks (e.g. ``"fim"`` for a GPT-2 folder).
     """
-    from unimodel.model import build_model
-
     reg = registry or get_registry()
     folder = as_path(path, "unimodel.from_hf: path")
     device = as_device(device, "unimodel.from_hf")
@@ -146,37 +178,8 @@ def from_hf(
     model_type = hf_config.get("model_type")
     if not isinstance(model_type, str):
         raise CheckpointError(f"{str(folder / CONFIG_FILE)!r} has no 'model_type'; is this a Hugging Face folder?")
-    converter = _converter_for_type(model_type, reg)
-    try:
-        spec = converter.spec_from_hf(hf_config)
-    except UnimodelError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type or missing
-        raise CheckpointError(
-            f"{str(folder / CONFIG_FILE)!r} ({model_type}) is malformed: {type(exc).__name__}: {exc}"
-        ) from None
-    if objective is not None:
-        spec["objective"] = objective
-    tokenizer = None
-    if (folder / "tokenizer.json").is_file():
-        from unimodel.data.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.load(folder)
-    try:  # the size of the model is checked before its weights are read
-        model = build_model(spec, registry=reg, tokenizer=tokenizer)
-    except ResourceError:
-        raise
-    except UnimodelError as exc:
-        raise CheckpointError(f"{str(folder)!r} ({model_type}) cannot be built: {exc}") from exc
-    tensors = converter.weights_from_hf(read_hf_weights(folder, device), hf_config)
-    if objective is not None:  # a head of the folder's own task that the new objective does not use
-        tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads}
-    fresh = new_head_prefixes(model, tensors) if objective is not None else ()
-    where = f"Hugging Face folder {str(folder)!r}"
-    warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
-    model.to(device).eval()
-    notify_loaded(model, folder)
-    return model
+    converter = hf_converter_for(model_type, reg)
+    return converter.load_folder(folder, hf_config=hf_config, device=device, objective=objective, registry=reg)
 
 
 def to_hf(model: Model, path: str | Path, *, overwrite: bool = False, registry: Registry | None = None) -> Path:

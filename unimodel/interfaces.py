@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from torch import Tensor, nn
 
@@ -214,9 +214,11 @@ class Objective(ABC, Generic[ConfigT]):
     ``eos``, ``sentinel``...); ``primary_head`` the head whose output is the
     model's ``logits`` (``"lm"`` is the backbone's own LM head, ``None`` for
     none); ``uses_lm_head`` whether the model keeps the backbone's LM head.
-    ``data_kind`` says what the trainer feeds ``prepare``: ``"text"``, examples
-    ``{"input_ids": block}`` cut from packed text, or ``"pairs"``, examples
-    ``{"source": ids, "target": ids}`` (JSONL/TSV pair files, pair corpora).
+    ``data_kind`` names the registered ``data`` component whose examples the
+    trainer feeds ``prepare`` (:class:`unimodel.data.kinds.DataKind`): the core's
+    ``"text"``, examples ``{"input_ids": block}`` cut from packed text, or
+    ``"pairs"``, examples ``{"source": ids, "target": ids}`` (JSONL/TSV pair
+    files, pair corpora), or a plugin's own kind.
 
     ``model_options`` are model config values the objective needs, e.g.
     ``{"causal_decoder": False}``: :func:`~unimodel.build_model` sets each one
@@ -235,7 +237,7 @@ class Objective(ABC, Generic[ConfigT]):
     special_tokens: ClassVar[tuple[str, ...]] = ()
     primary_head: ClassVar[str | None] = "lm"
     uses_lm_head: ClassVar[bool] = True
-    data_kind: ClassVar[Literal["text", "pairs"]] = "text"
+    data_kind: ClassVar[str] = "text"
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

@@ -34,7 +34,7 @@ from unimodel.errors import (
     did_you_mean,
 )
 
-KINDS = ("model", "encoder", "decoder", "objective", "decoding", "hf_converter", "corpus")
+KINDS = ("model", "encoder", "decoder", "objective", "decoding", "hf_converter", "corpus", "data")
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 QUALIFIER = ":"  # "plugin:name" names a component of one plugin
 

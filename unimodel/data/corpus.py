@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from unimodel.bounds import check_corpus_memory
+from unimodel.data.messages import objective_phrase
 from unimodel.errors import DataError, UnimodelError
 
 
@@ -107,8 +108,6 @@ def load_corpus(
     when the corpus holds pairs (``objective`` names the run's objective in
     the message), or when it yields something other than strings.
     """
-    from unimodel.data.text import objective_phrase
-
     comp = _component(name, registry)
     if corpus_kind(name, registry=registry) == "pairs":
         raise DataError(
@@ -136,8 +135,6 @@ def load_pair_corpus(
     objective: str | None = None,
 ) -> list[tuple[str, str]]:
     """The ``(source, target)`` pairs of the ``split`` (``"train"`` or ``"validation"``) of pair corpus ``name``."""
-    from unimodel.data.text import objective_phrase
-
     comp = _component(name, registry)
     if corpus_kind(name, registry=registry) != "pairs":
         raise DataError(
@@ -151,7 +148,7 @@ def load_pair_corpus(
             f"corpus {name!r} returned {type(source).__name__} for split {split!r}; a pair corpus must "
             "return an iterable of pairs"
         )
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for i, item in enumerate(source):
         if isinstance(item, Mapping):
             pair = (item.get("source"), item.get("target"))
@@ -159,12 +156,13 @@ def load_pair_corpus(
             pair = item
         else:
             pair = (None, None)
-        if not all(isinstance(x, str) for x in pair):
+        source_text, target_text = pair
+        if not (isinstance(source_text, str) and isinstance(target_text, str)):
             raise DataError(
                 f"corpus {name!r} split {split!r}: item {i} is not a pair of strings (got {item!r:.80}); a pair "
                 'corpus yields {"source": str, "target": str} mappings or (source, target) tuples'
             )
-        pairs.append(pair)
+        pairs.append((source_text, target_text))
     if not pairs:
         raise DataError(f"corpus {name!r} split {split!r} holds no pairs")
     return pairs

@@ -1,14 +1,16 @@
 """The ``[data]`` section of a run: where data comes from, how it is tokenized, split and packed.
 
-The objective decides what the data is (``Objective.data_kind``): **text**,
-cut into fixed-length blocks, or **pairs**, source -> target examples
-(``seq2seq``). :func:`load_data` reads either kind and splits it;
-:func:`make_tokenizer` trains a tokenizer on the training split (both sides
-of the pairs), of the kind the run names or else of the model family's recipe,
-or loads one; :func:`encode_data` turns both splits into token
-ids: :class:`PackedData` blocks for text (:func:`encode_and_pack`),
-:class:`PairData` examples for pairs. Every step is deterministic, so every
-process of a distributed run, and a resumed run, computes the same data.
+The objective decides what the data is (``Objective.data_kind``, a registered
+:class:`~unimodel.data.kinds.DataKind`). The core's two kinds live here:
+**text**, cut into fixed-length blocks (:class:`PackedData`), and **pairs**,
+source -> target examples (:class:`PairData`, for ``seq2seq``).
+:func:`load_data` reads either and splits it; :func:`make_tokenizer` trains a
+tokenizer on the training split (both sides of the pairs), of the kind the run
+names or else of the model family's recipe, or loads one;
+:meth:`PackedData.encode` (:func:`encode_and_pack`) and
+:meth:`PairData.encode` turn both splits into token ids. Every step is
+deterministic, so every process of a distributed run, and a resumed run,
+computes the same data.
 """
 
 from __future__ import annotations
@@ -18,23 +20,30 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from unimodel.config import Config, param
+from unimodel.data.corpus import load_pair_corpus
+from unimodel.data.kinds import DataKind, Example, RawData, Sample, TaskMetric
 from unimodel.data.packing import pack_blocks, pack_blocks_with_tail, split_documents
 from unimodel.data.pairs import PAIR_EXTENSIONS, Pair, encode_pairs, pair_key, read_pairs
 from unimodel.data.text import DEFAULT_EXTENSIONS, read_documents
 from unimodel.data.tokenizer import DEFAULT_BPE_ROLES, TOKENIZER_FILE, Tokenizer
-from unimodel.errors import DataError
+from unimodel.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from unimodel.generation.config import GenerationConfig
+    from unimodel.model import Model
     from unimodel.registry import Registry, TokenizerRecipe
 
 DEFAULT_CORPUS = "pydoc"
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram")
-DataKind = Literal["text", "pairs"]
+ReadKind = Literal["text", "pairs"]  # what load_data reads: documents or source/target pairs
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ class DataConfig(Config):
         if bad:
             self.fail("extensions", f"write file endings with their dot, e.g. '.txt' (got {', '.join(bad)})")
 
-    def extensions_for(self, kind: DataKind) -> tuple[str, ...]:
+    def extensions_for(self, kind: str) -> tuple[str, ...]:
         """The file endings read from folders for data of ``kind``."""
         if self.extensions is not None:
             return self.extensions
@@ -124,12 +133,23 @@ class DataConfig(Config):
         return recipe.kind if recipe is not None else "bpe"
 
 
+def _require(tokenizer: Tokenizer | None, unit: str) -> Tokenizer:
+    if tokenizer is None:
+        raise DataError(f"{unit} are token ids: encoding them needs a tokenizer")
+    return tokenizer
+
+
+def _position_limits(model: Model) -> list[int]:
+    return [p.max_positions for p in (model.encoder, model.decoder) if p is not None and p.max_positions is not None]
+
+
 @dataclass
-class PackedData:
-    """Token blocks of both splits.
+class PackedData(DataKind):
+    """The ``text`` data kind: token blocks of both splits.
 
     ``train``: (N, block_size) int64, every block full. ``validation``: lists
-    of ids of at most ``block_size``, the last one possibly shorter.
+    of ids of at most ``block_size``, the last one possibly shorter. An
+    example is ``{"input_ids": block}``.
     """
 
     train: Tensor
@@ -137,11 +157,33 @@ class PackedData:
     block_size: int
     n_train_documents: int
     n_validation_documents: int
-    unit = "blocks"
+    unit: ClassVar[str] = "blocks"
+
+    @classmethod
+    def read(cls, config: DataConfig, *, objective: str | None = None, registry: Registry | None = None) -> RawData:
+        return load_data(config, kind="text", objective=objective, registry=registry)
+
+    @classmethod
+    def encode(cls, config: DataConfig, tokenizer: Tokenizer | None, raw: RawData) -> PackedData:
+        return encode_and_pack(config, _require(tokenizer, cls.unit), raw.train, raw.validation)
+
+    @classmethod
+    def evaluation_examples(
+        cls, config: DataConfig, tokenizer: Tokenizer | None, items: Sequence[Any], model: Model
+    ) -> list[Example]:
+        """Every document of ``items`` packed into blocks of ``config.block_size`` (capped by the model),
+        the last block kept however short."""
+        tok = _require(tokenizer, cls.unit)
+        block_size = min([config.block_size, *_position_limits(model)])
+        ids = tok.encode_batch(list(items))
+        blocks = pack_blocks_with_tail(ids, block_size=block_size, separator_id=separator_id(tok))
+        if not blocks:
+            raise DataError("evaluate: the text holds fewer than 2 tokens")
+        return list(as_examples(blocks))
 
     @property
     def n_train(self) -> int:
-        return self.train.shape[0]
+        return int(self.train.shape[0])
 
     def example(self, i: int) -> dict[str, list[int]]:
         """Training example ``i``: ``{"input_ids": block}``."""
@@ -179,14 +221,64 @@ class PackedData:
         h.update(self.train.numpy().tobytes())
         return h.hexdigest()
 
+    def check_fits(self, model: Model, tokenizer: Tokenizer | None) -> None:
+        limits = _position_limits(model)
+        if limits and self.block_size > min(limits):
+            raise ConfigError(
+                f"data.block_size {self.block_size} is longer than model {model.name!r} can take ({min(limits)} "
+                "positions); lower data.block_size or build the model with a longer position table"
+            )
+
+    def sample(
+        self,
+        model: Model,
+        tokenizer: Tokenizer | None,
+        *,
+        prompt: str,
+        generation: GenerationConfig,
+        seed: int,
+        metric: TaskMetric | None,
+    ) -> Sample | None:
+        """A causal model's sampled continuation of ``prompt`` (special tokens shown)."""
+        from unimodel.generation.text import generate_text
+        from unimodel.interfaces import Cap
+
+        if not prompt or Cap.CAUSAL not in model.provides:
+            return None
+        text = generate_text(
+            model, prompt, tokenizer=tokenizer, generation_config=generation, seed=seed, skip_special_tokens=False
+        )
+        return Sample(f"sample (prompt {prompt!r}, top-k {generation.top_k or 0})", text)
+
 
 @dataclass
-class PairData:
-    """Tokenized source -> target pairs of both splits: ``{"source": ids, "target": ids}`` each."""
+class PairData(DataKind):
+    """The ``pairs`` data kind: tokenized source -> target pairs of both splits,
+    ``{"source": ids, "target": ids}`` each. Its task metric is the exact match."""
 
     train: list[dict[str, list[int]]]
     validation: list[dict[str, list[int]]]
-    unit = "pairs"
+    unit: ClassVar[str] = "pairs"
+    greedy_by_default: ClassVar[bool] = True  # a prompt is a source: its most likely translation
+
+    @classmethod
+    def read(cls, config: DataConfig, *, objective: str | None = None, registry: Registry | None = None) -> RawData:
+        return load_data(config, kind="pairs", objective=objective, registry=registry)
+
+    @classmethod
+    def encode(cls, config: DataConfig, tokenizer: Tokenizer | None, raw: RawData) -> PairData:
+        tok = _require(tokenizer, cls.unit)
+        return PairData(encode_pairs(tok, raw.train), encode_pairs(tok, raw.validation))
+
+    @classmethod
+    def evaluation_examples(
+        cls, config: DataConfig, tokenizer: Tokenizer | None, items: Sequence[Any], model: Model
+    ) -> list[Example]:
+        return list(encode_pairs(_require(tokenizer, cls.unit), items))
+
+    @classmethod
+    def has_own_validation(cls, config: DataConfig) -> bool:
+        return bool(config.validation_paths) or config.corpus is not None  # a pair corpus fixes its own split
 
     @property
     def n_train(self) -> int:
@@ -226,25 +318,66 @@ class PairData:
         h.update(json.dumps([[ex["source"], ex["target"]] for ex in self.train]).encode())
         return h.hexdigest()
 
+    def check_fits(self, model: Model, tokenizer: Tokenizer | None) -> None:
+        """Fail before training when the longest source or target (framed by the objective) exceeds the model."""
+        every = self.train + self.validation
+        if not every:
+            return
+        longest = [max(every, key=lambda ex: len(ex[side])) for side in ("source", "target")]
+        batch = model.objective.prepare(longest, tokenizer=tokenizer, generator=torch.Generator().manual_seed(0))
+        checks = [("source", "input_ids", model.encoder), ("target", "labels", model.decoder)]
+        for side, key, part in checks:
+            limit = part.max_positions if part is not None else None
+            if key in batch and limit is not None and batch[key].shape[1] > limit:
+                raise ConfigError(
+                    f"the longest {side} is {batch[key].shape[1]} tokens (framing included), more than model "
+                    f"{model.name!r} takes ({limit} positions); set objective.max_{side}_length = {limit} to "
+                    "truncate, or build the model with a longer position table"
+                )
 
-@dataclass
-class RawData:
-    """Both splits before tokenization: documents (``kind`` text) or ``(source, target)`` pairs."""
+    @classmethod
+    def task_metric(
+        cls,
+        model: Model,
+        examples: Sequence[Example],
+        *,
+        tokenizer: Tokenizer | None,
+        batch_size: int,
+        accelerator: Accelerator | None = None,
+    ) -> TaskMetric | None:
+        """The exact match of greedy decodings of ``examples``' sources against their targets."""
+        from unimodel.data.exact_match import exact_match
 
-    kind: DataKind
-    train: list[Any]
-    validation: list[Any]
-    fixed_validation: bool = False  # the validation split comes from the source, not from validation_fraction
+        tok = _require(tokenizer, cls.unit)
+        return exact_match(model, examples, tokenizer=tok, batch_size=batch_size, accelerator=accelerator)
 
-    def tokenizer_texts(self) -> list[str]:
-        """What a tokenizer trains on: the training documents, or both sides of the training pairs."""
-        if self.kind == "pairs":
-            return [side for pair in self.train for side in pair]
-        return list(self.train)
+    def sample(
+        self,
+        model: Model,
+        tokenizer: Tokenizer | None,
+        *,
+        prompt: str,
+        generation: GenerationConfig,
+        seed: int,
+        metric: TaskMetric | None,
+    ) -> Sample | None:
+        """The first validation pairs as the last exact-match run decoded them (None without one)."""
+        text = None if metric is None else metric.shown()
+        return None if text is None else Sample("validation pairs, greedy decoding", text)
+
+    @classmethod
+    def prompt_inputs(
+        cls, model: Model, tokenizer: Tokenizer | None, prompts: Sequence[Sequence[int]]
+    ) -> tuple[Tensor, Tensor | None]:
+        """Prompts are sources: framed (eos ...) and padded as the objective frames them in training."""
+        examples: list[Mapping[str, Sequence[int]]] = [{"source": list(p), "target": []} for p in prompts]
+        batch = model.objective.prepare(examples, tokenizer=tokenizer, generator=torch.Generator().manual_seed(0))
+        mask = batch.get("attention_mask")
+        return batch["input_ids"], None if mask is None or bool(mask.all()) else mask
 
 
 def load_data(
-    config: DataConfig, *, kind: DataKind = "text", objective: str | None = None, registry: Any = None
+    config: DataConfig, *, kind: ReadKind = "text", objective: str | None = None, registry: Any = None
 ) -> RawData:
     """Both splits of a data config, read as ``kind``: text documents or source/target pairs.
 
@@ -282,8 +415,6 @@ def load_data(
 
 
 def _load_pairs(config: DataConfig, *, objective: str | None, registry: Any) -> RawData:
-    from unimodel.data.corpus import load_pair_corpus
-
     def read(paths: Sequence[str], limit: int | None = None) -> list[Pair]:
         return read_pairs(
             paths,
@@ -326,13 +457,6 @@ def load_split(config: DataConfig, *, registry: Any = None) -> tuple[list[str], 
     """(train documents, validation documents) of a data config read as text."""
     raw = load_data(config, kind="text", registry=registry)
     return raw.train, raw.validation
-
-
-def encode_data(config: DataConfig, tokenizer: Tokenizer, raw: RawData) -> PackedData | PairData:
-    """Token ids of both splits: blocks for text (:func:`encode_and_pack`), examples for pairs."""
-    if raw.kind == "pairs":
-        return PairData(encode_pairs(tokenizer, raw.train), encode_pairs(tokenizer, raw.validation))
-    return encode_and_pack(config, tokenizer, raw.train, raw.validation)
 
 
 def tokenizer_roles(

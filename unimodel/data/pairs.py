@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unimodel.data.messages import objective_phrase
 from unimodel.data.text import (
     Format,
     file_format,
     format_reason,
     jsonl_records,
-    objective_phrase,
     open_text,
     resolve_paths,
     string_field,

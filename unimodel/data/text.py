@@ -6,7 +6,8 @@ registered corpus. Sources are read in a fixed order (sorted paths) so the
 same config always yields the same documents, on any machine and in every
 process of a distributed run.
 
-The file-level pieces (path expansion, format detection, JSONL records and
+Registered corpora are read through :mod:`unimodel.data.corpus`. The
+file-level pieces (path expansion, format detection, JSONL records and
 their fields, UTF-8 reading) are shared with :mod:`unimodel.data.pairs`,
 which reads source/target pairs from the same kinds of files.
 """
@@ -20,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from unimodel.data.corpus import load_corpus
+from unimodel.data.messages import objective_phrase
 from unimodel.errors import DataError, did_you_mean
 
 Format = Literal["auto", "text", "jsonl", "tsv"]
@@ -30,11 +33,6 @@ TSV_SUFFIXES = (".tsv",)
 DEFAULT_EXTENSIONS = (".txt", ".md", ".rst", ".jsonl")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _PARAGRAPH_BREAK = re.compile(r"\n(?:[ \t]*\n)+")
-
-
-def objective_phrase(objective: str | None) -> str:
-    """How an error message names the run's objective: ``objective 'clm'``, or ``the objective``."""
-    return f"objective {objective!r}" if objective else "the objective"
 
 
 def file_format(path: Path, format: Format) -> Literal["text", "jsonl", "tsv"]:
@@ -188,8 +186,6 @@ def read_documents(
         raise DataError('no data source: set data.corpus (e.g. "pydoc") or data.paths (files, folders or globs)')
     docs: list[str] = []
     if corpus is not None:
-        from unimodel.data.corpus import load_corpus
-
         for doc in load_corpus(corpus, registry=registry, options=corpus_options, objective=objective):
             docs.extend(split_text(doc, document_unit) if document_unit != "file" else ([doc] if doc.strip() else []))
     for path in resolve_paths(paths, extensions=extensions):

@@ -162,7 +162,7 @@ class Tokenizer:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         self.backend.save(str(folder / TOKENIZER_FILE))
-        cfg = {key: self.roles[role] for role, key in _HF_ROLE_KEYS.items() if role in self.roles}
+        cfg: dict[str, Any] = {key: self.roles[role] for role, key in _HF_ROLE_KEYS.items() if role in self.roles}
         cfg["unimodel_roles"] = self.roles
         (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
 

@@ -20,6 +20,8 @@ it adds a model::
 ``num_beams > 1``, ``sample`` when ``do_sample``, else the model's objective's
 ``default_strategy``, normally ``greedy``) after checking
 that the model provides every capability in the component's ``requires``.
+The options are a :class:`GenerationConfig` (the model's stored defaults,
+``model.generation_config``, with the call's overrides), validated when made.
 Option names a strategy lists in its ``options`` are accepted by
 ``generate`` and reach it in ``settings.extra``. The strategy is called as::
 
@@ -33,9 +35,13 @@ Option names a strategy lists in its ``options`` are accepted by
   of decoder start tokens; (B, 0) for a model without a start token), and ``encoder_output`` (already computed once for
   an encoder-decoder model). Autoregressive strategies drive the decoder with
   :class:`IncrementalDecoder` (KV cache, prefill then one token per step).
-- ``settings``: :class:`GenerationSettings`, the validated options with
-  defaults from ``model.special_tokens`` (decoder lengths, special ids, the
-  RNG for sampling, the streamer).
+- ``settings``: :class:`GenerationSettings`, the resolved options: decoder
+  lengths, special ids, the RNG for sampling, the streamer, the strategy's own
+  options in ``settings.extra`` and the whole :class:`GenerationConfig` in
+  ``settings.config``.
+
+:func:`generate_text` generates text from a text prompt (encoding, framing
+and decoding with the model's tokenizer); the CLI and the trainer use it.
 
 The strategy returns the full decoder sequences, prompt included, an input's
 returned sequences on consecutive rows; or, when an option asks for more (an
@@ -55,42 +61,56 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import InputError
+from unimodel.generation.config import GenerationConfig, GenerationOptionError
 from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder, recompute_prefix
 from unimodel.generation.processors import ScoreProcessors, banned_ngram_tokens, warp
 from unimodel.generation.settings import (
     OPTIONS,
     GenerationSettings,
+    call_config,
     check_option_names,
-    choose_strategy,
+    chosen_strategy,
+    default_config,
     resolve_settings,
 )
+from unimodel.generation.text import TextStreamer, generate_text, generate_texts
 from unimodel.nn.linear import decoding_layout
-from unimodel.registry import Registry, get_registry
+from unimodel.registry import Component, Registry, get_registry
 
 if TYPE_CHECKING:
     from unimodel.model import Model
 
 __all__ = [
     "OPTIONS",
+    "GenerationConfig",
     "GenerationInputs",
+    "GenerationOptionError",
     "GenerationSettings",
     "IncrementalDecoder",
     "ScoreProcessors",
+    "TextStreamer",
     "banned_ngram_tokens",
+    "declared_options",
     "generate",
+    "generate_text",
+    "generate_texts",
     "recompute_prefix",
     "warp",
 ]
+
+
+def declared_options(component: Component) -> tuple[str, ...]:
+    """The extra ``generate`` options a ``decoding`` component declares (reaching it in ``settings.extra``)."""
+    return tuple(component.options)
 
 
 def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Any:
     """Generate continuations of ``input_ids`` (B, S); returns a LongTensor (B * num_return_sequences, L)
     (or a strategy's richer result, when one of its options asks for it).
 
-    Options (Hugging Face names and meanings):
-        attention_mask: (B, S) 1 for real tokens, 0 for padding. A decoder-only
-            batch must be left-padded; each row then generates exactly what it
-            would alone.
+    Options (Hugging Face names and meanings). Every :class:`GenerationConfig`
+    field overrides the model's default (``model.generation_config``) for this
+    call; ``None`` keeps the default:
         max_new_tokens / max_length: how far to generate (``max_new_tokens`` wins;
             ``max_length`` counts the prompt, or the decoder sequence for an
             encoder-decoder model). Default: 20 new tokens, capped at the
@@ -98,14 +118,19 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         min_new_tokens / min_length: EOS is suppressed until reached.
         do_sample, temperature, top_k, top_p: sampling; ``top_k``/``top_p``
             ``None`` keep every token (HF's default top_k is 50: pass it to match).
-        seed or generator: makes sampling reproducible.
         num_beams, length_penalty, early_stopping (True, False or "never"): beam search.
         num_return_sequences: outputs per input (sampling, or <= num_beams).
-        repetition_penalty, no_repeat_ngram_size: HF's processors.
-        eos_token_id (int or list), pad_token_id, decoder_start_token_id: default
-            to the model's special tokens; pad falls back to eos.
-        streamer: callable receiving each step's new tokens, a LongTensor (B,).
+        repetition_penalty, no_repeat_ngram_size, forced_bos_token_id,
+            forced_eos_token_id: HF's processors.
+        eos_token_id (int or list), pad_token_id, bos_token_id, decoder_start_token_id:
+            the model's special tokens by default; pad falls back to eos.
         strategy: name of a ``decoding`` component to run instead of the default.
+    and for the call alone:
+        attention_mask: (B, S) 1 for real tokens, 0 for padding. A decoder-only
+            batch must be left-padded; each row then generates exactly what it
+            would alone.
+        seed or generator: makes sampling reproducible.
+        streamer: callable receiving each step's new tokens, a LongTensor (B,).
 
     The model is put in eval mode for the call (and restored after).
 
@@ -121,24 +146,30 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         ComponentNotFoundError: an unknown strategy name.
     """
     reg = registry or get_registry()
-    strategy_name = choose_strategy(options, default=model.objective.default_strategy or "greedy")
+    config = call_config(default_config(model), options)
+    strategy_name = chosen_strategy(model, config)
     # a strategy chosen from num_beams/do_sample is the core's, whatever other plugins call theirs
     component = reg.get("decoding", strategy_name, prefer=None if options.get("strategy") else "core")
-    declared = tuple(component.options)
-    check_option_names(options, OPTIONS + declared)
+    declared = declared_options(component)
+    check_option_names(options, tuple(dict.fromkeys(OPTIONS + declared)))
     _check_can_generate(model, strategy_name, component.requires, reg)
 
     ids, mask = _check_inputs(model, input_ids, options.get("attention_mask"))
     # The decoder prompt is the prompt itself, or the decoder start token of an encoder-decoder model.
     if model.encoder is not None:
-        has_start = options.get("decoder_start_token_id") is not None or any(
-            model.special_tokens.get(role) is not None for role in ("decoder_start", "bos")
-        )
+        has_start = config.decoder_start_token_id is not None or config.bos_token_id is not None
         prompt_length = 1 if has_start else 0
     else:
         prompt_length = ids.shape[1]
-    extra = {name: options[name] for name in declared if name in options}
-    settings = resolve_settings(model, options, strategy=strategy_name, prompt_length=prompt_length, extra=extra)
+    settings = resolve_settings(
+        model,
+        config,
+        prompt_length=prompt_length,
+        seed=options.get("seed"),
+        generator=options.get("generator"),
+        streamer=options.get("streamer"),
+        extra={name: options[name] for name in declared if name in options},
+    )
     from unimodel.bounds import check_generation_memory
 
     check_generation_memory(model, ids, settings)  # before any cache or beam buffer is allocated

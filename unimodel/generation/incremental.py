@@ -24,8 +24,8 @@ from torch import Tensor
 
 from unimodel.errors import InputError
 from unimodel.interfaces import Cap, EncoderOutput
-from unimodel.model import accepted_inputs, call_part
 from unimodel.nn.positions import positions_from_mask
+from unimodel.routing import accepted_inputs, call_part
 
 if TYPE_CHECKING:
     from unimodel.model import Model

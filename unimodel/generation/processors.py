@@ -3,7 +3,7 @@
 Two groups, applied in this order:
 
 1. :class:`ScoreProcessors` (every strategy): repetition penalty, no-repeat
-   n-grams, minimum length. Greedy and sampling apply them to raw logits,
+   n-grams, minimum length, forced first and last tokens. Greedy and sampling apply them to raw logits,
    beam search to log-probabilities, as Hugging Face does.
 2. :func:`warp` (sampling only): temperature, then top-k, then top-p.
 
@@ -38,6 +38,9 @@ class ScoreProcessors:
         self.min_length = settings.min_length if settings.eos_token_ids else 0
         self.eos = torch.tensor(settings.eos_token_ids, dtype=torch.long, device=prompt.device)
         self.vocab_size = vocab_size
+        self.forced_bos = settings.forced_bos_token_id
+        self.forced_eos = settings.forced_eos_token_id
+        self.max_length = settings.max_length
         self.seen: Tensor | None = None  # (N, V) bool: tokens present in each row, for the penalty
         if self.penalty != 1.0:
             ids = prompt
@@ -51,7 +54,8 @@ class ScoreProcessors:
 
     @property
     def active(self) -> bool:
-        return self.seen is not None or self.ngram > 0 or self.min_length > 0
+        forced = self.forced_bos is not None or self.forced_eos is not None
+        return self.seen is not None or self.ngram > 0 or self.min_length > 0 or forced
 
     def __call__(self, scores: Tensor, sequences: Tensor, length: int) -> Tensor:
         """Return processed scores (N, V).
@@ -67,6 +71,10 @@ class ScoreProcessors:
             scores = scores.masked_fill(banned, -float("inf"))
         if length < self.min_length:
             scores = scores.index_fill(1, self.eos, -float("inf"))
+        if self.forced_bos is not None and length == 1:
+            scores = _force(scores, self.forced_bos)
+        if self.forced_eos is not None and length == self.max_length - 1:
+            scores = _force(scores, self.forced_eos)
         return scores
 
     def observe(self, tokens: Tensor) -> None:
@@ -78,6 +86,13 @@ class ScoreProcessors:
         """Rows now descend from rows ``index`` (N,) (beam search)."""
         if self.seen is not None:
             self.seen = self.seen.index_select(0, index)
+
+
+def _force(scores: Tensor, token: int) -> Tensor:
+    """Scores (N, V) that leave ``token`` the only choice: 0 there, -inf elsewhere (Hugging Face's forcing)."""
+    forced = torch.full_like(scores, -float("inf"))
+    forced[:, token] = 0.0
+    return forced
 
 
 def banned_ngram_tokens(sequences: Tensor, n: int, vocab_size: int) -> Tensor:

@@ -1,4 +1,12 @@
-"""Generation options: Hugging Face names in, one validated :class:`GenerationSettings` out.
+"""A call's generation options: Hugging Face names in, one resolved :class:`GenerationSettings` out.
+
+``generate`` takes its options as keywords. Those that are
+:class:`~unimodel.generation.config.GenerationConfig` fields override the
+model's stored defaults (``model.generation_config``) one field at a time; the
+rest belong to the call alone (``attention_mask``, ``seed``, ``generator``,
+``streamer``) or to the strategy that declared them. :func:`resolve_settings`
+checks what needs the model (token ids against the vocabulary, lengths against
+the prompt and the position table) and returns the settings a strategy reads.
 
 Every length here is a *decoder* length: for a decoder-only model the prompt
 counts, for an encoder-decoder model the decoder sequence (which starts with
@@ -14,38 +22,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from unimodel.errors import ConfigError, InputError, did_you_mean
+from unimodel.errors import InputError, did_you_mean
+from unimodel.generation.config import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, generation_fields
 
 if TYPE_CHECKING:
     from unimodel.model import Model
 
-# Hugging Face generates 20 new tokens when no length is given.
-DEFAULT_MAX_NEW_TOKENS = 20
-
-OPTIONS = (
-    "attention_mask",
-    "max_new_tokens",
-    "max_length",
-    "min_new_tokens",
-    "min_length",
-    "do_sample",
-    "num_beams",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "length_penalty",
-    "early_stopping",
-    "eos_token_id",
-    "pad_token_id",
-    "decoder_start_token_id",
-    "num_return_sequences",
-    "seed",
-    "generator",
-    "streamer",
-    "strategy",
-)
+#: options that belong to one call and are not part of a stored generation config
+#: (``generation_config`` replaces the model's defaults as the base the other options override)
+CALL_OPTIONS = ("attention_mask", "seed", "generator", "streamer", "generation_config")
+#: every option ``generate`` accepts besides those a decoding strategy declares
+OPTIONS = (*generation_fields(), *CALL_OPTIONS)
 
 EarlyStopping = bool | Literal["never"]
 
@@ -76,6 +63,10 @@ class GenerationSettings:
         generator: RNG for sampling (``None``: torch's global RNG).
         streamer: called with each step's new tokens, a LongTensor (B,).
         extra: options a plugin strategy declared (``Component.extra["options"]``).
+        forced_bos_token_id, forced_eos_token_id: the first generated token, and the
+            token before ``max_length``, are forced to these ids (``None``: off).
+        config: the :class:`GenerationConfig` of the call (the model's defaults and
+            the call's overrides) these settings were resolved from.
     """
 
     strategy: str
@@ -98,6 +89,9 @@ class GenerationSettings:
     generator: torch.Generator | None = None
     streamer: Callable[[Tensor], Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
+    config: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
     def max_new_tokens(self) -> int:
@@ -109,51 +103,7 @@ class GenerationSettings:
         return self.temperature != 1.0 or self.top_k is not None or (self.top_p is not None and self.top_p < 1.0)
 
 
-# ----------------------------------------------------------------- checks
-def _int(options: Mapping[str, Any], name: str, *, minimum: int | None = None) -> int | None:
-    v = options.get(name)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InputError(f"generate: {name} must be an integer, got {v!r}")
-    if minimum is not None and v < minimum:
-        raise InputError(f"generate: {name} must be >= {minimum}, got {v}")
-    return v
-
-
-def _float(options: Mapping[str, Any], name: str, default: float) -> float:
-    v = options.get(name)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InputError(f"generate: {name} must be a number, got {v!r}")
-    return float(v)
-
-
-def _token_ids(value: Any, name: str, vocab: int) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, Tensor):
-        value = value.flatten().tolist()
-    ids = [value] if isinstance(value, int) else list(value) if isinstance(value, Sequence) else None
-    if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise InputError(f"generate: {name} must be a token id or a list of ids, got {value!r}")
-    bad = [i for i in ids if not 0 <= i < vocab]
-    if bad:
-        raise InputError(
-            f"generate: {name} {bad[0]} is outside the model's vocabulary of {vocab}; pass an id in 0..{vocab - 1}"
-        )
-    return tuple(ids)
-
-
-def _one_token(value: Any, name: str, vocab: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"generate: {name} must be one token id (an int), got {value!r}")
-    return _token_ids(value, name, vocab)[0]
-
-
+# ----------------------------------------------------------------- options
 def check_option_names(options: Mapping[str, Any], accepted: Sequence[str]) -> None:
     """Reject option names generate does not know (a misspelling would be silently ignored)."""
     for name in options:
@@ -164,105 +114,65 @@ def check_option_names(options: Mapping[str, Any], accepted: Sequence[str]) -> N
             )
 
 
-def choose_strategy(options: Mapping[str, Any], default: str = "greedy") -> str:
-    """The decoding component to run: the explicit ``strategy``, else HF's rule (``default`` in place of greedy)."""
-    name = options.get("strategy")
-    if name is not None:
-        if not isinstance(name, str):
-            raise InputError(f"generate: strategy must be a decoding component name, got {name!r}")
-        return name
-    beams = options.get("num_beams")
-    if isinstance(beams, int) and beams > 1:
-        return "beam"
-    return "sample" if options.get("do_sample") else default
+def chosen_strategy(model: Model, config: GenerationConfig) -> str:
+    """The decoding component to run: ``config.strategy_name``, except that a call naming no strategy that
+    would decode greedily runs the model's objective's ``default_strategy`` (``cmlm``: ``mask_predict``)."""
+    name = config.strategy_name
+    if config.strategy is None and name == "greedy":
+        return getattr(model.objective, "default_strategy", None) or name
+    return name
 
 
-def resolve_settings(
-    model: Model,
-    options: Mapping[str, Any],
-    *,
-    strategy: str,
-    prompt_length: int,
-    extra: Mapping[str, Any] | None = None,
-) -> GenerationSettings:
-    """Validate ``options`` and fill defaults from ``model.special_tokens``.
+def default_config(model: Model) -> GenerationConfig:
+    """The model's stored generation defaults; from its special tokens when it has none of its own."""
+    config = getattr(model, "generation_config", None)
+    if isinstance(config, GenerationConfig):
+        return config
+    return GenerationConfig.from_special_tokens(model.special_tokens)
 
-    ``prompt_length`` is the decoder prompt length (the prompt of a decoder-only
-    model; for an encoder-decoder model 1, the start token, or 0 without one).
+
+def call_config(base: GenerationConfig, options: Mapping[str, Any]) -> GenerationConfig:
+    """``base`` with the call's config options applied (``None`` keeps a field as it is).
+
+    A ``generation_config`` option replaces ``base``. A tensor of eos ids is taken
+    as the list of its values.
     """
+    given_base = options.get("generation_config")
+    if given_base is not None:
+        if not isinstance(given_base, GenerationConfig):
+            raise InputError(
+                f"generate: generation_config must be a unimodel GenerationConfig, got {type(given_base).__name__}"
+            )
+        base = given_base
+    fields = set(generation_fields())
+    given = {k: v for k, v in options.items() if k in fields}
+    eos = given.get("eos_token_id")
+    if isinstance(eos, Tensor):
+        given["eos_token_id"] = eos.flatten().tolist()
+    strategy = given.get("strategy")
+    if strategy is not None and not isinstance(strategy, str):
+        raise InputError(f"generate: strategy must be a decoding component name, got {strategy!r}")
+    return base.with_options(given)
+
+
+# ----------------------------------------------------------------- checks
+def _inside_vocabulary(ids: tuple[int, ...], name: str, vocab: int) -> tuple[int, ...]:
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+        raise InputError(
+            f"generate: {name} {bad[0]} is outside the model's vocabulary of {vocab}; pass an id in 0..{vocab - 1}"
+        )
+    return ids
+
+
+def _one(value: int | None, name: str, vocab: int) -> int | None:
+    return None if value is None else _inside_vocabulary((value,), name, vocab)[0]
+
+
+def _lengths(model: Model, config: GenerationConfig, prompt_length: int) -> tuple[int, int]:
+    """``(max_length, min_length)`` as decoder lengths, checked against the prompt and the position table."""
     assert model.decoder is not None
-    vocab = model.decoder.vocab_size
-    special = model.special_tokens
-
-    # ---- strategy shape
-    num_beams = _int(options, "num_beams")
-    if num_beams is not None and num_beams < 1:
-        raise ConfigError(f"generate: num_beams must be >= 1 (1 means no beam search), got {num_beams}")
-    num_beams = num_beams or 1
-    do_sample = bool(options.get("do_sample") or False) or strategy == "sample"
-    num_return = _int(options, "num_return_sequences")
-    if num_return is not None and num_return < 1:
-        raise ConfigError(f"generate: num_return_sequences must be >= 1, got {num_return}")
-    num_return = num_return or 1
-    if strategy == "beam" and num_return > num_beams:
-        raise ConfigError(
-            f"generate: num_return_sequences ({num_return}) cannot exceed num_beams ({num_beams}) in beam search; "
-            f"raise num_beams to at least {num_return}"
-        )
-    if strategy == "greedy" and num_return > 1:
-        raise ConfigError(
-            f"generate: greedy decoding returns one sequence per input, not num_return_sequences={num_return}; "
-            "pass do_sample=True or num_beams >= num_return_sequences"
-        )
-
-    # ---- sampling warpers: validated whenever given, so a typo is caught before a run
-    temperature = _float(options, "temperature", 1.0)
-    if do_sample and temperature <= 0:
-        raise ConfigError(
-            f"generate: temperature must be > 0 when sampling, got {temperature}; "
-            "for deterministic output use do_sample=False (greedy)"
-        )
-    top_k = _int(options, "top_k")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"generate: top_k must be >= 1, got {top_k}; pass top_k=None to keep every token")
-    top_p = options.get("top_p")
-    if top_p is not None:
-        top_p = _float(options, "top_p", 1.0)
-        if not 0.0 < top_p <= 1.0:
-            raise ConfigError(f"generate: top_p must be in (0, 1], got {top_p}; 1.0 (or None) keeps every token")
-
-    # ---- processors
-    repetition_penalty = _float(options, "repetition_penalty", 1.0)
-    if repetition_penalty <= 0:
-        raise ConfigError(f"generate: repetition_penalty must be > 0 (1.0 is off), got {repetition_penalty}")
-    ngram = _int(options, "no_repeat_ngram_size", minimum=0) or 0
-    length_penalty = _float(options, "length_penalty", 1.0)
-    early_stopping = options.get("early_stopping", False)
-    if early_stopping is None:
-        early_stopping = False
-    if early_stopping not in (True, False, "never") or not isinstance(early_stopping, (bool, str)):
-        raise ConfigError(f"generate: early_stopping must be True, False or 'never', got {early_stopping!r}")
-
-    # ---- special tokens
-    eos_value = options.get("eos_token_id")
-    eos = _token_ids(special.get("eos") if eos_value is None else eos_value, "eos_token_id", vocab)
-    pad = _one_token(options.get("pad_token_id"), "pad_token_id", vocab)
-    if pad is None:
-        pad = special.get("pad")
-    if pad is None:
-        pad = eos[0] if eos else 0  # only ever written after an EOS, so without one it never shows
-    start = None
-    if model.encoder is not None:
-        start = _one_token(options.get("decoder_start_token_id"), "decoder_start_token_id", vocab)
-        for role in ("decoder_start", "bos"):  # HF falls back to bos
-            if start is None:
-                start = special.get(role)
-
-    # ---- lengths
-    max_new = _int(options, "max_new_tokens")
-    if max_new is not None and max_new < 0:
-        raise InputError(f"generate: max_new_tokens must be >= 0, got {max_new}")
-    max_length = _int(options, "max_length")
+    max_new, max_length = config.max_new_tokens, config.max_length
     max_pos = model.decoder.max_positions
     if max_new is not None:  # max_new_tokens wins over max_length, as in HF
         max_length = prompt_length + max_new
@@ -288,47 +198,78 @@ def resolve_settings(
             f"generate: the prompt ({prompt_length} tokens) already fills model {model.name!r}'s position table "
             f"of {max_pos}; shorten the prompt"
         )
-    min_new = _int(options, "min_new_tokens", minimum=0)
-    min_length = _int(options, "min_length", minimum=0) or 0
-    if min_new is not None:  # min_new_tokens wins over min_length, as in HF
-        min_length = prompt_length + min_new
+    min_length = config.min_length
+    if config.min_new_tokens is not None:  # min_new_tokens wins over min_length, as in HF
+        min_length = prompt_length + config.min_new_tokens
+    return max_length, min_length
 
-    # ---- sampling RNG and streaming
-    seed, generator = options.get("seed"), options.get("generator")
+
+def _generator(model: Model, seed: Any, generator: Any) -> torch.Generator | None:
     if seed is not None and generator is not None:
         raise InputError("generate: pass either seed or generator, not both")
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputError(f"generate: seed must be an integer, got {seed!r}")
-        generator = torch.Generator(device=model.device).manual_seed(seed)
-    elif generator is not None and not isinstance(generator, torch.Generator):
+        return torch.Generator(device=model.device).manual_seed(seed)
+    if generator is not None and not isinstance(generator, torch.Generator):
         raise InputError(f"generate: generator must be a torch.Generator, got {type(generator).__name__}")
-    streamer = options.get("streamer")
+    return generator
+
+
+def resolve_settings(
+    model: Model,
+    config: GenerationConfig,
+    *,
+    prompt_length: int,
+    seed: Any = None,
+    generator: Any = None,
+    streamer: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> GenerationSettings:
+    """The settings a strategy reads: ``config`` checked against ``model``, lengths resolved.
+
+    ``prompt_length`` is the decoder prompt length (the prompt of a decoder-only
+    model; for an encoder-decoder model 1, the start token, or 0 without one).
+    """
+    assert model.decoder is not None
+    vocab = model.decoder.vocab_size
+    eos = _inside_vocabulary(config.eos_token_ids, "eos_token_id", vocab)
+    pad = _one(config.pad_token_id, "pad_token_id", vocab)
+    if pad is None:
+        pad = eos[0] if eos else 0  # only ever written after an EOS, so without one it never shows
+    start = None
+    if model.encoder is not None:
+        start = _one(config.decoder_start_token_id, "decoder_start_token_id", vocab)
+        if start is None:  # HF falls back to bos
+            start = _one(config.bos_token_id, "bos_token_id", vocab)
+    max_length, min_length = _lengths(model, config, prompt_length)
     if streamer is not None and not callable(streamer):
         raise InputError(
             f"generate: streamer must be a callable taking each step's tokens (a LongTensor of shape (batch,)), "
             f"got {type(streamer).__name__}"
         )
-
     return GenerationSettings(
-        strategy=strategy,
+        strategy=config.strategy_name,
         prompt_length=prompt_length,
         max_length=max_length,
         min_length=min_length,
-        do_sample=do_sample,
-        num_beams=num_beams,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=ngram,
-        length_penalty=length_penalty,
-        early_stopping=early_stopping,
+        do_sample=config.samples,
+        num_beams=config.num_beams,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        repetition_penalty=config.repetition_penalty,
+        no_repeat_ngram_size=config.no_repeat_ngram_size,
+        length_penalty=config.length_penalty,
+        early_stopping=config.early_stopping,  # type: ignore[arg-type]  # checked by GenerationConfig
         eos_token_ids=eos,
         pad_token_id=pad,
         decoder_start_token_id=start,
-        num_return_sequences=num_return,
-        generator=generator,
+        num_return_sequences=config.num_return_sequences,
+        generator=_generator(model, seed, generator),
         streamer=streamer,
         extra=dict(extra or {}),
+        forced_bos_token_id=_one(config.forced_bos_token_id, "forced_bos_token_id", vocab),
+        forced_eos_token_id=_one(config.forced_eos_token_id, "forced_eos_token_id", vocab),
+        config=config,
     )

@@ -16,12 +16,20 @@ as one batched multiply in which every thread reads its own contiguous chunk:
 With a single thread a widening layer reads one (in, out) transposed copy and
 the others keep ``linear``. The parameters, the state dict and training are
 untouched; the copies live only as long as the block.
+
+The copies belong to the block, not to the modules: they are held in a
+context variable, so two threads generating with one model (or with models
+sharing a layer) each read their own, and a module never carries another
+call's state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +39,23 @@ from torch import Tensor, nn
 DECODING_COPY_BUDGET = 1 << 30
 #: above this many rows (a prompt's prefill) ``linear`` on the parameter is faster than the copies
 DECODING_MAX_ROWS = 32
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One module's weights in the decoding layout (see :class:`DecodingLayout`)."""
+
+    weight: Tensor  # (k, in/k, out) copy, or (k, in, out/k) view of the parameter when split_out
+    bias: Tensor | None  # (k, 1, out): the bias in chunk 0, zeros elsewhere; or the (k, 1, out/k) view
+    split_out: bool
+
+
+#: the layouts of the innermost active :func:`decoding_layout` block of this thread (or task), by module
+_ACTIVE: ContextVar[Mapping[DecodingLayout, Layout] | None] = ContextVar("decoding_layout", default=None)
+#: blocks open in any thread: with none, a projection skips the context lookup (which torch.compile
+#: cannot trace, so training graphs stay whole)
+_open_blocks = 0
+_open_lock = threading.Lock()
 
 
 class DecodingLayout:
@@ -43,31 +68,56 @@ class DecodingLayout:
     once. Narrowing layers split the output (``decode_split_out``): ``decode_weight``
     is the (k, in, out/k) view of the parameter itself and ``decode_bias`` the
     (k, 1, out/k) view of the bias, so they cost no copy, and the chunks' results
-    side by side are the output.
+    side by side are the output. The three read the active block of the calling
+    thread: ``None``/``False`` outside one.
     """
 
     weight: Tensor
-    bias: Tensor | None
-    decode_weight: Tensor | None = None
-    decode_bias: Tensor | None = None
-    decode_split_out: bool = False
+
+    def layout_bias(self) -> Tensor | None:
+        """The (out,) bias, or ``None`` (``bias`` is declared by the module class it is mixed into)."""
+        bias: Tensor | None = getattr(self, "bias", None)
+        return bias
+
+    def decoding(self) -> Layout | None:
+        """This module's layout in the calling thread's active :func:`decoding_layout` block, if any."""
+        if not _open_blocks:
+            return None
+        active = _ACTIVE.get()
+        return None if active is None else active.get(self)
+
+    @property
+    def decode_weight(self) -> Tensor | None:
+        layout = self.decoding()
+        return None if layout is None else layout.weight
+
+    @property
+    def decode_bias(self) -> Tensor | None:
+        layout = self.decoding()
+        return None if layout is None else layout.bias
+
+    @property
+    def decode_split_out(self) -> bool:
+        layout = self.decoding()
+        return layout is not None and layout.split_out
 
     def project(self, x: Tensor) -> Tensor:
         """``linear(x, weight, bias)``, from the decoding layout when there is one and ``x`` has few rows."""
-        w = self.decode_weight
+        layout = self.decoding()  # read once: one consistent (weight, bias, split) for the whole product
         rows = x.numel() // x.shape[-1]
-        if w is None or rows > DECODING_MAX_ROWS:
-            return F.linear(x, self.weight, self.bias)
+        if layout is None or rows > DECODING_MAX_ROWS:
+            return F.linear(x, self.weight, self.layout_bias())
+        w, b = layout.weight, layout.bias
         k = w.shape[0]
-        if self.decode_split_out:
+        if layout.split_out:
             inp = x.reshape(1, rows, -1).expand(k, rows, -1)
-            y = torch.bmm(inp, w) if self.decode_bias is None else torch.baddbmm(self.decode_bias, inp, w)
+            y = torch.bmm(inp, w) if b is None else torch.baddbmm(b, inp, w)
             # (k, rows, out/k) -> (rows, out); for one row the memory order already is that
             y = y.view(1, -1) if rows == 1 else y.transpose(0, 1).reshape(rows, -1)
         else:
             # (k, rows, in/k); one row is a plain view (a strided one would make the multiply copy it)
             chunks = x.reshape(k, 1, -1) if rows == 1 else x.reshape(rows, k, -1).transpose(0, 1)
-            y = torch.bmm(chunks, w) if self.decode_bias is None else torch.baddbmm(self.decode_bias, chunks, w)
+            y = torch.bmm(chunks, w) if b is None else torch.baddbmm(b, chunks, w)
             y = y[0] if k == 1 else y.sum(0)
         return y.view(*x.shape[:-1], y.shape[-1])
 
@@ -105,18 +155,20 @@ def _transposed(w: Tensor, block: int = 512) -> Tensor:
     return out
 
 
-def _decoding_weights(m: DecodingLayout, k: int, split_out: bool) -> tuple[Tensor, Tensor | None]:
-    """``(decode_weight, decode_bias)`` for ``m`` (see :class:`DecodingLayout`)."""
+def _layout(m: DecodingLayout, k: int, split_out: bool) -> Layout:
+    """``m``'s weights in the decoding layout of ``k`` chunks (see :class:`DecodingLayout`)."""
     d_out, d_in = m.weight.shape
-    weight, bias = m.weight.detach(), m.bias.detach() if m.bias is not None else None
+    bias = m.layout_bias()
+    weight, bias = m.weight.detach(), bias.detach() if bias is not None else None
     if split_out:
-        return weight.view(k, d_out // k, d_in).transpose(1, 2), None if bias is None else bias.view(k, 1, d_out // k)
+        view = weight.view(k, d_out // k, d_in).transpose(1, 2)
+        return Layout(view, None if bias is None else bias.view(k, 1, d_out // k), True)
     w = _transposed(weight).view(k, d_in // k, d_out)
     if bias is None:
-        return w, None
+        return Layout(w, None, False)
     chunked = bias.new_zeros(k, 1, d_out)
     chunked[0, 0] = bias
-    return w, chunked
+    return Layout(w, chunked, False)
 
 
 @contextmanager
@@ -132,25 +184,31 @@ def decoding_layout(
     change inside the block (generation does not change them).
     """
     threads = torch.get_num_threads() if threads is None else threads
+    outer = _ACTIVE.get() or {}
     layers = {
         id(m): m
         for module in modules
         if module is not None
         for m in module.modules()
-        if isinstance(m, DecodingLayout) and m.decode_weight is None
+        if isinstance(m, DecodingLayout) and m not in outer  # an enclosing block already laid it out
     }.values()
     plans = [(m, plan) for m in layers if (plan := _plan(m, threads)) is not None]
     size = sum(m.weight.numel() * m.weight.element_size() for m, (_, split_out) in plans if not split_out)
     if not plans or size > budget:
         yield False
         return
+    with torch.no_grad():
+        layouts: dict[DecodingLayout, Layout] = {m: _layout(m, k, split_out) for m, (k, split_out) in plans}
+    token = _ACTIVE.set({**outer, **layouts})
+    _count_block(+1)
     try:
-        with torch.no_grad():
-            for m, (k, split_out) in plans:
-                m.decode_weight, m.decode_bias = _decoding_weights(m, k, split_out)
-                m.decode_split_out = split_out
         yield True
     finally:
-        for m, _ in plans:
-            for name in ("decode_weight", "decode_bias", "decode_split_out"):
-                m.__dict__.pop(name, None)
+        _count_block(-1)
+        _ACTIVE.reset(token)
+
+
+def _count_block(change: int) -> None:
+    global _open_blocks
+    with _open_lock:
+        _open_blocks += change

@@ -314,8 +314,8 @@ def check_kv_cache(name: str, *, registry: Registry | None = None) -> None:
 def _check_padded_cache(model: Model, ids: Tensor, bounds: list[tuple[int, int]], what: str) -> None:
     """Row 0 left-padded by 3, as generation pads a batch: cached decoding with the mask over cached + new
     positions and position ids that skip the pads equals the full forward at every real position."""
-    from unimodel.model import accepted_inputs
     from unimodel.nn.positions import positions_from_mask
+    from unimodel.routing import accepted_inputs
 
     assert model.decoder is not None
     mask = torch.ones_like(ids)

@@ -1,0 +1,138 @@
+"""accelerate set-up: the Accelerator a run uses, and the CPU multi-process launch.
+
+accelerate does device placement, mixed precision, gradient accumulation and
+multi-process data parallelism; unimodel writes no distributed code of its own.
+Two workarounds live here, and only here:
+
+- accelerate keeps process-wide state, so a second run in one process (a
+  notebook, a test) starts from a clean slate (:func:`make_accelerator`);
+- ``accelerate launch --cpu --num_processes N`` without mpirun starts a single
+  process; :func:`cpu_worker_command` is the command that starts the N workers
+  asked for (the CLI runs it), reading N from the launcher's command line, the
+  one place it is still written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from unimodel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from unimodel.training.config import TrainConfig
+
+
+def make_accelerator(tc: TrainConfig) -> Accelerator:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import DataLoaderConfiguration
+
+    if not PartialState._shared_state or PartialState().num_processes == 1:
+        # accelerate keeps process-wide state; a second run in one process (a notebook, a test)
+        # may use another precision or accumulation, so start from a clean slate.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    try:
+        acc = Accelerator(
+            cpu=tc.cpu,
+            mixed_precision=tc.mixed_precision,
+            gradient_accumulation_steps=tc.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            rng_types=[],  # data order and noise are pure functions of (seed, step); nothing to synchronise
+        )
+    except ValueError as exc:
+        raise ConfigError(f"train: accelerate cannot run this configuration: {exc}") from None
+    if tc.mixed_precision == "fp16" and acc.device.type == "cpu":
+        raise ConfigError(
+            'train: mixed_precision = "fp16" needs a GPU: on the CPU accelerate neither autocasts nor scales '
+            'fp16, so the run would silently train in fp32. Use "bf16" on the CPU, or set train.cpu = false on a '
+            "machine with a GPU"
+        )
+    return acc
+
+
+def _single_process_cpu_launch() -> bool:
+    """True in a process that ``accelerate launch --cpu --num_processes N>1`` started alone (no mpirun):
+    the launcher then sets MASTER_PORT for a process group it does not start itself."""
+    env = os.environ
+    launched_cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    ranked = any(k in env for k in ("WORLD_SIZE", "RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"))
+    return launched_cpu and "MASTER_PORT" in env and not ranked
+
+
+def _requested_cpu_processes() -> int | None:
+    """The ``--num_processes`` that the parent ``accelerate launch`` was given, or None when unknown.
+
+    accelerate's CPU launcher starts one process and passes the count to nobody; the parent's
+    command line is the one place it is still written.
+    """
+    try:
+        import psutil
+
+        cmdline = psutil.Process().parent().cmdline()
+    except Exception:
+        return None
+    if "launch" not in cmdline:
+        return None
+    for i, arg in enumerate(cmdline):
+        value = None
+        if arg == "--num_processes" and i + 1 < len(cmdline):
+            value = cmdline[i + 1]
+        elif arg.startswith("--num_processes="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def cpu_worker_command(train_args: Sequence[str]) -> list[str] | None:
+    """The command that starts the CPU worker group ``accelerate launch --cpu --num_processes N`` asked for.
+
+    Without mpirun, accelerate starts a single process for ``--cpu`` whatever ``--num_processes``
+    says. In that process this returns a ``torch.distributed.run`` command that starts N ranked
+    workers on the launcher's rendezvous address (each then joins a gloo group through
+    accelerate), or None when no relaunch is needed: not under that launcher, already ranked, or
+    a single process asked for.
+    """
+    if not _single_process_cpu_launch():
+        return None
+    n = _requested_cpu_processes()
+    if n is None or n < 2:
+        if n is None:
+            import warnings
+
+            warnings.warn(
+                "accelerate launch --cpu started ONE process and the requested number of processes could not be "
+                "read; training in one process. `accelerate launch --multi_gpu --num_processes N -m unimodel train "
+                "CONFIG` starts N CPU processes (train.cpu = true keeps them on the CPU).",
+                stacklevel=2,
+            )
+        return None
+    env = os.environ
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        env.get("MASTER_ADDR", "127.0.0.1"),
+        "--master_port",
+        env["MASTER_PORT"],
+        "-m",
+        "unimodel",
+        *train_args,
+    ]
+
+
+__all__ = ["cpu_worker_command", "make_accelerator"]

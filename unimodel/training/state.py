@@ -1,0 +1,239 @@
+"""A run's folder and the trainer state in it: data only, restored exactly on resume.
+
+The output folder holds::
+
+    metrics.jsonl          one JSON object per logged step / evaluation
+    tokenizer/             the tokenizer trained for the run
+    checkpoint/            config.json, model.safetensors, tokenizer files (a normal
+                           unimodel checkpoint), plus run.json, trainer_state.json,
+                           optimizer.safetensors and rng_state.safetensors
+
+Trainer state is data only: tensors in safetensors, their structure in JSON
+(:func:`encode_state`). Resuming restores weights, optimizer, schedule, data
+position and every process's RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unimodel.data.kinds import derive_seed
+from unimodel.errors import CheckpointError, TrainingError
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+TOKENIZER_DIR = "tokenizer"
+RUN_FILE = "run.json"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng_state.safetensors"
+STATE_FORMAT = "unimodel-trainer-state"
+STATE_VERSION = 1
+
+
+@dataclass
+class DataPosition:
+    """Where training is in the data: the epoch, and the examples of it already used."""
+
+    epoch: int = 0
+    examples_in_epoch: int = 0
+
+
+# ------------------------------------------------------------ the codec
+def encode_state(obj: Any, tensors: dict[str, Tensor], key: str) -> Any:
+    """A nested state (dicts, lists, tuples, scalars, tensors) as JSON; tensors go to ``tensors``.
+
+    Dicts become ``{"dict": [[key, value], ...]}`` (keys keep their int/str
+    type), tuples ``{"tuple": [...]}``, tensors ``{"tensor": name}``.
+    """
+    if isinstance(obj, Tensor):
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"tensor": key}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {"tuple": [encode_state(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [encode_state(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        for k in obj:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TrainingError(f"cannot save trainer state: key {k!r} under {key!r} is not a string or integer")
+        return {"dict": [[k, encode_state(v, tensors, f"{key}.{k}")] for k, v in obj.items()]}
+    raise TrainingError(f"cannot save trainer state: {key!r} holds a {type(obj).__name__}, which is not plain data")
+
+
+def decode_state(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
+    """Inverse of :func:`encode_state`."""
+    if isinstance(obj, list):
+        return [decode_state(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if set(obj) == {"tensor"}:
+            if obj["tensor"] not in tensors:
+                raise CheckpointError(f"trainer state names tensor {obj['tensor']!r}, which {OPTIMIZER_FILE} lacks")
+            return tensors[obj["tensor"]]
+        if set(obj) == {"tuple"}:
+            return tuple(decode_state(v, tensors) for v in obj["tuple"])
+        if set(obj) == {"dict"}:
+            return {k: decode_state(v, tensors) for k, v in obj["dict"]}
+        raise CheckpointError(f"trainer state holds an unexpected object with keys {sorted(obj)}")
+    return obj
+
+
+# ------------------------------------------------------- the state files
+def state_record(
+    *,
+    step: int,
+    position: DataPosition,
+    tokens_seen: int,
+    num_processes: int,
+    fingerprint: str,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    tensors: dict[str, Tensor],
+) -> dict[str, Any]:
+    """The ``trainer_state.json`` object; the optimizer's tensors go to ``tensors``."""
+    state = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "step": step,
+        "epoch": position.epoch,
+        "examples_in_epoch": position.examples_in_epoch,
+        "tokens_seen": tokens_seen,
+        "num_processes": num_processes,
+        "data_fingerprint": fingerprint,
+        "optimizer": encode_state(optimizer.state_dict(), tensors, "optimizer"),
+        "scheduler": encode_state(scheduler.state_dict(), {}, "scheduler"),
+        "python_rng": encode_state(random.getstate(), {}, "python_rng"),
+    }
+    if scaler is not None:  # fp16 loss scale: a resumed run continues with the same scale
+        state["grad_scaler"] = encode_state(scaler.state_dict(), {}, "grad_scaler")
+    return state
+
+
+def open_run_folder(out: Path, *, resume: bool, overwrite: bool, main: bool) -> dict[str, Any] | None:
+    """Check the run folder ``out`` against ``resume``: the saved trainer state when resuming (metrics past
+    it dropped), else ``None`` after the main process has cleared the previous run's checkpoint and metrics."""
+    folder = out / CHECKPOINT_DIR
+    has_ckpt = (folder / STATE_FILE).is_file()
+    if resume:
+        if not has_ckpt:
+            raise TrainingError(
+                f"resume: {str(folder)!r} holds no trainer checkpoint; run without --resume to start "
+                "a new run, or point train.output_dir at the run to continue"
+            )
+        state = read_json_state(folder / STATE_FILE)
+        if main:
+            truncate_metrics(out / METRICS_FILE, state["step"])
+        return state
+    if has_ckpt and not overwrite:
+        raise TrainingError(
+            f"{str(out)!r} already holds a checkpoint of a run; pass --resume (resume=True) to continue it, "
+            "set train.overwrite = true to replace it, or choose another train.output_dir"
+        )
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    return None
+
+
+def read_json_state(path: Path) -> dict[str, Any]:
+    """A ``trainer_state.json``, checked to be one this unimodel reads."""
+    from unimodel.checkpoint import read_json
+
+    state = read_json(path)
+    if state.get("format") != STATE_FORMAT or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{str(path)!r} is not a unimodel trainer state")
+    if state.get("version", 0) > STATE_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} was written by a newer unimodel (trainer state v{state['version']}); upgrade unimodel"
+        )
+    return state
+
+
+def restore_optimizer(
+    state: Mapping[str, Any], folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any
+) -> None:
+    """Load the optimizer, schedule (and fp16 loss scale) that ``state`` and ``folder``'s tensors describe."""
+    from unimodel.checkpoint import load_tensors
+
+    tensors, _ = load_tensors(folder / OPTIMIZER_FILE)
+    try:
+        optimizer.load_state_dict(decode_state(state["optimizer"], tensors))
+        scheduler.load_state_dict(decode_state(state["scheduler"], {}))
+        if scaler is not None and "grad_scaler" in state:
+            scaler.load_state_dict(decode_state(state["grad_scaler"], {}))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"optimizer state in {str(folder)!r} does not fit this model: {exc}") from None
+
+
+# ------------------------------------------------------------------ RNG
+def rng_tensors(all_cpu_states: Tensor, process_index: int) -> dict[str, Tensor]:
+    """What ``rng_state.safetensors`` holds: every process's CPU RNG state (rows of ``all_cpu_states``)
+    and this process's CUDA states."""
+    out = {f"torch_cpu.{r}": all_cpu_states[r] for r in range(all_cpu_states.shape[0])}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda.{process_index}.{i}"] = s
+    return out
+
+
+def set_rng_states(rng: Mapping[str, Tensor], state: Mapping[str, Any], rank: int) -> None:
+    """Restore process ``rank``'s RNG states from a checkpoint (``rng``: ``rng_state.safetensors``)."""
+    key = f"torch_cpu.{rank}"
+    if key in rng:
+        torch.set_rng_state(rng[key])
+    else:  # resumed on more processes than the run had: new ranks get a fresh, derived stream
+        torch.manual_seed(derive_seed("resume", state.get("step"), rank))
+    cuda = sorted(k for k in rng if k.startswith(f"cuda.{rank}."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([rng[k] for k in cuda])
+    random.setstate(decode_state(state["python_rng"], {}))
+
+
+# -------------------------------------------------------------- metrics
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint's step: a resumed run logs those steps again."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "METRICS_FILE",
+    "OPTIMIZER_FILE",
+    "RNG_FILE",
+    "RUN_FILE",
+    "STATE_FILE",
+    "TOKENIZER_DIR",
+    "DataPosition",
+    "decode_state",
+    "encode_state",
+    "open_run_folder",
+    "read_json_state",
+    "restore_optimizer",
+    "rng_tensors",
+    "set_rng_states",
+    "state_record",
+    "truncate_metrics",
+]

@@ -1,0 +1,587 @@
+"""The trainer: one run of a :class:`~unimodel.training.config.RunConfig` on accelerate.
+
+:class:`Trainer` reads the data the objective's data kind names, trains (or
+loads) a tokenizer, builds the model and trains it with AdamW under a warm-up
++ cosine schedule. The loop is three named steps: :meth:`Trainer.micro_step`
+(forward and backward of one micro-batch, then accelerate's update, which acts
+on the last micro-batch of a step), :meth:`Trainer.optimizer_step` (on that
+last micro-batch: the step's loss over micro-batches and processes, gradient
+clipping) and :meth:`Trainer.after_step` (progress, metrics, evaluation,
+checkpoint). Data kinds differ only behind :class:`~unimodel.data.kinds.DataKind`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from unimodel.data.dataset import make_tokenizer, tokenizer_recipe
+from unimodel.data.kinds import DataKind, Example, TaskMetric, data_kind, derive_seed
+from unimodel.data.tokenizer import Tokenizer
+from unimodel.errors import ConfigError, DataError, TrainingError
+from unimodel.training.config import RunConfig, load_run_config
+from unimodel.training.evaluation import EvalResult, evaluate_examples
+from unimodel.training.launch import make_accelerator
+from unimodel.training.schedule import make_optimizer, make_scheduler
+from unimodel.training.spec import needed_roles
+from unimodel.training.state import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    RUN_FILE,
+    STATE_FILE,
+    TOKENIZER_DIR,
+    DataPosition,
+    open_run_folder,
+    restore_optimizer,
+    rng_tensors,
+    set_rng_states,
+    state_record,
+)
+from unimodel.training.steps import LogWindow, StepRecord, _as_list, _ExampleDataset, _ObjectiveStep
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from unimodel.model import Model
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``losses`` maps each step run by this call to its training loss."""
+
+    output_dir: Path
+    checkpoint: Path | None
+    start_step: int
+    step: int
+    losses: dict[int, float]
+    before: EvalResult | None
+    after: EvalResult | None
+    sample: str | None
+    tokens_seen: int
+    elapsed_s: float
+    model: Model = dataclasses.field(repr=False)
+
+    @property
+    def val_perplexity_before(self) -> float | None:
+        return None if self.before is None else self.before.perplexity
+
+    @property
+    def val_perplexity_after(self) -> float | None:
+        return None if self.after is None else self.after.perplexity
+
+    @property
+    def exact_match(self) -> float | None:
+        """Exact match on the validation pairs after training (pair data), else None."""
+        return None if self.after is None else self.after.exact_match
+
+
+class Trainer:
+    """One training run. Use :func:`train`; this class holds the run's state.
+
+    Attributes set by :meth:`setup`: ``data`` (a :class:`DataKind`), ``tokenizer``,
+    ``model``; ``optimizer`` and ``scheduler`` (the torch objects, whose state is
+    saved), ``objective_step`` (the module that computes the loss) and
+    ``prepared_optimizer``, ``prepared_scheduler`` and ``step_module``
+    (accelerate's wrappers of those three, which the loop calls).
+    """
+
+    data: DataKind
+    tokenizer: Tokenizer | None
+    model: Model
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    prepared_optimizer: Any
+    prepared_scheduler: Any
+    objective_step: _ObjectiveStep
+    step_module: nn.Module
+
+    def __init__(self, run: RunConfig, *, resume: bool = False) -> None:
+        self.run = run
+        self.tc = run.train
+        self.resume = resume
+        self.out = Path(self.tc.output_dir)
+        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self.accelerator: Accelerator = make_accelerator(self.tc)
+        self.main = self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        if self.tc.batch_size % (self.tc.gradient_accumulation_steps * self.world):
+            raise ConfigError(
+                f"train: batch_size {self.tc.batch_size} (the global batch) must be divisible by "
+                f"gradient_accumulation_steps ({self.tc.gradient_accumulation_steps}) x processes ({self.world}); "
+                "change batch_size or the number of processes"
+            )
+        self.micro_batch = self.tc.batch_size // self.tc.gradient_accumulation_steps  # over all processes
+        self.step = 0
+        self.position = DataPosition()
+        self.tokens_seen = 0
+        self.losses: dict[int, float] = {}
+        self.fingerprint = ""
+        self.last_checkpoint_step: int | None = None
+        self.last_metric: TaskMetric | None = None
+        self.carried: dict[int, Any] = {}  # per micro-batch slot: what the data kind carries between steps
+        self.current = StepRecord()
+        self.window = LogWindow()
+        self.bar: Any = None
+
+    # ------------------------------------------------------------- logging
+    def log(self, message: str) -> None:
+        if self.main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message, file=sys.stdout)
+            sys.stdout.flush()
+
+    def write_metrics(self, record: Mapping[str, Any]) -> None:
+        if self.main:
+            with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(dict(record)) + "\n")
+
+    # ---------------------------------------------------------------- setup
+    def prepare_output_dir(self) -> dict[str, Any] | None:
+        """Check the output folder against ``resume``; returns the saved trainer state when resuming."""
+        state = open_run_folder(self.out, resume=self.resume, overwrite=self.tc.overwrite, main=self.main)
+        if state is None:
+            self.accelerator.wait_for_everyone()  # the main process has cleared the folder
+        return state
+
+    def setup_tokenizer(self, train_docs: Sequence[str], roles: Sequence[str]) -> Tokenizer:
+        data = self.run.data
+        if self.resume:
+            return Tokenizer.load(self.ckpt_dir)
+        if not data.trains_tokenizer:
+            return make_tokenizer(data, train_docs)
+        folder = self.out / TOKENIZER_DIR
+        # One process trains and saves; the others read what it wrote, so all hold the same vocabulary.
+        with self.accelerator.main_process_first():
+            if self.main:
+                started = time.perf_counter()
+                recipe = tokenizer_recipe(self.run.model_spec.name)
+                tok = make_tokenizer(data, train_docs, needed_roles=roles, recipe=recipe)
+                from unimodel.checkpoint import atomic_dir
+
+                with atomic_dir(folder) as tmp:
+                    tok.save(tmp)
+                self.log(
+                    f"trained a {tok.kind} tokenizer: {tok.vocab_size} tokens "
+                    f"in {time.perf_counter() - started:.1f}s -> {folder}"
+                )
+            else:
+                tok = Tokenizer.load(folder)
+        return tok
+
+    def build_model(self, tokenizer: Tokenizer | None) -> Model:
+        from unimodel.model import build_model
+
+        if self.resume:
+            from unimodel.checkpoint import load
+
+            model = load(self.ckpt_dir)
+            wanted = self.run.objective_name
+            if wanted is not None and wanted != model.objective_name:
+                raise TrainingError(
+                    f"resume: the checkpoint was trained with objective {model.objective_name!r} but the config names "
+                    f"{wanted!r}; a resumed run continues the same objective. Start a new run (another "
+                    "train.output_dir) to train with a different objective"
+                )
+            return model
+        spec = self.run.model_spec
+        config = spec.filled(tokenizer) if tokenizer is not None else spec.config
+        torch.manual_seed(self.tc.seed)  # the same initial weights in every process and every run
+        return build_model(spec.build_spec(config), objective=self.run.objective_spec.build_spec(), tokenizer=tokenizer)
+
+    def setup(self, state: Mapping[str, Any] | None) -> dict[str, Tensor]:
+        """Data, tokenizer, model, optimizer and schedule, restored from ``state`` when resuming; returns
+        the checkpoint's RNG tensors (empty for a new run)."""
+        tc, objective = self.tc, self.run.objective_spec
+        kind = data_kind(objective.data_kind)
+        raw = kind.read(self.run.data, objective=objective.name)
+        tokenizer = None
+        if kind.uses_tokenizer:
+            roles = needed_roles(self.run.model_spec, objective)
+            tokenizer = self.setup_tokenizer(raw.tokenizer_texts(), roles)
+        data = kind.encode(self.run.data, tokenizer, raw)
+        model = self.build_model(tokenizer)
+        data.check_fits(model, tokenizer)
+        self.log(
+            f"model {model.preset or model.name!r} + objective {model.objective_name!r}: "
+            f"{model.num_parameters():,} parameters, vocabulary {model.vocab_size}; data: {data.describe()}; "
+            f"{self.world} process(es)"
+        )
+        if data.n_train < tc.batch_size:
+            raise DataError(
+                f"the training split has {data.n_train} {data.unit}, fewer than one batch (train.batch_size "
+                f"{tc.batch_size}); {data.fix_for_too_few()}"
+            )
+        self.optimizer = make_optimizer(model, tc)
+        self.scheduler = make_scheduler(self.optimizer, tc)
+        self.fingerprint = data.fingerprint()
+        rng = self.restore(state) if state is not None else {}
+        compiled: Any = torch.compile(model) if tc.compile else None
+        self.objective_step = _ObjectiveStep(model, compiled, keep_output=data.carries_state)
+        self.step_module, self.prepared_optimizer, self.prepared_scheduler = self.accelerator.prepare(
+            self.objective_step, self.optimizer, self.scheduler
+        )
+        self.model, self.tokenizer, self.data = model, tokenizer, data
+        return rng
+
+    # ------------------------------------------------------------ the run
+    def run_training(self) -> TrainResult:
+        from accelerate.utils import set_seed
+
+        started = time.perf_counter()
+        state = self.prepare_output_dir()
+        set_seed(self.tc.seed)
+        rng = self.setup(state)
+        before = self.evaluate_validation("before training")
+        if state is not None:
+            set_rng_states(rng, state, self.accelerator.process_index)
+        else:  # dropout differs per process
+            torch.manual_seed(derive_seed(self.tc.seed, "process", self.accelerator.process_index))
+        start_step = self.step
+        self.loop()
+        if self.step > start_step and self.last_checkpoint_step != self.step:
+            self.save_checkpoint()
+        after = self.evaluate_validation("after training")
+        sample = self.sample()
+        self.accelerator.wait_for_everyone()
+        elapsed = time.perf_counter() - started
+        scored = ""
+        if after is not None and after.task_score is not None and self.last_metric is not None:
+            scored = f", {self.last_metric.label} {after.task_score:.2%}"
+        self.log(
+            f"done: {self.step} steps, {self.tokens_seen:,} tokens, {elapsed:.1f}s{scored}; checkpoint: {self.ckpt_dir}"
+        )
+        return TrainResult(
+            output_dir=self.out,
+            checkpoint=self.ckpt_dir if self.last_checkpoint_step is not None or self.resume else None,
+            start_step=start_step,
+            step=self.step,
+            losses=self.losses,
+            before=before,
+            after=after,
+            sample=sample,
+            tokens_seen=self.tokens_seen,
+            elapsed_s=elapsed,
+            model=self.model,
+        )
+
+    # ------------------------------------------------------------ the loop
+    def loop(self) -> None:
+        """Train until ``max_steps``, one epoch's remaining examples at a time."""
+        from tqdm.auto import tqdm
+
+        tc = self.tc
+        if self.step >= tc.max_steps:
+            self.log(f"the checkpoint is at step {self.step}, train.max_steps is {tc.max_steps}: nothing to train")
+            return
+        self.model.train()
+        self.bar = tqdm(
+            total=tc.max_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.main and tc.progress),
+            file=sys.stderr,
+        )
+        self.window, self.current = LogWindow(), StepRecord()
+        try:
+            while self.step < tc.max_steps:
+                for examples in self.micro_batches():
+                    self.micro_step(examples)
+                    if self.accelerator.sync_gradients:
+                        self.after_step()
+                if self.position.examples_in_epoch + tc.batch_size > self.data.n_train:
+                    self.position = DataPosition(self.position.epoch + 1, 0)
+        finally:
+            self.bar.close()
+
+    def micro_batches(self) -> Iterator[list[Example]]:
+        """This process's micro-batches of the current epoch's remaining global batches (up to ``max_steps``).
+
+        Every process iterates the same global order; accelerate gives each its
+        share of each micro-batch.
+        """
+        tc, pos = self.tc, self.position
+        steps = min(tc.max_steps - self.step, (self.data.n_train - pos.examples_in_epoch) // tc.batch_size)
+        if steps <= 0:
+            return
+        order = self.data.epoch_order(pos.epoch, seed=tc.seed)
+        chosen = order[pos.examples_in_epoch : pos.examples_in_epoch + steps * tc.batch_size]
+        self.epoch_indices = order
+        loader = self.accelerator.prepare_data_loader(
+            torch.utils.data.DataLoader(
+                _ExampleDataset(self.data),
+                batch_size=self.micro_batch,
+                sampler=chosen,
+                drop_last=False,
+                collate_fn=_as_list,
+                # its own generator: a new iterator must not draw from the
+                # global RNG that dropout uses (resume would drift)
+                generator=torch.Generator(),
+            ),
+            device_placement=False,
+        )
+        yield from loader
+
+    def micro_step(self, examples: list[Example]) -> None:
+        """Forward and backward of one micro-batch; the last one of a step also updates the weights."""
+        acc, step = self.accelerator, self.current
+        with acc.accumulate(self.step_module):
+            loss = self.step_module(self.micro_batch_inputs(examples, step.micro))
+            acc.backward(loss)
+            if self.data.carries_state:
+                output, self.objective_step.output = self.objective_step.output, None
+                assert output is not None
+                self.carried[step.micro] = self.data.carry_out(output)
+            step.loss_sum += loss.detach().double().cpu()
+            step.micro += 1
+            if acc.sync_gradients:
+                self.optimizer_step()
+            # accelerate's wrappers act on the last micro-batch of a step only
+            self.prepared_optimizer.step()
+            self.prepared_scheduler.step()
+            self.prepared_optimizer.zero_grad(set_to_none=True)
+
+    def micro_batch_inputs(self, examples: list[Example], micro: int) -> dict[str, Tensor]:
+        """The objective's batch of ``examples`` on the device, with what the data kind carries in."""
+        acc = self.accelerator
+        # objective noise is a pure function of (seed, step, micro-batch, process): resumable
+        g = torch.Generator().manual_seed(derive_seed(self.tc.seed, "noise", self.step, micro, acc.process_index))
+        batch = self.model.objective.prepare(examples, tokenizer=self.tokenizer, generator=g)
+        if self.data.carries_state:
+            batch = self.data.carry_in(batch, self.carried.get(micro))
+        return {k: v.to(acc.device) for k, v in batch.items()}
+
+    def optimizer_step(self) -> None:
+        """The step's loss over its micro-batches and processes, then gradient clipping (the update follows)."""
+        acc, tc, step = self.accelerator, self.tc, self.current
+        accum = tc.gradient_accumulation_steps
+        step.loss = float(acc.reduce(step.loss_sum.to(acc.device) / accum, reduction="mean"))
+        if not math.isfinite(step.loss):
+            self.fail_not_finite(step.loss)
+        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        step.grad_norm = float(acc.clip_grad_norm_(self.step_module.parameters(), max_norm))
+        step.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+
+    def after_step(self) -> None:
+        """Bookkeeping after an optimizer step: position, progress, metrics, evaluation, checkpoint."""
+        tokens = self.advance()
+        self.show_progress(tokens)
+        self.log_step()
+        tc = self.tc
+        if tc.eval_every and self.step % tc.eval_every == 0 and self.step != tc.max_steps:
+            self.evaluate_validation(f"step {self.step}")
+            self.model.train()
+        if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+            self.save_checkpoint()
+        self.current = StepRecord()
+
+    def advance(self) -> int:
+        """Count the step just taken; returns the tokens of its global batch."""
+        bs, pos = self.tc.batch_size, self.position
+        tokens = self.data.n_tokens(self.epoch_indices[pos.examples_in_epoch : pos.examples_in_epoch + bs])
+        self.step += 1
+        self.position = DataPosition(pos.epoch, pos.examples_in_epoch + bs)
+        self.tokens_seen += tokens
+        self.losses[self.step] = self.current.loss
+        self.window.losses.append(self.current.loss)
+        self.window.tokens += tokens
+        return tokens
+
+    def show_progress(self, tokens: int) -> None:
+        step = self.current
+        tok_s = tokens / max(time.perf_counter() - step.started, 1e-9)
+        self.bar.set_postfix(loss=f"{step.loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{step.lr:.2e}", refresh=False)
+        self.bar.update(1)
+
+    def log_step(self) -> None:
+        """Every ``log_every`` steps (and at the last): the window's mean loss and throughput to metrics.jsonl."""
+        tc, window = self.tc, self.window
+        if self.step % tc.log_every and self.step != tc.max_steps:
+            return
+        self.write_metrics(
+            {
+                "step": self.step,
+                "loss": sum(window.losses) / len(window.losses),
+                "lr": self.current.lr,
+                "grad_norm": self.current.grad_norm,
+                "tokens": self.tokens_seen,
+                "epoch": self.position.epoch,
+                "tokens_per_s": window.tokens / max(time.perf_counter() - window.started, 1e-9),
+            }
+        )
+        self.window = LogWindow()
+
+    def fail_not_finite(self, value: float) -> None:
+        step = self.step + 1
+        self.write_metrics({"step": step, "event": "non_finite_loss", "loss": str(value)})
+        if self.last_checkpoint_step is not None:
+            kept = (
+                f"the last good checkpoint, from step {self.last_checkpoint_step}, is in place at "
+                f"{str(self.ckpt_dir)!r}"
+            )
+        elif self.resume:
+            kept = f"the checkpoint this run resumed from is in place at {str(self.ckpt_dir)!r}"
+        else:
+            kept = "no checkpoint had been written yet"
+        raise TrainingError(
+            f"step {step}: the training loss is {value} (not finite); training stopped and {kept}. Lower "
+            "train.learning_rate, lengthen train.warmup_steps or keep train.max_grad_norm on, then resume with --resume"
+        )
+
+    # ------------------------------------------------------- evaluation etc.
+    def evaluate_validation(self, when: str) -> EvalResult | None:
+        examples = self.data.validation_examples
+        if not examples:
+            return None
+        tc = self.tc
+        batch_size = tc.eval_batch_size or tc.batch_size
+        result = evaluate_examples(
+            self.model,
+            examples,
+            tokenizer=self.tokenizer,
+            batch_size=batch_size,
+            seed=tc.seed,
+            max_batches=tc.max_eval_batches,
+            accelerator=self.accelerator,
+            unit=self.data.unit,
+        )
+        line = (
+            f"validation {when}: loss {result.loss:.4f}, perplexity {result.perplexity:,.2f} "
+            f"({result.n_tokens:,} tokens)"
+        )
+        record: dict[str, Any] = {
+            "step": self.step,
+            "val_loss": result.loss,
+            "val_perplexity": result.perplexity,
+            "val_tokens": result.n_tokens,
+        }
+        metric = self.task_metric(examples, batch_size)
+        if metric is not None:
+            result.with_metric(metric)
+            line += f"; {metric.summary()}"
+            record.update({f"val_{metric.name}": metric.score, f"val_{metric.name}_examples": metric.total})
+            self.last_metric = metric
+        self.log(line)
+        self.write_metrics(record)
+        return result
+
+    def task_metric(self, examples: Sequence[Example], batch_size: int) -> TaskMetric | None:
+        """The data kind's task metric on the first ``exact_match_examples`` validation examples."""
+        limit = self.tc.exact_match_examples
+        if limit == 0 or self.step == 0:  # an untrained model matches nothing: scoring starts after step 0
+            return None
+        return self.data.task_metric(
+            self.model, examples[:limit], tokenizer=self.tokenizer, batch_size=batch_size, accelerator=self.accelerator
+        )
+
+    def sample(self) -> str | None:
+        """What the data kind shows after training (on the main process), logged and returned."""
+        tc = self.tc
+        if not self.main:
+            return None
+        # the model's special tokens and processors, sampled as [train] says
+        generation = self.model.generation_config.replace(
+            max_new_tokens=tc.sample_tokens,
+            do_sample=True,
+            top_k=tc.sample_top_k or None,
+            num_beams=1,
+            num_return_sequences=1,
+            strategy=None,
+        )
+        shown = self.data.sample(
+            self.model,
+            self.tokenizer,
+            prompt=tc.sample_prompt,
+            generation=generation,
+            seed=tc.seed,
+            metric=self.last_metric,
+        )
+        if shown is None:
+            return None
+        self.log(f"{shown.heading}:\n{shown.text}")
+        return shown.text
+
+    # ---------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint/`` atomically (main process); every process's RNG state goes in it."""
+        acc = self.accelerator
+        rng = torch.get_rng_state()
+        all_rng = acc.gather(rng[None].to(acc.device)).cpu() if self.world > 1 else rng[None]
+        if self.main:
+            from unimodel.checkpoint import atomic_dir, save_tensors, write_json
+
+            tensors: dict[str, Tensor] = {}
+            state = state_record(
+                step=self.step,
+                position=self.position,
+                tokens_seen=self.tokens_seen,
+                num_processes=self.world,
+                fingerprint=self.fingerprint,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=acc.scaler,
+                tensors=tensors,
+            )
+            with atomic_dir(self.ckpt_dir) as tmp:
+                self.model.save(tmp)
+                write_json(tmp / RUN_FILE, {"schema_version": 1, **self.run.to_dict()})
+                save_tensors(tensors, tmp / OPTIMIZER_FILE)
+                save_tensors(rng_tensors(all_rng, acc.process_index), tmp / RNG_FILE)
+                write_json(tmp / STATE_FILE, state)
+        acc.wait_for_everyone()
+        self.last_checkpoint_step = self.step
+
+    def restore(self, state: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Load optimizer, schedule and position from a checkpoint; returns the saved RNG tensors."""
+        from unimodel.checkpoint import load_tensors
+
+        if state.get("data_fingerprint") != self.fingerprint:
+            raise TrainingError(
+                f"resume: the training data differs from the data of the checkpoint in {str(self.ckpt_dir)!r} "
+                "(other text or pairs, tokenizer, block size or split); resume with the run's own [data] settings, "
+                "or start a new run"
+            )
+        restore_optimizer(state, self.ckpt_dir, self.optimizer, self.scheduler, self.accelerator.scaler)
+        self.step = int(state["step"])
+        self.position = DataPosition(int(state["epoch"]), int(state["examples_in_epoch"]))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.last_checkpoint_step = self.step
+        rng, _ = load_tensors(self.ckpt_dir / RNG_FILE)
+        self.log(f"resuming from {self.ckpt_dir} at step {self.step} (epoch {self.position.epoch})")
+        return rng
+
+
+def train(
+    config: str | Path | Mapping[str, Any] | RunConfig,
+    *,
+    resume: bool = False,
+    overrides: Sequence[str] | None = None,
+) -> TrainResult:
+    """Train the model a run config describes; returns losses, perplexities, the sample and the model.
+
+    ``config``: a ``.toml``/``.json`` path, a dict or a :class:`RunConfig`.
+    ``overrides``: ``"section.key=value"`` strings, e.g. ``"train.max_steps=20"``.
+    ``resume``: continue the run whose checkpoint is in ``train.output_dir``.
+    Works the same under ``accelerate launch`` with several processes.
+    The run config is checked whole (the ``[model]`` and ``[objective]`` keys
+    against their config classes) before any data is read.
+    """
+    run = load_run_config(config, overrides)
+    return Trainer(run, resume=resume).run_training()
+
+
+__all__ = ["TrainResult", "Trainer", "train"]
