@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from unimodel_nat.distill import decode_sources, distill, load_pairs
+from unimodel.generation.distill import decode_sources, distill, load_pairs
 
 import unimodel as um
 from unimodel.data.pairs import read_pairs

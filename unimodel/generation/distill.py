@@ -1,4 +1,5 @@
-"""Sequence-level knowledge distillation: an autoregressive teacher rewrites the targets of a pair corpus.
+"""Sequence-level knowledge distillation: an autoregressive teacher rewrites the targets of a pair corpus
+(``unimodel distill``).
 
 A non-autoregressive model learns much better from a teacher's outputs than from
 the original targets (Mask-Predict: +7 BLEU at one iteration), because the
@@ -18,13 +19,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from unimodel.data.pairs import Pair, read_pairs
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Cap
+
+if TYPE_CHECKING:
+    from unimodel.model import Model
 
 
 @dataclass
@@ -49,14 +51,22 @@ class DistillResult:
 def load_pairs(data: Any, *, split: str = "train") -> list[Pair]:
     """The ``(source, target)`` pairs of ``data``.
 
-    ``data`` is a pair file or a list of them (JSONL or TSV, as ``data.paths``
-    reads them), a ``[data]`` table (a mapping or
-    :class:`~unimodel.data.dataset.DataConfig`, e.g. ``{"corpus": "numbers",
-    "corpus_options": {"count": 4}}``; its ``split`` is used), or the pairs
+    ``data`` is a registered pair corpus name (``"numbers"``), a run config file
+    (``.toml``/``.json``: its ``[data]`` table), a pair file or a list of them
+    (JSONL or TSV, as ``data.paths`` reads them; every pair, nothing held out), a
+    ``[data]`` table (a mapping or :class:`~unimodel.data.dataset.DataConfig`,
+    e.g. ``{"corpus": "numbers", "corpus_options": {"count": 4}}``), or the pairs
     themselves (``(source, target)`` tuples or ``{"source", "target"}`` mappings).
+    ``split`` (``train`` or ``validation``) applies to a corpus and a ``[data]`` table.
     """
+    from unimodel.config import read_config_file
     from unimodel.data.dataset import DataConfig, load_data
+    from unimodel.registry import get_registry
 
+    if isinstance(data, str) and get_registry().has("corpus", data):
+        data = DataConfig(corpus=data)
+    elif isinstance(data, (str, Path)) and str(data).endswith((".toml", ".json")) and Path(data).is_file():
+        data = DataConfig.from_dict(read_config_file(data).get("data", {}))
     if isinstance(data, (str, Path)):
         return read_pairs([str(data)])
     if isinstance(data, (DataConfig, Mapping)):
@@ -75,6 +85,15 @@ def load_pairs(data: Any, *, split: str = "train") -> list[Pair]:
             raise DataError(f"distill: item {i} is not a (source, target) pair of strings: {item!r:.80}")
         pairs.append((pair[0], pair[1]))
     return pairs
+
+
+def write_pairs(path: str | Path, pairs: Sequence[Pair]) -> Path:
+    """``pairs`` as a JSONL pair file (``{"source": ..., "target": ...}`` per line), as a run reads them."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = (json.dumps({"source": s, "target": t}, ensure_ascii=False) + "\n" for s, t in pairs)
+    out.write_text("".join(lines), encoding="utf-8")
+    return out
 
 
 def _done_pairs(path: Path, pairs: Sequence[Pair]) -> int:
@@ -104,52 +123,31 @@ def _done_pairs(path: Path, pairs: Sequence[Pair]) -> int:
     return len(lines)
 
 
-@torch.no_grad()
 def decode_sources(
-    model: Any,
-    pairs: Sequence[Pair],
-    *,
-    num_beams: int = 1,
-    max_new_tokens: int | None = None,
-    **generate_options: Any,
+    model: Model, pairs: Sequence[Pair], *, max_new_tokens: int | None = None, **generate_options: Any
 ) -> list[str]:
-    """``model``'s outputs (text) for the sources of ``pairs``, decoded as one batch.
+    """``model``'s outputs (text) for the sources of ``pairs``, decoded as one batch with
+    :func:`~unimodel.generation.generate_texts` (sources framed as in training, each output cut at its eos).
 
-    Sources are framed by the model's objective as in its training. Each output
-    is cut at its first eos (the model's or the tokenizer's). Without
-    ``max_new_tokens`` an output may take twice the longest reference target plus
-    8 tokens. ``generate_options`` choose the decoding (a teacher's beams, a
-    ``cmlm`` model's mask-predict options).
+    Without ``max_new_tokens`` an output may take twice the longest reference
+    target plus 8 tokens (capped by the decoder's positions). ``generate_options``
+    choose the decoding (a teacher's beams, a ``cmlm`` model's mask-predict options).
     """
+    from unimodel.generation.text import generate_texts
+
     tok = model.tokenizer
-    examples = [
-        {"source": s, "target": t}
-        for s, t in zip(tok.encode_batch([p[0] for p in pairs]), tok.encode_batch([p[1] for p in pairs]))
-    ]
-    batch = model.objective.prepare(examples, tokenizer=tok, generator=torch.Generator().manual_seed(0))
+    assert tok is not None and model.decoder is not None
     if max_new_tokens is None:
-        max_new_tokens = 2 * max(len(ex["target"]) for ex in examples) + 8
+        max_new_tokens = 2 * max(len(ids) for ids in tok.encode_batch([p[1] for p in pairs])) + 8
         limit = model.decoder.max_positions
         if limit is not None:
             max_new_tokens = min(max_new_tokens, limit - 1)
-    out = model.generate(
-        batch["input_ids"].to(model.device),
-        attention_mask=batch["attention_mask"].to(model.device),
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        **generate_options,
-    )
-    has_start = any(model.special_tokens.get(role) is not None for role in ("decoder_start", "bos"))
-    ends = {model.special_tokens.get("eos"), tok.role_id("eos")} - {None}  # where generation stopped
-    texts = []
-    for row in out[:, 1 if has_start else 0 :].tolist():
-        end = next((i for i, t in enumerate(row) if t in ends), len(row))
-        texts.append(tok.decode(row[:end], skip_special_tokens=True).strip())
-    return texts
+    options = {"do_sample": False, **generate_options}
+    return [t.strip() for t in generate_texts(model, [p[0] for p in pairs], max_new_tokens=max_new_tokens, **options)]
 
 
 def distill(
-    teacher: Any,
+    teacher: Model | str | Path,
     data: Any,
     out: str | Path,
     *,
@@ -175,7 +173,7 @@ def distill(
     """
     from unimodel.model import Model
 
-    if not isinstance(teacher, Model):
+    if not isinstance(teacher, Model):  # a checkpoint folder
         from unimodel.checkpoint import load
 
         teacher = load(teacher)
@@ -229,4 +227,4 @@ def _progress(enabled: bool, total: int, done: int) -> Any:
     return tqdm(total=total, initial=done, unit="pair", desc="distill")
 
 
-__all__ = ["DistillResult", "decode_sources", "distill", "load_pairs"]
+__all__ = ["DistillResult", "decode_sources", "distill", "load_pairs", "write_pairs"]
