@@ -161,9 +161,9 @@ def speed_table(family: str, rows: list[dict[str, Any]], rounds: int) -> list[st
 def quality_runs(out: Path, quick: bool, family: str, steps: int) -> dict[str, Any]:
     """Train the AR teacher, distill, train NAR on distilled and raw targets; exact match of each."""
     import torch
-    from unimodel.generation.distill import distill, load_pairs
 
     from unimodel.checkpoint import load
+    from unimodel.generation.distill import distill, load_pairs
     from unimodel.training import train
 
     torch.set_num_threads(THREADS)
@@ -232,7 +232,6 @@ def write_pairs(path: Path, pairs: Sequence[tuple[str, str]]) -> None:
 def exact_match(model: Any, pairs: Sequence[tuple[str, str]], options: Mapping[str, Any], batch: int = 64) -> float:
     """Share of ``pairs`` whose decoded output equals the target as the model's tokenizer writes it back."""
     from unimodel.generation.distill import decode_sources
-
     from unimodel.training import normalize_whitespace
 
     tok = model.tokenizer

@@ -78,6 +78,23 @@ def test_cmlm_builds_the_decoder_without_its_causal_mask(family):
         assert model.decoder.relative_bias.bidirectional
 
 
+def test_a_t5_built_for_cmlm_gives_its_encoder_absolute_positions():
+    from unimodel.nn.positions import sinusoids
+
+    nar, ar = tiny("t5"), tiny("t5", "seq2seq")  # the same seed: the same encoder weights
+    ids = torch.randint(0, N_PLAIN, (2, 7))
+    with torch.no_grad():
+        encoded = nar.encoder(ids).last_hidden_state
+        plain = ar.encoder(ids).last_hidden_state
+        hook = ar.encoder.embed_tokens.register_forward_hook(lambda m, i, out: out + sinusoids(torch.arange(7), 32))
+        try:
+            positioned = ar.encoder(ids).last_hidden_state
+        finally:
+            hook.remove()
+    assert not torch.allclose(encoded, plain)
+    torch.testing.assert_close(encoded, positioned)
+
+
 @pytest.mark.parametrize("family", ["t5", "bart"])
 def test_a_noncausal_model_has_no_hugging_face_equivalent(family, tmp_path):
     with pytest.raises(CheckpointError, match="non-causal decoder has no .* equivalent"):

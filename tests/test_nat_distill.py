@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from unimodel.generation.distill import decode_sources, distill, load_pairs
 
 import unimodel as um
 from unimodel.data.pairs import read_pairs
 from unimodel.errors import ConfigError, DataError
+from unimodel.generation.distill import decode_sources, distill, load_pairs
 from unimodel.registry import get_registry
 from unimodel.testing import synthetic_tokenizer
 

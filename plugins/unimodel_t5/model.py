@@ -5,7 +5,8 @@ blocks of :mod:`unimodel.nn`:
 
 - no biases anywhere, and attention scores are *not* scaled (``scale=1.0``);
   the head size ``head_dim`` (HF's ``d_kv``) is free, so ``n_heads * head_dim`` may differ from ``d_model``;
-- no absolute positions: each stack owns one learned table of relative
+- no absolute positions (except when built for a non-causal decoder, see
+  :class:`T5Encoder`): each stack owns one learned table of relative
   position biases (HF stores it in the stack's first layer) that is computed
   once per forward and added to every layer's self-attention scores, together
   with the padding/causal mask, as one float additive mask; cross-attention has
@@ -89,7 +90,9 @@ class T5Config(Config):
     init_factor: float = param(1.0, "multiplier of every initial weight's standard deviation (HF initializer_factor)")
     memory_dim: int | None = param(None, "width of the encoder memory the decoder attends to; d_model when null")
     causal_decoder: bool = param(
-        True, "false: the decoder sees all its inputs, with bidirectional position buckets (cmlm), no KV cache"
+        True,
+        "false: the decoder sees all its inputs, with bidirectional position buckets (cmlm), no KV cache; both "
+        "stacks add sinusoidal absolute positions to their inputs",
     )
     pad_token_id: int | None = param(0, "padding id")
     eos_token_id: int | None = param(1, "end-of-sequence id (generation stops there)")
@@ -269,7 +272,15 @@ class _T5Stack(nn.Module):
 
 
 class T5Encoder(_T5Stack, Encoder[T5Config]):
-    """Token ids (B, S) -> hidden states (B, S, D) after the final RMSNorm; bidirectional."""
+    """Token ids (B, S) -> hidden states (B, S, D) after the final RMSNorm; bidirectional.
+
+    Built for a non-causal decoder (``causal_decoder = false``, ``cmlm``) the
+    encoder adds sinusoidal absolute positions to its input, as that decoder
+    does: a decoder writing every position at once must find the source tokens
+    its position reads, and relative biases alone leave the encoder states
+    without their place (a T5 trained for cmlm on ``numbers``: 1% exact match
+    without them, 89% with, at 600 steps).
+    """
 
     config_class = T5Config
     provides = ENCODER_PROVIDES
@@ -303,7 +314,10 @@ class T5Encoder(_T5Stack, Encoder[T5Config]):
         if token_type_ids is not None:
             raise InputError("T5 has no token types; drop token_type_ids")
         S = input_ids.shape[1]
-        x = self.drop(self.embed_tokens(input_ids))  # (B, S, D)
+        x = self.embed_tokens(input_ids)  # (B, S, D)
+        if not self.config.causal_decoder:
+            x = x + sinusoids(torch.arange(S, device=x.device), self.d_model).to(x.dtype)
+        x = self.drop(x)
         # One bias for every layer, padding folded in: (1 or B, H, S, S).
         allowed = None
         if attention_mask is not None and not bool(attention_mask.all()):
