@@ -135,6 +135,8 @@ def decoding_label(model: Model, options: Mapping[str, Any] | None) -> str:
     from unimodel.generation.settings import call_config, chosen_strategy, default_config
 
     given = dict(options or {})
+    if not given:  # the model's own decoding
+        return getattr(getattr(model, "objective", None), "default_strategy", None) or "greedy"
     name = chosen_strategy(model, call_config(default_config(model), given))
     shown = [f"{k}={v}" for k, v in given.items() if k not in ("strategy", "do_sample")]
     return ", ".join([name, *shown])
