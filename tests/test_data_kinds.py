@@ -154,7 +154,7 @@ def registry(monkeypatch):
 
 def run(tmp_path, objective: str) -> dict[str, Any]:
     return {
-        "model": {"name": "gpt", "n_positions": 32, "d_model": 32, "n_layers": 1, "n_heads": 4},
+        "model": {"name": "gpt", "max_positions": 32, "d_model": 32, "n_layers": 1, "n_heads": 4},
         "objective": {"name": objective},
         "data": {"corpus": "pydoc", "max_documents": 3, "vocab_size": 300, "block_size": 16},
         "train": {

@@ -18,7 +18,7 @@ from unimodel.data.tokenizer import Tokenizer
 from unimodel.errors import CheckpointError, ConfigError, InputError
 from unimodel.generation import GenerationConfig, GenerationOptionError, generate_text
 
-TINY_GPT = dict(n_positions=64, d_model=32, n_layers=2, n_heads=4)
+TINY_GPT = dict(max_positions=64, d_model=32, n_layers=2, n_heads=4)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -120,7 +120,7 @@ def _system_available() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
     except ImportError:
         return None
     return int(psutil.virtual_memory().available)

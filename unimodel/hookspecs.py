@@ -42,6 +42,7 @@ def unimodel_api_version() -> int:
     and is flagged by ``unimodel doctor``. Every plugin's answer is used (not
     first-result).
     """
+    raise NotImplementedError  # a specification: plugins implement it
 
 
 @hookspec
@@ -55,10 +56,12 @@ def unimodel_components() -> list[Component]:
 
     Kinds the core knows: ``model`` (a backbone family or a preset of one),
     ``encoder``, ``decoder``, ``objective``, ``decoding`` (a generation strategy),
-    ``hf_converter`` (Hugging Face import/export for some ``model_type``s) and
-    ``corpus`` (a text source). Every plugin's list is used; a (kind, name) given
-    by two plugins is an error naming both.
+    ``hf_converter`` (Hugging Face import/export for some ``model_type``s),
+    ``corpus`` (a text source) and ``data`` (a data kind). Every plugin's list is
+    used; a (kind, name) given by two plugins is reachable by its qualified name
+    ``plugin:name``, and the plain name then names neither.
     """
+    raise NotImplementedError  # a specification: plugins implement it
 
 
 @hookspec

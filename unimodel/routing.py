@@ -29,7 +29,7 @@ def _forward_signature(cls: type) -> tuple[frozenset[str], bool, str | None]:
     ``**kwargs``, the name of its first positional parameter). Inspected once per class: this runs on every call."""
     found = _SIGNATURES.get(cls)
     if found is None:
-        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # without self
+        params = list(inspect.signature(getattr(cls, "forward")).parameters.values())[1:]  # noqa: B009  # without self
         names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
         positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         var_kw = any(p.kind is p.VAR_KEYWORD for p in params)

@@ -50,6 +50,7 @@ from unimodel.generation.settings import GenerationSettings
 from unimodel_nat.objective import length_head_of
 
 if TYPE_CHECKING:
+    from unimodel.interfaces import Decoder
     from unimodel.model import Model
 
 DEFAULT_ITERATIONS = 10
@@ -213,6 +214,7 @@ def mask_token_id(model: Model) -> int:
 
 def _length_limit(model: Model, options: Options) -> int | None:
     """The longest target the decoder and the caller allow (``None``: no limit)."""
+    assert model.decoder is not None  # mask_predict requires an encoder-decoder
     limits = [x for x in (model.decoder.max_positions, options.cap) if x is not None]
     return min(limits) if limits else None
 
@@ -270,7 +272,9 @@ class _Predictor:
     def __init__(
         self, model: Model, memory: Tensor, memory_mask: Tensor | None, target_mask: Tensor | None, banned: Tensor
     ) -> None:
-        self.decoder, self.head = model.decoder, model.heads["lm"]
+        assert model.decoder is not None  # mask_predict requires an encoder-decoder
+        self.decoder: Decoder = model.decoder
+        self.head = model.heads["lm"]
         self.memory, self.memory_mask, self.target_mask, self.banned = memory, memory_mask, target_mask, banned
 
     def __call__(self, tokens: Tensor, positions: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
@@ -317,6 +321,7 @@ def mask_predict(model: Model, inputs: GenerationInputs, settings: GenerationSet
         memory = memory.repeat_interleave(k, dim=0)
         memory_mask = None if memory_mask is None else memory_mask.repeat_interleave(k, dim=0)
     target_mask = None if bool(open_positions.all()) else open_positions.long()
+    assert model.decoder is not None  # mask_predict requires an encoder-decoder
     banned = banned_logits(model, settings, mask_id, model.decoder.vocab_size, device)
     predict = _Predictor(model, memory, memory_mask, target_mask, banned)
 

@@ -118,6 +118,7 @@ def numbers_pairs(
         what = "numbers" if count == 1 else f"tuples of {count} numbers"
         raise ValueError(f"cannot draw {total} distinct {what} from [0, {max_value}]")
     rng = random.Random(seed)
+    tuples: list[tuple[int, ...]]
     if count == 1:
         tuples = [(n,) for n in rng.sample(range(max_value + 1), total)]
     else:
@@ -132,7 +133,7 @@ def _distinct_tuples(rng: random.Random, total: int, count: int, max_value: int)
         # dense: draw the tuples' indices without replacement (rejection would slow down near the end)
         return [_tuple_at(i, count, max_value + 1) for i in rng.sample(range((max_value + 1) ** count), total)]
     seen: set[tuple[int, ...]] = set()
-    out = []
+    out: list[tuple[int, ...]] = []
     while len(out) < total:
         t = tuple(rng.randrange(max_value + 1) for _ in range(count))
         if t not in seen:

@@ -55,6 +55,7 @@ one-row weight copies of :func:`~unimodel.nn.linear.decoding_layout`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -203,7 +204,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     return out.clone()
 
 
-def _check_can_generate(model: Model, strategy: str, requires: tuple[str, ...], registry: Registry) -> None:
+def _check_can_generate(model: Model, strategy: str, requires: Collection[str], registry: Registry) -> None:
     if model.decoder is None:
         raise InputError(
             f"model {model.name!r} has no decoder (it is an encoder only), so it cannot generate; "

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -175,7 +175,7 @@ class IncrementalDecoder:
                 cache=self.cache,
             )
         else:
-            inputs = {"attention_mask": mask, "position_ids": positions}
+            inputs: dict[str, Any] = {"attention_mask": mask, "position_ids": positions}
             inputs.update(memory=self.memory, memory_mask=self.memory_mask)
             if self.cache is not None:
                 inputs["cache"] = self.cache

@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import tomllib
-
-from unimodel.config import Config
+from unimodel.config import Config, tomllib
 from unimodel.errors import ConfigError, InputError, did_you_mean
 from unimodel.registry import Registry, get_registry
 

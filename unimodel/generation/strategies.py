@@ -73,17 +73,18 @@ def _left_to_right(model: Model, inputs: GenerationInputs, settings: GenerationS
             tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
         else:
             tokens = scores.argmax(dim=-1)
-        tracking = unfinished is not None and length >= track_from
-        if tracking:
-            tokens = tokens.masked_fill(~unfinished, pad)
+        # the rows still running, once EOS can occur (the same tensor as unfinished, updated in place)
+        tracking = unfinished if unfinished is not None and length >= track_from else None
+        if tracking is not None:
+            tokens = tokens.masked_fill(~tracking, pad)
         out[:, length] = tokens
         length += 1
         if streamer is not None:
             streamer(tokens)
-        if tracking:
+        if tracking is not None:
             ended = torch.isin(tokens, eos_ids) if eos_ids is not None else tokens == eos[0]
-            unfinished &= ~ended
-            if not bool(unfinished.any()):
+            tracking &= ~ended
+            if not bool(tracking.any()):
                 break
         if length >= max_length:
             break

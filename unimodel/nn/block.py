@@ -5,6 +5,9 @@ Pre-norm (GPT-2, T5) or post-norm (BERT, BART) is a flag, not a copied class.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torch import Tensor, nn
 
 from unimodel.nn.attention import Attention, KVCache
@@ -51,11 +54,13 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.prenorm = prenorm
-        attn_kw = dict(
+        attn_kw: dict[str, Any] = dict(
             d_model=d_model, n_heads=n_heads, head_dim=head_dim, bias=bias, scale=scale, dropout=attn_dropout
         )
         self.norm_attn = make_norm(norm, d_model, norm_eps)
         self.attn = Attention(**attn_kw)
+        self.norm_cross: nn.Module | None
+        self.cross: Attention | None
         if cross_attention:
             self.norm_cross = make_norm(norm, d_model, norm_eps)
             self.cross = Attention(**attn_kw, cross=True, kv_dim=memory_dim or d_model)
@@ -67,7 +72,7 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def _sublayer(self, x: Tensor, norm: nn.Module, fn, **kw) -> Tensor:
+    def _sublayer(self, x: Tensor, norm: nn.Module, fn: Callable[..., Tensor], **kw: Any) -> Tensor:
         y = fn(norm(x), **kw) if self.prenorm else fn(x, **kw)
         if self.training:  # dropout is the identity in eval; skipping the call helps per-token decoding
             y = self.drop(y)
@@ -85,7 +90,7 @@ class Block(nn.Module):
         memory_mask: Tensor | None = None,
     ) -> Tensor:
         x = self._sublayer(x, self.norm_attn, self.attn, mask=mask, is_causal=is_causal, cache=cache, layer=layer)
-        if self.cross is not None:
+        if self.cross is not None and self.norm_cross is not None:
             x = self._sublayer(
                 x, self.norm_cross, self.cross, mask=memory_mask, cache=cache, layer=layer, memory=memory
             )

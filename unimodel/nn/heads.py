@@ -37,6 +37,7 @@ class LMHead(DecodingLayout, nn.Module):
         logits_bias: bool = False,
     ) -> None:
         super().__init__()
+        self.dense: nn.Linear | None
         if transform is not None:
             self.dense = nn.Linear(d_model, d_model)
             self.act = get_activation(transform)

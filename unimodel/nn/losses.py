@@ -15,6 +15,8 @@ Label smoothing follows ``torch.nn.functional.cross_entropy``: the target is
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -107,7 +109,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Forward computes the loss and its gradients; backward scales them by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, eps, dtype):  # type: ignore[override]
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, eps: float, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
         wanted = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         with torch.autocast(hidden.device.type, enabled=False):
             total, correct, (g_h, g_w, g_b) = _chunks(hidden, weight, bias, labels, eps, dtype, grads=wanted)
@@ -115,13 +119,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.grads = (
             g_h.to(hidden.dtype) if g_h is not None else None,
             g_w.to(weight.dtype) if g_w is not None else None,
-            g_b.to(bias.dtype) if g_b is not None else None,
+            g_b.to(bias.dtype) if g_b is not None and bias is not None else None,
         )
         return total / max(labels.numel(), 1), correct
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss, _grad_correct):  # type: ignore[override]
+    def backward(ctx: Any, grad_loss: Tensor, _grad_correct: Tensor) -> tuple[Tensor | None, ...]:
         g_h, g_w, g_b = ctx.grads
         del ctx.grads
         scale = grad_loss.to(torch.float32)

@@ -10,7 +10,7 @@ it there.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -212,7 +212,7 @@ def _vocab_of(name: str, reg: Registry) -> int:
     return vocab
 
 
-def check_known_caps(caps: Sequence[str], what: str, field_name: str) -> None:
+def check_known_caps(caps: Collection[str], what: str, field_name: str) -> None:
     known = Cap.all()
     unknown = [c for c in caps if c not in known]
     if unknown:
@@ -224,7 +224,7 @@ def check_known_caps(caps: Sequence[str], what: str, field_name: str) -> None:
 
 def roundtrip_config(config: Config, what: str) -> None:
     """``config`` equals itself after to_dict/from_dict, JSON and TOML; an unknown key raises ConfigError."""
-    import tomllib
+    from unimodel.config import tomllib
 
     cls = type(config)
     data = config.to_dict()

@@ -20,7 +20,7 @@ import json
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -172,7 +172,7 @@ def check_gradients(name: str, objective: str, *, registry: Registry | None = No
             # the loss computed without logits must be the loss() the objective states on the logits
             model.eval()
             with torch.no_grad():
-                fused, plain = obj(model, batch).loss, obj(_WithLogits(model), batch).loss
+                fused, plain = obj(model, batch).loss, obj(cast("Model", _WithLogits(model)), batch).loss
             _close(
                 fused,
                 plain,

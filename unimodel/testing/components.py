@@ -58,7 +58,7 @@ def _build_part(kind: str, name: str, reg: Registry, **overrides: Any) -> tuple[
     return comp, cls(config), config
 
 
-def _check_part_basics(kind: str, name: str, comp: Component, part: nn.Module) -> tuple[str, Tensor]:
+def _check_part_basics(kind: str, name: str, comp: Component, part: Encoder[Any] | Decoder[Any]) -> tuple[str, Tensor]:
     what = f"{kind} {name!r}"
     check_known_caps(comp.provides, what, "provides")
     if set(comp.provides) != set(type(part).provides):

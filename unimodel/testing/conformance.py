@@ -102,8 +102,9 @@ def test_forward(case: C.Case) -> None:
 
 
 def test_gradients(case: C.Case) -> None:
-    assert case.objective is not None
-    _run(lambda: checks.check_gradients(case.name, case.objective))
+    objective = case.objective
+    assert objective is not None
+    _run(lambda: checks.check_gradients(case.name, objective))
 
 
 def test_roundtrip(case: C.Case) -> None:

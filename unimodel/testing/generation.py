@@ -210,6 +210,10 @@ def _forced_logits(model: Model, ids: Tensor, mask: Tensor | None, tokens: Tenso
         if start is None:
             start = model.special_tokens.get("decoder_start")
             start = model.special_tokens.get("bos") if start is None else start
+        if start is None:
+            raise _fail(
+                f"model {model.name!r}", "an encoder-decoder model needs a decoder_start or bos token to generate"
+            )
         encoded = model.encode(ids, attention_mask=mask)
         inputs = GenerationInputs(ids, mask, ids.new_full((ids.shape[0], 1), start), encoder_output=encoded)
     run = IncrementalDecoder(model, inputs, capacity=inputs.decoder_input_ids.shape[1] + tokens.shape[1] + 1)

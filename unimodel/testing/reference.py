@@ -50,6 +50,10 @@ class ReferenceConfig(Config):
 class _Stack(nn.Module):
     """Embeddings, pre-LN blocks and a final LayerNorm, shared by both parts."""
 
+    d_model: int
+    vocab_size: int
+    max_positions: int | None
+
     def __init__(self, c: ReferenceConfig, *, cross_attention: bool) -> None:
         super().__init__()
         self.config = c

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -111,9 +112,11 @@ def check_model(name: str, *, registry: Registry | None = None, raise_on_failure
         case = f"model:{name}"
         report.run("declaration", case, lambda: check_declaration("model", name))
         for check, fn in model_checks().items():
-            report.run(check, case, lambda fn=fn: fn(name))
+            report.run(check, case, functools.partial(fn, name))
         for objective in compatible_objectives(family, reg):
-            report.run("gradients", f"{case}/objective:{objective}", lambda o=objective: check_gradients(name, o))
+            report.run(
+                "gradients", f"{case}/objective:{objective}", functools.partial(check_gradients, name, objective)
+            )
     return report.raise_for_failures() if raise_on_failure else report
 
 

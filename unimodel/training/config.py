@@ -178,7 +178,7 @@ def apply_override(values: dict[str, Any], item: str) -> None:
             f"override {item!r}: unknown section {parts[0]!r}.{did_you_mean(parts[0], SECTIONS)} "
             f"Sections: {', '.join(SECTIONS)}."
         )
-    import tomllib
+    from unimodel.config import tomllib
 
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
