@@ -366,19 +366,18 @@ def _strategy_options(args: argparse.Namespace, model: Model | None = None) -> d
 def cmd_generate(args: argparse.Namespace) -> int:
     from unimodel.generation import GenerationConfig
 
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     given = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
     given |= {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     asked_to_sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.seed))
     # a sampling option given without --greedy or beams makes the run sample, whatever the model's kind
-    given["do_sample"] = asked_to_sample and not args.greedy and args.num_beams == 1
+    given["do_sample"] = asked_to_sample and not args.greedy and args.num_beams in (None, 1)
     _flag_errors(lambda: GenerationConfig().with_options(given))  # the options' ranges, before the model loads
     if args.strategy is not None:
         _strategy_options(args)  # a strategy's own options too
 
     import unimodel as um
-    from unimodel.data.kinds import data_kind, data_kind_name
     from unimodel.generation import generate_text
 
     model = um.load(args.checkpoint)
@@ -387,21 +386,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"checkpoint {args.checkpoint!r} has no tokenizer.json, so the prompt cannot be encoded; "
             "save the model with its tokenizer (model.tokenizer = ...; model.save(path))"
         )
-    options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    if model.generation_config != GenerationConfig.from_special_tokens(model.special_tokens):
+        options = _flags_over_stored_defaults(args, asked_to_sample)
+    else:
+        options = _command_line_defaults(model, args, asked_to_sample)
     if args.seed is not None:
         options["seed"] = args.seed
-    # a model trained on pairs (seq2seq) translates: its most likely output, unless sampling is asked for
-    greedy_kind = data_kind(data_kind_name(model.objective)).greedy_by_default
-    if args.greedy or args.num_beams > 1 or (greedy_kind and not asked_to_sample):
-        options["do_sample"] = False
-    else:
-        temperature = 1.0 if args.temperature is None else args.temperature
-        options.update(do_sample=True, temperature=temperature, top_k=args.top_k, top_p=args.top_p)
     options.update(_strategy_options(args, model))
     _flag_errors(lambda: generate_text(model, args.prompt, stream=sys.stdout, **options))
     sys.stdout.write("\n")
     sys.stdout.flush()
     return EXIT_OK
+
+
+def _flags_over_stored_defaults(args: argparse.Namespace, asked_to_sample: bool) -> dict[str, Any]:
+    """The options of a checkpoint that stores generation defaults of its own (a Hugging Face
+    ``generation_config.json``, say): those defaults apply, and only the flags given replace them."""
+    options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    if args.greedy:
+        options["do_sample"] = False
+    elif asked_to_sample:
+        options.update(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _command_line_defaults(model: Any, args: argparse.Namespace, asked_to_sample: bool) -> dict[str, Any]:
+    """The options of a checkpoint without generation defaults of its own: 50 new tokens, and sampling
+    unless the model was trained on pairs (which then translates greedily) or the flags say otherwise."""
+    from unimodel.data.kinds import data_kind, data_kind_name
+
+    num_beams = 1 if args.num_beams is None else args.num_beams
+    max_new_tokens = 50 if args.max_new_tokens is None else args.max_new_tokens
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    greedy_kind = data_kind(data_kind_name(model.objective)).greedy_by_default
+    if args.greedy or num_beams > 1 or (greedy_kind and not asked_to_sample):
+        options["do_sample"] = False
+    else:
+        temperature = 1.0 if args.temperature is None else args.temperature
+        options.update(do_sample=True, temperature=temperature, top_k=args.top_k, top_p=args.top_p)
+    return options
 
 
 def _flag_errors(run: Callable[[], Any]) -> Any:
@@ -691,11 +714,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--prompt", required=True, metavar="TEXT")
-    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens to generate (default: the checkpoint's generation defaults, else 50)",
+    )
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--num-beams", type=int, default=1, help="beam search when > 1 (output printed at the end)")
+    p.add_argument(
+        "--num-beams",
+        type=int,
+        default=None,
+        help="beam search when > 1 (output printed at the end); default: the checkpoint's generation defaults, else 1",
+    )
     p.add_argument(
         "--greedy",
         action="store_true",

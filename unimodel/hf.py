@@ -4,6 +4,12 @@ The core knows no family. A folder's ``config.json`` names its ``model_type``;
 the plugin whose ``hf_converter`` component lists that type translates config
 and weights. Only ``config.json``, ``*.safetensors`` and tokenizer JSON files are
 read: pickle checkpoints (``pytorch_model.bin``) are refused.
+
+Generation defaults travel with the weights: :func:`from_hf` reads
+``generation_config.json`` (else the generation keys of ``config.json``, as
+``transformers`` does) into ``model.generation_config``, translating Hugging
+Face's defaults where they differ from unimodel's (``top_k`` is 50 unless the
+file says otherwise); :func:`to_hf` writes them back in Hugging Face's format.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from unimodel.checkpoint import (
     write_json,
 )
 from unimodel.errors import CheckpointError, ComponentNotFoundError, InputError, ResourceError, UnimodelError
+from unimodel.hf_generation import GENERATION_FILE, generation_from_hf, generation_to_hf
 from unimodel.registry import Registry, get_registry
 
 if TYPE_CHECKING:
@@ -67,15 +74,9 @@ class HFConverter(ABC):
     def weights_to_hf(self, model: Model) -> dict[str, Tensor]: ...
 
     def generation_config(self, model: Model) -> dict[str, Any] | None:
-        """``generation_config.json`` contents, from the model's special tokens."""
-        roles = {
-            "bos": "bos_token_id",
-            "eos": "eos_token_id",
-            "pad": "pad_token_id",
-            "decoder_start": "decoder_start_token_id",
-        }
-        out = {key: model.special_tokens.get(role) for role, key in roles.items()}
-        return {k: v for k, v in out.items() if v is not None} or None
+        """``generation_config.json`` contents: the model's generation defaults in Hugging Face's format
+        (see :func:`unimodel.hf_generation.generation_to_hf`); ``None`` writes no file."""
+        return generation_to_hf(model.generation_config) or None
 
     def load_folder(
         self,
@@ -119,6 +120,8 @@ class HFConverter(ABC):
         fresh = new_head_prefixes(model, tensors) if objective is not None else ()
         where = f"Hugging Face folder {str(folder)!r}"
         warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
+        if model.decoder is not None:  # an encoder alone does not generate
+            model.generation_config = generation_from_hf(folder, hf_config, model.decoder.vocab_size)
         model.to(device).eval()
         notify_loaded(model, folder)
         return model
@@ -205,7 +208,7 @@ def to_hf(model: Model, path: str | Path, *, overwrite: bool = False, registry: 
         save_tensors(tensors, tmp / WEIGHTS_FILE)
         gen = converter.generation_config(model)
         if gen is not None:
-            write_json(tmp / "generation_config.json", gen)
+            write_json(tmp / GENERATION_FILE, gen)
         if model.tokenizer is not None:
             model.tokenizer.save(tmp)
     return folder

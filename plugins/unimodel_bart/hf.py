@@ -272,11 +272,3 @@ class BartConverter(HFConverter):
         bias = state.get("heads.lm.logits_bias")
         out["final_logits_bias"] = bias if bias is not None else torch.zeros(1, c.vocab_size)
         return {k: v.contiguous() for k, v in out.items()}
-
-    def generation_config(self, model: Model) -> dict[str, Any] | None:
-        gen = super().generation_config(model) or {}
-        c = model.config
-        assert isinstance(c, BartConfig)
-        if c.forced_eos_token_id is not None:
-            gen["forced_eos_token_id"] = c.forced_eos_token_id
-        return gen or None

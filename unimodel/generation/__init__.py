@@ -118,7 +118,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
             position table.
         min_new_tokens / min_length: EOS is suppressed until reached.
         do_sample, temperature, top_k, top_p: sampling; ``top_k``/``top_p``
-            ``None`` keep every token (HF's default top_k is 50: pass it to match).
+            ``None`` keep every token (HF's default top_k is 50: pass it to match;
+            a model imported from a Hugging Face folder stores it).
         num_beams, length_penalty, early_stopping (True, False or "never"): beam search.
         num_return_sequences: outputs per input (sampling, or <= num_beams).
         repetition_penalty, no_repeat_ngram_size, forced_bos_token_id,
@@ -138,9 +139,9 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     Where this differs from Hugging Face, on purpose: ``top_k=None`` means no
     top-k filter (HF defaults to 50); no attention mask is guessed from pad ids
     in ``input_ids`` (pass ``attention_mask``); a right-padded decoder-only
-    batch is refused rather than decoded wrongly; beam search fills ended
-    hypotheses with the pad id even when it is 0 (HF then uses EOS);
-    ``max_new_tokens=0`` returns the decoder prompt (HF raises).
+    batch is refused rather than decoded wrongly; ``max_new_tokens=0`` returns
+    the decoder prompt (HF raises). As in HF, beam search fills ended hypotheses
+    with the pad id, or with the first EOS id when the pad id is 0.
 
     Raises:
         InputError, ConfigError: invalid inputs or options, or a model that cannot generate.

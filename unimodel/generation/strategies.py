@@ -126,7 +126,7 @@ def beam_search(model: Model, inputs: GenerationInputs, settings: GenerationSett
     candidate_is_top = torch.arange(keep, device=device) < nb  # only the nb best candidates may finish
     lp, early_stopping = settings.length_penalty, settings.early_stopping
 
-    running = prompt.new_full((batch, nb, max_length), settings.pad_token_id)
+    running = prompt.new_full((batch, nb, max_length), _beam_fill(settings))
     running[:, :, :p] = prompt[:, None, :]
     # Only beam 0 is live at first, so the first step does not pick nb copies of one token.
     running_scores = torch.zeros(batch, nb, device=device)
@@ -154,7 +154,9 @@ def beam_search(model: Model, inputs: GenerationInputs, settings: GenerationSett
         # a. the best `keep` continuations over all beams
         if settings.do_sample:
             picked = torch.multinomial(totals.softmax(dim=-1), keep, generator=settings.generator)
-            cand_scores = totals.gather(1, picked)
+            # best first, as after topk: which candidates count among the nb best (step c) depends on it
+            cand_scores, order = totals.gather(1, picked).sort(dim=1, descending=True)
+            picked = picked.gather(1, order)
         else:
             cand_scores, picked = totals.topk(keep, dim=1)
         cand_beam = picked // vocab  # (B, keep) source beam
@@ -222,6 +224,16 @@ def beam_search(model: Model, inputs: GenerationInputs, settings: GenerationSett
     nr = settings.num_return_sequences
     sequences = done[:, :nr].reshape(batch * nr, max_length)
     return sequences[:, : p + int(done_len[:, :nr].max())]
+
+
+def _beam_fill(settings: GenerationSettings) -> int:
+    """The id after the end of a finished hypothesis: the pad id, or the first EOS id when the pad id is 0.
+
+    Hugging Face's beam search computes its fill as ``pad_token_id or eos_token_id[0]``, so a pad id of 0
+    (T5's) gives way to EOS there; matching it keeps T5 outputs identical.
+    """
+    pad, eos = settings.pad_token_id, settings.eos_token_ids
+    return eos[0] if pad == 0 and eos else pad
 
 
 def _can_improve(
