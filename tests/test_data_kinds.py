@@ -96,7 +96,9 @@ class LineData(DataKind):
         return list(range(self.n_train))[::-1]  # any order the kind chooses: here the last line first
 
     @classmethod
-    def task_metric(cls, model, examples, *, tokenizer, batch_size, accelerator=None) -> TaskMetric:
+    def task_metric(
+        cls, model, examples, *, tokenizer, batch_size, accelerator=None, generate_options=None
+    ) -> TaskMetric:
         return ShortShare(sum(int(ex["input_ids"].numel()) < 8 for ex in examples), len(examples))
 
     def sample(self, model, tokenizer, *, prompt, generation, seed, metric) -> Sample:

@@ -16,8 +16,16 @@ from unimodel.training import load_run_config, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # t5_numbers.toml is trained from the command line, evaluated and decoded in test_seq2seq_training.py;
-# the image examples (a VQ-VAE, then priors on its codes) one after the other in test_vqvae_training.py
-ELSEWHERE = {"t5_numbers.toml", "vqvae_shapes.toml", "prior_shapes.toml", "maskgit_shapes.toml"}
+# the image examples (a VQ-VAE, then priors on its codes) one after the other in test_vqvae_training.py;
+# the cmlm pair (teacher, distillation, student) in test_nat_cli.py
+ELSEWHERE = {
+    "t5_numbers.toml",
+    "vqvae_shapes.toml",
+    "prior_shapes.toml",
+    "maskgit_shapes.toml",
+    "cmlm_numbers.toml",
+    "cmlm_numbers_teacher.toml",
+}
 
 TINY_MODEL = ["model.d_model=32", "model.n_layers=1", "model.n_heads=4", "model.d_ff=64"]
 TINY_TRAIN = [

@@ -90,7 +90,7 @@ def test_exact_match_scores_the_decodings_against_the_targets(monkeypatch):
     examples = [{"source": tok.encode(str(i)), "target": tok.encode(r)} for i, r in enumerate(references)]
     predictions = ["four  thousand", " twelve", "one hundred", "seven"]  # by hand: the first two match
 
-    def decode(model, part, *, tokenizer, batch_size):
+    def decode(model, part, *, tokenizer, batch_size, generate_options=None):
         return [predictions[examples.index(ex)] for ex in part]
 
     monkeypatch.setattr(exact_match_module, "generate_targets", decode)

@@ -110,7 +110,8 @@ def unimodel_components() -> list[Component]:
             summary="pairs: numbers in digits -> English words (generated; 20,000 train / 500 validation)",
             data_kind="pairs",
             extra={
-                "corpus_options": "n_train = 20000, n_validation = 500, max_value = 99999, seed = 0",
+                "corpus_options": "n_train = 20000, n_validation = 500, max_value = 99999 (99999999 when count > 1), "
+                "seed = 0, count = 1 (numbers per pair, joined by ' , ')",
             },
         ),
     ]

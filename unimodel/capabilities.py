@@ -7,6 +7,8 @@ imports the same sets from there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class Cap:
     """Capability names. Backbones declare what they provide, objectives what they require."""
@@ -28,6 +30,28 @@ class Cap:
     @classmethod
     def all(cls) -> list[str]:
         return sorted(v for k, v in vars(cls).items() if k.isupper())
+
+    @classmethod
+    def explain(cls, names: Sequence[str]) -> str:
+        """``"encoder_decoder (an encoder and a decoder reading its memory), ..."`` for error messages."""
+        return ", ".join(f"{n} ({_MEANINGS[n]})" if n in _MEANINGS else n for n in names)
+
+
+_MEANINGS = {
+    Cap.ENCODER_ONLY: "an encoder with no decoder",
+    Cap.DECODER_ONLY: "a decoder with no encoder",
+    Cap.ENCODER_DECODER: "an encoder and a decoder reading its memory",
+    Cap.CAUSAL: "a left-to-right decoder",
+    Cap.NONCAUSAL_DECODER: "a decoder that sees its whole input",
+    Cap.LM_HEAD: "vocabulary logits",
+    Cap.KV_CACHE: "incremental decoding with a key/value cache",
+    Cap.TOKEN_TYPES: "segment embeddings",
+    Cap.POOLER: "a pooled sequence vector",
+    Cap.TWO_STREAM: "content and query streams",
+    Cap.MEMS: "recurrence memory",
+    Cap.CONTINUOUS_INPUT: "real-valued inputs",
+    Cap.CODEBOOK: "a vector-quantised bottleneck",
+}
 
 
 __all__ = ["Cap"]

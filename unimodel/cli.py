@@ -20,13 +20,14 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from unimodel.errors import ConfigError, InputError, PluginError, UnimodelError
 
 if TYPE_CHECKING:
+    from unimodel.model import Model
     from unimodel.registry import Component, Registry
 
 EXIT_OK = 0
@@ -192,13 +193,15 @@ def _print_fields(title: str, config_class: Any, values: dict[str, Any]) -> None
         _out("  (* set by the preset)")
 
 
-def _models_with(reg: Registry, requires: Iterable[str]) -> list[str]:
-    need = set(requires)
+def _models_with(reg: Registry, objective: str) -> list[str]:
+    from unimodel.model import compatible_objectives
+
+    shown = reg.display_name(reg.get("objective", objective))
     out = []
     for comp in reg.components("model"):
         name = reg.display_name(comp)
         try:
-            if need <= reg.provides(name):
+            if shown in compatible_objectives(name, registry=reg):
                 out.append(name)
         except UnimodelError:  # a preset whose base is missing is reported by doctor
             continue
@@ -222,6 +225,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         _out(f"  (also a {', '.join(also)}: `unimodel info {args.name} --kind {also[0]}`)")
     _out()
     if kind == "model":
+        from unimodel.model import compatible_objectives
+
         family, preset_values = reg.resolve_model(comp.name)
         if comp.base is not None:
             chain = [comp.name]
@@ -235,7 +240,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         if default is not None and reg.has("objective", default):
             default = reg.display_name(reg.get("objective", default))
         _out(f"default objective: {default or '(none)'}")
-        _out(f"compatible objectives: {', '.join(reg.compatible_objectives(family.provides)) or '(none)'}")
+        compatible = compatible_objectives(comp.qualified_name, registry=reg)
+        _out(f"compatible objectives: {', '.join(compatible) or '(none)'}")
         _out()
         cls = family.load()
         _print_fields(f"config fields of {family.name!r}", cls.config_class, preset_values)
@@ -244,7 +250,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         _out(f"requires: {', '.join(sorted(comp.requires)) or '(nothing)'}")
         roles = getattr(cls, "special_tokens", ())
         _out(f"tokenizer roles needed: {', '.join(roles) or '(none)'}")
-        _out(f"works with models: {', '.join(_models_with(reg, comp.requires)) or '(none registered)'}")
+        _out(f"works with models: {', '.join(_models_with(reg, comp.qualified_name)) or '(none registered)'}")
         _out()
         _print_fields("config fields", cls.config_class, {})
     else:
@@ -320,6 +326,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_batches=args.max_batches,
         batch_size=args.batch_size,
         exact_match_examples=args.exact_match_examples,
+        generate_options=_strategy_options(args),
     )
     _out(f"loss: {result.loss:.4f}")
     _out(f"perplexity: {result.perplexity:.2f}")
@@ -340,6 +347,22 @@ _GENERATE_FLAGS = {
 }
 
 
+def _strategy_options(args: argparse.Namespace, model: Model | None = None) -> dict[str, Any]:
+    """``--strategy`` and the ``--option key=value`` items, checked against the strategy (the one named, else
+    ``model``'s default; with neither, ``generate`` checks them when it runs)."""
+    from unimodel.generation.options import check_strategy_options, parse_option_items
+
+    options = parse_option_items(args.option or [])
+    strategy = args.strategy
+    if strategy is None and model is not None and options:
+        from unimodel.generation.settings import chosen_strategy, default_config
+
+        strategy = chosen_strategy(model, default_config(model))
+    if strategy is not None:
+        check_strategy_options(strategy, options)
+    return {"strategy": args.strategy, **options} if args.strategy else options
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from unimodel.generation import GenerationConfig
 
@@ -351,6 +374,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # a sampling option given without --greedy or beams makes the run sample, whatever the model's kind
     given["do_sample"] = asked_to_sample and not args.greedy and args.num_beams in (None, 1)
     _flag_errors(lambda: GenerationConfig().with_options(given))  # the options' ranges, before the model loads
+    if args.strategy is not None:
+        _strategy_options(args)  # a strategy's own options too
 
     import unimodel as um
     from unimodel.generation import generate_text
@@ -367,6 +392,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         options = _command_line_defaults(model, args, asked_to_sample)
     if args.seed is not None:
         options["seed"] = args.seed
+    options.update(_strategy_options(args, model))
     _flag_errors(lambda: generate_text(model, args.prompt, stream=sys.stdout, **options))
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -412,6 +438,34 @@ def _flag_errors(run: Callable[[], Any]) -> Any:
         if flag is None:
             raise
         raise InputError(f"{flag} {exc.problem}") from None
+
+
+# ------------------------------------------------------------------ distill
+def cmd_distill(args: argparse.Namespace) -> int:
+    from unimodel.generation.distill import distill, load_pairs, write_pairs
+
+    for flag, value in (("--batch-size", args.batch_size), ("--num-beams", args.num_beams)):
+        if value < 1:
+            raise InputError(f"{flag} must be 1 or more, got {value}")
+    if args.validation_out is not None:  # the references of the validation split, which a student run scores on
+        pairs = load_pairs(args.data, split="validation")
+        if not pairs:
+            raise InputError(f"--validation-out: data {args.data!r} has no validation split")
+        write_pairs(args.validation_out, pairs)
+        _out(f"wrote {len(pairs):,} validation pairs (the references) to {args.validation_out}")
+    result = distill(
+        args.teacher,
+        args.data,
+        args.out,
+        split=args.split,
+        batch_size=args.batch_size,
+        num_beams=args.num_beams,
+        progress=args.progress,
+    )
+    resumed = f" ({result.resumed:,} already there)" if result.resumed else ""
+    empty = f"; {result.empty} empty teacher outputs kept their reference" if result.empty else ""
+    _out(f"wrote {result.written:,} distilled pairs to {result.path}{resumed}{empty}")
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------ convert
@@ -587,6 +641,20 @@ def _kinds() -> tuple[str, ...]:
     return KINDS
 
 
+def _strategy_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strategy",
+        metavar="NAME",
+        help="a decoding strategy (see `unimodel list --kind decoding`); default: the one the model's objective names",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the strategy, e.g. --option iterations=4 (repeatable; values are TOML: 4, true, [3, 4])",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unimodel import __version__
 
@@ -669,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unless --temperature, --top-k, --top-p or --seed asks for sampling)",
     )
     p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    _strategy_arguments(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -690,7 +759,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="pair data (seq2seq): greedy-decode the first N pairs and report the exact match (0: skip; default 500)",
     )
+    _strategy_arguments(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "distill",
+        parents=[common],
+        help="decode every source of pair data with an autoregressive teacher into a pair file (for cmlm)",
+    )
+    p.add_argument("teacher", metavar="TEACHER", help="a seq2seq checkpoint folder")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="SPEC",
+        help="a pair corpus name, a JSONL or TSV pair file, or a run config file (its [data] table)",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="the JSONL pair file; an existing one is resumed")
+    p.add_argument("--split", choices=["train", "validation"], default="train", help="the split of a corpus or run")
+    p.add_argument("--num-beams", type=int, default=1, metavar="N", help="beam search when > 1 (default greedy)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="sources decoded at once")
+    p.add_argument(
+        "--validation-out",
+        metavar="FILE",
+        help="also write the data's validation pairs, unchanged, to FILE (the references a student run scores on)",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser(
         "convert", parents=[common], help="convert between unimodel checkpoints and Hugging Face folders"

@@ -258,10 +258,21 @@ class Objective(ABC, Generic[ConfigT]):
     files, pair corpora), or a plugin's own kind. ``passes_mems``: ``forward``
     passes a batch's ``mems`` to the model, so the text kind's recurrent mode
     (``[data] recurrent_memory``, :mod:`unimodel.data.recurrent`) can train with it.
+
+    ``model_options`` are model config values the objective needs, e.g.
+    ``{"causal_decoder": False}``: :func:`~unimodel.build_model` sets each one
+    on a model whose config has that field (over the preset's value, under a
+    value the model spec sets itself), and checks ``requires`` against the
+    capabilities of the model so configured (``provides_for(config)``).
+    ``default_strategy`` names the decoding strategy ``generate`` runs for a
+    model trained with this objective when the call names none and neither
+    samples nor searches beams (``None``: greedy).
     """
 
     config_class: type[ConfigT]
     requires: ClassVar[frozenset[str]] = frozenset()
+    model_options: ClassVar[Mapping[str, Any]] = {}
+    default_strategy: ClassVar[str | None] = None
     special_tokens: ClassVar[tuple[str, ...]] = ()
     primary_head: ClassVar[str | None] = "lm"
     uses_lm_head: ClassVar[bool] = True

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from unimodel.bounds import build_within_memory
 from unimodel.config import Config, read_config_file
-from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError
+from unimodel.errors import ConfigError, IncompatibleObjectiveError, InputError, UnimodelError
 from unimodel.generation.config import GenerationConfig
 from unimodel.inputs import RangeChecks, check_call, check_ids_range, check_ids_shape
 from unimodel.interfaces import (
@@ -386,8 +386,8 @@ class Model(nn.Module):
 
     # -------------------------------------------------------------- generate
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, **kwargs: Any) -> Tensor:
-        """Generate continuations; see :func:`unimodel.generation.generate` for the options."""
+    def generate(self, input_ids: Tensor, **kwargs: Any) -> Any:
+        """Generate continuations (a LongTensor); see :func:`unimodel.generation.generate` for the options."""
         from unimodel.generation import generate
 
         return generate(self, input_ids, **kwargs)
@@ -461,7 +461,10 @@ def build_model(
     """Build a model from a preset name, a dict, or a ``.toml``/``.json`` file.
 
     Keyword overrides set config fields (``d_model=256``) or the objective
-    (``objective="fim"`` or ``objective={"name": "fim", "rate": 0.5}``).
+    (``objective="fim"`` or ``objective={"name": "fim", "rate": 0.5}``). The
+    objective's :attr:`~unimodel.interfaces.Objective.model_options` are applied
+    to the model config where it has those fields (``cmlm`` builds the decoder
+    without its causal mask), unless the spec sets them itself.
     """
     reg = registry or get_registry()
     model_spec, objective_spec = split_spec(spec, overrides)
@@ -469,14 +472,35 @@ def build_model(
     named = reg.get("model", name)
     family_comp, preset_values = reg.resolve_model(name)
     family: type[ModelFamily] = family_comp.load()
-    config = family.config_class.from_layers(preset_values, model_spec, section=f"model {name!r}")
+    section = f"model {name!r}"
+    model_spec = family.config_class.canonical(model_spec, section)
+    family.config_class.from_layers(preset_values, model_spec, section=section)  # the user's own mistakes first
 
-    provides_for = getattr(family, "provides_for", None)
-    provides = provides_for(config) if provides_for is not None else frozenset(family_comp.provides)
     objective_spec = objective_spec or {"name": family_comp.default_objective}
-    if objective_spec.get("name") is None:
+    objective_name = objective_spec.get("name")
+    if objective_name is None:
         raise ConfigError(f"model {name!r} has no default objective; name one with objective=...")
-    objective, objective_comp = _build_objective(objective_spec, reg, provides=provides, model_name=name)
+    objective_comp = reg.get("objective", objective_name)
+    objective_cls: type[Objective] = objective_comp.load()
+    options = applicable_options(objective_cls, family.config_class)
+    try:
+        config = family.config_class.from_layers(preset_values, options, model_spec, section=section)
+        provides = model_provides(family, family_comp, config)
+    except ConfigError as exc:  # the model cannot take the objective's settings
+        fits = _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
+        raise IncompatibleObjectiveError(
+            f"objective {objective_name!r} builds the model with {_assignments(options)}, which model {name!r} "
+            f"cannot take: {exc}. Objectives that work with {name!r}: {', '.join(fits) or '(none)'}."
+        ) from exc
+    missing = set(objective_comp.requires) - provides
+    if missing:
+        fits = _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
+        raise IncompatibleObjectiveError(
+            f"objective {objective_name!r} needs {Cap.explain(sorted(missing))}, which model {name!r} does not "
+            f"provide{_options_note(objective_cls, family.config_class, model_spec)}. "
+            f"Objectives that work with {name!r}: {', '.join(fits) or '(none)'}."
+        )
+    objective, objective_comp = _build_objective(objective_spec, reg, provides=None, model_name=name)
 
     shown = reg.display_name(named)  # the plain name unless another plugin registers it too
     backbone, heads = build_within_memory(family, config, objective, f"model {shown!r}")  # or a ResourceError
@@ -502,6 +526,102 @@ def build_model(
         tokenizer=tokenizer,
         provenance={"model": reg.provenance(family_comp), "objective": reg.provenance(objective_comp)},
     )
+
+
+def applicable_options(objective: type[Objective], config_class: type[Config]) -> dict[str, Any]:
+    """The objective's :attr:`~unimodel.interfaces.Objective.model_options` that ``config_class`` has fields for."""
+    fields = set(config_class.field_names())
+    return {k: v for k, v in objective.model_options.items() if k in fields}
+
+
+def model_provides(family: type[ModelFamily], family_comp: Component, config: Config) -> frozenset[str]:
+    """Capabilities of ``family`` built with ``config``: its ``provides_for(config)``, else the registry record's."""
+    provides_for = getattr(family, "provides_for", None)
+    return frozenset(provides_for(config) if provides_for is not None else family_comp.provides)
+
+
+def capabilities_for(spec: Any, objective: str | None = None, *, registry: Registry | None = None) -> frozenset[str]:
+    """Capabilities of model ``spec`` (a name or a dict, as for :func:`build_model`) built for ``objective``.
+
+    The objective's ``model_options`` are applied first (``cmlm`` makes a T5's
+    decoder non-causal); builds configs only, no weights. Raises ConfigError
+    when the model cannot take the spec or the options.
+    """
+    reg = registry or get_registry()
+    model_spec, _ = split_spec(spec, {})
+    family_comp, preset_values = reg.resolve_model(model_spec.pop("name"))
+    family: type[ModelFamily] = family_comp.load()
+    options = applicable_options(reg.load("objective", objective), family.config_class) if objective else {}
+    config = family.config_class.from_layers(preset_values, options, family.config_class.canonical(model_spec))
+    return model_provides(family, family_comp, config)
+
+
+def compatible_objectives(spec: Any, *, registry: Registry | None = None) -> list[str]:
+    """Names of the objectives model ``spec`` (a name or a dict, as for :func:`build_model`) builds with.
+
+    Unlike :meth:`Registry.compatible_objectives`, which compares registered
+    capabilities, this applies each objective's ``model_options`` to the model
+    config first: a T5 fits ``cmlm``, which builds its decoder non-causally.
+    Imports the family and the objectives (not a cheap metadata query). A spec
+    whose config cannot be built as given (a pairing without its parts) gets
+    the registry's answer.
+    """
+    reg = registry or get_registry()
+    model_spec, _ = split_spec(spec, {})
+    name = model_spec.pop("name")
+    family_comp, preset_values = reg.resolve_model(name)
+    family: type[ModelFamily] = family_comp.load()
+    try:
+        model_spec = family.config_class.canonical(model_spec)
+        family.config_class.from_layers(preset_values, model_spec)
+    except ConfigError:  # a spec that needs more (a pairing without its parts): the registered capabilities
+        return reg.compatible_objectives(family_comp.provides)
+    return _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
+
+
+def _fitting_objectives(
+    reg: Registry,
+    family: type[ModelFamily],
+    family_comp: Component,
+    preset_values: Mapping[str, Any],
+    model_spec: Mapping[str, Any],
+) -> list[str]:
+    base: frozenset[str] | None = None
+    out = []
+    for comp in reg.components("objective"):
+        try:
+            options = applicable_options(comp.load(), family.config_class)
+            if options or base is None:
+                config = family.config_class.from_layers(preset_values, options, model_spec)
+                provides = model_provides(family, family_comp, config)
+                if not options:
+                    base = provides
+            else:
+                provides = base
+        except UnimodelError:  # a model that cannot take the objective's options, or a broken plugin
+            continue
+        if set(comp.requires) <= provides:
+            out.append(reg.display_name(comp))
+    return sorted(out)
+
+
+def _assignments(options: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+
+def _options_note(objective: type[Objective], config_class: type[Config], model_spec: Mapping[str, Any]) -> str:
+    """Why the objective's model options did not give the capabilities it needs, when that is why."""
+    wanted = objective.model_options
+    overridden = {k: model_spec[k] for k, v in wanted.items() if k in model_spec and model_spec[k] != v}
+    if overridden:
+        return (
+            f" as configured: the objective builds the model with {_assignments({k: wanted[k] for k in overridden})}"
+            f", but the model spec sets {_assignments(overridden)}; drop that setting"
+        )
+    absent = [k for k in wanted if k not in config_class.field_names()]
+    if absent:
+        return f" (its config has no {', '.join(absent)} option to build it as the objective needs)"
+    return ""
 
 
 def build_objective(
@@ -549,4 +669,13 @@ def _build_objective(
     return cls(cls.config_class.from_dict(values, section=f"objective {name!r}")), comp
 
 
-__all__ = ["Cap", "Model", "accepted_inputs", "build_model", "build_objective", "call_part"]
+__all__ = [
+    "Cap",
+    "Model",
+    "accepted_inputs",
+    "build_model",
+    "build_objective",
+    "call_part",
+    "capabilities_for",
+    "compatible_objectives",
+]

@@ -49,6 +49,22 @@ def pad_sequences(
     return ids, mask
 
 
+def frame(
+    ids: Sequence[int], tokenizer: Tokenizer | None, *, add_bos: bool, add_eos: bool, limit: int | None = None
+) -> list[int]:
+    """``[bos] ids [eos]`` with the tokenizer's tokens (each only when asked and the tokenizer has it),
+    cut to at most ``limit`` tokens with the eos kept."""
+    out = list(ids)
+    if tokenizer is not None and add_bos and tokenizer.has_role("bos"):
+        out = [tokenizer.special_id("bos"), *out]
+    eos = tokenizer.special_id("eos") if tokenizer is not None and add_eos and tokenizer.has_role("eos") else None
+    if limit is not None:
+        out = out[: max(limit - (eos is not None), 0)]
+    if eos is not None:
+        out.append(eos)
+    return out
+
+
 def lm_loss(logits: Tensor, labels: Tensor, *, shift: bool, label_smoothing: float = 0.0) -> Tensor:
     """Mean token cross-entropy; ``shift`` makes logits[t] predict labels[t+1] (causal LM).
 
@@ -186,15 +202,7 @@ class Seq2Seq(TokenLossObjective[Seq2SeqConfig]):
         return {}
 
     def _frame(self, ids: Sequence[int], tokenizer: Tokenizer | None, limit: int | None) -> list[int]:
-        c = self.config
-        out = list(ids)
-        if tokenizer is not None and c.add_bos and tokenizer.has_role("bos"):
-            out = [tokenizer.special_id("bos"), *out]
-        if limit is not None:
-            out = out[: limit - (1 if c.add_eos and tokenizer is not None and tokenizer.has_role("eos") else 0)]
-        if tokenizer is not None and c.add_eos and tokenizer.has_role("eos"):
-            out.append(tokenizer.special_id("eos"))
-        return out
+        return frame(ids, tokenizer, add_bos=self.config.add_bos, add_eos=self.config.add_eos, limit=limit)
 
     def prepare(
         self, examples: Examples, *, tokenizer: Tokenizer | None = None, generator: torch.Generator | None = None

@@ -28,6 +28,9 @@ class EncoderDecoderConfig(Config):
     decoder: dict | None = param(None, 'the decoder: {name = "<decoder or model preset>", <its config fields>...}')
     vocab_size: int | None = param(None, "vocabulary shared by both sides (set from the tokenizer when training)")
     share_embeddings: bool = param(False, "one embedding table for both sides (needs equal widths)")
+    causal_decoder: bool = param(
+        True, "false: the decoder sees all its inputs (cmlm / mask-predict); the decoder needs a causal_decoder option"
+    )
     bos_token_id: int | None = param(None, "beginning-of-sequence id")
     eos_token_id: int | None = param(None, "end-of-sequence id")
     pad_token_id: int | None = param(0, "padding id")
@@ -39,6 +42,12 @@ class EncoderDecoderConfig(Config):
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
                 self.fail(side, f'give the {side} as a table with a name, e.g. {side} = {{ name = "..." }}')
         self.require_positive("vocab_size")
+        inner = (self.decoder or {}).get("causal_decoder", self.causal_decoder)
+        if inner != self.causal_decoder:
+            self.fail(
+                ("causal_decoder", "decoder"),
+                f"the decoder table sets causal_decoder = {inner!r}; set causal_decoder on the pair instead",
+            )
 
 
 def _resolve(kind: str, spec: dict[str, Any], vocab_size: int | None, reg: Registry) -> tuple[type, Config, Any]:
@@ -91,14 +100,27 @@ class EncoderDecoder(ModelFamily[EncoderDecoderConfig]):
 
     @classmethod
     def provides_for(cls, config: EncoderDecoderConfig) -> frozenset[str]:
-        """Capabilities of the pair: the decoder's, minus decoder-only, plus encoder-decoder."""
+        """Capabilities of the pair: the decoder's, minus decoder-only, plus encoder-decoder.
+
+        With ``causal_decoder = false`` the decoder runs without its causal mask:
+        ``noncausal_decoder`` replaces ``causal`` and ``kv_cache``. A decoder whose
+        config has no ``causal_decoder`` option cannot, which is a :class:`ConfigError`.
+        """
         reg = get_registry()
         assert config.decoder is not None  # check() refuses a pair without one
         dec_name = config.decoder["name"]
         if not reg.has("decoder", dec_name) and reg.has("model", dec_name):
             dec_name = reg.resolve_model(dec_name)[0].name
         dec = reg.get("decoder", dec_name)
-        return frozenset(dec.provides) - {Cap.DECODER_ONLY} | {Cap.ENCODER_DECODER}
+        provides = frozenset(dec.provides) - {Cap.DECODER_ONLY} | {Cap.ENCODER_DECODER}
+        if config.causal_decoder:
+            return provides
+        if "causal_decoder" not in dec.load().config_class.field_names():
+            raise ConfigError(
+                f"model 'encoder-decoder': causal_decoder = false, but decoder {dec_name!r} always runs causally "
+                "(its config has no causal_decoder option); pair a decoder that has one"
+            )
+        return provides - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
 
     @classmethod
     def build_backbone(cls, config: EncoderDecoderConfig) -> Backbone:
@@ -110,6 +132,10 @@ class EncoderDecoder(ModelFamily[EncoderDecoderConfig]):
         d_dec = getattr(dec_cfg, "d_model", None)
         if "memory_dim" in dec_cfg.field_names():  # a decoder that gains cross-attention on request
             dec_cfg = dec_cfg.replace(memory_dim=d_dec)
+        if "causal_decoder" in dec_cfg.field_names():
+            dec_cfg = dec_cfg.replace(causal_decoder=config.causal_decoder)
+        elif not config.causal_decoder:
+            cls.provides_for(config)  # raises: this decoder cannot run non-causally
         decoder: Decoder = dec_cls(dec_cfg)
         if not getattr(decoder, "cross_attention", False):
             raise ConfigError(

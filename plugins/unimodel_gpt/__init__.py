@@ -14,6 +14,7 @@ from unimodel.hookspecs import PLUGIN_API_VERSION
 from unimodel.registry import Component, TokenizerRecipe, presets
 
 PROVIDES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
+NONCAUSAL_PROVIDES = frozenset({Cap.DECODER_ONLY, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})  # causal_decoder = false
 REQUIRES = frozenset({Cap.DECODER_ONLY, Cap.CAUSAL, Cap.LM_HEAD})
 _TINY = {
     "vocab_size": 99,

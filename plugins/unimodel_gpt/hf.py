@@ -120,6 +120,8 @@ class GPT2Converter(HFConverter):
         assert isinstance(c, GPTConfig)
         if c.memory_dim is not None:
             raise CheckpointError("a GPT decoder with cross-attention has no GPT2LMHeadModel equivalent")
+        if not c.causal_decoder:
+            raise CheckpointError("a GPT model with a non-causal decoder has no GPT2LMHeadModel equivalent")
         return {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",

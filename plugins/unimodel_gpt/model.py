@@ -9,10 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from unimodel.config import Config, param
+from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, ModelFamily
 from unimodel.nn import ACTIVATIONS, Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
 from unimodel.nn.ffn import residual_std
-from unimodel_gpt import PROVIDES
+from unimodel_gpt import NONCAUSAL_PROVIDES, PROVIDES
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class GPTConfig(Config):
     scale_attn_weights: bool = param(True, "scale attention scores by head_dim ** -0.5")
     scale_attn_by_inverse_layer_idx: bool = param(False, "divide layer i's attention scores by i+1 (GPT-2 option)")
     memory_dim: int | None = param(None, "width of an encoder memory to cross-attend to (set when paired)")
+    causal_decoder: bool = param(True, "false: every position sees every other one (cmlm when paired), no KV cache")
     init_std: float = param(0.02, "standard deviation of the initial weights")
     bos_token_id: int | None = param(None, "beginning-of-sequence id")
     eos_token_id: int | None = param(None, "end-of-sequence id (generation stops there)")
@@ -62,6 +64,9 @@ class GPTDecoder(Decoder[GPTConfig]):
         c = config
         self.config = c
         self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, c.max_positions
+        self.is_causal = c.causal_decoder
+        if not c.causal_decoder:
+            self.provides = NONCAUSAL_PROVIDES
         self.cross_attention = c.memory_dim is not None
         self.wte = nn.Embedding(c.vocab_size, c.d_model)
         self.wpe = LearnedPositions(c.max_positions, c.d_model)
@@ -109,12 +114,14 @@ class GPTDecoder(Decoder[GPTConfig]):
         cache: KVCache | None = None,
     ) -> DecoderOutput:
         _B, T = input_ids.shape
+        if cache is not None and not self.is_causal:
+            raise InputError("a non-causal GPT decoder sees its whole input at once; it cannot decode with a cache")
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, D)
         mask, is_causal = attention_mask_for(
-            key_mask=attention_mask, q_len=T, k_len=past + T, causal=True, device=input_ids.device
+            key_mask=attention_mask, q_len=T, k_len=past + T, causal=self.is_causal, device=input_ids.device
         )
         mem_mask = None
         if memory_mask is not None and not bool(memory_mask.all()):
@@ -132,13 +139,17 @@ class GPT(ModelFamily[GPTConfig]):
     config_class = GPTConfig
 
     @classmethod
+    def provides_for(cls, config: GPTConfig) -> frozenset[str]:
+        return PROVIDES if config.causal_decoder else NONCAUSAL_PROVIDES
+
+    @classmethod
     def build_backbone(cls, config: GPTConfig) -> Backbone:
         decoder = GPTDecoder(config)
         return Backbone(
             encoder=None,
             decoder=decoder,
             lm_head=decoder.build_lm_head(),
-            provides=PROVIDES,
+            provides=cls.provides_for(config),
             special_tokens={
                 "bos": config.bos_token_id,
                 "eos": config.eos_token_id,

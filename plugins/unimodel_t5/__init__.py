@@ -16,6 +16,9 @@ from unimodel.registry import Component, TokenizerRecipe, presets
 PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
 ENCODER_PROVIDES = frozenset({Cap.ENCODER_ONLY, Cap.LM_HEAD})
 DECODER_PROVIDES = frozenset({Cap.CAUSAL, Cap.LM_HEAD, Cap.KV_CACHE})
+# causal_decoder = false (cmlm): the decoder sees its whole input and keeps no cache
+NONCAUSAL_PROVIDES = frozenset({Cap.ENCODER_DECODER, Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
+NONCAUSAL_DECODER_PROVIDES = frozenset({Cap.NONCAUSAL_DECODER, Cap.LM_HEAD})
 SPAN_CORRUPTION_REQUIRES = frozenset({Cap.ENCODER_DECODER, Cap.LM_HEAD})
 _TINY = {"vocab_size": 99, "d_model": 32, "head_dim": 8, "d_ff": 37, "n_layers": 2, "n_heads": 4, "dropout": 0.0}
 N_SENTINELS = 100

@@ -178,6 +178,8 @@ class T5Converter(HFConverter):
         assert isinstance(c, T5Config)
         if c.memory_dim is not None and c.memory_dim != c.d_model:
             raise CheckpointError("a T5 decoder reading a memory narrower or wider than d_model has no HF equivalent")
+        if not c.causal_decoder:
+            raise CheckpointError("a T5 model with a non-causal decoder has no T5ForConditionalGeneration equivalent")
         return {
             "architectures": ["T5ForConditionalGeneration"],
             "model_type": "t5",

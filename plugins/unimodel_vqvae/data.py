@@ -310,6 +310,7 @@ class ImageData(DataKind):
         tokenizer: Tokenizer | None,
         batch_size: int,
         accelerator: Accelerator | None = None,
+        generate_options: Mapping[str, Any] | None = None,
     ) -> TaskMetric | None:
         return measure_reconstruction(model, examples, batch_size=batch_size)
 

@@ -365,12 +365,21 @@ class PairData(DataKind):
         tokenizer: Tokenizer | None,
         batch_size: int,
         accelerator: Accelerator | None = None,
+        generate_options: Mapping[str, Any] | None = None,
     ) -> TaskMetric | None:
-        """The exact match of greedy decodings of ``examples``' sources against their targets."""
+        """The exact match of decodings of ``examples``' sources against their targets (greedy, or as
+        ``generate_options`` say)."""
         from unimodel.data.exact_match import exact_match
 
         tok = _require(tokenizer, cls.unit)
-        return exact_match(model, examples, tokenizer=tok, batch_size=batch_size, accelerator=accelerator)
+        return exact_match(
+            model,
+            examples,
+            tokenizer=tok,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            generate_options=generate_options,
+        )
 
     def sample(
         self,

@@ -48,16 +48,17 @@ class ExactMatch(TaskMetric):
     matches: int
     total: int
     examples: list[tuple[str, str, str, bool]] = field(default_factory=list)  # (source, prediction, reference, hit)
+    decoding: str = "greedy"  # the strategy, and the options given to it
 
     @property
     def score(self) -> float:
         return self.matches / self.total if self.total else float("nan")
 
     def summary(self) -> str:
-        return f"exact match {self.score:.2%} ({self.matches}/{self.total} pairs, greedy)"
+        return f"exact match {self.score:.2%} ({self.matches}/{self.total} pairs, {self.decoding})"
 
     def report(self) -> str:
-        return f"exact match: {self.score:.2%} ({self.matches:,} of {self.total:,} pairs, greedy decoding)"
+        return f"exact match: {self.score:.2%} ({self.matches:,} of {self.total:,} pairs, {self.decoding} decoding)"
 
     def shown(self) -> str | None:
         if not self.examples:
@@ -69,9 +70,15 @@ class ExactMatch(TaskMetric):
 
 @torch.no_grad()
 def generate_targets(
-    model: Model, examples: Sequence[Mapping[str, Any]], *, tokenizer: Tokenizer, batch_size: int = 64
+    model: Model,
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    tokenizer: Tokenizer,
+    batch_size: int = 64,
+    generate_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Greedy decodings (text) of the sources of pair ``examples``, in order.
+    """Greedy decodings (text) of the sources of pair ``examples``, in order; ``generate_options`` choose
+    another decoding (``{"strategy": "mask_predict", "iterations": 4}``), never sampling.
 
     Sources are framed and padded by the objective's ``prepare`` exactly as in
     training. A prediction is cut at its first eos, and at ``len(target) + 3``
@@ -86,7 +93,8 @@ def generate_targets(
         part = list(examples[start : start + batch_size])
         caps = [len(ex["target"]) + SLACK for ex in part]
         sources = [list(ex["source"]) for ex in part]
-        texts += generate_texts(model, sources, tokenizer=tokenizer, max_new_tokens=caps, do_sample=False)
+        options = {**(generate_options or {}), "do_sample": False}
+        texts += generate_texts(model, sources, tokenizer=tokenizer, max_new_tokens=caps, **options)
     return texts
 
 
@@ -98,6 +106,7 @@ def exact_match(
     batch_size: int = 64,
     accelerator: Accelerator | None = None,
     keep: int = 3,
+    generate_options: Mapping[str, Any] | None = None,
 ) -> ExactMatch:
     """Share of pair ``examples`` whose greedy decoding equals the target text (whitespace normalised).
 
@@ -106,7 +115,9 @@ def exact_match(
     """
     indices, chunk = process_share(len(examples), batch_size, accelerator)
     mine = [examples[i] for i in indices]
-    predictions = generate_targets(model, mine, tokenizer=tokenizer, batch_size=chunk)
+    predictions = generate_targets(
+        model, mine, tokenizer=tokenizer, batch_size=chunk, generate_options=generate_options
+    )
     references = [tokenizer.decode(ex["target"]) for ex in mine]
     matches = count_exact_matches(predictions, references)
     total = reduce_sum(torch.tensor([matches, len(mine)], dtype=torch.float64), accelerator)
@@ -114,7 +125,28 @@ def exact_match(
         (tokenizer.decode(ex["source"]), p, r, normalize_whitespace(p) == normalize_whitespace(r))
         for ex, p, r in zip(mine[:keep], predictions, references)
     ]
-    return ExactMatch(matches=int(total[0]), total=int(total[1]), examples=shown)
+    return ExactMatch(
+        matches=int(total[0]), total=int(total[1]), examples=shown, decoding=decoding_label(model, generate_options)
+    )
 
 
-__all__ = ["ExactMatch", "count_exact_matches", "exact_match", "generate_targets", "normalize_whitespace"]
+def decoding_label(model: Model, options: Mapping[str, Any] | None) -> str:
+    """``"greedy"``, or the strategy that runs with the options given to it (``"mask_predict, iterations=4"``)."""
+    from unimodel.generation.settings import call_config, chosen_strategy, default_config
+
+    given = dict(options or {})
+    if not given:  # the model's own decoding
+        return getattr(getattr(model, "objective", None), "default_strategy", None) or "greedy"
+    name = chosen_strategy(model, call_config(default_config(model), given))
+    shown = [f"{k}={v}" for k, v in given.items() if k not in ("strategy", "do_sample")]
+    return ", ".join([name, *shown])
+
+
+__all__ = [
+    "ExactMatch",
+    "count_exact_matches",
+    "decoding_label",
+    "exact_match",
+    "generate_targets",
+    "normalize_whitespace",
+]

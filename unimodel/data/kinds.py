@@ -228,8 +228,10 @@ class DataKind(ABC):
         tokenizer: Tokenizer | None,
         batch_size: int,
         accelerator: Accelerator | None = None,
+        generate_options: Mapping[str, Any] | None = None,
     ) -> TaskMetric | None:
-        """The task's own score on validation ``examples`` (``None``: the kind has none)."""
+        """The task's own score on validation ``examples`` (``None``: the kind has none); ``generate_options``
+        choose the decoding of a task scored on generated outputs."""
         return None
 
     def sample(

@@ -1,8 +1,8 @@
 """Synthetic parallel corpora generated deterministically (no download).
 
 ``numbers``: a number written in digits -> the same number in English words
-("1407" -> "one thousand four hundred seven"). Train and validation numbers
-are disjoint. Used to check that encoder-decoders learn a real mapping, and by
+("1407" -> "one thousand four hundred seven"), or several (``count``) joined by
+" , ". Train and validation pairs are disjoint. Used to check that encoder-decoders learn a real mapping, and by
 non-autoregressive decoding, whose outputs have lengths unknown in advance.
 """
 
@@ -78,25 +78,73 @@ def _numbers_bytes(split: str = "train", *, n_train: int = 20000, n_validation: 
 
 @declare_size(_numbers_bytes)
 def numbers_pairs(
-    split: str = "train", *, n_train: int = 20000, n_validation: int = 500, max_value: int = 99999, seed: int = 0
+    split: str = "train",
+    *,
+    n_train: int = 20000,
+    n_validation: int = 500,
+    max_value: int | None = None,
+    seed: int = 0,
+    count: int = 1,
 ) -> list[dict[str, str]]:
     """Disjoint train/validation sets of ``{"source": digits, "target": words}``.
 
-    Numbers are drawn without replacement from ``[0, max_value]`` with a fixed
-    seed, so every call (every process, every machine) gets the same split.
-    Registered as the pair corpus ``numbers``; ``data.corpus_options`` sets
-    the keyword arguments.
+    With ``count`` > 1 a pair holds that many numbers: ``"4821 17 90321"`` ->
+    ``"four thousand eight hundred twenty-one , seventeen , ninety thousand three
+    hundred twenty-one"``. Each number is drawn from ``[0, max_value]``;
+    ``max_value`` defaults to 99,999 for one number and to 99,999,999 for more
+    (four such numbers make targets of about 54 tokens with the examples'
+    digit-splitting BPE), so that longer targets exercise length prediction.
+
+    Pairs are drawn with a fixed seed, distinct, so every call (every process,
+    every machine) gets the same split, and no validation pair is a training
+    pair; ``count = 1`` draws without replacement as this corpus always has.
+    Registered as the pair corpus ``numbers``; ``data.corpus_options`` sets the
+    keyword arguments.
     """
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
-    for name, value in (("n_train", n_train), ("n_validation", n_validation), ("max_value", max_value), ("seed", seed)):
+    if max_value is None:
+        max_value = 99_999 if count == 1 else 99_999_999
+    values = (("n_train", n_train), ("n_validation", n_validation), ("max_value", max_value), ("seed", seed))
+    for name, value in (*values, ("count", count)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1 (numbers per pair), got {count}")
     if max_value >= 10**12:
         raise ValueError(f"max_value must be below 10**12 (the largest number written in words), got {max_value}")
     total = n_train + n_validation
-    if total > max_value + 1:
-        raise ValueError(f"cannot draw {total} distinct numbers from [0, {max_value}]")
-    numbers = random.Random(seed).sample(range(max_value + 1), total)
-    chosen = numbers[:n_train] if split == "train" else numbers[n_train:]
-    return [{"source": str(n), "target": number_to_words(n)} for n in chosen]
+    if total > (max_value + 1) ** count:
+        what = "numbers" if count == 1 else f"tuples of {count} numbers"
+        raise ValueError(f"cannot draw {total} distinct {what} from [0, {max_value}]")
+    rng = random.Random(seed)
+    tuples: list[tuple[int, ...]]
+    if count == 1:
+        tuples = [(n,) for n in rng.sample(range(max_value + 1), total)]
+    else:
+        tuples = _distinct_tuples(rng, total, count, max_value)
+    chosen = tuples[:n_train] if split == "train" else tuples[n_train:]
+    return [{"source": " ".join(map(str, t)), "target": " , ".join(map(number_to_words, t))} for t in chosen]
+
+
+def _distinct_tuples(rng: random.Random, total: int, count: int, max_value: int) -> list[tuple[int, ...]]:
+    """``total`` distinct tuples of ``count`` numbers in ``[0, max_value]``, in the order drawn."""
+    if total > (max_value + 1) ** count // 2:
+        # dense: draw the tuples' indices without replacement (rejection would slow down near the end)
+        return [_tuple_at(i, count, max_value + 1) for i in rng.sample(range((max_value + 1) ** count), total)]
+    seen: set[tuple[int, ...]] = set()
+    out: list[tuple[int, ...]] = []
+    while len(out) < total:
+        t = tuple(rng.randrange(max_value + 1) for _ in range(count))
+        if t not in seen:
+            seen.add(t)
+            out.append(t)
+    return out
+
+
+def _tuple_at(index: int, count: int, base: int) -> tuple[int, ...]:
+    digits = []
+    for _ in range(count):
+        index, d = divmod(index, base)
+        digits.append(d)
+    return tuple(digits)

@@ -14,16 +14,16 @@ it adds a model::
 
     Component(kind="decoding", name="mask_predict", target="my_plugin.decoding:mask_predict",
               requires=("encoder_decoder", "noncausal_decoder", "lm_head"),
-              extra={"options": ("iterations",)})
+              options=("iterations",))
 
 ``generate`` runs the component named by ``strategy=`` (else ``beam`` when
 ``num_beams > 1``, else the model's own strategy when its family declares one
-(``Backbone.decoding``), else ``sample`` when ``do_sample`` and ``greedy``
-otherwise) after checking that the model provides every capability in the
-component's ``requires``.
+(``Backbone.decoding``), else ``sample`` when ``do_sample``, else the model's
+objective's ``default_strategy``, normally ``greedy``) after checking that the
+model provides every capability in the component's ``requires``.
 The options are a :class:`GenerationConfig` (the model's stored defaults,
 ``model.generation_config``, with the call's overrides), validated when made.
-Option names a strategy lists in ``extra["options"]`` are accepted by
+Option names a strategy lists in its ``options`` are accepted by
 ``generate`` and reach it in ``settings.extra``. The strategy is called as::
 
     strategy(model, inputs, settings) -> torch.LongTensor   # (B * num_return_sequences, L)
@@ -45,11 +45,17 @@ Option names a strategy lists in ``extra["options"]`` are accepted by
 and decoding with the model's tokenizer); the CLI and the trainer use it.
 
 The strategy returns the full decoder sequences, prompt included, an input's
-returned sequences on consecutive rows.
+returned sequences on consecutive rows; or, when an option asks for more (an
+iteration history, say), an object holding them that copies itself with
+``clone()``, which ``generate`` returns. A strategy that never multiplies a
+single row by the weights (parallel decoding) sets the attribute
+``uses_decoding_layout = False`` on itself, so ``generate`` skips making the
+one-row weight copies of :func:`~unimodel.nn.linear.decoding_layout`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +71,7 @@ from unimodel.generation.settings import (
     GenerationSettings,
     call_config,
     check_option_names,
+    chosen_strategy,
     default_config,
     resolve_settings,
 )
@@ -99,8 +106,9 @@ def declared_options(component: Component) -> tuple[str, ...]:
     return tuple(component.options)
 
 
-def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Tensor:
-    """Generate continuations of ``input_ids`` (B, S); returns a LongTensor (B * num_return_sequences, L).
+def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = None, **options: Any) -> Any:
+    """Generate continuations of ``input_ids`` (B, S); returns a LongTensor (B * num_return_sequences, L)
+    (or a strategy's richer result, when one of its options asks for it).
 
     Options (Hugging Face names and meanings). Every :class:`GenerationConfig`
     field overrides the model's default (``model.generation_config``) for this
@@ -144,6 +152,7 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     config = call_config(default_config(model), options)
     if config.strategy is None and config.num_beams == 1 and model.decoding is not None:
         config = config.replace(strategy=model.decoding)  # the family's own way to generate (it reads do_sample)
+    strategy_name = chosen_strategy(model, config)
     # a strategy chosen from num_beams/do_sample is the core's, the family's default its plugin's,
     # whatever other plugins call theirs
     if options.get("strategy"):
@@ -152,10 +161,10 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         prefer = (model.provenance.get("model", {}).get("component") or "").partition(":")[0] or None
     else:
         prefer = "core"
-    component = reg.get("decoding", config.strategy_name, prefer=prefer)
+    component = reg.get("decoding", strategy_name, prefer=prefer)
     declared = declared_options(component)
-    check_option_names(options, OPTIONS + declared)
-    _check_can_generate(model, config.strategy_name, component.requires, reg)
+    check_option_names(options, tuple(dict.fromkeys(OPTIONS + declared)))
+    _check_can_generate(model, strategy_name, component.requires, reg)
 
     ids, mask = _check_inputs(model, input_ids, options.get("attention_mask"))
     # The decoder prompt is the prompt itself, or the decoder start token of an encoder-decoder model.
@@ -191,7 +200,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     try:
         lm_head = model.heads["lm"] if "lm" in model.heads else None  # noqa: SIM401 - nn.ModuleDict has no get()
         main = model.decoder if model.decoder is not None else model.encoder
-        with torch.inference_mode(), decoding_layout(main, lm_head):
+        layout = decoding_layout(main, lm_head) if getattr(strategy, "uses_decoding_layout", True) else None
+        with torch.inference_mode(), layout or contextlib.nullcontext():
             if inputs.encoder_output is None and model.is_encoder_decoder:
                 inputs.encoder_output = model.encode(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:

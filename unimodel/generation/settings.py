@@ -116,6 +116,15 @@ def check_option_names(options: Mapping[str, Any], accepted: Sequence[str]) -> N
             )
 
 
+def chosen_strategy(model: Model, config: GenerationConfig) -> str:
+    """The decoding component to run: ``config.strategy_name``, except that a call naming no strategy that
+    would decode greedily runs the model's objective's ``default_strategy`` (``cmlm``: ``mask_predict``)."""
+    name = config.strategy_name
+    if config.strategy is None and name == "greedy":
+        return getattr(model.objective, "default_strategy", None) or name
+    return name
+
+
 def default_config(model: Model) -> GenerationConfig:
     """The model's stored generation defaults; from its special tokens when it has none of its own."""
     config = getattr(model, "generation_config", None)

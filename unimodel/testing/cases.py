@@ -1,9 +1,10 @@
 """Which conformance checks apply to which registered components.
 
-Reads only registry metadata (no torch), so the pytest plugin can parametrize
-its tests at collection time. Each :class:`Case` names the component(s) a check
-runs on; its :attr:`Case.id` is the pytest id (``model:gpt``,
-``model:gpt/objective:fim``).
+Reads registry metadata, so the pytest plugin can parametrize its tests at
+collection time; only which objectives fit a family loads the family and the
+objectives, since an objective's ``model_options`` change what a family provides.
+Each :class:`Case` names the component(s) a check runs on; its :attr:`Case.id`
+is the pytest id (``model:gpt``, ``model:gpt/objective:fim``).
 """
 
 from __future__ import annotations
@@ -76,12 +77,27 @@ def model_cases(
     return out
 
 
+def compatible_objectives(comp: Component, reg: Registry) -> list[str]:
+    """The objectives family ``comp`` builds with at its tiny config, each objective's ``model_options`` applied.
+
+    Loads the family and the objectives (see :func:`unimodel.model.compatible_objectives`);
+    a family that cannot be loaded gets the answer of its registered capabilities.
+    """
+    from unimodel.errors import UnimodelError
+    from unimodel.model import compatible_objectives as compatible
+
+    try:
+        return compatible({"name": comp.qualified_name, **comp.tiny}, registry=reg)
+    except UnimodelError:
+        return reg.compatible_objectives(comp.provides)
+
+
 def pair_cases(reg: Registry | None = None, sel: Selection = Selection()) -> list[Case]:
     """(model family, compatible objective) pairs where either side is selected."""
     reg = reg or get_registry()
     out = []
     for comp in _families(reg):
-        for obj_name in reg.compatible_objectives(comp.provides):
+        for obj_name in compatible_objectives(comp, reg):
             obj = reg.get("objective", obj_name)
             if not (sel.matches(comp) or sel.matches(obj)):
                 continue

@@ -53,6 +53,7 @@ from unimodel.testing.base import (
     synthetic_tokenizer,
     using_registry,
 )
+from unimodel.testing.cases import compatible_objectives
 from unimodel.testing.components import (
     check_declaration,
     check_decoder,
@@ -251,7 +252,7 @@ def check_roundtrip(name: str, *, registry: Registry | None = None) -> None:
 
     with kit_context(registry) as reg, torch.no_grad(), torch.random.fork_rng(devices=[]):
         family, _ = family_and_tiny(name, reg)
-        objectives = reg.compatible_objectives(family.provides)
+        objectives = compatible_objectives(family, reg)
         reads_ids = Cap.CONTINUOUS_INPUT not in family.provides
         tok = None
         if reads_ids:
@@ -439,7 +440,7 @@ def check_config(name: str, *, registry: Registry | None = None) -> None:
         cls: type[ModelFamily] = family.load()
         config = cls.config_class.from_dict(tiny)
         roundtrip_config(config, f"model {name!r}")
-        for objective in reg.compatible_objectives(family.provides):
+        for objective in compatible_objectives(family, reg):
             obj_cls: type[Objective] = reg.load("objective", objective)
             roundtrip_config(obj_cls.config_class.from_dict({}), f"objective {objective!r}")
         model = build_tiny(name, registry=reg)
@@ -490,15 +491,15 @@ def check_capabilities(name: str, *, registry: Registry | None = None) -> None:
                 for attr in ("d_model", "vocab_size", "max_positions"):
                     if not hasattr(part, attr):
                         raise _fail(what, f"{type(part).__name__} has no attribute {attr!r} (see unimodel.interfaces)")
-        compatible = reg.compatible_objectives(family.provides)
+        compatible = compatible_objectives(family, reg)
         default = family.default_objective
-        if default is not None and set(reg.get("objective", default).requires) - set(family.provides):
+        if default is not None and reg.display_name(reg.get("objective", default)) not in compatible:
             raise _fail(
                 what,
                 f"default objective {default!r} is not among the compatible ones ({', '.join(compatible)})",
             )
         for comp in reg.components("objective"):
-            if set(comp.requires) <= set(family.provides):
+            if reg.display_name(comp) in compatible:
                 continue
             try:
                 build_tiny(name, comp.qualified_name, registry=reg)

@@ -22,6 +22,7 @@ from torch import Tensor
 from unimodel.errors import UnimodelError
 from unimodel.interfaces import Cap
 from unimodel.registry import Component, Registry
+from unimodel.testing.base import _vocab_of, objective_roles, synthetic_tokenizer
 from unimodel.testing.checks import (
     ConformanceError,
     NotApplicable,
@@ -294,13 +295,20 @@ def _check_reorder(model: Model, what: str) -> None:
     )
 
 
-def model_for(reg: Registry, requires: Collection[str], plugin: str, *, generates: bool = False) -> str | None:
+def model_for(
+    reg: Registry, requires: Collection[str], plugin: str, *, generates: bool = False, objective: str | None = None
+) -> str | None:
     """A registered family (with ``tiny`` overrides, reading token ids) that provides ``requires``: one of
-    ``plugin``'s own first, then by name; with ``generates``, one with a decoder and an LM head first."""
+    ``plugin``'s own first, then by name; with ``generates``, one with a decoder and an LM head first.
+    With ``objective``, what a family provides built for it counts (its ``model_options`` applied)."""
     fits = []
     for comp in reg.components("model"):
         have = set(comp.provides)
-        if comp.base is not None or not comp.tiny or not set(requires) <= have or Cap.CONTINUOUS_INPUT in have:
+        if comp.base is not None or not comp.tiny or Cap.CONTINUOUS_INPUT in have:
+            continue
+        if objective is not None and not set(requires) <= have:
+            have = set(_capabilities(reg, comp, objective))
+        if not set(requires) <= have:
             continue
         fits.append(comp)
 
@@ -311,19 +319,49 @@ def model_for(reg: Registry, requires: Collection[str], plugin: str, *, generate
     return reg.display_name(fits[0]) if fits else None
 
 
+def _capabilities(reg: Registry, family: Component, objective: str) -> frozenset[str]:
+    """What ``family`` at its tiny config provides when built for ``objective`` (nothing if it cannot be)."""
+    from unimodel.model import capabilities_for
+
+    try:
+        return capabilities_for({"name": family.qualified_name, **family.tiny}, objective, registry=reg)
+    except UnimodelError:
+        return frozenset()
+
+
+def decoding_target(reg: Registry, comp: Component) -> tuple[str, str | None] | None:
+    """(model, objective) to run decoding strategy ``comp`` on: a family that provides what it requires as
+    registered (objective ``None``: the family's default), else one built for an objective whose model options
+    give it that (``mask_predict`` runs on a T5 built for ``cmlm``); ``comp``'s plugin's objectives first."""
+    target = model_for(reg, comp.requires, comp.plugin, generates=True)
+    if target is not None:
+        return target, None
+    for objective in sorted(reg.components("objective"), key=lambda o: (o.plugin != comp.plugin, o.name)):
+        target = model_for(reg, comp.requires, comp.plugin, generates=True, objective=objective.qualified_name)
+        if target is not None:
+            return target, objective.qualified_name
+    return None
+
+
 def check_decoding(name: str, *, registry: Registry | None = None) -> None:
     """Runs decoding strategy ``name`` on a registered model it applies to: the same output twice with
     ``seed=0``, lengths within ``max_new_tokens``, the prompt kept, and only the pad id after a row's EOS."""
     with kit_context(registry) as reg, torch.no_grad():
         comp = reg.get("decoding", name)
         what = f"decoding strategy {name!r}"
-        target = model_for(reg, comp.requires, comp.plugin, generates=True)
-        if target is None:
+        found = decoding_target(reg, comp)
+        if found is None:
             raise NotApplicable(
                 f"{what}: no registered model family with `tiny` overrides provides what it requires "
                 f"({', '.join(comp.requires) or 'nothing'}), so the kit has nothing to run it on"
             )
-        model = build_tiny(target, registry=reg).eval()
+        target, objective = found
+        if objective is None:
+            model = build_tiny(target, registry=reg).eval()
+        else:  # built for the objective, with a tokenizer holding the roles it reads (a mask token, say)
+            tok, _ = synthetic_tokenizer(_vocab_of(target, reg), objective_roles([objective], reg))
+            model = build_tiny(target, objective, registry=reg, tokenizer=tok).eval()
+            what += f" (objective {objective!r})"
         what += f" on model {target!r}"
         vocab = _generating_part(model).vocab_size
         batch = torch.stack(prompts(model, (4, 4), seed=7))
@@ -356,4 +394,11 @@ def check_decoding(name: str, *, registry: Registry | None = None) -> None:
                 )
 
 
-__all__ = ["ConformanceError", "check_beam_search", "check_decoding", "check_generation", "model_for"]
+__all__ = [
+    "ConformanceError",
+    "check_beam_search",
+    "check_decoding",
+    "check_generation",
+    "decoding_target",
+    "model_for",
+]

@@ -40,7 +40,7 @@ PADDED = (("input_ids", "attention_mask"), ("decoder_input_ids", "decoder_attent
 
 def _target(name: str, reg: Registry) -> str | None:
     comp = reg.get("objective", name)
-    return model_for(reg, comp.requires, comp.plugin)
+    return model_for(reg, comp.requires, comp.plugin, objective=comp.qualified_name)
 
 
 def _prepare(obj: Any, examples: list[dict[str, Any]], tok: Any, seed: int, global_seed: int) -> Mapping[str, Any]:

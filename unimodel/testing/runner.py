@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from unimodel.registry import Registry
 from unimodel.testing.base import ConformanceError, NotApplicable, kit_context
-from unimodel.testing.cases import Selection
+from unimodel.testing.cases import Selection, compatible_objectives
 from unimodel.testing.checks import MODEL_CHECKS, check_gradients, check_preset
 from unimodel.testing.components import check_declaration, check_decoder, check_encoder, check_objective
 
@@ -113,7 +113,7 @@ def check_model(name: str, *, registry: Registry | None = None, raise_on_failure
         report.run("declaration", case, lambda: check_declaration("model", name))
         for check, fn in model_checks().items():
             report.run(check, case, functools.partial(fn, name))
-        for objective in reg.compatible_objectives(family.provides):
+        for objective in compatible_objectives(family, reg):
             report.run(
                 "gradients", f"{case}/objective:{objective}", functools.partial(check_gradients, name, objective)
             )

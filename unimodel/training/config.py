@@ -119,6 +119,7 @@ class RunConfig(Config):
     def check(self) -> None:
         model = resolve_model_spec(self.model)
         objective = resolve_objective_spec(self.objective, model)
+        model = model.for_objective(objective.objective_class)  # cmlm builds its decoder non-causal
         object.__setattr__(self, "_specs", (model, objective))  # derived, not a field: equality and dicts ignore it
 
     @property

@@ -144,6 +144,7 @@ def evaluate(
     max_batches: int | None = None,
     seed: int = 0,
     exact_match_examples: int | None = 500,
+    generate_options: Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Loss and perplexity of a model (or a checkpoint folder, or a run's output folder) on its kind of data.
 
@@ -156,7 +157,8 @@ def evaluate(
     config's ``block_size`` (capped by the model).
 
     A data kind with a task metric (pairs, for ``seq2seq``) also scores the
-    first ``exact_match_examples`` examples with it (0: none; None: all).
+    first ``exact_match_examples`` examples with it (0: none; None: all), decoding
+    with ``generate_options`` (a strategy and its options) where it decodes.
     """
     model, run_data = _model_and_run_data(model)
     tokenizer = model.tokenizer
@@ -186,7 +188,13 @@ def evaluate(
         unit=kind.unit,
     )
     if exact_match_examples != 0:
-        metric = kind.task_metric(model, examples[:exact_match_examples], tokenizer=tokenizer, batch_size=batch_size)
+        metric = kind.task_metric(
+            model,
+            examples[:exact_match_examples],
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            generate_options=generate_options,
+        )
         if metric is not None:
             result.with_metric(metric)
     return result

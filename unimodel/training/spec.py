@@ -51,6 +51,22 @@ class ModelSpec:
         """What ``build_model`` takes: the name and every field of ``config`` (default: :attr:`config`)."""
         return {"name": self.name, **(config or self.config).to_dict()}
 
+    def for_objective(self, objective: type[Objective]) -> ModelSpec:
+        """This spec with the objective's ``model_options`` applied where the family has the field and the
+        table does not set it (``cmlm``: ``causal_decoder = false``), its capabilities recomputed."""
+        from unimodel.model import applicable_options, model_provides
+
+        options = {
+            k: v
+            for k, v in applicable_options(objective, type(self.config)).items()
+            if k not in self.table and getattr(self.config, k) != v
+        }
+        if not options:
+            return self
+        config = type(self.config).from_layers(self.preset_values, options, self.table, section=f"model {self.name!r}")
+        provides = model_provides(self.family.load(), self.family, config)
+        return dataclasses.replace(self, config=config, provides=frozenset(provides))
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
@@ -110,14 +126,18 @@ def resolve_objective_spec(
         )
     comp = reg.get("objective", name)
     shown = reg.display_name(comp)  # a default objective is stored qualified; messages show the plain name
-    missing = set(comp.requires) - model.provides
+    cls: type[Objective] = comp.load()
+    try:
+        provides = model.for_objective(cls).provides
+    except ConfigError:  # the model cannot take the objective's settings: what it provides as it is
+        provides = model.provides
+    missing = set(comp.requires) - provides
     if missing:
         fits = reg.compatible_objectives(model.provides)
         raise IncompatibleObjectiveError(
             f"objective {shown!r} needs {', '.join(sorted(missing))}, which model {model.name!r} does not provide. "
             f"Objectives that work with {model.name!r}: {', '.join(fits) or '(none)'}."
         )
-    cls: type[Objective] = comp.load()
     config = cls.config_class.from_dict(values, section=f"objective {shown!r}")
     from unimodel.data.kinds import data_kind_name
 

@@ -1,0 +1,313 @@
+"""Non-autoregressive vs autoregressive decoding: speed, and quality on numbers with count = 4.
+
+Speed (``--part speed``): one backbone size for both sides, random weights, fp32,
+2 threads, one process. The autoregressive side is a ``seq2seq`` model decoding
+greedily on its KV cache, forced to 64 new tokens (``min_new_tokens``); the
+non-autoregressive side is the same architecture built for ``cmlm``, decoding with
+``mask_predict`` at a forced target length of 64 with T = 1, 4, 10 passes (early
+stop off: every pass runs) and, at T = 4 and 10, with three length candidates
+(the length head made to propose 63, 64 and 65). Every variant runs once per
+round, the order rotating from round to round, so a slow spell of a shared host
+falls on all of them alike; each figure is the median over the rounds. Batch 1, 8
+and 64.
+
+Quality (``--part quality``): the ``numbers`` corpus with ``count = 4`` (about 54
+target tokens). An autoregressive teacher (``seq2seq``, greedy) is trained, its
+outputs for every training source are distilled into a pair file, and two
+``cmlm`` models of the same size are trained, one on the distilled pairs, one on
+the raw targets. Exact match on the validation pairs: AR greedy; NAR
+mask-predict at T = 1, 4, 10 with length beam 3. ``--quick`` shrinks everything
+to check that the pipeline runs (its figures mean nothing).
+
+    python benchmarks/nat.py --part speed
+    python benchmarks/nat.py --part quality --quick
+    python benchmarks/nat.py --out docs/benchmarks-nat.md      # both parts, written as markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugins"))  # run from a checkout without installing
+THREADS = int(os.environ.get("NAT_BENCH_THREADS", "2"))
+TARGET = 64
+VOCAB = 1000
+
+# 4 + 4 layers, d 256, 4 heads, ffn 1024: the size the speed targets are stated for
+BART_SIZE = {
+    "d_model": 256,
+    "n_layers": 4,
+    "n_heads": 4,
+    "d_ff": 1024,
+    "max_positions": 256,
+    "dropout": 0.0,
+}
+T5_SIZE = {"d_model": 256, "head_dim": 64, "d_ff": 1024, "n_layers": 4, "n_heads": 4, "dropout": 0.0}
+
+
+# ================================================================= speed
+def speed_models(family: str) -> tuple[Any, Any, Any]:
+    """(AR model, NAR model, tokenizer) of one size, random weights; the NAR model shares the AR weights."""
+    import torch
+
+    import unimodel as um
+    from unimodel.testing import synthetic_tokenizer
+
+    tok, _ = synthetic_tokenizer(VOCAB, ["mask"])
+    size = BART_SIZE if family == "bart" else T5_SIZE
+    spec = {"name": family, "vocab_size": VOCAB, **size}
+    ids = {"pad_token_id": tok.special_id("pad"), "eos_token_id": tok.special_id("eos")}
+    if family == "bart":
+        ids.update(bos_token_id=tok.special_id("bos"), decoder_start_token_id=tok.special_id("bos"))
+    torch.manual_seed(0)
+    ar = um.build_model({**spec, **ids}, objective="seq2seq", tokenizer=tok).eval()
+    nar = um.build_model({**spec, **ids}, objective="cmlm", tokenizer=tok).eval()
+    nar.load_state_dict({**nar.state_dict(), **ar.state_dict()})
+    return ar, nar, tok
+
+
+def prefer_lengths(model: Any, lengths: Sequence[int]) -> None:
+    """Make the length head propose ``lengths``, best first, whatever the input."""
+    import torch
+
+    head = model.heads["length"].proj
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+        for rank, length in enumerate(lengths):
+            head.bias[length] = 10.0 - rank
+
+
+def speed_variants(ar: Any, nar: Any, source: Any) -> dict[str, Callable[[], Any]]:
+    variants: dict[str, Callable[[], Any]] = {
+        "AR greedy": lambda: ar.generate(source, min_new_tokens=TARGET, max_new_tokens=TARGET),
+    }
+    for t in (1, 4, 10):
+        variants[f"NAR T={t}"] = lambda t=t: nar.generate(
+            source, strategy="mask_predict", iterations=t, length=TARGET, early_stop=False
+        )
+    for t in (4, 10):
+        variants[f"NAR T={t}, 3 lengths"] = lambda t=t: nar.generate(
+            source, strategy="mask_predict", iterations=t, length_beam=3, early_stop=False
+        )
+    return variants
+
+
+def measure_speed(family: str, batches: Sequence[int], rounds: int, source_length: int) -> list[dict[str, Any]]:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    ar, nar, _ = speed_models(family)
+    prefer_lengths(nar, [TARGET, TARGET - 1, TARGET + 1])
+    rows = []
+    for batch in batches:
+        g = torch.Generator().manual_seed(batch)
+        source = torch.randint(0, VOCAB - 16, (batch, source_length), generator=g)
+        variants = speed_variants(ar, nar, source)
+        check_shapes(variants, batch)
+        names = list(variants)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                t0 = time.perf_counter()
+                variants[name]()
+                times[name].append(time.perf_counter() - t0)
+        medians = {n: statistics.median(v) * 1000 for n, v in times.items()}
+        rows.append({"batch": batch, "ms": medians})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def check_shapes(variants: Mapping[str, Callable[[], Any]], batch: int) -> None:
+    """Warm-up, and proof that each side produces 64 tokens per input."""
+    for name, run in variants.items():
+        out = run()
+        assert out.shape[0] == batch, (name, out.shape)
+        produced = out.shape[1] - 1  # after the decoder start token
+        assert produced in (TARGET, TARGET + 1, TARGET + 2), (name, out.shape)
+
+
+def speed_table(family: str, rows: list[dict[str, Any]], rounds: int) -> list[str]:
+    names = list(rows[0]["ms"])
+    nar = [n for n in names if n != "AR greedy"]
+    lines = [
+        f"### Speed: {family}, 4 + 4 layers, d 256, vocab {VOCAB}, random weights, {TARGET}-token targets",
+        "",
+        f"Median of {rounds} rounds, ms per `generate` call (speed-up over AR greedy in brackets).",
+        "",
+        "| batch | AR greedy (cached) | " + " | ".join(nar) + " |",
+        "|---:|---:|" + "---:|" * len(nar),
+    ]
+    for r in rows:
+        base = r["ms"]["AR greedy"]
+        cells = [f"{r['ms'][n]:,.1f} ({base / r['ms'][n]:.1f}x)" for n in nar]
+        lines.append(f"| {r['batch']} | {base:,.1f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# ================================================================= quality
+def quality_runs(out: Path, quick: bool, family: str, steps: int) -> dict[str, Any]:
+    """Train the AR teacher, distill, train NAR on distilled and raw targets; exact match of each."""
+    import torch
+
+    from unimodel.checkpoint import load
+    from unimodel.generation.distill import distill, load_pairs
+    from unimodel.training import train
+
+    torch.set_num_threads(THREADS)
+    n_train, n_val = (256, 32) if quick else (20000, 500)
+    steps = 20 if quick else steps
+    corpus = {"corpus": "numbers", "corpus_options": {"n_train": n_train, "n_validation": n_val, "count": 4}}
+    data = {**corpus, "vocab_size": VOCAB, "split_digits": True}
+    size = {"name": family, **(BART_SIZE if family == "bart" else T5_SIZE)}
+    schedule = {
+        "max_steps": steps,
+        "batch_size": 16 if quick else 64,
+        "learning_rate": 1e-3,
+        "warmup_steps": 5 if quick else 300,
+        "weight_decay": 0.01,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+        "log_every": 10 if quick else 500,
+        "progress": False,
+        "exact_match_examples": 0,  # scored below, with every decoding setting
+        "overwrite": True,
+    }
+    validation = out / "validation.jsonl"
+    write_pairs(validation, load_pairs(corpus, split="validation"))
+    results: dict[str, Any] = {"n_train": n_train, "n_validation": n_val, "steps": steps}
+
+    started = time.perf_counter()
+    train_run(train, size, "seq2seq", data, schedule, out / "ar")
+    results["ar_minutes"] = (time.perf_counter() - started) / 60
+    teacher = load(out / "ar" / "checkpoint")
+    started = time.perf_counter()
+    distilled = distill(teacher, corpus, out / "distilled.jsonl", batch_size=64)
+    results["distill_minutes"] = (time.perf_counter() - started) / 60
+    results["distilled_pairs"] = distilled.total
+    nar_data = {"paths": [str(out / "distilled.jsonl")], "validation_paths": [str(validation)]}
+    train_run(train, size, "cmlm", {**data, **nar_data, "corpus": None, "corpus_options": {}}, schedule, out / "nar_kd")
+    train_run(train, size, "cmlm", data, schedule, out / "nar_raw")
+
+    pairs = load_pairs(validation)
+    scores = {"AR greedy": exact_match(teacher, pairs, {})}
+    for name in ("nar_kd", "nar_raw"):
+        model = load(out / name / "checkpoint")
+        for t in (1, 4, 10):
+            options = {"strategy": "mask_predict", "iterations": t, "length_beam": 3}
+            scores[f"{name} T={t}"] = exact_match(model, pairs, options)
+    results["exact_match"] = scores
+    print(json.dumps(results), flush=True)
+    return results
+
+
+def train_run(train: Callable[..., Any], model: dict, objective: str, data: dict, schedule: dict, out: Path) -> None:
+    train(
+        {
+            "model": model,
+            "objective": {"name": objective},
+            "data": data,
+            "train": {**schedule, "output_dir": str(out)},
+        }
+    )
+
+
+def write_pairs(path: Path, pairs: Sequence[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in pairs), encoding="utf-8")
+
+
+def exact_match(model: Any, pairs: Sequence[tuple[str, str]], options: Mapping[str, Any], batch: int = 64) -> float:
+    """Share of ``pairs`` whose decoded output equals the target as the model's tokenizer writes it back."""
+    from unimodel.generation.distill import decode_sources
+    from unimodel.training import normalize_whitespace
+
+    tok = model.tokenizer
+    hits = 0
+    for start in range(0, len(pairs), batch):
+        part = pairs[start : start + batch]
+        cap = max(len(ids) for ids in tok.encode_batch([t for _, t in part])) + 3
+        if model.decoder.max_positions is not None:
+            cap = min(cap, model.decoder.max_positions - 1)
+        outputs = decode_sources(model, part, max_new_tokens=cap, **options)
+        references = [tok.decode(tok.encode(t)) for _, t in part]
+        hits += sum(normalize_whitespace(o) == normalize_whitespace(r) for o, r in zip(outputs, references))
+    return hits / len(pairs)
+
+
+def quality_table(results: dict[str, Any], quick: bool) -> list[str]:
+    em = results["exact_match"]
+    lines = [
+        "### Quality: numbers, count = 4",
+        "",
+        f"{results['n_train']:,} training pairs, {results['n_validation']} validation pairs, {results['steps']:,} "
+        f"steps per model; AR teacher {results['ar_minutes']:.1f} min, distillation "
+        f"{results['distill_minutes']:.1f} min." + (" Quick run: the figures mean nothing." if quick else ""),
+        "",
+        "| model | T=1 | T=4 | T=10 |",
+        "|---|---:|---:|---:|",
+        f"| AR `seq2seq`, greedy | {em['AR greedy']:.1%} | | |",
+    ]
+    for name, label in (("nar_kd", "NAR `cmlm`, distilled"), ("nar_raw", "NAR `cmlm`, raw targets")):
+        lines.append(
+            f"| {label}, length beam 3 | " + " | ".join(f"{em[f'{name} T={t}']:.1%}" for t in (1, 4, 10)) + " |"
+        )
+    return lines
+
+
+# ================================================================= main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["speed", "quality", "both"], default="both")
+    ap.add_argument("--family", choices=["bart", "t5"], default="bart")
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 8, 64])
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds per batch size (speed)")
+    ap.add_argument("--source-length", type=int, default=32, help="source tokens per input (speed)")
+    ap.add_argument("--steps", type=int, default=6000, help="training steps of each model (quality)")
+    ap.add_argument("--quick", action="store_true", help="a small run that checks the pipeline (quality)")
+    ap.add_argument("--work", help="folder for the quality runs' checkpoints (default: a temporary one)")
+    ap.add_argument("--out", help="write the tables as markdown to this file")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+
+    import unimodel
+
+    lines = [
+        "## Non-autoregressive decoding",
+        "",
+        f"Produced by `python benchmarks/nat.py`. Machine: {platform.machine()}, {os.cpu_count()} cores; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, unimodel {unimodel.__version__}; "
+        f"fp32, {THREADS} threads.",
+    ]
+    if args.part in ("speed", "both"):
+        rows = measure_speed(args.family, args.batches, args.rounds, args.source_length)
+        lines += ["", *speed_table(args.family, rows, args.rounds)]
+    if args.part in ("quality", "both"):
+        if args.work:
+            results = quality_runs(Path(args.work), args.quick, args.family, args.steps)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                results = quality_runs(Path(tmp), args.quick, args.family, args.steps)
+        lines += ["", *quality_table(results, args.quick)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
