@@ -218,7 +218,9 @@ class Objective(ABC, Generic[ConfigT]):
     trainer feeds ``prepare`` (:class:`unimodel.data.kinds.DataKind`): the core's
     ``"text"``, examples ``{"input_ids": block}`` cut from packed text, or
     ``"pairs"``, examples ``{"source": ids, "target": ids}`` (JSONL/TSV pair
-    files, pair corpora), or a plugin's own kind.
+    files, pair corpora), or a plugin's own kind. ``loss_is_token_ce``: the loss
+    is a mean cross-entropy over vocabulary tokens, so its exponential is a
+    perplexity (the trainer and ``unimodel eval`` print one only then).
     """
 
     config_class: type[ConfigT]
@@ -227,6 +229,7 @@ class Objective(ABC, Generic[ConfigT]):
     primary_head: ClassVar[str | None] = "lm"
     uses_lm_head: ClassVar[bool] = True
     data_kind: ClassVar[str] = "text"
+    loss_is_token_ce: ClassVar[bool] = False
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

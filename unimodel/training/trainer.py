@@ -32,10 +32,10 @@ from unimodel.errors import ConfigError, DataError, TrainingError
 from unimodel.training.config import RunConfig, load_run_config
 from unimodel.training.evaluation import EvalResult, evaluate_examples
 from unimodel.training.launch import make_accelerator
+from unimodel.training.runfolder import CheckpointRef, RunLock, checkpoint_problem, commit_checkpoint
 from unimodel.training.schedule import make_optimizer, make_scheduler
 from unimodel.training.spec import needed_roles
 from unimodel.training.state import (
-    CHECKPOINT_DIR,
     METRICS_FILE,
     OPTIMIZER_FILE,
     RNG_FILE,
@@ -43,11 +43,12 @@ from unimodel.training.state import (
     STATE_FILE,
     TOKENIZER_DIR,
     DataPosition,
-    open_run_folder,
+    read_json_state,
     restore_optimizer,
     rng_tensors,
     set_rng_states,
     state_record,
+    truncate_metrics,
 )
 from unimodel.training.steps import LogWindow, StepRecord, _as_list, _ExampleDataset, _ObjectiveStep
 
@@ -112,7 +113,8 @@ class Trainer:
         self.tc = run.train
         self.resume = resume
         self.out = Path(self.tc.output_dir)
-        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self.checkpoint: CheckpointRef | None = None  # the run's newest complete checkpoint
+        self.lock = RunLock(self.out)
         self.accelerator: Accelerator = make_accelerator(self.tc)
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
@@ -129,6 +131,8 @@ class Trainer:
         self.losses: dict[int, float] = {}
         self.fingerprint = ""
         self.last_checkpoint_step: int | None = None
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient norm
+        self.nonfinite_in_a_row = 0
         self.last_metric: TaskMetric | None = None
         self.carried: dict[int, Any] = {}  # per micro-batch slot: what the data kind carries between steps
         self.current = StepRecord()
@@ -148,12 +152,44 @@ class Trainer:
             with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(dict(record)) + "\n")
 
+    @property
+    def ckpt_dir(self) -> Path:
+        """The folder of the run's newest checkpoint (the step folder), or where the link to it is."""
+        from unimodel.checkpoint import RUN_LATEST
+
+        return self.checkpoint.folder if self.checkpoint is not None else self.out / RUN_LATEST
+
     # ---------------------------------------------------------------- setup
     def prepare_output_dir(self) -> dict[str, Any] | None:
-        """Check the output folder against ``resume``; returns the saved trainer state when resuming."""
-        state = open_run_folder(self.out, resume=self.resume, overwrite=self.tc.overwrite, main=self.main)
-        if state is None:
-            self.accelerator.wait_for_everyone()  # the main process has cleared the folder
+        """Check the output folder against ``resume`` (the main process locks it first, and every process
+        learns the outcome); returns the saved trainer state when resuming."""
+        from unimodel.training.runfolder import open_run_folder
+
+        outcome: list[Any] = [None, None]  # (error message, step of the checkpoint to resume)
+        if self.main:
+            try:
+                ref = open_run_folder(
+                    self.out, self.lock, resume=self.resume, overwrite=self.tc.overwrite, log=self.log
+                )
+                outcome = [None, None if ref is None else ref.step]
+            except TrainingError as exc:
+                outcome = [str(exc), None]
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            outcome = broadcast_object_list(outcome)
+        if outcome[0] is not None:
+            raise TrainingError(outcome[0])
+        if outcome[1] is None:
+            return None
+        from unimodel.checkpoint import RUN_CHECKPOINTS_DIR
+        from unimodel.training.runfolder import step_folder_name
+
+        step = int(outcome[1])
+        self.checkpoint = CheckpointRef(step, self.out / RUN_CHECKPOINTS_DIR / step_folder_name(step))
+        state = read_json_state(self.ckpt_dir / STATE_FILE)
+        if self.main:
+            truncate_metrics(self.out / METRICS_FILE, state["step"])
         return state
 
     def setup_tokenizer(self, train_docs: Sequence[str], roles: Sequence[str]) -> Tokenizer:
@@ -187,6 +223,7 @@ class Trainer:
         if self.resume:
             from unimodel.checkpoint import load
 
+            self.check_model_unchanged()
             model = load(self.ckpt_dir)
             wanted = self.run.objective_name
             if wanted is not None and wanted != model.objective_name:
@@ -200,6 +237,29 @@ class Trainer:
         config = spec.filled(tokenizer) if tokenizer is not None else spec.config
         torch.manual_seed(self.tc.seed)  # the same initial weights in every process and every run
         return build_model(spec.build_spec(config), objective=self.run.objective_spec.build_spec(), tokenizer=tokenizer)
+
+    def check_model_unchanged(self) -> None:
+        """Refuse to resume when ``[model]`` resolves to another config than the checkpoint's run had."""
+        from unimodel.checkpoint import read_json
+        from unimodel.training.spec import resolve_model_spec
+
+        saved = read_json(self.ckpt_dir / RUN_FILE).get("model")
+        if not isinstance(saved, dict):
+            return  # a checkpoint without its run's [model]: its config.json is the model
+        before = resolve_model_spec(saved)
+        now = self.run.model_spec
+        old, new = before.config.to_dict(), now.config.to_dict()
+        keys = sorted(set(old) | set(new))
+        changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+        if before.family.name != now.family.name:
+            changed.insert(0, f"model: {before.name!r} -> {now.name!r}")
+        if changed:
+            raise TrainingError(
+                f"resume: [model] differs from the model of the checkpoint in {str(self.ckpt_dir)!r} "
+                f"({'; '.join(changed)}); the weights are of the checkpoint's model. Restore those [model] "
+                "settings to resume (training settings such as max_steps may change), or start a new run in "
+                "another train.output_dir"
+            )
 
     def setup(self, state: Mapping[str, Any] | None) -> dict[str, Tensor]:
         """Data, tokenizer, model, optimizer and schedule, restored from ``state`` when resuming; returns
@@ -238,9 +298,16 @@ class Trainer:
 
     # ------------------------------------------------------------ the run
     def run_training(self) -> TrainResult:
-        from accelerate.utils import set_seed
 
         started = time.perf_counter()
+        try:
+            return self._run(started)
+        finally:
+            self.lock.release()
+
+    def _run(self, started: float) -> TrainResult:
+        from accelerate.utils import set_seed
+
         state = self.prepare_output_dir()
         set_seed(self.tc.seed)
         rng = self.setup(state)
@@ -265,7 +332,7 @@ class Trainer:
         )
         return TrainResult(
             output_dir=self.out,
-            checkpoint=self.ckpt_dir if self.last_checkpoint_step is not None or self.resume else None,
+            checkpoint=self.ckpt_dir if self.checkpoint is not None else None,
             start_step=start_step,
             step=self.step,
             losses=self.losses,
@@ -347,6 +414,8 @@ class Trainer:
                 assert output is not None
                 self.carried[step.micro] = self.data.carry_out(output)
             step.loss_sum += loss.detach().double().cpu()
+            for name, value in self.objective_step.metrics.items():
+                step.metric_sums[name] = step.metric_sums.get(name, 0.0) + float(value)
             step.micro += 1
             if acc.sync_gradients:
                 self.optimizer_step()
@@ -370,11 +439,52 @@ class Trainer:
         acc, tc, step = self.accelerator, self.tc, self.current
         accum = tc.gradient_accumulation_steps
         step.loss = float(acc.reduce(step.loss_sum.to(acc.device) / accum, reduction="mean"))
-        if not math.isfinite(step.loss):
-            self.fail_not_finite(step.loss)
+        self.reduce_metrics()
         max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        # the norm of the gradients as the update would use them (unscaled, all processes' summed)
         step.grad_norm = float(acc.clip_grad_norm_(self.step_module.parameters(), max_norm))
         step.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+        if math.isfinite(step.loss) and math.isfinite(step.grad_norm):
+            self.nonfinite_in_a_row = 0
+        else:
+            self.skip_step()
+
+    def reduce_metrics(self) -> None:
+        """The objective's metrics of this step: means over its micro-batches and processes."""
+        step, acc = self.current, self.accelerator
+        names = sorted(step.metric_sums)
+        if not names:
+            return
+        values = torch.tensor([step.metric_sums[n] / step.micro for n in names], dtype=torch.float64)
+        if self.world > 1:
+            values = acc.reduce(values.to(acc.device), reduction="mean").cpu()
+        step.metrics = dict(zip(names, values.tolist(), strict=True))
+
+    def skip_step(self) -> None:
+        """The step's loss or gradient is not finite: no update (its gradients are dropped, so AdamW and its
+        moments leave every weight as it was), counted and logged; the run stops after
+        ``max_nonfinite_steps`` such steps in a row."""
+        step = self.current
+        step.skipped = True
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
+        number = self.step + 1
+        self.write_metrics(
+            {"step": number, "event": "skipped_non_finite", "loss": repr(step.loss), "grad_norm": repr(step.grad_norm)}
+        )
+        self.log(
+            f"step {number}: skipped, the {self.what_is_not_finite()} is not finite "
+            f"({self.nonfinite_in_a_row} in a row, {self.skipped_steps} skipped in all)"
+        )
+        if self.nonfinite_in_a_row >= self.tc.max_nonfinite_steps:
+            self.fail_not_finite()
+
+    def what_is_not_finite(self) -> str:
+        step = self.current
+        if not math.isfinite(step.loss):
+            return f"training loss ({step.loss})"
+        return f"gradient norm ({step.grad_norm}; the loss is {step.loss:.4f})"
 
     def after_step(self) -> None:
         """Bookkeeping after an optimizer step: position, progress, metrics, evaluation, checkpoint."""
@@ -396,15 +506,20 @@ class Trainer:
         self.step += 1
         self.position = DataPosition(pos.epoch, pos.examples_in_epoch + bs)
         self.tokens_seen += tokens
-        self.losses[self.step] = self.current.loss
-        self.window.losses.append(self.current.loss)
+        if not self.current.skipped:  # a skipped step's loss is not finite; it changed nothing
+            self.losses[self.step] = self.current.loss
+            self.window.losses.append(self.current.loss)
+            self.window.metrics.append(self.current.metrics)
         self.window.tokens += tokens
         return tokens
 
     def show_progress(self, tokens: int) -> None:
         step = self.current
         tok_s = tokens / max(time.perf_counter() - step.started, 1e-9)
-        self.bar.set_postfix(loss=f"{step.loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{step.lr:.2e}", refresh=False)
+        parts = {name: f"{value:.4g}" for name, value in step.metrics.items()}
+        self.bar.set_postfix(
+            loss=f"{step.loss:.4f}", **parts, tok_s=f"{tok_s:,.0f}", lr=f"{step.lr:.2e}", refresh=False
+        )
         self.bar.update(1)
 
     def log_step(self) -> None:
@@ -415,31 +530,35 @@ class Trainer:
         self.write_metrics(
             {
                 "step": self.step,
-                "loss": sum(window.losses) / len(window.losses),
+                "loss": sum(window.losses) / len(window.losses) if window.losses else None,
                 "lr": self.current.lr,
                 "grad_norm": self.current.grad_norm,
                 "tokens": self.tokens_seen,
                 "epoch": self.position.epoch,
                 "tokens_per_s": window.tokens / max(time.perf_counter() - window.started, 1e-9),
+                **({"metrics": mean_metrics(window.metrics)} if any(window.metrics) else {}),
             }
         )
         self.window = LogWindow()
 
-    def fail_not_finite(self, value: float) -> None:
-        step = self.step + 1
-        self.write_metrics({"step": step, "event": "non_finite_loss", "loss": str(value)})
-        if self.last_checkpoint_step is not None:
-            kept = (
-                f"the last good checkpoint, from step {self.last_checkpoint_step}, is in place at "
-                f"{str(self.ckpt_dir)!r}"
-            )
-        elif self.resume:
-            kept = f"the checkpoint this run resumed from is in place at {str(self.ckpt_dir)!r}"
+    def fail_not_finite(self) -> None:
+        step, n = self.step + 1, self.nonfinite_in_a_row
+        if self.checkpoint is not None:
+            problem = checkpoint_problem(self.checkpoint)
+            if problem is None:
+                kept = (
+                    f"the last good checkpoint, from step {self.checkpoint.step}, is in place at "
+                    f"{str(self.ckpt_dir)!r} (verified: every weight finite)"
+                )
+            else:
+                kept = f"the checkpoint at {str(self.ckpt_dir)!r} cannot be resumed from: {problem}"
         else:
             kept = "no checkpoint had been written yet"
         raise TrainingError(
-            f"step {step}: the training loss is {value} (not finite); training stopped and {kept}. Lower "
-            "train.learning_rate, lengthen train.warmup_steps or keep train.max_grad_norm on, then resume with --resume"
+            f"step {step}: the {self.what_is_not_finite()} is not finite"
+            + (f", the {n}th step in a row (train.max_nonfinite_steps = {n})" if n > 1 else "")
+            + f"; training stopped and {kept}. Lower train.learning_rate, lengthen train.warmup_steps or keep "
+            "train.max_grad_norm on, then resume with --resume"
         )
 
     # ------------------------------------------------------- evaluation etc.
@@ -459,16 +578,16 @@ class Trainer:
             accelerator=self.accelerator,
             unit=self.data.unit,
         )
-        line = (
-            f"validation {when}: loss {result.loss:.4f}, perplexity {result.perplexity:,.2f} "
-            f"({result.n_tokens:,} tokens)"
-        )
-        record: dict[str, Any] = {
-            "step": self.step,
-            "val_loss": result.loss,
-            "val_perplexity": result.perplexity,
-            "val_tokens": result.n_tokens,
-        }
+        line = f"validation {when}: loss {result.loss:.4f}"
+        record: dict[str, Any] = {"step": self.step, "val_loss": result.loss}
+        if result.loss_is_token_ce:
+            line += f", perplexity {result.perplexity:,.2f}"
+            record["val_perplexity"] = result.perplexity
+        line += "".join(f", {name} {value:.4g}" for name, value in result.metrics.items())
+        line += f" ({result.n_tokens:,} {'tokens' if result.loss_is_token_ce else 'predictions'})"
+        record["val_tokens"] = result.n_tokens
+        if result.metrics:
+            record["val_metrics"] = result.metrics
         metric = self.task_metric(examples, batch_size)
         if metric is not None:
             result.with_metric(metric)
@@ -517,13 +636,22 @@ class Trainer:
 
     # ---------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint/`` atomically (main process); every process's RNG state goes in it."""
+        """Write a step folder crash-safely and make it the run's checkpoint (main process; see
+        :mod:`unimodel.training.runfolder`); every process's RNG state goes in it. Weights that are not
+        finite are never saved."""
+        from unimodel.checkpoint import dedup_state_dict, nonfinite_tensors
+
         acc = self.accelerator
         rng = torch.get_rng_state()
         all_rng = acc.gather(rng[None].to(acc.device)).cpu() if self.world > 1 else rng[None]
         if self.main:
-            from unimodel.checkpoint import atomic_dir, save_tensors, write_json
-
+            bad = nonfinite_tensors(dedup_state_dict(self.model)[0])
+            if bad:
+                raise TrainingError(
+                    f"step {self.step}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                    f"({', '.join(bad[:3])}); nothing was saved, and the run's checkpoint is still "
+                    f"{str(self.ckpt_dir)!r}"
+                )
             tensors: dict[str, Tensor] = {}
             state = state_record(
                 step=self.step,
@@ -531,19 +659,55 @@ class Trainer:
                 tokens_seen=self.tokens_seen,
                 num_processes=self.world,
                 fingerprint=self.fingerprint,
+                skipped_steps=self.skipped_steps,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
                 scaler=acc.scaler,
                 tensors=tensors,
             )
-            with atomic_dir(self.ckpt_dir) as tmp:
-                self.model.save(tmp)
-                write_json(tmp / RUN_FILE, {"schema_version": 1, **self.run.to_dict()})
-                save_tensors(tensors, tmp / OPTIMIZER_FILE)
-                save_tensors(rng_tensors(all_rng, acc.process_index), tmp / RNG_FILE)
-                write_json(tmp / STATE_FILE, state)
+
+            def write(folder: Path) -> None:
+                from unimodel.checkpoint import save_tensors, write_json
+
+                self.model.save(folder)
+                write_json(folder / RUN_FILE, {"schema_version": 1, **self.run.to_dict()})
+                save_tensors(tensors, folder / OPTIMIZER_FILE)
+                save_tensors(rng_tensors(all_rng, acc.process_index), folder / RNG_FILE)
+                write_json(folder / STATE_FILE, state)  # last: a folder with a trainer state is whole
+
+            try:
+                self.checkpoint = commit_checkpoint(self.out, self.step, write, keep=self.tc.keep_checkpoints)
+            except OSError as exc:
+                raise self.save_failed(exc) from None
+        else:
+            from unimodel.checkpoint import RUN_CHECKPOINTS_DIR
+            from unimodel.training.runfolder import step_folder_name
+
+            self.checkpoint = CheckpointRef(self.step, self.out / RUN_CHECKPOINTS_DIR / step_folder_name(self.step))
         acc.wait_for_everyone()
         self.last_checkpoint_step = self.step
+
+    def save_failed(self, exc: OSError) -> TrainingError:
+        """The error of a save that the file system refused (disk full, file-size limit, permissions)."""
+        import shutil
+
+        from unimodel.bounds import format_size
+        from unimodel.checkpoint import RUN_CHECKPOINTS_DIR
+
+        folder = self.out / RUN_CHECKPOINTS_DIR
+        try:
+            free = f"{format_size(shutil.disk_usage(self.out).free)} free there"
+        except OSError:
+            free = "free space unknown"
+        kept = (
+            f"the previous checkpoint, of step {self.checkpoint.step}, is intact at {str(self.checkpoint.folder)!r}"
+            if self.checkpoint is not None
+            else "no earlier checkpoint exists"
+        )
+        return TrainingError(
+            f"step {self.step}: could not write the checkpoint in {str(folder)!r}: {exc.strerror or exc} ({free}); "
+            f"{kept}. Free disk space (or raise the file-size limit), then continue with --resume"
+        )
 
     def restore(self, state: Mapping[str, Any]) -> dict[str, Tensor]:
         """Load optimizer, schedule and position from a checkpoint; returns the saved RNG tensors."""
@@ -559,10 +723,17 @@ class Trainer:
         self.step = int(state["step"])
         self.position = DataPosition(int(state["epoch"]), int(state["examples_in_epoch"]))
         self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.last_checkpoint_step = self.step
         rng, _ = load_tensors(self.ckpt_dir / RNG_FILE)
         self.log(f"resuming from {self.ckpt_dir} at step {self.step} (epoch {self.position.epoch})")
         return rng
+
+
+def mean_metrics(records: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per name, the mean over the records that have it."""
+    names = sorted({name for r in records for name in r})
+    return {n: sum(r[n] for r in records if n in r) / sum(n in r for r in records) for n in names}
 
 
 def train(
