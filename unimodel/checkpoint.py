@@ -342,7 +342,7 @@ def _as_os_error(exc: Exception, path: Path) -> OSError:
     import errno
     import re
 
-    found = re.search(r"code: (\d+)", str(exc))
+    found = re.search(r"(?:code: |os error )(\d+)", str(exc))
     code = int(found.group(1)) if found else errno.EIO
     return OSError(code, os.strerror(code), str(path))
 

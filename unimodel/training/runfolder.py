@@ -465,6 +465,7 @@ __all__ = [
     "fault_point",
     "find_resume_checkpoint",
     "has_checkpoint",
+    "is_temporary",
     "migrate_legacy_checkpoint",
     "open_run_folder",
     "point_to",

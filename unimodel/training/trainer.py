@@ -556,7 +556,7 @@ class Trainer:
             kept = "no checkpoint had been written yet"
         raise TrainingError(
             f"step {step}: the {self.what_is_not_finite()} is not finite"
-            + (f", the {n}th step in a row (train.max_nonfinite_steps = {n})" if n > 1 else "")
+            + (f" ({n} steps in a row, train.max_nonfinite_steps = {n})" if n > 1 else "")
             + f"; training stopped and {kept}. Lower train.learning_rate, lengthen train.warmup_steps or keep "
             "train.max_grad_norm on, then resume with --resume"
         )
