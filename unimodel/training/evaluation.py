@@ -225,7 +225,8 @@ def _model_and_run_data(model: Model | str | Path) -> tuple[Model, DataConfig | 
     from unimodel.checkpoint import load, read_json, resolve_run_folder
 
     folder = resolve_run_folder(Path(model))  # a run's output folder: the checkpoint its pointer names
-    run_data, outside = None, ()
+    run_data: DataConfig | None = None
+    outside: tuple[str, ...] = ()
     if (folder / RUN_FILE).is_file():
         run_data, outside = _confined(DataConfig.from_dict(read_json(folder / RUN_FILE).get("data", {})), folder)
     return load(folder), run_data, outside
