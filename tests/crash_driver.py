@@ -67,16 +67,21 @@ def spawn(args: list[str], log: Path, *, env: dict[str, str] | None = None, fsiz
         os._exit(code)
 
 
+CPU_SECONDS: list[float] = []  # of each child
+
+
 def wait(pid: int, timeout: float | None = None) -> int | str:
     """The child's exit code, or "killed" after SIGKILL at ``timeout`` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        done, status, usage = os.wait4(pid, 0 if deadline is None else os.WNOHANG)
         if done:
+            CPU_SECONDS.append(usage.ru_utime + usage.ru_stime)
             return os.waitstatus_to_exitcode(status)
         if time.monotonic() >= deadline:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _, _, usage = os.wait4(pid, 0)
+            CPU_SECONDS.append(usage.ru_utime + usage.ru_stime)
             return "killed"
         time.sleep(0.005)
 
@@ -191,6 +196,11 @@ def main() -> None:
         "problems": [checkpoint_problem(r) for r in folders],
         "temporaries": temporaries(out),
         "lock_left": (out / LOCK_FILE).exists(),
+    }
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    report["cpu_seconds"] = {
+        "driver": round(own.ru_utime + own.ru_stime, 2),
+        "children": [round(c, 2) for c in CPU_SECONDS],
     }
     print(json.dumps(report))
 
