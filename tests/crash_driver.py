@@ -124,8 +124,9 @@ def main() -> None:
         pid = spawn(["train", config, *args], log, **kw)
         return wait(pid, timeout), log, time.monotonic() - started
 
-    code, log, _ = run(["--set", "train.max_steps=1"])
-    report["initial"] = {"code": code, "step": resume_step(out)}
+    # the first checkpoint, written by this process itself: everything a run imports or caches on its
+    # first use (the optimizer's compiler imports, the corpus) is then inherited by every child
+    report["initial"] = {"code": cli.main(["train", config, "--set", "train.max_steps=1"]), "step": resume_step(out)}
 
     # 1. os._exit at every point of the save sequence; the next start resumes from what is there
     reached = []

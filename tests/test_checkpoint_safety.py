@@ -147,8 +147,13 @@ def test_kills_at_every_save_point_and_at_twenty_random_moments(tmp_path):
     spec = {"out": str(out), "config": str(config), "logs": str(tmp_path / "logs"), "seed": 0, "kills": 20}
     spec["fsize"] = 20_000  # bytes: below the size of the weights file
     (tmp_path / "spec.json").write_text(json.dumps(spec))
+    root = DRIVER.parent.parent  # this checkout's unimodel and plugins, whatever else is installed
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), str(root / "plugins"), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(
-        [sys.executable, str(DRIVER), str(tmp_path / "spec.json")], capture_output=True, text=True, check=False
+        [sys.executable, str(DRIVER), str(tmp_path / "spec.json")], capture_output=True, text=True, check=False, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

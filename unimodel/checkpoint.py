@@ -500,6 +500,8 @@ def save(model: Model, path: str | Path, *, overwrite: bool = False) -> Path:
 def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any = None) -> Model:
     """Load a unimodel checkpoint folder (or a Hugging Face folder, via :func:`unimodel.from_hf`).
 
+    A training run's output folder loads the checkpoint its ``checkpoint.json`` names.
+
     ``objective`` (a name or dict) replaces the saved one, e.g. ``"classify"`` to
     fine-tune a pretrained encoder; task heads the checkpoint lacks start fresh.
     """
