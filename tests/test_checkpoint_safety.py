@@ -37,6 +37,11 @@ def quiet(message: str) -> None:
     pass
 
 
+def quick_run(out: Path, **train_opts) -> dict:
+    """``tiny_run`` without a validation split: no evaluation before and after training."""
+    return tiny_run(out, data={"validation_fraction": 0.0}, **train_opts)
+
+
 def temporaries(out: Path) -> list[str]:
     return sorted(p.name for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir() if is_temporary(p.name))
 
@@ -92,7 +97,7 @@ def test_steps_with_infinite_gradients_are_skipped_never_saved_and_stop_the_run(
     out = tmp_path / "run"
     _infinite_gradients_from(monkeypatch, 3)
     with pytest.raises(TrainingError) as err:
-        train(tiny_run(out, max_steps=8, checkpoint_every=1))
+        train(quick_run(out, max_steps=8, checkpoint_every=1))
     message = str(err.value)
     assert message.startswith("step 5: the gradient norm (")
     assert "is not finite (3 steps in a row, train.max_nonfinite_steps = 3)" in message
@@ -107,14 +112,14 @@ def test_steps_with_infinite_gradients_are_skipped_never_saved_and_stop_the_run(
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["skipped_steps"] == 2
     # a run with fewer skips in a row than the limit goes on, and its losses stay finite
     monkeypatch.undo()
-    resumed = train(tiny_run(out, max_steps=6, checkpoint_every=1), resume=True)
+    resumed = train(quick_run(out, max_steps=6, checkpoint_every=1), resume=True)
     assert resumed.start_step == 4 and all(torch.isfinite(p).all() for p in resumed.model.parameters())
 
 
 # ------------------------------------------------------------------ the save sequence
 def test_an_error_at_each_save_point_keeps_a_complete_checkpoint_to_resume(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    run = load_run_config(tiny_run(out, max_steps=3, checkpoint_every=1, keep_checkpoints=2))
+    run = load_run_config(quick_run(out, max_steps=3, checkpoint_every=1, keep_checkpoints=2))
     trainer = Trainer(run)
     trainer.setup(trainer.prepare_output_dir())
     try:
@@ -135,7 +140,7 @@ def test_an_error_at_each_save_point_keeps_a_complete_checkpoint_to_resume(tmp_p
         assert len(step_folders(out)) <= 3  # keep 2, plus one written before its pruning failed
     finally:
         trainer.lock.release()
-    resumed = train(tiny_run(out, max_steps=len(SAVE_POINTS) + 1, checkpoint_every=1), resume=True)
+    resumed = train(quick_run(out, max_steps=len(SAVE_POINTS) + 1, checkpoint_every=1), resume=True)
     assert resumed.start_step == len(SAVE_POINTS) - renamed
     assert [r.step for r in step_folders(out)] == [resumed.step, resumed.step - 1]
 
@@ -193,7 +198,7 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, ca
     held.acquire(quiet)
     try:
         with pytest.raises(TrainingError, match=rf"in use by another training run \(pid {os.getpid()} on host "):
-            train(tiny_run(out, max_steps=1))
+            train(quick_run(out, max_steps=1))
     finally:
         held.release()
     gone = subprocess.Popen(["true"])
@@ -201,18 +206,18 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, ca
     import socket
 
     (out / "train.lock").write_text(json.dumps({"pid": gone.pid, "hostname": socket.gethostname(), "started": 0}))
-    train(tiny_run(out, max_steps=1))
+    train(quick_run(out, max_steps=1))
     assert f"taking over the stale lock of a run that is gone (pid {gone.pid} on host" in capsys.readouterr().out
     assert not (out / "train.lock").exists()  # released at the end
 
 
 def test_resume_refuses_a_changed_model_and_keeps_run_json_true(tmp_path):
     out = tmp_path / "run"
-    train(tiny_run(out, max_steps=1, checkpoint_every=1))
+    train(quick_run(out, max_steps=1, checkpoint_every=1))
     with pytest.raises(TrainingError, match=r"\[model\] differs .*\(n_heads: 4 -> 2; n_layers: 2 -> 3\)"):
-        train(tiny_run(out, max_steps=2, model={"n_layers": 3, "n_heads": 2}), resume=True)
+        train(quick_run(out, max_steps=2, model={"n_layers": 3, "n_heads": 2}), resume=True)
     # training settings may change; run.json then records them, and the model it records is the weights'
-    train(tiny_run(out, max_steps=2, checkpoint_every=1, learning_rate=1e-3), resume=True)
+    train(quick_run(out, max_steps=2, checkpoint_every=1, learning_rate=1e-3), resume=True)
     saved = json.loads((out / "checkpoint" / "run.json").read_text())
     assert saved["train"]["max_steps"] == 2 and saved["train"]["learning_rate"] == 1e-3
     assert um.load(out).config.n_layers == saved["model"]["n_layers"] == 2
@@ -220,7 +225,7 @@ def test_resume_refuses_a_changed_model_and_keeps_run_json_true(tmp_path):
 
 def test_an_older_run_folder_with_a_checkpoint_folder_is_resumed(tmp_path):
     out = tmp_path / "run"
-    train(tiny_run(out, max_steps=2, checkpoint_every=1))
+    train(quick_run(out, max_steps=2, checkpoint_every=1))
     # the layout before step folders: one checkpoint/ folder, no pointer
     real = (out / "checkpoint").resolve()
     (out / "checkpoint").unlink()
@@ -228,7 +233,7 @@ def test_an_older_run_folder_with_a_checkpoint_folder_is_resumed(tmp_path):
     shutil.rmtree(out / "checkpoints")
     (out / "checkpoint.json").unlink()
     assert um.load(out).num_parameters() > 0  # readers see it as before
-    resumed = train(tiny_run(out, max_steps=3, checkpoint_every=1), resume=True)
+    resumed = train(quick_run(out, max_steps=3, checkpoint_every=1), resume=True)
     assert resumed.start_step == 2 and [r.step for r in step_folders(out)] == [3, 2]
     assert (out / "checkpoint").is_symlink()
 
@@ -249,12 +254,12 @@ def _writable(folder: Path) -> None:
 
 def test_an_unwritable_output_folder_is_refused_at_start_also_on_resume(tmp_path):
     out = tmp_path / "run"
-    train(tiny_run(out, max_steps=1))
+    out.mkdir()
     _unwritable(out)
     try:
         for resume in (False, True):
             with pytest.raises(TrainingError, match=r"output_dir .*run' is not writable"):
-                train(tiny_run(out, max_steps=2, overwrite=True), resume=resume)
+                train(quick_run(out, max_steps=2, overwrite=True), resume=resume)
     finally:
         _writable(out)
 
