@@ -281,7 +281,7 @@ def test_eval_reads_recorded_data_only_inside_the_checkpoint(tmp_path, capsys):
         record({"corpus": None, "paths": paths})
         assert cli.main(["eval", str(ckpt)]) == 2
         err = capsys.readouterr().err
-        assert "records data outside the checkpoint folder" in err and "--data" in err
+        assert "records data that is not inside the checkpoint folder" in err and "--data" in err
         assert "SECRET" not in err
     # inside the checkpoint folder (relative to it): read
     (ckpt / "held_out.txt").write_text("def f(x):\n    return x + 1\n" * 40)
@@ -291,7 +291,7 @@ def test_eval_reads_recorded_data_only_inside_the_checkpoint(tmp_path, capsys):
     record({"corpus": None, "paths": ["../private.txt"]})
     assert cli.main(["eval", str(ckpt), "--data", str(ckpt / "held_out.txt")]) == 0
     record({"corpus": None, "paths": ["../private.txt"]})
-    with pytest.raises(DataError, match="outside the checkpoint folder"):
+    with pytest.raises(DataError, match="not inside the checkpoint folder"):
         um.training.evaluate(ckpt)
 
 

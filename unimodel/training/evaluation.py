@@ -234,7 +234,8 @@ def _model_and_run_data(model: Model | str | Path) -> tuple[Model, DataConfig | 
 
 def _confined(run_data: DataConfig, folder: Path) -> tuple[DataConfig, tuple[str, ...]]:
     """``run_data`` with its file paths read relative to ``folder``, and those of its paths that lead
-    outside ``folder`` (``..``, an absolute path elsewhere, a link out, a glob reaching out)."""
+    outside ``folder`` (``..``, an absolute path elsewhere, a link out, a glob reaching out) or match nothing
+    in it."""
     import glob
 
     root = folder.resolve()
@@ -250,8 +251,8 @@ def _confined(run_data: DataConfig, folder: Path) -> tuple[DataConfig, tuple[str
                 outside.append(entry)
                 continue
             matches = [Path(m) for m in glob.glob(str(path), recursive=True)] if glob.has_magic(str(path)) else [path]
-            files = [f for m in matches for f in ([m, *m.rglob("*")] if m.is_dir() else [m])]
-            if not all(f.resolve().is_relative_to(root) for f in files):
+            files = [f for m in matches if m.exists() for f in ([m, *m.rglob("*")] if m.is_dir() else [m])]
+            if not files or not all(f.resolve().is_relative_to(root) for f in files):  # absent counts as outside
                 outside.append(entry)
         fields[name] = tuple(resolved)
     return run_data.replace(**fields), tuple(outside)
@@ -269,7 +270,7 @@ def _eval_data_config(
         if outside:
             shown = ", ".join(repr(p[:80]) for p in outside[:3]) + (" ..." if len(outside) > 3 else "")
             raise DataError(
-                f"evaluate: the checkpoint's run.json records data outside the checkpoint folder ({shown}); "
+                f"evaluate: the checkpoint's run.json records data that is not inside the checkpoint folder ({shown}); "
                 "unimodel reads a checkpoint's recorded data only inside its folder. Give the data again: "
                 "--data PATH (data=) names a file, folder, glob, corpus or run config file"
             )
