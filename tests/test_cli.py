@@ -463,11 +463,14 @@ def test_train_then_eval_then_resume(tmp_path, capsys, monkeypatch):
     assert state["step"] == 3  # the --set override reached the trainer
     capsys.readouterr()
 
-    assert cli.main(["eval", "run"]) == 0
+    # the run's data file lies outside its checkpoint: eval reads it only when named again
+    assert cli.main(["eval", "run"]) == 2
+    assert "records data that is not inside the checkpoint folder ('corpus.txt')" in capsys.readouterr().err
+    assert cli.main(["eval", "run", "--data", "corpus.txt"]) == 0
     out = capsys.readouterr().out
     loss = float(re.search(r"^loss: ([\d.]+)$", out, re.M).group(1))
     ppl = float(re.search(r"^perplexity: ([\d.]+)$", out, re.M).group(1))
-    assert abs(ppl - torch.tensor(loss).exp().item()) / ppl < 1e-3 and "validation split" in out
+    assert abs(ppl - torch.tensor(loss).exp().item()) / ppl < 1e-3 and "all split" in out
     assert cli.main(["eval", "run", "--data", "corpus.txt", "--max-batches", "1"]) == 0
     assert "all split" in capsys.readouterr().out
 

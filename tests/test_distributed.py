@@ -106,7 +106,13 @@ def test_two_processes_equal_one_process(tmp_path):
     assert len(val) == len(ref) == 3 and val == pytest.approx(ref, abs=1e-5)
 
     # one checkpoint, written by the main process, holding every process's RNG state
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "metrics.jsonl", "tokenizer"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint",
+        "checkpoint.json",
+        "checkpoints",
+        "metrics.jsonl",
+        "tokenizer",
+    ]
     state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["num_processes"] == 2
     from safetensors import safe_open

@@ -22,10 +22,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,56 @@ OWNED_FILES = (
     "optimizer.safetensors",
     "rng_state.safetensors",
 )
+
+
+# A training run's folder: complete checkpoints in checkpoints/step-NNNNNN/, the newest named by the
+# pointer file (replaced atomically), and a ``checkpoint`` link to it (see unimodel.training.runfolder).
+RUN_POINTER_FILE = "checkpoint.json"
+RUN_POINTER_FORMAT = "unimodel-checkpoint-pointer"
+RUN_CHECKPOINTS_DIR = "checkpoints"
+RUN_LATEST = "checkpoint"
+_STEP_FOLDER = re.compile(r"step-(\d{6,12})")
+
+
+def step_of_folder(name: str) -> int | None:
+    """The step of a step folder's name (``step-000120`` -> 120), None for any other name."""
+    found = _STEP_FOLDER.fullmatch(name)
+    return int(found.group(1)) if found else None
+
+
+def read_run_pointer(run_folder: Path) -> tuple[int, Path] | None:
+    """(step, folder) that a run folder's pointer file names; None when there is no usable pointer.
+
+    The pointer can only name ``checkpoints/step-NNNNNN`` inside ``run_folder``: a pointer
+    naming anything else (another path, ``..``) is ignored, never followed.
+    """
+    try:
+        data = json.loads((run_folder / RUN_POINTER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != RUN_POINTER_FORMAT:
+        return None
+    rel = data.get("checkpoint")
+    if not isinstance(rel, str):
+        return None
+    parent, _, name = rel.partition("/")
+    step = step_of_folder(name)
+    if parent != RUN_CHECKPOINTS_DIR or step is None or data.get("step") != step:
+        return None
+    return step, run_folder / RUN_CHECKPOINTS_DIR / name
+
+
+def resolve_run_folder(folder: Path) -> Path:
+    """``folder`` itself when it holds a checkpoint; for a training run's output folder, the checkpoint its
+    pointer names (else its ``checkpoint`` folder); else ``folder`` unchanged."""
+    if (folder / CONFIG_FILE).is_file():
+        return folder
+    pointed = read_run_pointer(folder)
+    if pointed is not None and (pointed[1] / CONFIG_FILE).is_file():
+        return pointed[1]
+    if (folder / RUN_LATEST / CONFIG_FILE).is_file():
+        return folder / RUN_LATEST
+    return folder
 
 
 def owned_by_checkpoints(name: str) -> bool:
@@ -147,6 +198,49 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to stable storage; folders cannot be opened for this
+    on every platform, so there it is skipped."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except (IsADirectoryError, PermissionError):  # Windows: folders are not opened
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then every folder bottom-up (``folder`` itself last)."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(Path(root) / name)
+        for name in dirs:
+            fsync_path(Path(root) / name)
+    fsync_path(folder)
+
+
+def write_file_durably(path: Path, data: bytes, *, before_replace: Callable[[], None] | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: a temporary sibling is written and fsync'd,
+    renamed over ``path`` (``os.replace``), and the parent folder fsync'd. A reader sees the old or
+    the new file, whole, at every instant; after return the new one survives a power cut."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -228,9 +322,29 @@ def dedup_state_dict(module: nn.Module) -> tuple[dict[str, Tensor], dict[str, st
 
 
 def save_tensors(tensors: Mapping[str, Tensor], path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write a safetensors file; a failed write (disk full, file-size limit) raises :class:`OSError`."""
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt", **(metadata or {})})
+    try:
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt", **(metadata or {})}
+        )
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors reports I/O failures as its own error type, with the OS error inside
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise _as_os_error(exc, path) from None
+
+
+def _as_os_error(exc: Exception, path: Path) -> OSError:
+    """The :class:`OSError` a safetensors write error wraps (``Os { code: 28, ... }``)."""
+    import errno
+    import re
+
+    found = re.search(r"(?:code: |os error )(\d+)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -386,12 +500,14 @@ def save(model: Model, path: str | Path, *, overwrite: bool = False) -> Path:
 def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any = None) -> Model:
     """Load a unimodel checkpoint folder (or a Hugging Face folder, via :func:`unimodel.from_hf`).
 
+    A training run's output folder loads the checkpoint its ``checkpoint.json`` names.
+
     ``objective`` (a name or dict) replaces the saved one, e.g. ``"classify"`` to
     fine-tune a pretrained encoder; task heads the checkpoint lacks start fresh.
     """
     from unimodel.model import build_model
 
-    folder = as_path(path, "unimodel.load: path")
+    folder = resolve_run_folder(as_path(path, "unimodel.load: path"))
     device = as_device(device, "unimodel.load")
     check_objective_arg(objective, "unimodel.load")
     if not folder.exists():

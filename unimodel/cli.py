@@ -329,7 +329,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         generate_options=_strategy_options(args),
     )
     _out(f"loss: {result.loss:.4f}")
-    _out(f"perplexity: {result.perplexity:.2f}")
+    if result.loss_is_token_ce:  # exp(loss) is a perplexity only for a token cross-entropy
+        _out(f"perplexity: {result.perplexity:.2f}")
+    for name, value in result.metrics.items():  # the objective's own: accuracy, loss parts ...
+        _out(f"{name}: {value:.4f}")
     if result.task_report is not None:  # the data kind's own metric: exact match for pairs
         _out(result.task_report)
     _out(f"({result.n_tokens:,} predicted tokens in {result.n_examples:,} {result.unit} of the {result.split} split)")

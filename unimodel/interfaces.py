@@ -255,7 +255,9 @@ class Objective(ABC, Generic[ConfigT]):
     trainer feeds ``prepare`` (:class:`unimodel.data.kinds.DataKind`): the core's
     ``"text"``, examples ``{"input_ids": block}`` cut from packed text, or
     ``"pairs"``, examples ``{"source": ids, "target": ids}`` (JSONL/TSV pair
-    files, pair corpora), or a plugin's own kind. ``passes_mems``: ``forward``
+    files, pair corpora), or a plugin's own kind. ``loss_is_token_ce``: the loss
+    is a mean cross-entropy over vocabulary tokens, so its exponential is a
+    perplexity (the trainer and ``unimodel eval`` print one only then). ``passes_mems``: ``forward``
     passes a batch's ``mems`` to the model, so the text kind's recurrent mode
     (``[data] recurrent_memory``, :mod:`unimodel.data.recurrent`) can train with it.
 
@@ -278,6 +280,7 @@ class Objective(ABC, Generic[ConfigT]):
     uses_lm_head: ClassVar[bool] = True
     data_kind: ClassVar[str] = "text"
     passes_mems: ClassVar[bool] = False
+    loss_is_token_ce: ClassVar[bool] = False
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

@@ -130,6 +130,8 @@ class TokenLossObjective(Objective[ConfigT]):
     """An objective whose loss is a token cross-entropy on the LM head. It states the loss once,
     in :meth:`token_loss`; :meth:`loss` on logits follows from it, so the two paths cannot disagree."""
 
+    loss_is_token_ce = True
+
     @abstractmethod
     def token_loss(self) -> TokenLoss: ...
 

@@ -58,10 +58,9 @@ def read_tsv_pairs(path: Path) -> list[Pair]:
                 continue
             parts = line.split("\t")
             if len(parts) == 1:
-                shown = line if len(line) <= 60 else line[:57] + "..."
-                raise DataError(
-                    f"{str(path)!r} line {lineno} has no tab ({shown!r}); each line of a TSV pair file is "
-                    "source<TAB>target"
+                raise DataError(  # the line itself is not shown: error messages never echo file contents
+                    f"{str(path)!r} line {lineno} has no tab ({len(line)} characters); each line of a TSV pair "
+                    "file is source<TAB>target"
                 )
             if len(parts) > 2:
                 raise DataError(

@@ -14,7 +14,9 @@ Where things are:
 ``config``          :class:`TrainConfig`, :class:`RunConfig`, ``--set`` overrides
 ``spec``            ``[model]``/``[objective]`` resolved into typed configs; tokenizer values
 ``schedule``        the learning-rate schedule, AdamW groups, seeds and epoch order
-``state``           the run folder, trainer-state codec, RNG save/restore
+``state``           the trainer-state codec, RNG save/restore, metrics truncation
+``runfolder``       step folders, the pointer, the crash-safe save sequence, the run lock
+``saving``          the trainer's start-up checks, saves, resume and non-finite stop
 ``launch``          the Accelerator and the CPU multi-process launch
 ``steps``           the module accelerate wraps, the dataset view, per-step records
 ``trainer``         :class:`Trainer` and :func:`train`

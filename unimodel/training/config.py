@@ -55,6 +55,14 @@ class TrainConfig(Config):
     max_eval_batches: int | None = param(None, "evaluate on at most N validation batches")
     log_every: int = param(10, "append training metrics to metrics.jsonl every N steps")
     checkpoint_every: int = param(500, "write the checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = param(
+        2, "complete checkpoints kept in output_dir/checkpoints (the newest; older ones are removed after a save)"
+    )
+    max_nonfinite_steps: int = param(
+        3,
+        "a step whose loss or gradient norm is NaN or infinite is skipped (no update, never saved); the run "
+        "stops after this many such steps in a row (1: at the first)",
+    )
     progress: bool = param(True, "show a progress bar")
     sample_prompt: str = param(
         "The",
@@ -70,33 +78,39 @@ class TrainConfig(Config):
     )
 
     def check(self) -> None:
-        positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "sample_tokens")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                self.fail(name, "must be positive")
-        if self.exact_match_examples is not None and self.exact_match_examples < 0:
-            self.fail("exact_match_examples", "must be 0 or more (null: every validation pair)")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "sample_top_k"):
-            if getattr(self, name) < 0:
-                self.fail(name, "must be 0 or more")
+        self.require_positive(
+            "max_steps",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "log_every",
+            "sample_tokens",
+            "keep_checkpoints",
+            "max_nonfinite_steps",
+            "eval_batch_size",
+            "max_eval_batches",
+        )
+        self.require_at_least(0, "warmup_steps", "eval_every", "checkpoint_every", "sample_top_k")
+        self.require_at_least(0, "exact_match_examples")  # null: every validation pair
         if self.batch_size % self.gradient_accumulation_steps:
             self.fail(
                 ("batch_size", "gradient_accumulation_steps"),
                 "batch_size is the global batch; it must be divisible by gradient_accumulation_steps",
             )
-        if self.learning_rate <= 0:
-            self.fail("learning_rate", "must be positive")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            self.fail("min_lr_ratio", "must be in [0, 1]")
-        if self.weight_decay < 0 or self.max_grad_norm < 0:
-            self.fail(("weight_decay", "max_grad_norm"), "must be 0 or more")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                self.fail(name, "must be in [0, 1)")
-        for name in ("eval_batch_size", "max_eval_batches"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                self.fail(name, "must be positive")
+        # NaN and infinities are refused for every float field before check() runs
+        self.require_positive("learning_rate", "adam_eps")
+        if self.learning_rate > 10.0:
+            self.fail("learning_rate", "must be at most 10 (AdamW steps are about learning_rate per weight)")
+        self.require_fraction("min_lr_ratio", inclusive=True)
+        self.require_at_least(0, "weight_decay", "max_grad_norm")
+        if self.weight_decay * self.learning_rate >= 1.0:
+            self.fail(
+                ("weight_decay", "learning_rate"),
+                "weight_decay x learning_rate must be below 1 (AdamW multiplies the weights by 1 - their product "
+                "every step)",
+            )
+        self.require_fraction("adam_beta1", "adam_beta2")
+        if self.adam_eps >= 1.0:
+            self.fail("adam_eps", "must be below 1 (a small number added to the update's denominator)")
 
 
 @dataclass(frozen=True)

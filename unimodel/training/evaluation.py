@@ -9,6 +9,7 @@ default), and adds the data kind's task metric (exact match for pairs).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -29,7 +30,7 @@ from unimodel.data.exact_match import (
 )
 from unimodel.data.kinds import TaskMetric, data_kind, derive_seed, process_share, reduce_sum, run_data_kind_name
 from unimodel.errors import DataError
-from unimodel.training.state import CHECKPOINT_DIR, RUN_FILE
+from unimodel.training.state import RUN_FILE
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -58,6 +59,8 @@ class EvalResult:
     task_score: float | None = None
     task_examples: int = 0
     task_report: str | None = None  # the metric's line, as ``unimodel eval`` prints it
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the objective's, per prediction
+    loss_is_token_ce: bool = True  # the loss is a token cross-entropy: perplexity means something
 
     def with_metric(self, metric: TaskMetric) -> EvalResult:
         """This result with ``metric`` recorded."""
@@ -111,6 +114,7 @@ def evaluate_examples(
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)  # (sum of loss * predictions, predictions)
+    metric_sums: dict[str, float] = {}  # the objective's metrics, weighted by predictions
     try:
         with autocast:
             for start in range(0, len(indices), chunk):
@@ -120,13 +124,29 @@ def evaluate_examples(
                 out = model.objective(model, {k: v.to(device) for k, v in batch.items()})
                 total[0] += float(out.loss) * out.n_predictions
                 total[1] += out.n_predictions
+                for name, value in out.metrics.items():
+                    metric_sums[name] = metric_sums.get(name, 0.0) + float(value) * out.n_predictions
     finally:
         model.train(was_training)
     total = reduce_sum(total, accelerator)
+    names = sorted(metric_sums)
+    if accelerator is not None and accelerator.num_processes > 1:  # a process may have had no batch
+        from accelerate.utils import gather_object
+
+        names = sorted({n for part in gather_object([names]) for n in part})
+    sums = torch.tensor([metric_sums.get(n, 0.0) for n in names], dtype=torch.float64)
+    sums = reduce_sum(sums, accelerator) if names else sums
     n = int(total[1])
     loss = float(total[0] / n) if n else float("nan")
     return EvalResult(
-        loss=loss, perplexity=perplexity(loss), n_tokens=n, n_examples=len(examples), split=split, unit=unit
+        loss=loss,
+        perplexity=perplexity(loss),
+        n_tokens=n,
+        n_examples=len(examples),
+        split=split,
+        unit=unit,
+        metrics={name: float(v) / n for name, v in zip(names, sums.tolist(), strict=True)} if n else {},
+        loss_is_token_ce=bool(getattr(model.objective, "loss_is_token_ce", False)),
     )
 
 
@@ -160,9 +180,9 @@ def evaluate(
     first ``exact_match_examples`` examples with it (0: none; None: all), decoding
     with ``generate_options`` (a strategy and its options) where it decodes.
     """
-    model, run_data = _model_and_run_data(model)
+    model, run_data, outside = _model_and_run_data(model)
     tokenizer = model.tokenizer
-    cfg = _eval_data_config(data, run_data)
+    cfg = _eval_data_config(data, run_data, outside)
     kind = data_kind(run_data_kind_name(cfg, model.objective))
     if tokenizer is None and kind.uses_tokenizer:
         raise DataError("evaluate: the model has no tokenizer to encode text with; load a checkpoint saved with one")
@@ -200,27 +220,67 @@ def evaluate(
     return result
 
 
-def _model_and_run_data(model: Model | str | Path) -> tuple[Model, DataConfig | None]:
-    """The model (loaded when given a folder), and the ``[data]`` of the run that saved it (if known)."""
+def _model_and_run_data(model: Model | str | Path) -> tuple[Model, DataConfig | None, tuple[str, ...]]:
+    """The model (loaded when given a folder), the ``[data]`` of the run that saved it (if known), and the
+    data paths it records that lead outside the checkpoint folder.
+
+    A checkpoint is data, and may come from anyone: the data files its ``run.json`` records are
+    read only when they lie inside the checkpoint folder (relative paths are read relative to it);
+    otherwise the recorded data is not used and evaluation asks for ``data``.
+    """
     if not isinstance(model, (str, Path)):
-        return model, None
-    from unimodel.checkpoint import load, read_json
+        return model, None, ()
+    from unimodel.checkpoint import load, read_json, resolve_run_folder
 
-    folder = Path(model)
-    if not (folder / "config.json").is_file() and (folder / CHECKPOINT_DIR / "config.json").is_file():
-        folder = folder / CHECKPOINT_DIR  # a run's output folder
-    run_data = None
+    folder = resolve_run_folder(Path(model))  # a run's output folder: the checkpoint its pointer names
+    run_data: DataConfig | None = None
+    outside: tuple[str, ...] = ()
     if (folder / RUN_FILE).is_file():
-        run_data = DataConfig.from_dict(read_json(folder / RUN_FILE).get("data", {}))
-    return load(folder), run_data
+        run_data, outside = _confined(DataConfig.from_dict(read_json(folder / RUN_FILE).get("data", {})), folder)
+    return load(folder), run_data, outside
 
 
-def _eval_data_config(data: DataConfig | Mapping[str, Any] | str | None, run_data: DataConfig | None) -> DataConfig:
+def _confined(run_data: DataConfig, folder: Path) -> tuple[DataConfig, tuple[str, ...]]:
+    """``run_data`` with its file paths read relative to ``folder``, and those of its paths that lead
+    outside ``folder`` (``..``, an absolute path elsewhere, a link out, a glob reaching out) or match nothing
+    in it."""
+    import glob
+
+    root = folder.resolve()
+    fields: dict[str, tuple[str, ...]] = {}
+    outside: list[str] = []
+    for name in ("paths", "validation_paths"):
+        resolved = []
+        for entry in getattr(run_data, name):
+            path = Path(entry) if Path(entry).is_absolute() else folder / entry
+            resolved.append(str(path))
+            fixed = Path(*[part for part in itertools.takewhile(lambda x: not glob.has_magic(x), path.parts)])
+            if not fixed.resolve().is_relative_to(root):  # decided before anything outside is listed
+                outside.append(entry)
+                continue
+            matches = [Path(m) for m in glob.glob(str(path), recursive=True)] if glob.has_magic(str(path)) else [path]
+            files = [f for m in matches if m.exists() for f in ([m, *m.rglob("*")] if m.is_dir() else [m])]
+            if not files or not all(f.resolve().is_relative_to(root) for f in files):  # absent counts as outside
+                outside.append(entry)
+        fields[name] = tuple(resolved)
+    return run_data.replace(**fields), tuple(outside)
+
+
+def _eval_data_config(
+    data: DataConfig | Mapping[str, Any] | str | None, run_data: DataConfig | None, outside: tuple[str, ...] = ()
+) -> DataConfig:
     if data is None:
         if run_data is None:
             raise DataError(
                 "evaluate: no data given and the checkpoint holds no run config (run.json); pass data= "
                 "(a corpus name such as 'pydoc', a file, folder or glob, or a run config file)"
+            )
+        if outside:
+            shown = ", ".join(repr(p[:80]) for p in outside[:3]) + (" ..." if len(outside) > 3 else "")
+            raise DataError(
+                f"evaluate: the checkpoint's run.json records data that is not inside the checkpoint folder ({shown}); "
+                "unimodel reads a checkpoint's recorded data only inside its folder. Give the data again: "
+                "--data PATH (data=) names a file, folder, glob, corpus or run config file"
             )
         return run_data
     if isinstance(data, DataConfig):

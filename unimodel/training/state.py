@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +96,7 @@ def state_record(
     tokens_seen: int,
     num_processes: int,
     fingerprint: str,
+    skipped_steps: int = 0,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any,
@@ -112,6 +112,7 @@ def state_record(
         "tokens_seen": tokens_seen,
         "num_processes": num_processes,
         "data_fingerprint": fingerprint,
+        "skipped_steps": skipped_steps,
         "optimizer": encode_state(optimizer.state_dict(), tensors, "optimizer"),
         "scheduler": encode_state(scheduler.state_dict(), {}, "scheduler"),
         "python_rng": encode_state(random.getstate(), {}, "python_rng"),
@@ -119,34 +120,6 @@ def state_record(
     if scaler is not None:  # fp16 loss scale: a resumed run continues with the same scale
         state["grad_scaler"] = encode_state(scaler.state_dict(), {}, "grad_scaler")
     return state
-
-
-def open_run_folder(out: Path, *, resume: bool, overwrite: bool, main: bool) -> dict[str, Any] | None:
-    """Check the run folder ``out`` against ``resume``: the saved trainer state when resuming (metrics past
-    it dropped), else ``None`` after the main process has cleared the previous run's checkpoint and metrics."""
-    folder = out / CHECKPOINT_DIR
-    has_ckpt = (folder / STATE_FILE).is_file()
-    if resume:
-        if not has_ckpt:
-            raise TrainingError(
-                f"resume: {str(folder)!r} holds no trainer checkpoint; run without --resume to start "
-                "a new run, or point train.output_dir at the run to continue"
-            )
-        state = read_json_state(folder / STATE_FILE)
-        if main:
-            truncate_metrics(out / METRICS_FILE, state["step"])
-        return state
-    if has_ckpt and not overwrite:
-        raise TrainingError(
-            f"{str(out)!r} already holds a checkpoint of a run; pass --resume (resume=True) to continue it, "
-            "set train.overwrite = true to replace it, or choose another train.output_dir"
-        )
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        (out / METRICS_FILE).unlink(missing_ok=True)
-    return None
 
 
 def read_json_state(path: Path) -> dict[str, Any]:
@@ -229,7 +202,6 @@ __all__ = [
     "DataPosition",
     "decode_state",
     "encode_state",
-    "open_run_folder",
     "read_json_state",
     "restore_optimizer",
     "rng_tensors",

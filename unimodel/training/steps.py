@@ -35,10 +35,12 @@ class _ObjectiveStep(nn.Module):
         object.__setattr__(self, "_runner", compiled if compiled is not None else model)  # not a submodule
         self.keep_output = keep_output
         self.output: ObjectiveOutput | None = None
+        self.metrics: Mapping[str, float] = {}
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """batch: the objective's tensors, (B, T) each -> the scalar mean loss (nats)."""
         out = self.model.objective(self._runner, batch)
+        self.metrics = out.metrics  # the loss parts and scores the objective reports (floats)
         if self.keep_output:
             self.output = out
         return out.loss
@@ -73,6 +75,9 @@ class StepRecord:
     loss: float = math.nan
     grad_norm: float | None = None
     lr: float = math.nan
+    skipped: bool = False  # the loss or gradient norm was not finite: no update
+    metric_sums: dict[str, float] = field(default_factory=dict)  # the objective's metrics, summed over micro-batches
+    metrics: dict[str, float] = field(default_factory=dict)  # their means over micro-batches and processes
 
 
 @dataclass
@@ -80,6 +85,7 @@ class LogWindow:
     """Steps since metrics.jsonl was last written: their losses and tokens, and when the window opened."""
 
     losses: list[float] = field(default_factory=list)
+    metrics: list[Mapping[str, float]] = field(default_factory=list)
     tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
 

@@ -32,22 +32,15 @@ from unimodel.errors import ConfigError, DataError, TrainingError
 from unimodel.training.config import RunConfig, load_run_config
 from unimodel.training.evaluation import EvalResult, evaluate_examples
 from unimodel.training.launch import make_accelerator
+from unimodel.training.runfolder import CheckpointRef, RunLock
+from unimodel.training.saving import RunFolderSteps
 from unimodel.training.schedule import make_optimizer, make_scheduler
 from unimodel.training.spec import needed_roles
 from unimodel.training.state import (
-    CHECKPOINT_DIR,
     METRICS_FILE,
-    OPTIMIZER_FILE,
-    RNG_FILE,
-    RUN_FILE,
-    STATE_FILE,
     TOKENIZER_DIR,
     DataPosition,
-    open_run_folder,
-    restore_optimizer,
-    rng_tensors,
     set_rng_states,
-    state_record,
 )
 from unimodel.training.steps import LogWindow, StepRecord, _as_list, _ExampleDataset, _ObjectiveStep
 
@@ -87,7 +80,7 @@ class TrainResult:
         return None if self.after is None else self.after.exact_match
 
 
-class Trainer:
+class Trainer(RunFolderSteps):
     """One training run. Use :func:`train`; this class holds the run's state.
 
     Attributes set by :meth:`setup`: ``data`` (a :class:`DataKind`), ``tokenizer``,
@@ -112,7 +105,8 @@ class Trainer:
         self.tc = run.train
         self.resume = resume
         self.out = Path(self.tc.output_dir)
-        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self.checkpoint: CheckpointRef | None = None  # the run's newest complete checkpoint
+        self.lock = RunLock(self.out)
         self.accelerator: Accelerator = make_accelerator(self.tc)
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
@@ -129,6 +123,8 @@ class Trainer:
         self.losses: dict[int, float] = {}
         self.fingerprint = ""
         self.last_checkpoint_step: int | None = None
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient norm
+        self.nonfinite_in_a_row = 0
         self.last_metric: TaskMetric | None = None
         self.carried: dict[int, Any] = {}  # per micro-batch slot: what the data kind carries between steps
         self.current = StepRecord()
@@ -149,13 +145,6 @@ class Trainer:
                 f.write(json.dumps(dict(record)) + "\n")
 
     # ---------------------------------------------------------------- setup
-    def prepare_output_dir(self) -> dict[str, Any] | None:
-        """Check the output folder against ``resume``; returns the saved trainer state when resuming."""
-        state = open_run_folder(self.out, resume=self.resume, overwrite=self.tc.overwrite, main=self.main)
-        if state is None:
-            self.accelerator.wait_for_everyone()  # the main process has cleared the folder
-        return state
-
     def setup_tokenizer(self, train_docs: Sequence[str], roles: Sequence[str]) -> Tokenizer:
         data = self.run.data
         if self.resume:
@@ -187,6 +176,7 @@ class Trainer:
         if self.resume:
             from unimodel.checkpoint import load
 
+            self.check_model_unchanged()
             model = load(self.ckpt_dir)
             wanted = self.run.objective_name
             if wanted is not None and wanted != model.objective_name:
@@ -242,9 +232,16 @@ class Trainer:
 
     # ------------------------------------------------------------ the run
     def run_training(self) -> TrainResult:
-        from accelerate.utils import set_seed
 
         started = time.perf_counter()
+        try:
+            return self._run(started)
+        finally:
+            self.lock.release()
+
+    def _run(self, started: float) -> TrainResult:
+        from accelerate.utils import set_seed
+
         state = self.prepare_output_dir()
         set_seed(self.tc.seed)
         rng = self.setup(state)
@@ -269,7 +266,7 @@ class Trainer:
         )
         return TrainResult(
             output_dir=self.out,
-            checkpoint=self.ckpt_dir if self.last_checkpoint_step is not None or self.resume else None,
+            checkpoint=self.ckpt_dir if self.checkpoint is not None else None,
             start_step=start_step,
             step=self.step,
             losses=self.losses,
@@ -351,6 +348,8 @@ class Trainer:
                 assert output is not None
                 self.carried[step.micro] = self.data.carry_out(output)
             step.loss_sum += loss.detach().double().cpu()
+            for name, value in self.objective_step.metrics.items():
+                step.metric_sums[name] = step.metric_sums.get(name, 0.0) + float(value)
             step.micro += 1
             if acc.sync_gradients:
                 self.optimizer_step()
@@ -374,11 +373,52 @@ class Trainer:
         acc, tc, step = self.accelerator, self.tc, self.current
         accum = tc.gradient_accumulation_steps
         step.loss = float(acc.reduce(step.loss_sum.to(acc.device) / accum, reduction="mean"))
-        if not math.isfinite(step.loss):
-            self.fail_not_finite(step.loss)
+        self.reduce_metrics()
         max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        # the norm of the gradients as the update would use them (unscaled, all processes' summed)
         step.grad_norm = float(acc.clip_grad_norm_(self.step_module.parameters(), max_norm))
         step.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+        if math.isfinite(step.loss) and math.isfinite(step.grad_norm):
+            self.nonfinite_in_a_row = 0
+        else:
+            self.skip_step()
+
+    def reduce_metrics(self) -> None:
+        """The objective's metrics of this step: means over its micro-batches and processes."""
+        step, acc = self.current, self.accelerator
+        names = sorted(step.metric_sums)
+        if not names:
+            return
+        values = torch.tensor([step.metric_sums[n] / step.micro for n in names], dtype=torch.float64)
+        if self.world > 1:
+            values = acc.reduce(values.to(acc.device), reduction="mean").cpu()
+        step.metrics = dict(zip(names, values.tolist(), strict=True))
+
+    def skip_step(self) -> None:
+        """The step's loss or gradient is not finite: no update (its gradients are dropped, so AdamW and its
+        moments leave every weight as it was), counted and logged; the run stops after
+        ``max_nonfinite_steps`` such steps in a row."""
+        step = self.current
+        step.skipped = True
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
+        number = self.step + 1
+        self.write_metrics(
+            {"step": number, "event": "skipped_non_finite", "loss": repr(step.loss), "grad_norm": repr(step.grad_norm)}
+        )
+        self.log(
+            f"step {number}: skipped, the {self.what_is_not_finite()} is not finite "
+            f"({self.nonfinite_in_a_row} in a row, {self.skipped_steps} skipped in all)"
+        )
+        if self.nonfinite_in_a_row >= self.tc.max_nonfinite_steps:
+            self.fail_not_finite()
+
+    def what_is_not_finite(self) -> str:
+        step = self.current
+        if not math.isfinite(step.loss):
+            return f"training loss ({step.loss})"
+        return f"gradient norm ({step.grad_norm}; the loss is {step.loss:.4f})"
 
     def after_step(self) -> None:
         """Bookkeeping after an optimizer step: position, progress, metrics, evaluation, checkpoint."""
@@ -400,15 +440,20 @@ class Trainer:
         self.step += 1
         self.position = DataPosition(pos.epoch, pos.examples_in_epoch + bs)
         self.tokens_seen += tokens
-        self.losses[self.step] = self.current.loss
-        self.window.losses.append(self.current.loss)
+        if not self.current.skipped:  # a skipped step's loss is not finite; it changed nothing
+            self.losses[self.step] = self.current.loss
+            self.window.losses.append(self.current.loss)
+            self.window.metrics.append(self.current.metrics)
         self.window.tokens += tokens
         return tokens
 
     def show_progress(self, tokens: int) -> None:
         step = self.current
         tok_s = tokens / max(time.perf_counter() - step.started, 1e-9)
-        self.bar.set_postfix(loss=f"{step.loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{step.lr:.2e}", refresh=False)
+        parts = {name: f"{value:.4g}" for name, value in step.metrics.items()}
+        self.bar.set_postfix(
+            loss=f"{step.loss:.4f}", **parts, tok_s=f"{tok_s:,.0f}", lr=f"{step.lr:.2e}", refresh=False
+        )
         self.bar.update(1)
 
     def log_step(self) -> None:
@@ -419,32 +464,16 @@ class Trainer:
         self.write_metrics(
             {
                 "step": self.step,
-                "loss": sum(window.losses) / len(window.losses),
+                "loss": sum(window.losses) / len(window.losses) if window.losses else None,
                 "lr": self.current.lr,
                 "grad_norm": self.current.grad_norm,
                 "tokens": self.tokens_seen,
                 "epoch": self.position.epoch,
                 "tokens_per_s": window.tokens / max(time.perf_counter() - window.started, 1e-9),
+                **({"metrics": mean_metrics(window.metrics)} if any(window.metrics) else {}),
             }
         )
         self.window = LogWindow()
-
-    def fail_not_finite(self, value: float) -> None:
-        step = self.step + 1
-        self.write_metrics({"step": step, "event": "non_finite_loss", "loss": str(value)})
-        if self.last_checkpoint_step is not None:
-            kept = (
-                f"the last good checkpoint, from step {self.last_checkpoint_step}, is in place at "
-                f"{str(self.ckpt_dir)!r}"
-            )
-        elif self.resume:
-            kept = f"the checkpoint this run resumed from is in place at {str(self.ckpt_dir)!r}"
-        else:
-            kept = "no checkpoint had been written yet"
-        raise TrainingError(
-            f"step {step}: the training loss is {value} (not finite); training stopped and {kept}. Lower "
-            "train.learning_rate, lengthen train.warmup_steps or keep train.max_grad_norm on, then resume with --resume"
-        )
 
     # ------------------------------------------------------- evaluation etc.
     def evaluate_validation(self, when: str) -> EvalResult | None:
@@ -463,16 +492,16 @@ class Trainer:
             accelerator=self.accelerator,
             unit=self.data.unit,
         )
-        line = (
-            f"validation {when}: loss {result.loss:.4f}, perplexity {result.perplexity:,.2f} "
-            f"({result.n_tokens:,} tokens)"
-        )
-        record: dict[str, Any] = {
-            "step": self.step,
-            "val_loss": result.loss,
-            "val_perplexity": result.perplexity,
-            "val_tokens": result.n_tokens,
-        }
+        line = f"validation {when}: loss {result.loss:.4f}"
+        record: dict[str, Any] = {"step": self.step, "val_loss": result.loss}
+        if result.loss_is_token_ce:
+            line += f", perplexity {result.perplexity:,.2f}"
+            record["val_perplexity"] = result.perplexity
+        line += "".join(f", {name} {value:.4g}" for name, value in result.metrics.items())
+        line += f" ({result.n_tokens:,} {'tokens' if result.loss_is_token_ce else 'predictions'})"
+        record["val_tokens"] = result.n_tokens
+        if result.metrics:
+            record["val_metrics"] = result.metrics
         metric = self.task_metric(examples, batch_size)
         if metric is not None:
             result.with_metric(metric)
@@ -523,54 +552,11 @@ class Trainer:
         self.log(f"{shown.heading}:\n{shown.text}")
         return shown.text
 
-    # ---------------------------------------------------------- checkpoints
-    def save_checkpoint(self) -> None:
-        """Write ``checkpoint/`` atomically (main process); every process's RNG state goes in it."""
-        acc = self.accelerator
-        rng = torch.get_rng_state()
-        all_rng = acc.gather(rng[None].to(acc.device)).cpu() if self.world > 1 else rng[None]
-        if self.main:
-            from unimodel.checkpoint import atomic_dir, save_tensors, write_json
 
-            tensors: dict[str, Tensor] = {}
-            state = state_record(
-                step=self.step,
-                position=self.position,
-                tokens_seen=self.tokens_seen,
-                num_processes=self.world,
-                fingerprint=self.fingerprint,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                scaler=acc.scaler,
-                tensors=tensors,
-            )
-            with atomic_dir(self.ckpt_dir) as tmp:
-                self.model.save(tmp)
-                write_json(tmp / RUN_FILE, {"schema_version": 1, **self.run.to_dict()})
-                save_tensors(tensors, tmp / OPTIMIZER_FILE)
-                save_tensors(rng_tensors(all_rng, acc.process_index), tmp / RNG_FILE)
-                write_json(tmp / STATE_FILE, state)
-        acc.wait_for_everyone()
-        self.last_checkpoint_step = self.step
-
-    def restore(self, state: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Load optimizer, schedule and position from a checkpoint; returns the saved RNG tensors."""
-        from unimodel.checkpoint import load_tensors
-
-        if state.get("data_fingerprint") != self.fingerprint:
-            raise TrainingError(
-                f"resume: the training data differs from the data of the checkpoint in {str(self.ckpt_dir)!r} "
-                "(other text or pairs, tokenizer, block size or split); resume with the run's own [data] settings, "
-                "or start a new run"
-            )
-        restore_optimizer(state, self.ckpt_dir, self.optimizer, self.scheduler, self.accelerator.scaler)
-        self.step = int(state["step"])
-        self.position = DataPosition(int(state["epoch"]), int(state["examples_in_epoch"]))
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.last_checkpoint_step = self.step
-        rng, _ = load_tensors(self.ckpt_dir / RNG_FILE)
-        self.log(f"resuming from {self.ckpt_dir} at step {self.step} (epoch {self.position.epoch})")
-        return rng
+def mean_metrics(records: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per name, the mean over the records that have it."""
+    names = sorted({name for r in records for name in r})
+    return {n: sum(r[n] for r in records if n in r) / sum(n in r for r in records) for n in names}
 
 
 def train(
