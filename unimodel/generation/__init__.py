@@ -67,6 +67,7 @@ from unimodel.generation.settings import (
     resolve_settings,
 )
 from unimodel.generation.text import TextStreamer, generate_text, generate_texts
+from unimodel.inputs import inputs_checked
 from unimodel.nn.linear import decoding_layout
 from unimodel.registry import Component, Registry, get_registry
 
@@ -179,7 +180,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         model.eval()
     try:
         lm_head = model.heads["lm"] if "lm" in model.heads else None  # noqa: SIM401 - nn.ModuleDict has no get()
-        with torch.inference_mode(), decoding_layout(model.decoder, lm_head):
+        # the prompt was checked above and every later token comes from the model: no device read per step
+        with torch.inference_mode(), decoding_layout(model.decoder, lm_head), inputs_checked():
             if inputs.encoder_output is None and model.encoder is not None:
                 inputs.encoder_output = model.encode(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:

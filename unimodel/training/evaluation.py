@@ -144,8 +144,13 @@ def evaluate(
     max_batches: int | None = None,
     seed: int = 0,
     exact_match_examples: int | None = 500,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> EvalResult:
     """Loss and perplexity of a model (or a checkpoint folder, or a run's output folder) on its kind of data.
+
+    ``device`` and ``dtype`` (as in :func:`unimodel.load`) load a folder there, or move a model there;
+    ``None`` leaves a model where it is and loads a folder on the CPU in its saved dtype.
 
     ``data`` is a :class:`DataConfig`, its dict, a registered corpus name, a
     file/folder/glob, or a run config file (its ``[data]`` table). Without
@@ -158,7 +163,7 @@ def evaluate(
     A data kind with a task metric (pairs, for ``seq2seq``) also scores the
     first ``exact_match_examples`` examples with it (0: none; None: all).
     """
-    model, run_data = _model_and_run_data(model)
+    model, run_data = _model_and_run_data(model, device, dtype)
     tokenizer = model.tokenizer
     kind = data_kind(data_kind_name(model.objective))
     if tokenizer is None and kind.uses_tokenizer:
@@ -192,11 +197,18 @@ def evaluate(
     return result
 
 
-def _model_and_run_data(model: Model | str | Path) -> tuple[Model, DataConfig | None]:
-    """The model (loaded when given a folder), and the ``[data]`` of the run that saved it (if known)."""
+def _model_and_run_data(
+    model: Model | str | Path, device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> tuple[Model, DataConfig | None]:
+    """The model (loaded when given a folder, on ``device`` in ``dtype``), and the ``[data]`` of the run that
+    saved it (if known)."""
+    from unimodel.checkpoint import as_device, as_dtype, load, read_json
+
     if not isinstance(model, (str, Path)):
+        if device is not None or dtype is not None:
+            where = as_device(device, "evaluate") if device is not None else None
+            model.to(device=where, dtype=as_dtype(dtype, "evaluate"))
         return model, None
-    from unimodel.checkpoint import load, read_json
 
     folder = Path(model)
     if not (folder / "config.json").is_file() and (folder / CHECKPOINT_DIR / "config.json").is_file():
@@ -204,7 +216,7 @@ def _model_and_run_data(model: Model | str | Path) -> tuple[Model, DataConfig | 
     run_data = None
     if (folder / RUN_FILE).is_file():
         run_data = DataConfig.from_dict(read_json(folder / RUN_FILE).get("data", {}))
-    return load(folder), run_data
+    return load(folder, device=device if device is not None else "cpu", dtype=dtype), run_data
 
 
 def _eval_data_config(data: DataConfig | Mapping[str, Any] | str | None, run_data: DataConfig | None) -> DataConfig:
