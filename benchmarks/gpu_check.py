@@ -93,7 +93,7 @@ def generation_rows(folder: Path, quick: bool) -> list[Row]:
     from transformers import GPT2LMHeadModel
 
     rows: list[Row] = []
-    new = 8 if quick else 64
+    new = 4 if quick else 64
     cpu_model = um.from_hf(folder)
     hf_cpu = GPT2LMHeadModel.from_pretrained(folder).eval()
     for batch in (1, 8):
@@ -147,7 +147,7 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 def loss_rows(quick: bool) -> list[Row]:
     device = "cuda" if CUDA else "cpu"
-    n, vocab, width = (2048, 1024, 16) if quick else (16384, 50257, 768)
+    n, vocab, width = (1024, 512, 16) if quick else (16384, 50257, 768)
     g = torch.Generator().manual_seed(0)
     h0 = torch.randn(n, width, generator=g).to(device)
     w0 = (torch.randn(vocab, width, generator=g) * width**-0.5).to(device)
@@ -218,7 +218,7 @@ def training_rows(tmp: Path, quick: bool) -> list[Row]:
             rows.append(Row(name, NO_CUDA))
             continue
         if precision == "bf16" and quick:
-            rows.append(Row(name, "skipped (--quick)"))
+            rows.append(Row(name, "skipped", "--quick"))
             continue
         whole = train(_run_config(tmp / f"whole-{precision}", steps, quick, mixed_precision=precision))
         stopped = _run_config(tmp / f"stopped-{precision}", steps, quick, mixed_precision=precision)
@@ -267,7 +267,7 @@ def _train_until(config: dict[str, Any], step: int) -> None:
 def compile_row(tmp: Path, quick: bool) -> Row:
     name = "train.compile = true"
     if quick:
-        return Row(name, "skipped (--quick)")
+        return Row(name, "skipped", "--quick")
     result = train(_run_config(tmp / "compiled", 20, quick, compile=True))
     finite = all(math.isfinite(v) for v in result.losses.values())
     return Row(name, "ok" if finite else "FAIL", f"20 steps on {result.model.device.type}, finite losses: {finite}")
@@ -280,8 +280,8 @@ def fsdp_row() -> Row:
 
     name = "FSDP2 single-process smoke run"
     if not any("fsdp" in f.name for f in dataclasses.fields(TrainConfig)):
-        return Row(name, "skipped (the trainer has no FSDP support yet)")
-    return Row(name, "skipped (FSDP is configured through accelerate; run it with accelerate launch)")
+        return Row(name, "skipped", "the trainer has no FSDP support yet")
+    return Row(name, "skipped", "FSDP is configured through accelerate; run it with accelerate launch")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,7 +85,7 @@ def test_run_prints_and_records_its_device(tmp_path: Path, capsys: pytest.Captur
     from test_training import tiny_run
 
     out = tmp_path / "run"
-    train(tiny_run(out, max_steps=2, batch_size=4, log_every=1))
+    train(tiny_run(out, max_steps=2, batch_size=4, log_every=1, max_eval_batches=1, data={"max_documents": 2}))
     assert "1 process(es) on cpu (fp32)" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
@@ -129,9 +129,9 @@ def test_cli_device_and_dtype_flags(saved: Path, capsys: pytest.CaptureFixture[s
         assert cli.main([*base, "--device", "cuda"]) != 0
     assert "no CUDA device" in capsys.readouterr().err
     args = cli.build_parser().parse_args([*base, "--device", "cpu", "--dtype", "bf16"])
-    with mock.patch.object(um, "load", wraps=um.load) as load:
-        with contextlib.suppress(Exception):  # the checkpoint has no tokenizer: what load got is the point
-            cli.cmd_generate(args)
+    # the checkpoint has no tokenizer, so generate stops after loading: what load got is the point
+    with mock.patch.object(um, "load", wraps=um.load) as load, contextlib.suppress(InputError):
+        cli.cmd_generate(args)
     load.assert_called_once_with(str(saved), device="cpu", dtype="bf16")
 
 
@@ -218,3 +218,28 @@ def test_decoding_layout_is_for_cpu_weights_only() -> None:
     with decoding_layout(device_layer, threads=2) as laid_out:
         assert not laid_out
         assert device_layer.decoding() is None
+
+
+# ------------------------------------------------------------------ the GPU check script, on the CPU
+def test_gpu_check_quick_runs_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    with mock.patch.object(gpu_check, "CUDA", False):
+        status = gpu_check.main(["--quick"])
+    out = capsys.readouterr().out
+    table = out[out.index("unimodel gpu_check on CPU only") :]
+    assert status == 0, table
+    rows = {line[:34].strip(): line[34:].strip() for line in table.splitlines()[1:-1]}
+    for batch in (1, 8):
+        assert rows[f"generate cpu fp32 batch {batch}"].startswith("ok  ")
+        assert "tokens = transformers" in rows[f"generate cpu fp32 batch {batch}"]
+        assert rows[f"generate cuda bfloat16 batch {batch}"] == "skipped (no CUDA)"
+    assert rows["loss cpu float16 vs fp32"].startswith("ok")
+    assert rows["train 6 steps, device auto, fp32"].startswith("ok")
+    assert "reproduces steps 4-6" in rows["train 6 steps, device auto, fp32"]
+    assert rows["train 6 steps, device auto, fp16"] == "skipped (no CUDA)"
