@@ -105,18 +105,18 @@ class RangeChecks:
             return {}
         stats: list[Tensor] = []
         for values, _, _, _ in self._ranged:
-            vmin, vmax = torch.aminmax(values)
-            stats += [vmin.long(), vmax.long()]
+            low, high = torch.aminmax(values)
+            stats += [low.long(), high.long()]
         stats += [flags.sum().long() for _, flags in self._counted]
         device = stats[0].device
-        values = torch.stack([s.to(device) for s in stats]).tolist()  # the one host read
+        read: list[int] = torch.stack([s.to(device) for s in stats]).tolist()  # the one host read
         for i, (_, lo, hi, message) in enumerate(self._ranged):
-            vmin, vmax = values[2 * i], values[2 * i + 1]
+            vmin, vmax = read[2 * i], read[2 * i + 1]
             if vmin < lo:
                 raise InputError(message(vmin))
             if hi is not None and vmax > hi:
                 raise InputError(message(vmax))
-        counts = dict(zip([key for key, _ in self._counted], values[2 * len(self._ranged) :], strict=True))
+        counts = dict(zip([key for key, _ in self._counted], read[2 * len(self._ranged) :], strict=True))
         for key, explanation in self._zero.items():
             if counts[key]:
                 raise InputError(explanation)

@@ -298,7 +298,7 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
             key_mask=attention_mask, q_len=T, k_len=past + T, causal=self.is_causal, device=x.device
         )
         mem_mask = None
-        if not mask_is_trivial(memory_mask):
+        if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S): padded memory positions are keys never seen
         for i, block in enumerate(self.blocks):
             if cache is None and _skip(self, self.config.decoder_layerdrop):

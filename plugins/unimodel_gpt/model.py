@@ -118,7 +118,7 @@ class GPTDecoder(Decoder[GPTConfig]):
             key_mask=attention_mask, q_len=T, k_len=past + T, causal=True, device=input_ids.device
         )
         mem_mask = None
-        if not mask_is_trivial(memory_mask):
+        if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)

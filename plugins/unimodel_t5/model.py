@@ -298,7 +298,7 @@ class T5Encoder(_T5Stack, Encoder[T5Config]):
         x = self.drop(self.embed_tokens(input_ids))  # (B, S, D)
         # One bias for every layer, padding folded in: (1 or B, H, S, S).
         allowed = None
-        if not mask_is_trivial(attention_mask):
+        if attention_mask is not None and not mask_is_trivial(attention_mask):
             allowed = attention_mask[:, None, None, :].bool()
         mask = additive_mask(self.relative_bias(S, S).to(x.dtype), allowed)
         for block in self.blocks:
@@ -358,7 +358,7 @@ class T5Decoder(_T5Stack, Decoder[T5Config]):
             raise InputError("the T5 decoder cross-attends to an encoder memory: pass memory (the encoder output)")
         x = self.drop(self.embed_tokens(input_ids))  # (B, T, D)
         key_mask = None  # (B, 1, 1, P+T) when some key is padding
-        if not mask_is_trivial(attention_mask):
+        if attention_mask is not None and not mask_is_trivial(attention_mask):
             key_mask = attention_mask[:, None, None, :].bool()
         if cache is not None and T == 1:
             # One new token sees every earlier key: its bias is a slice of a per-distance table.
@@ -372,7 +372,7 @@ class T5Decoder(_T5Stack, Decoder[T5Config]):
                 allowed = allowed & key_mask
             mask = additive_mask(self.relative_bias(T, past + T, past).to(x.dtype), allowed)  # (1 or B, H, T, P+T)
         mem_mask = None
-        if not mask_is_trivial(memory_mask):
+        if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)
