@@ -221,13 +221,15 @@ def test_decoding_layout_is_for_cpu_weights_only() -> None:
 
 
 # ------------------------------------------------------------------ the GPU check script, on the CPU
-def test_gpu_check_quick_runs_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+def test_gpu_check_quick_runs_on_the_cpu(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
+    import sys
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     assert spec is not None and spec.loader is not None
     gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up
     spec.loader.exec_module(gpu_check)
     with mock.patch.object(gpu_check, "CUDA", False):
         status = gpu_check.main(["--quick"])
