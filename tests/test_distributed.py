@@ -86,7 +86,7 @@ def test_two_processes_equal_one_process(tmp_path):
     single = train(cfg, overrides=[f"train.output_dir={tmp_path / 'one'}"])
 
     # accelerate starts several CPU processes (gloo) through its multi-process launcher;
-    # train.cpu = true keeps them on the CPU.
+    # train.device = "cpu" keeps them on the CPU.
     out = tmp_path / "two"
     proc = accelerate_launch(
         "--multi_gpu", "--num_processes", "2", args=[str(cfg), "--set", f"train.output_dir={out}"], cwd=tmp_path

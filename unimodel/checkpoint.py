@@ -146,7 +146,9 @@ def as_path(value: Any, what: str) -> Path:
 
 
 def as_device(value: Any, what: str) -> torch.device:
-    """``value`` (``"cpu"``, ``"cuda:0"``, a torch.device) as a device this machine has."""
+    """``value`` (``"cpu"``, ``"cuda:0"``, ``"auto"``, a torch.device) as a device this machine has."""
+    if value == "auto":
+        value = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError, ValueError) as exc:
@@ -156,6 +158,31 @@ def as_device(value: Any, what: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"{what}: device {value!r} asked for, but MPS is not available here; use 'cpu'")
     return device
+
+
+#: the dtypes a model loads in, by the names (and short names) they are asked for with
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def as_dtype(value: Any, what: str) -> torch.dtype | None:
+    """``value`` (``None``: keep the saved dtype; a name in :data:`DTYPES` or one of those torch dtypes)."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, torch.dtype) and value in DTYPES.values():
+        return value
+    if isinstance(value, str) and value.lower() in DTYPES:
+        return DTYPES[value.lower()]
+    raise InputError(
+        f"{what}: dtype {value!r} is not a dtype a model loads in; choose one of {', '.join(DTYPES)} "
+        "(or a torch.float32 / torch.bfloat16 / torch.float16), or leave it out to keep the saved one"
+    )
 
 
 def check_objective_arg(objective: Any, what: str) -> None:
@@ -497,18 +524,29 @@ def save(model: Model, path: str | Path, *, overwrite: bool = False) -> Path:
     return path
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any = None) -> Model:
+def load(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    objective: Any = None,
+) -> Model:
     """Load a unimodel checkpoint folder (or a Hugging Face folder, via :func:`unimodel.from_hf`).
 
     A training run's output folder loads the checkpoint its ``checkpoint.json`` names.
 
-    ``objective`` (a name or dict) replaces the saved one, e.g. ``"classify"`` to
-    fine-tune a pretrained encoder; task heads the checkpoint lacks start fresh.
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"auto"`` (the first
+    available of CUDA, MPS, the CPU) or a ``torch.device``. ``dtype``: the floating-point
+    dtype of the loaded weights (``"float32"``, ``"bfloat16"``, ``"float16"`` or their
+    short names; ``None`` keeps the saved one). ``objective`` (a name or dict)
+    replaces the saved one, e.g. ``"classify"`` to fine-tune a pretrained encoder;
+    task heads the checkpoint lacks start fresh.
     """
     from unimodel.model import build_model
 
     folder = resolve_run_folder(as_path(path, "unimodel.load: path"))
     device = as_device(device, "unimodel.load")
+    dtype = as_dtype(dtype, "unimodel.load")
     check_objective_arg(objective, "unimodel.load")
     if not folder.exists():
         raise CheckpointError(f"checkpoint {str(folder)!r} does not exist")
@@ -520,7 +558,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
     config = read_json(folder / CONFIG_FILE)
     if "model" not in config and "model_type" in config:
         return hf_converter_for(str(config["model_type"])).load_folder(
-            folder, hf_config=config, device=device, objective=objective
+            folder, hf_config=config, device=device, dtype=dtype, objective=objective
         )
     if "model" not in config:
         raise CheckpointError(f"{str(folder / CONFIG_FILE)!r} has no 'model' section; is this a unimodel checkpoint?")
@@ -547,7 +585,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu", objective: Any
     where = f"checkpoint {str(folder)!r}"
     warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
     model.generation_config = _generation_defaults(model, config.get(GENERATION_SECTION), folder)
-    model.to(device).eval()
+    model.to(device=device, dtype=dtype).eval()
     notify_loaded(model, folder)
     return model
 

@@ -320,6 +320,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError(
             f"--max-batches must be 1 or more (leave it out to evaluate every batch), got {args.max_batches}"
         )
+    device, dtype = _device_and_dtype(args)
     result = training.evaluate(
         args.checkpoint,
         data=args.data,
@@ -327,6 +328,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         exact_match_examples=args.exact_match_examples,
         generate_options=_strategy_options(args),
+        device=device,
+        dtype=dtype,
     )
     _out(f"loss: {result.loss:.4f}")
     if result.loss_is_token_ce:  # exp(loss) is a perplexity only for a token cross-entropy
@@ -383,7 +386,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import unimodel as um
     from unimodel.generation import generate_text
 
-    model = um.load(args.checkpoint)
+    device, dtype = _device_and_dtype(args)
+    model = um.load(args.checkpoint, device=device, dtype=dtype)
     if model.tokenizer is None:
         raise InputError(
             f"checkpoint {args.checkpoint!r} has no tokenizer.json, so the prompt cannot be encoded; "
@@ -428,6 +432,38 @@ def _command_line_defaults(model: Any, args: argparse.Namespace, asked_to_sample
         temperature = 1.0 if args.temperature is None else args.temperature
         options.update(do_sample=True, temperature=temperature, top_k=args.top_k, top_p=args.top_p)
     return options
+
+
+#: what --device takes (and cuda:N)
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: what --dtype takes
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+
+
+def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``--device`` and ``--dtype``, checked against their choices (before anything loads)."""
+    device, dtype = args.device, args.dtype
+    base, _, index = device.partition(":")
+    if base not in DEVICE_CHOICES or (index and (base not in ("cuda", "mps") or not index.isdigit())):
+        raise InputError(f"--device {device!r}: choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+    if dtype not in DTYPE_CHOICES:
+        raise InputError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_CHOICES)} (auto keeps the saved one)")
+    return device, None if dtype == "auto" else dtype
+
+
+def _add_device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help=f"where to run: {', '.join(DEVICE_CHOICES)} or cuda:N (default auto: CUDA, then MPS, then the CPU)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        metavar="DTYPE",
+        help=f"weights dtype: {', '.join(DTYPE_CHOICES)} (default auto: as saved)",
+    )
 
 
 def _flag_errors(run: Callable[[], Any]) -> Any:
@@ -741,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     _strategy_arguments(p)
+    _add_device_flags(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -763,6 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pair data (seq2seq): greedy-decode the first N pairs and report the exact match (0: skip; default 500)",
     )
     _strategy_arguments(p)
+    _add_device_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(

@@ -26,6 +26,7 @@ from unimodel.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     as_device,
+    as_dtype,
     as_path,
     check_objective_arg,
     checkpoint_dir,
@@ -84,6 +85,7 @@ class HFConverter(ABC):
         *,
         hf_config: Mapping[str, Any],
         device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
         objective: Any = None,
         registry: Registry | None = None,
     ) -> Model:
@@ -122,7 +124,7 @@ class HFConverter(ABC):
         warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
         if model.decoder is not None:  # an encoder alone does not generate
             model.generation_config = generation_from_hf(folder, hf_config, model.decoder.vocab_size)
-        model.to(device).eval()
+        model.to(device=device, dtype=dtype).eval()
         notify_loaded(model, folder)
         return model
 
@@ -162,6 +164,7 @@ def from_hf(
     path: str | Path,
     *,
     device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
     objective: Any = None,
     registry: Registry | None = None,
 ) -> Model:
@@ -169,10 +172,12 @@ def from_hf(
 
     The tokenizer (``tokenizer.json``) is attached when present. ``objective``
     overrides the one the converter picks (e.g. ``"fim"`` for a GPT-2 folder).
+    ``device`` and ``dtype`` as in :func:`unimodel.load`.
     """
     reg = registry or get_registry()
     folder = as_path(path, "unimodel.from_hf: path")
     device = as_device(device, "unimodel.from_hf")
+    torch_dtype = as_dtype(dtype, "unimodel.from_hf")
     check_objective_arg(objective, "unimodel.from_hf")
     if not folder.is_dir():
         raise CheckpointError(f"Hugging Face folder {str(folder)!r} does not exist")
@@ -182,7 +187,9 @@ def from_hf(
     if not isinstance(model_type, str):
         raise CheckpointError(f"{str(folder / CONFIG_FILE)!r} has no 'model_type'; is this a Hugging Face folder?")
     converter = hf_converter_for(model_type, reg)
-    return converter.load_folder(folder, hf_config=hf_config, device=device, objective=objective, registry=reg)
+    return converter.load_folder(
+        folder, hf_config=hf_config, device=device, dtype=torch_dtype, objective=objective, registry=reg
+    )
 
 
 def to_hf(model: Model, path: str | Path, *, overwrite: bool = False, registry: Registry | None = None) -> Path:

@@ -5,14 +5,21 @@ sync. Value ranges (token ids inside the vocabulary, masks of 0/1, positions
 inside the position table, labels that are token ids or -100) need the
 values: :class:`RangeChecks` reduces every checked tensor to its minimum and
 maximum and brings all of them to the host with one ``tolist()``, so a call
-costs one sync however many inputs it has.
+costs one read however many inputs it has. On the CPU that read is free. On a
+device (CUDA, MPS) it is a host sync, paid once per call made by a user; the
+hot paths whose inputs unimodel has made or checked itself (a training step
+on encoded data, a generation step) run inside :func:`inputs_checked`, where
+the device read is skipped, as it is under ``torch.compile`` tracing (a read
+there would break the graph).
 
 Shapes: B batch, S encoder (or decoder-only) length, T decoder length, P cached positions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +29,7 @@ from torch import Tensor
 from unimodel.errors import InputError
 from unimodel.interfaces import Cap
 from unimodel.nn.losses import IGNORE_INDEX
+from unimodel.nn.sync import host_reads_free
 
 if TYPE_CHECKING:
     from unimodel.model import Model
@@ -31,12 +39,33 @@ MASK_DTYPES = (torch.bool, *INTEGER_DTYPES, torch.float32, torch.float64, torch.
 MASK_VALUES = "1 for real tokens and 0 for padding"
 
 
+#: inside :func:`inputs_checked`: the caller vouches for the values, so no device read checks them again
+_CHECKED: ContextVar[bool] = ContextVar("inputs_checked", default=False)
+
+
+@contextmanager
+def inputs_checked() -> Iterator[None]:
+    """Within the block, model calls skip the value-range checks that would read device memory.
+
+    For callers that made or checked the values themselves (the trainer on data
+    its data kind has checked against the model, generation on ids the model
+    produced). Shapes, dtypes and batch sizes are still checked, and so are CPU
+    tensors, whose reading costs nothing. The loss of a call whose labels are
+    all -100 is then whatever the loss computes (0 for the fused token loss)
+    instead of being replaced after a count.
+    """
+    token = _CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
 class RangeChecks:
-    """Integer tensors with their allowed ranges, and tensors to count, checked with one host sync."""
+    """Integer tensors with their allowed ranges, and tensors to count, checked with one host read."""
 
     def __init__(self) -> None:
-        self._stats: list[Tensor] = []
-        self._limits: list[tuple[int, int | None, Callable[[int], str]]] = []
+        self._ranged: list[tuple[Tensor, int, int | None, Callable[[int], str]]] = []
         self._counted: list[tuple[str, Tensor]] = []
         self._zero: dict[str, str] = {}
 
@@ -44,9 +73,7 @@ class RangeChecks:
         """Require ``lo <= values <= hi`` (``hi`` None: no upper bound); ``message(bad)`` explains a failure."""
         if values.numel() == 0 or values.dtype == torch.bool:
             return
-        vmin, vmax = torch.aminmax(values)
-        self._stats += [vmin.long(), vmax.long()]
-        self._limits.append((lo, hi, message))
+        self._ranged.append((values, lo, hi, message))
 
     def add_mask(self, mask: Tensor, name: str) -> None:
         """Require a padding mask to hold only 0 and 1 (any dtype)."""
@@ -63,20 +90,33 @@ class RangeChecks:
         if must_be_zero is not None:
             self._zero[key] = must_be_zero
 
+    def skipped(self) -> bool:
+        """True when the values are on a device whose reading costs a sync (or under torch.compile
+        tracing) and the caller vouched for them (:func:`inputs_checked`) or is being compiled."""
+        first = self._ranged[0][0] if self._ranged else self._counted[0][1] if self._counted else None
+        if first is None or host_reads_free(first):
+            return False
+        return _CHECKED.get() or torch.compiler.is_compiling()
+
     def run(self) -> dict[str, int]:
-        """Check every range (one host sync for all of them); returns the counts."""
-        stats = self._stats + [flags.sum().long() for _, flags in self._counted]
-        if not stats:
+        """Check every range (one host read for all of them); returns the counts (none when
+        :meth:`skipped`)."""
+        if (not self._ranged and not self._counted) or self.skipped():
             return {}
+        stats: list[Tensor] = []
+        for values, _, _, _ in self._ranged:
+            low, high = torch.aminmax(values)
+            stats += [low.long(), high.long()]
+        stats += [flags.sum().long() for _, flags in self._counted]
         device = stats[0].device
-        values = torch.stack([s.to(device) for s in stats]).tolist()  # the one host sync
-        for i, (lo, hi, message) in enumerate(self._limits):
-            vmin, vmax = values[2 * i], values[2 * i + 1]
+        read: list[int] = torch.stack([s.to(device) for s in stats]).tolist()  # the one host read
+        for i, (_, lo, hi, message) in enumerate(self._ranged):
+            vmin, vmax = read[2 * i], read[2 * i + 1]
             if vmin < lo:
                 raise InputError(message(vmin))
             if hi is not None and vmax > hi:
                 raise InputError(message(vmax))
-        counts = dict(zip([key for key, _ in self._counted], values[2 * len(self._limits) :], strict=True))
+        counts = dict(zip([key for key, _ in self._counted], read[2 * len(self._ranged) :], strict=True))
         for key, explanation in self._zero.items():
             if counts[key]:
                 raise InputError(explanation)
@@ -307,4 +347,12 @@ def _check_labels(
     checks.count("targets", targets)
 
 
-__all__ = ["RangeChecks", "check_call", "check_ids_range", "check_ids_shape", "require_shape", "require_tensor"]
+__all__ = [
+    "RangeChecks",
+    "check_call",
+    "check_ids_range",
+    "check_ids_shape",
+    "inputs_checked",
+    "require_shape",
+    "require_tensor",
+]

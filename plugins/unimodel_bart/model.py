@@ -27,6 +27,7 @@ from unimodel.config import Config, param
 from unimodel.errors import ConfigError, InputError
 from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
 from unimodel.nn import ACTIVATIONS, Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
+from unimodel.nn.sync import mask_is_trivial
 from unimodel_bart import DECODER_PROVIDES, ENCODER_PROVIDES, NONCAUSAL_PROVIDES, PROVIDES
 
 POSITION_OFFSET = 2  # BART's table keeps two rows before position 0 (a fairseq padding legacy)
@@ -297,7 +298,7 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
             key_mask=attention_mask, q_len=T, k_len=past + T, causal=self.is_causal, device=x.device
         )
         mem_mask = None
-        if memory_mask is not None and not bool(memory_mask.all()):
+        if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S): padded memory positions are keys never seen
         for i, block in enumerate(self.blocks):
             if cache is None and _skip(self, self.config.decoder_layerdrop):

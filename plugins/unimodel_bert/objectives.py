@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Backbone, Objective, ObjectiveOutput, TokenLoss
+from unimodel.nn.sync import mask_is_trivial
 from unimodel.objectives import (
     IGNORE_INDEX,
     TokenLossObjective,
@@ -75,7 +76,7 @@ def _token_types(examples: Sequence[Mapping[str, Any]], length: int) -> Tensor |
 
 def _model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
     mask = batch.get("attention_mask")
-    if mask is not None and bool(mask.all()):
+    if mask is not None and mask_is_trivial(mask):
         mask = None  # no padding: skip building an attention mask
     inputs: dict[str, Tensor | None] = {"input_ids": batch["input_ids"], "attention_mask": mask}
     if "token_type_ids" in batch:

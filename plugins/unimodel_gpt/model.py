@@ -13,6 +13,7 @@ from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, ModelFamily
 from unimodel.nn import ACTIVATIONS, Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
 from unimodel.nn.ffn import residual_std
+from unimodel.nn.sync import mask_is_trivial
 from unimodel_gpt import NONCAUSAL_PROVIDES, PROVIDES
 
 
@@ -124,7 +125,7 @@ class GPTDecoder(Decoder[GPTConfig]):
             key_mask=attention_mask, q_len=T, k_len=past + T, causal=self.is_causal, device=input_ids.device
         )
         mem_mask = None
-        if memory_mask is not None and not bool(memory_mask.all()):
+        if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError
 from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
+from unimodel.nn.sync import mask_is_trivial
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 from unimodel_gpt import REQUIRES
 
@@ -70,7 +71,7 @@ class NextTokenObjective(TokenLossObjective[ClmConfigT]):
 
     def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         mask = batch.get("attention_mask")
-        if mask is not None and bool(mask.all()):
+        if mask is not None and mask_is_trivial(mask):
             mask = None  # packed blocks: let attention take its causal fast path
         return token_objective_step(
             self, model, {"input_ids": batch["input_ids"], "attention_mask": mask}, batch["labels"]

@@ -33,6 +33,7 @@ from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
 from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm
 from unimodel.nn.positions import log_bucket, sinusoids
+from unimodel.nn.sync import mask_is_trivial
 from unimodel_t5 import (
     DECODER_PROVIDES,
     ENCODER_PROVIDES,
@@ -320,7 +321,7 @@ class T5Encoder(_T5Stack, Encoder[T5Config]):
         x = self.drop(x)
         # One bias for every layer, padding folded in: (1 or B, H, S, S).
         allowed = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and not mask_is_trivial(attention_mask):
             allowed = attention_mask[:, None, None, :].bool()
         mask = additive_mask(self.relative_bias(S, S).to(x.dtype), allowed)
         for block in self.blocks:
@@ -394,7 +395,7 @@ class T5Decoder(_T5Stack, Decoder[T5Config]):
             x = x + sinusoids(torch.arange(T, device=x.device), self.d_model).to(x.dtype)
         x = self.drop(x)
         key_mask = None  # (B, 1, 1, P+T) when some key is padding
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and not mask_is_trivial(attention_mask):
             key_mask = attention_mask[:, None, None, :].bool()
         if not self.is_causal:
             mask = additive_mask(self.relative_bias(T, T).to(x.dtype), key_mask)  # (1 or B, H, T, T)
@@ -410,7 +411,7 @@ class T5Decoder(_T5Stack, Decoder[T5Config]):
                 allowed = allowed & key_mask
             mask = additive_mask(self.relative_bias(T, past + T, past).to(x.dtype), allowed)  # (1 or B, H, T, P+T)
         mem_mask = None
-        if memory_mask is not None and not bool(memory_mask.all()):
+        if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)

@@ -76,6 +76,7 @@ from unimodel.generation.settings import (
     resolve_settings,
 )
 from unimodel.generation.text import TextStreamer, generate_text, generate_texts
+from unimodel.inputs import inputs_checked
 from unimodel.nn.linear import decoding_layout
 from unimodel.registry import Component, Registry, get_registry
 
@@ -201,7 +202,8 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
         lm_head = model.heads["lm"] if "lm" in model.heads else None  # noqa: SIM401 - nn.ModuleDict has no get()
         main = model.decoder if model.decoder is not None else model.encoder
         layout = decoding_layout(main, lm_head) if getattr(strategy, "uses_decoding_layout", True) else None
-        with torch.inference_mode(), layout or contextlib.nullcontext():
+        # the prompt was checked above and every later token comes from the model: no device read per step
+        with torch.inference_mode(), layout or contextlib.nullcontext(), inputs_checked():
             if inputs.encoder_output is None and model.is_encoder_decoder:
                 inputs.encoder_output = model.encode(inputs.input_ids, attention_mask=inputs.attention_mask)
             if settings.max_new_tokens == 0:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unimodel.nn.linear import Linear
+from unimodel.nn.sync import mask_is_trivial
 
 
 class KVCache:
@@ -100,7 +101,7 @@ def attention_mask_for(
     fast paths apply. A row with no visible key (a left-pad query) is allowed to
     see every key, so its output is finite; such rows are padding and ignored.
     """
-    if key_mask is None or bool(key_mask.all()):
+    if mask_is_trivial(key_mask):  # read only where reading is free; elsewhere the mask is built
         if not causal or q_len == 1:
             return None, False
         if q_len == k_len:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from unimodel.nn.ffn import get_activation
 from unimodel.nn.linear import DecodingLayout
 from unimodel.nn.losses import IGNORE_INDEX, linear_cross_entropy
+from unimodel.nn.sync import host_reads_free
 
 
 class LMHead(DecodingLayout, nn.Module):
@@ -76,9 +77,10 @@ class LMHead(DecodingLayout, nn.Module):
         h (..., D), labels (...). Returns ``(loss, correct)``.
         """
         h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1).long()
-        keep = labels != IGNORE_INDEX
-        if not bool(keep.all()):
-            h, labels = h[keep], labels[keep]
+        if host_reads_free(labels):  # dropping the ignored rows saves their work; on a device it costs a sync
+            keep = labels != IGNORE_INDEX
+            if not bool(keep.all()):
+                h, labels = h[keep], labels[keep]
         bias = self.bias
         if self.logits_bias is not None:
             bias = self.logits_bias[0] if bias is None else bias + self.logits_bias[0]

@@ -179,7 +179,8 @@ def decoding_layout(
     read chunked copies of their weights (see the module docstring). ``None`` entries are skipped.
 
     ``threads`` (default: torch's intra-op thread count) sets the number of chunks.
-    Yields whether the copies were made (not when they would exceed ``budget`` bytes).
+    Yields whether the copies were made (not when they would exceed ``budget`` bytes, nor for weights
+    off the CPU: the layout serves the CPU's memory bandwidth).
     The copies are snapshots, taken on entry and dropped on exit: the weights must not
     change inside the block (generation does not change them).
     """
@@ -190,7 +191,9 @@ def decoding_layout(
         for module in modules
         if module is not None
         for m in module.modules()
-        if isinstance(m, DecodingLayout) and m not in outer  # an enclosing block already laid it out
+        # an enclosing block already laid it out; weights off the CPU keep the device's own GEMV (a copy
+        # there would cost device memory and replace one cuBLAS call by a chunked bmm)
+        if isinstance(m, DecodingLayout) and m not in outer and m.weight.device.type == "cpu"
     }.values()
     plans = [(m, plan) for m in layers if (plan := _plan(m, threads)) is not None]
     size = sum(m.weight.numel() * m.weight.element_size() for m, (_, split_out) in plans if not split_out)

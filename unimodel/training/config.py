@@ -48,7 +48,10 @@ class TrainConfig(Config):
     adam_eps: float = param(1e-8, "AdamW epsilon")
     max_grad_norm: float = param(1.0, "clip the global gradient norm to this; 0 disables clipping")
     mixed_precision: Literal["no", "bf16", "fp16"] = param("no", "autocast precision (accelerate)")
-    cpu: bool = param(True, "train on the CPU even when an accelerator is present")
+    device: Literal["auto", "cpu", "cuda", "mps"] = param(
+        "auto", "where to train: auto (CUDA, then MPS, then the CPU), or cpu, cuda or mps to insist on one"
+    )
+    cpu: bool | None = param(None, 'deprecated: cpu = true is device = "cpu"')
     compile: bool = param(False, "wrap the model with torch.compile")
     eval_every: int = param(200, "evaluate on the validation split every N steps (0: only before and after)")
     eval_batch_size: int | None = param(None, "validation batch size (batch_size when null)")
@@ -77,7 +80,22 @@ class TrainConfig(Config):
         "validation examples (0: never; null: all of them)",
     )
 
+    @property
+    def requested_device(self) -> str:
+        """``device``, or ``"cpu"`` when the deprecated ``cpu = true`` is set."""
+        return "cpu" if self.cpu else self.device
+
     def check(self) -> None:
+        if self.cpu is not None:
+            import warnings
+
+            if self.cpu and self.device not in ("auto", "cpu"):
+                self.fail(("cpu", "device"), f'cpu = true contradicts device = "{self.device}"; drop cpu')
+            warnings.warn(
+                f'[train] cpu is deprecated: write device = "{self.requested_device}" instead',
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.require_positive(
             "max_steps",
             "batch_size",

@@ -165,8 +165,13 @@ def evaluate(
     seed: int = 0,
     exact_match_examples: int | None = 500,
     generate_options: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> EvalResult:
     """Loss and perplexity of a model (or a checkpoint folder, or a run's output folder) on its kind of data.
+
+    ``device`` and ``dtype`` (as in :func:`unimodel.load`) load a folder there, or move a model there;
+    ``None`` leaves a model where it is and loads a folder on the CPU in its saved dtype.
 
     ``data`` is a :class:`DataConfig`, its dict, a registered corpus name, a
     file/folder/glob, or a run config file (its ``[data]`` table). Without
@@ -180,7 +185,7 @@ def evaluate(
     first ``exact_match_examples`` examples with it (0: none; None: all), decoding
     with ``generate_options`` (a strategy and its options) where it decodes.
     """
-    model, run_data, outside = _model_and_run_data(model)
+    model, run_data, outside = _model_and_run_data(model, device, dtype)
     tokenizer = model.tokenizer
     cfg = _eval_data_config(data, run_data, outside)
     kind = data_kind(run_data_kind_name(cfg, model.objective))
@@ -220,24 +225,30 @@ def evaluate(
     return result
 
 
-def _model_and_run_data(model: Model | str | Path) -> tuple[Model, DataConfig | None, tuple[str, ...]]:
-    """The model (loaded when given a folder), the ``[data]`` of the run that saved it (if known), and the
-    data paths it records that lead outside the checkpoint folder.
+def _model_and_run_data(
+    model: Model | str | Path, device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> tuple[Model, DataConfig | None, tuple[str, ...]]:
+    """The model (loaded when given a folder, on ``device`` in ``dtype``), the ``[data]`` of the run that
+    saved it (if known), and the data paths it records that lead outside the checkpoint folder.
 
     A checkpoint is data, and may come from anyone: the data files its ``run.json`` records are
     read only when they lie inside the checkpoint folder (relative paths are read relative to it);
     otherwise the recorded data is not used and evaluation asks for ``data``.
     """
+    from unimodel.checkpoint import as_device, as_dtype, load, read_json, resolve_run_folder
+
     if not isinstance(model, (str, Path)):
+        if device is not None or dtype is not None:
+            where = as_device(device, "evaluate") if device is not None else None
+            model.to(device=where, dtype=as_dtype(dtype, "evaluate"))
         return model, None, ()
-    from unimodel.checkpoint import load, read_json, resolve_run_folder
 
     folder = resolve_run_folder(Path(model))  # a run's output folder: the checkpoint its pointer names
     run_data: DataConfig | None = None
     outside: tuple[str, ...] = ()
     if (folder / RUN_FILE).is_file():
         run_data, outside = _confined(DataConfig.from_dict(read_json(folder / RUN_FILE).get("data", {})), folder)
-    return load(folder), run_data, outside
+    return load(folder, device=device if device is not None else "cpu", dtype=dtype), run_data, outside
 
 
 def _confined(run_data: DataConfig, folder: Path) -> tuple[DataConfig, tuple[str, ...]]:

@@ -1,4 +1,7 @@
-"""accelerate set-up: the Accelerator a run uses, and the CPU multi-process launch.
+"""accelerate set-up: the device and the Accelerator a run uses, and the CPU multi-process launch.
+
+``[train] device`` picks the device (:func:`resolve_device`: CUDA, then MPS, then
+the CPU for ``"auto"``); accelerate places the model and batches there.
 
 accelerate does device placement, mixed precision, gradient accumulation and
 multi-process data parallelism; unimodel writes no distributed code of its own.
@@ -27,6 +30,34 @@ if TYPE_CHECKING:
     from unimodel.training.config import TrainConfig
 
 
+#: the devices [train] device names, in the order ``"auto"`` tries them
+DEVICES = ("cuda", "mps", "cpu")
+
+
+def available_devices() -> tuple[str, ...]:
+    """The device types this process can train on, in :data:`DEVICES` order."""
+    import torch
+
+    found = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    return tuple(d for d in DEVICES if found[d])
+
+
+def resolve_device(requested: str) -> str:
+    """The device type a run asking for ``requested`` trains on: ``"auto"`` takes the first available of
+    CUDA, MPS and the CPU; a named device must be available (:class:`ConfigError` otherwise)."""
+    available = available_devices()
+    if requested == "auto":
+        return available[0]
+    if requested not in DEVICES:
+        raise ConfigError(f"train.device: {requested!r} is not a device; choose auto, {', '.join(DEVICES)}")
+    if requested not in available:
+        raise ConfigError(
+            f'train.device = "{requested}" but this machine (this torch build) has no {requested.upper()} device; '
+            f'available here: {", ".join(available)}. Use device = "auto" to take the best one present'
+        )
+    return requested
+
+
 def make_accelerator(tc: TrainConfig) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -37,9 +68,10 @@ def make_accelerator(tc: TrainConfig) -> Accelerator:
         # may use another precision or accumulation, so start from a clean slate.
         AcceleratorState._reset_state()
         GradientState._reset_state()
+    device = resolve_device(tc.requested_device)
     try:
         acc = Accelerator(
-            cpu=tc.cpu,
+            cpu=device == "cpu",
             mixed_precision=tc.mixed_precision,
             gradient_accumulation_steps=tc.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -47,11 +79,16 @@ def make_accelerator(tc: TrainConfig) -> Accelerator:
         )
     except ValueError as exc:
         raise ConfigError(f"train: accelerate cannot run this configuration: {exc}") from None
+    if acc.device.type != device:
+        raise ConfigError(
+            f'train.device = "{device}" but accelerate placed the run on {acc.device}; check the accelerate '
+            "config (accelerate config / --cpu) against [train] device"
+        )
     if tc.mixed_precision == "fp16" and acc.device.type == "cpu":
         raise ConfigError(
             'train: mixed_precision = "fp16" needs a GPU: on the CPU accelerate neither autocasts nor scales '
-            'fp16, so the run would silently train in fp32. Use "bf16" on the CPU, or set train.cpu = false on a '
-            "machine with a GPU"
+            'fp16, so the run would silently train in fp32. Use "bf16" on the CPU, or device = "auto" (or '
+            '"cuda") on a machine with a GPU'
         )
     return acc
 
@@ -112,7 +149,7 @@ def cpu_worker_command(train_args: Sequence[str]) -> list[str] | None:
             warnings.warn(
                 "accelerate launch --cpu started ONE process and the requested number of processes could not be "
                 "read; training in one process. `accelerate launch --multi_gpu --num_processes N -m unimodel train "
-                "CONFIG` starts N CPU processes (train.cpu = true keeps them on the CPU).",
+                'CONFIG` starts N CPU processes (train.device = "cpu" keeps them on the CPU).',
                 stacklevel=2,
             )
         return None
@@ -135,4 +172,4 @@ def cpu_worker_command(train_args: Sequence[str]) -> list[str] | None:
     ]
 
 
-__all__ = ["cpu_worker_command", "make_accelerator"]
+__all__ = ["DEVICES", "available_devices", "cpu_worker_command", "make_accelerator", "resolve_device"]

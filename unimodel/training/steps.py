@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from unimodel.data.kinds import DataKind, Example
+from unimodel.inputs import inputs_checked
 
 if TYPE_CHECKING:
     from unimodel.interfaces import ObjectiveOutput
@@ -39,7 +40,8 @@ class _ObjectiveStep(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """batch: the objective's tensors, (B, T) each -> the scalar mean loss (nats)."""
-        out = self.model.objective(self._runner, batch)
+        with inputs_checked():  # the data kind checked the data against the model: no device read per step
+            out = self.model.objective(self._runner, batch)
         self.metrics = out.metrics  # the loss parts and scores the objective reports (floats)
         if self.keep_output:
             self.output = out

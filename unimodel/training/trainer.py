@@ -139,6 +139,11 @@ class Trainer(RunFolderSteps):
             tqdm.write(message, file=sys.stdout)
             sys.stdout.flush()
 
+    def device_summary(self) -> str:
+        """The device the run trains on and its precision, as logged and written to metrics.jsonl."""
+        acc = self.accelerator
+        return f"{acc.device.type} ({acc.mixed_precision if acc.mixed_precision != 'no' else 'fp32'})"
+
     def write_metrics(self, record: Mapping[str, Any]) -> None:
         if self.main:
             with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
@@ -211,7 +216,7 @@ class Trainer(RunFolderSteps):
         self.log(
             f"model {model.preset or model.name!r} + objective {model.objective_name!r}: "
             f"{model.num_parameters():,} parameters, vocabulary {model.vocab_size}; data: {data.describe()}; "
-            f"{self.world} process(es)"
+            f"{self.world} process(es) on {self.device_summary()}"
         )
         if data.n_train < tc.batch_size:
             raise DataError(
@@ -471,6 +476,8 @@ class Trainer(RunFolderSteps):
                 "epoch": self.position.epoch,
                 "tokens_per_s": window.tokens / max(time.perf_counter() - window.started, 1e-9),
                 **({"metrics": mean_metrics(window.metrics)} if any(window.metrics) else {}),
+                "device": str(self.accelerator.device),
+                "mixed_precision": self.accelerator.mixed_precision,
             }
         )
         self.window = LogWindow()
