@@ -59,7 +59,9 @@ def test_teacher_distill_student_generate_and_eval(tmp_path, monkeypatch, capsys
     assert cli.main([*generate, "--strategy", "mask_predikt"]) == 2
     assert "mask_predict" in capsys.readouterr().err
 
-    assert cli.main(["eval", ckpt, "--option", "iterations=1", "--option", "length_beam=2"]) == 0
+    # the run's data files lie outside the checkpoint, so eval is given them again
+    data = ["--data", str(EXAMPLES / "cmlm_numbers.toml")]
+    assert cli.main(["eval", ckpt, *data, "--option", "iterations=1", "--option", "length_beam=2"]) == 0
     report = capsys.readouterr().out
     assert "exact match" in report and "mask_predict, iterations=1, length_beam=2 decoding" in report
     metrics = [json.loads(line) for line in Path("runs/cmlm_numbers/metrics.jsonl").read_text().splitlines()]
