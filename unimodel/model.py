@@ -495,10 +495,14 @@ def build_model(
     missing = set(objective_comp.requires) - provides
     if missing:
         fits = _fitting_objectives(reg, family, family_comp, preset_values, model_spec)
+        runners = reg.compatible_models(objective_comp.requires)
+        settings = variants_providing(family_comp, objective_comp.requires)
+        hint = f" Model {name!r} provides them when built with {' or '.join(settings)}." if settings else ""
         raise IncompatibleObjectiveError(
             f"objective {objective_name!r} needs {Cap.explain(sorted(missing))}, which model {name!r} does not "
-            f"provide{_options_note(objective_cls, family.config_class, model_spec)}. "
-            f"Objectives that work with {name!r}: {', '.join(fits) or '(none)'}."
+            f"provide{_options_note(objective_cls, family.config_class, model_spec)}.{hint} "
+            f"Objectives that work with {name!r}: {', '.join(fits) or '(none)'}. "
+            f"Models that can run {objective_name!r}: {', '.join(runners) or '(none registered)'}."
         )
     objective, objective_comp = _build_objective(objective_spec, reg, provides=None, model_name=name)
 
