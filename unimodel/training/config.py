@@ -50,6 +50,9 @@ class TrainConfig(Config):
     mixed_precision: Literal["no", "bf16", "fp16"] = param("no", "autocast precision (accelerate)")
     cpu: bool = param(True, "train on the CPU even when an accelerator is present")
     compile: bool = param(False, "wrap the model with torch.compile")
+    gradient_checkpointing: bool = param(
+        False, "recompute each block's activations in the backward pass: less memory, about a third more time"
+    )
     eval_every: int = param(200, "evaluate on the validation split every N steps (0: only before and after)")
     eval_batch_size: int | None = param(None, "validation batch size (batch_size when null)")
     max_eval_batches: int | None = param(None, "evaluate on at most N validation batches")

@@ -213,6 +213,8 @@ class Trainer:
             tokenizer = self.setup_tokenizer(raw.tokenizer_texts(), roles)
         data = kind.encode(self.run.data, tokenizer, raw)
         model = self.build_model(tokenizer)
+        if tc.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
         data.check_fits(model, tokenizer)
         self.log(
             f"model {model.preset or model.name!r} + objective {model.objective_name!r}: "
