@@ -311,3 +311,54 @@ def test_loading_peaks_at_about_the_size_of_the_weights(tmp_path):
         assert result[name]["checksum"] == pytest.approx(expected, rel=1e-9)
         ratio = result[name]["increase_kib"] * 1024 / weights
         assert ratio < 1.5, f"{name}: loading grew the resident memory by {ratio:.2f}x the weights"
+
+
+# ------------------------------------------------------------------ beam search cache
+def _full_copy_reorder(self, index):
+    """The reorder beam search used to run: every row of the whole cache, filled or not, copied anew."""
+    batch = self.batch_size
+    self.k = self.k.index_select(1, index)
+    self.v = self.v.index_select(1, index)
+    self.cross = [
+        None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index)) for kv in self.cross
+    ]
+    self.extra = {n: t.index_select(0, index) if t.shape[0] == batch else t for n, t in self.extra.items()}
+
+
+def _whole_cache_bytes(cache) -> int:
+    cross = sum(t.numel() * t.element_size() for kv in cache.cross if kv is not None for t in kv)
+    return 2 * cache.k.numel() * cache.k.element_size() + cross
+
+
+@pytest.mark.parametrize("family", ["gpt", "t5", "bart"])
+def test_beam_search_moves_only_the_rows_that_changed(family, monkeypatch, one_thread):
+    from unimodel.nn.attention import KVCache
+
+    torch.manual_seed(0)
+    model = um.build_model(family, **{**tiny_config(family), "n_layers": 2}).eval()
+    with torch.no_grad():  # peaked next-token distributions, so that beams reorder often but not always
+        for p in model.parameters():
+            p.mul_(3.0)
+    ids = torch.randint(4, model.vocab_size, (2, 6), generator=torch.Generator().manual_seed(3))
+    options = dict(num_beams=4, max_new_tokens=12, min_new_tokens=12, do_sample=False, num_return_sequences=2)
+    new = model.generate(ids, **options)
+
+    caches, steps = [], []
+    original = KVCache.reorder
+
+    def counting(self, index):
+        if self not in caches:
+            caches.append(self)
+        steps.append((_whole_cache_bytes(self), bool((index != torch.arange(len(index))).any())))
+        return original(self, index)
+
+    monkeypatch.setattr(KVCache, "reorder", counting)
+    assert torch.equal(model.generate(ids, **options), new)
+    (cache,) = caches
+    copied_per_step = cache.copied_bytes / len(steps)
+    whole_per_step = sum(nbytes for nbytes, _ in steps) / len(steps)
+    assert any(moved for _, moved in steps)  # beams did move: the comparison below is not empty
+    assert 0 < copied_per_step < whole_per_step / 2
+
+    monkeypatch.setattr(KVCache, "reorder", _full_copy_reorder)
+    assert torch.equal(model.generate(ids, **options), new)  # the tokens of the full copy
