@@ -121,7 +121,7 @@ class Model(nn.Module):
         return any(getattr(m, "gradient_checkpointing", False) is True for m in self.modules())
 
     def _set_gradient_checkpointing(self, on: bool) -> None:
-        blocks = [m for m in self.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
+        blocks: list[Any] = [m for m in self.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
         if not blocks and on:
             raise ConfigError(
                 f"model {self.name!r} has no layer that supports gradient checkpointing (its family builds its "
