@@ -283,7 +283,7 @@ def _shard(folder, parts: int) -> None:
 
 def test_loading_peaks_at_about_the_size_of_the_weights(tmp_path):
     """A ~120 MB checkpoint, and the same weights as a sharded Hugging Face folder, each loaded in a child
-    process: the peak resident memory grows by less than 1.5x the weights (a load that built random
+    process: the peak resident memory grows by well under 2x the weights (a load that built random
     weights and then read the file into a second copy grew by 2x)."""
     import json
     import subprocess
@@ -314,7 +314,9 @@ def test_loading_peaks_at_about_the_size_of_the_weights(tmp_path):
     for name in names:
         assert result[name]["checksum"] == pytest.approx(expected, rel=1e-9)
         ratio = result[name]["increase_kib"] * 1024 / weights
-        assert ratio < 1.5, f"{name}: loading grew the resident memory by {ratio:.2f}x the weights"
+        # 1.19-1.34x alone, up to 1.57x within the whole suite (resident library and file pages vary with
+        # what else the machine holds); the former path grew by 2.0x
+        assert ratio < 1.75, f"{name}: loading grew the resident memory by {ratio:.2f}x the weights"
 
 
 # ------------------------------------------------------------------ beam search cache
