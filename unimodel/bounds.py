@@ -359,8 +359,7 @@ def build_within_memory(family: type[ModelFamily], config: Any, objective: Objec
         rng, py_rng = torch.random.get_rng_state(), random.getstate()
         try:
             with _tallying(_Tally(min(PROBE_BYTES, budget.nbytes // 8))):
-                backbone = family.build_backbone(config)
-                return backbone, objective.build_heads(backbone)
+                return _build_parts(family, config, objective)
         except _OverBudget:
             pass
         except RuntimeError as exc:  # the allocator refusing a tensor larger than the machine
@@ -369,8 +368,75 @@ def build_within_memory(family: type[ModelFamily], config: Any, objective: Objec
         torch.random.set_rng_state(rng)
         random.setstate(py_rng)
     check_model_memory(family, config, objective, what, budget=budget)
-    backbone = family.build_backbone(config)
+    return _build_parts(family, config, objective)
+
+
+def _build_parts(family: type[ModelFamily], config: Any, objective: Objective) -> tuple[Any, Any]:
+    if _META_BACKBONE.get():
+        with _parameters_on_meta():
+            backbone = family.build_backbone(config)
+    else:
+        backbone = family.build_backbone(config)
     return backbone, objective.build_heads(backbone)
+
+
+_META_BACKBONE: ContextVar[bool] = ContextVar("unimodel_backbone_on_meta", default=False)
+
+
+@contextlib.contextmanager
+def backbone_on_meta() -> Iterator[None]:
+    """Within the block (this thread or task), :func:`build_within_memory` registers the backbone's parameters
+    on the ``meta`` device, skipping their initialisers: a model to be filled from a checkpoint
+    (:func:`unimodel.loading.load_state_into`) never holds random weights. Buffers and the objective's heads
+    are built as usual (buffers keep their computed values; a head the checkpoint lacks keeps its
+    initialisation). The sizes are tallied as before, so a model too large for memory is still refused."""
+    token = _META_BACKBONE.set(True)
+    try:
+        yield
+    finally:
+        _META_BACKBONE.reset(token)
+
+
+def _to_meta(module: nn.Module, name: str, param: Any) -> Any:
+    if getattr(_local, "meta_params", False) and param is not None and not param.is_meta:
+        from torch import nn
+
+        return nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+    return None
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Parameters registered by modules built in this thread go to ``meta`` as they are registered (an
+    ``nn.Linear``'s weight before it is initialised, so its memory is never written), and initialisers
+    on ``meta`` tensors do nothing."""
+    from torch.nn.modules import module as torch_module
+
+    hook = torch_module.register_module_parameter_registration_hook(_to_meta)
+    _local.meta_params = True
+    try:
+        with _skip_meta_inits():
+            yield
+    finally:
+        _local.meta_params = False
+        hook.remove()
+
+
+def _skip_meta_inits() -> Any:
+    """A mode in which in-place initialisers applied to ``meta`` tensors return at once."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SkipMetaInits(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if getattr(func, "__name__", "") in _INIT_OPS:
+                target = args[0] if args else kwargs.get("tensor")
+                if isinstance(target, torch.Tensor) and target.is_meta:
+                    return target
+            return func(*args, **kwargs)
+
+    return SkipMetaInits()
 
 
 def _cache_key(family: type, config: Any, objective: Objective | None) -> str:
@@ -536,6 +602,7 @@ __all__ = [
     "Budget",
     "ModelEstimate",
     "available_memory",
+    "backbone_on_meta",
     "build_within_memory",
     "check_corpus_memory",
     "check_generation_memory",

@@ -19,6 +19,7 @@ the ``hf_converter`` component registered for its ``model_type``.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -34,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from unimodel.bounds import check_memory
+from unimodel.bounds import backbone_on_meta, check_memory
 from unimodel.config import SCHEMA_VERSION, check_schema_version
 from unimodel.errors import CheckpointError, InputError, ResourceError, UnimodelError
+from unimodel.loading import load_state_into, mapped_tensors, meta_keys
 
 if TYPE_CHECKING:
     from unimodel.hf import HFConverter
@@ -407,47 +409,6 @@ def refuse_pickles(folder: Path) -> None:
         )
 
 
-def load_state_into(
-    model: nn.Module, tensors: Mapping[str, Tensor], where: str, *, fresh: tuple[str, ...] = ()
-) -> list[str]:
-    """Copy ``tensors`` into ``model``; a mismatch lists every bad key, nothing is half-loaded.
-
-    Keys under a prefix in ``fresh`` may be absent (a task head new to this
-    checkpoint) and keep their initial values; those keys are returned.
-    """
-    expected, aliases = dedup_state_dict(model)
-    kept_fresh = sorted(k for k in expected if k not in tensors and k.startswith(fresh)) if fresh else []
-    missing = sorted(k for k in expected if k not in tensors and k not in kept_fresh)
-    unexpected = sorted(k for k in tensors if k not in expected and k not in aliases)
-    wrong = sorted(
-        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in tensors and tensors[k].shape != expected[k].shape
-    )
-    kinds = sorted(
-        f"{k}: checkpoint {tensors[k].dtype} vs model {expected[k].dtype}"
-        for k in expected
-        if k in tensors and _kind(tensors[k].dtype) != _kind(expected[k].dtype)
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
-    if wrong:
-        problems.append(f"shape mismatches: {'; '.join(wrong)}")
-    if kinds:  # an integer tensor copied into float weights would load as other numbers, silently
-        problems.append(f"dtype mismatches (integer, floating and bool values do not convert): {'; '.join(kinds)}")
-    if problems:
-        raise CheckpointError(f"{where} does not fit its config. " + ". ".join(problems))
-    warn_nonfinite({k: t for k, t in tensors.items() if k in expected}, where)
-    with torch.no_grad():
-        for k, t in expected.items():
-            if k in tensors:
-                t.copy_(tensors[k])
-    return kept_fresh
-
-
 def _kind(dtype: torch.dtype) -> str:
     if dtype == torch.bool:
         return "bool"
@@ -572,18 +533,25 @@ def load(
     model_spec, objective_spec = _installed_components(
         model_section, saved_objective, config, folder, keep_objective=objective is None
     )
-    try:  # the size of the model is checked before its weights are read
-        model = build_model(model_spec, objective=objective or objective_spec, tokenizer=tokenizer)
-    except ResourceError:
-        raise
-    except UnimodelError as exc:
-        raise CheckpointError(f"checkpoint {str(folder)!r} cannot be rebuilt: {exc}") from exc
-    tensors, _ = load_tensors(folder / WEIGHTS_FILE, device)
+
+    def build(lazy: bool) -> Model:
+        try:  # the size of the model is checked before its weights are read; a lazy backbone holds no weights yet
+            with backbone_on_meta() if lazy else contextlib.nullcontext():
+                return build_model(model_spec, objective=objective or objective_spec, tokenizer=tokenizer)
+        except ResourceError:
+            raise
+        except UnimodelError as exc:
+            raise CheckpointError(f"checkpoint {str(folder)!r} cannot be rebuilt: {exc}") from exc
+
+    model = build(lazy=True)
+    tensors = mapped_tensors([folder / WEIGHTS_FILE])  # views of the file: nothing is read yet
     if objective is not None:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads}
     fresh = new_head_prefixes(model, tensors) if objective is not None else ()
+    if meta_keys(model, fresh):  # a backbone head new to this checkpoint needs its initial values
+        model = build(lazy=False)
     where = f"checkpoint {str(folder)!r}"
-    warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
+    warn_fresh(load_state_into(model, tensors, device=device, where=where, fresh=fresh), where)
     model.generation_config = _generation_defaults(model, config.get(GENERATION_SECTION), folder)
     model.to(device=device, dtype=dtype).eval()
     notify_loaded(model, folder)

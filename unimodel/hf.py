@@ -14,6 +14,7 @@ file says otherwise); :func:`to_hf` writes them back in Hugging Face's format.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from unimodel.bounds import backbone_on_meta
 from unimodel.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -32,7 +34,7 @@ from unimodel.checkpoint import (
     checkpoint_dir,
     hf_converter_for,
     load_state_into,
-    load_tensors,
+    mapped_tensors,
     new_head_prefixes,
     notify_loaded,
     read_json,
@@ -43,6 +45,7 @@ from unimodel.checkpoint import (
 )
 from unimodel.errors import CheckpointError, ComponentNotFoundError, InputError, ResourceError, UnimodelError
 from unimodel.hf_generation import GENERATION_FILE, generation_from_hf, generation_to_hf
+from unimodel.loading import meta_keys
 from unimodel.registry import Registry, get_registry
 
 if TYPE_CHECKING:
@@ -110,18 +113,26 @@ class HFConverter(ABC):
             from unimodel.data.tokenizer import Tokenizer
 
             tokenizer = Tokenizer.load(folder)
-        try:  # the size of the model is checked before its weights are read
-            model = build_model(spec, registry=reg, tokenizer=tokenizer)
-        except ResourceError:
-            raise
-        except UnimodelError as exc:
-            raise CheckpointError(f"{str(folder)!r} ({model_type}) cannot be built: {exc}") from exc
+
+        def build(lazy: bool) -> Model:
+            try:  # the size of the model is checked before its weights are read; a lazy backbone holds no weights
+                with backbone_on_meta() if lazy else contextlib.nullcontext():
+                    return build_model(spec, registry=reg, tokenizer=tokenizer)
+            except ResourceError:
+                raise
+            except UnimodelError as exc:
+                raise CheckpointError(f"{str(folder)!r} ({model_type}) cannot be built: {exc}") from exc
+
+        model = build(lazy=True)
+        # views of the files, renamed and fused by the converter: only fused tensors are read here
         tensors = self.weights_from_hf(read_hf_weights(folder, device), hf_config)
         if objective is not None:  # a head of the folder's own task that the new objective does not use
             tensors = {k: v for k, v in tensors.items() if not k.startswith("heads.") or k.split(".")[1] in model.heads}
         fresh = new_head_prefixes(model, tensors) if objective is not None else ()
+        if meta_keys(model, fresh):  # a backbone head new to this checkpoint needs its initial values
+            model = build(lazy=False)
         where = f"Hugging Face folder {str(folder)!r}"
-        warn_fresh(load_state_into(model, tensors, where, fresh=fresh), where)
+        warn_fresh(load_state_into(model, tensors, device=device, where=where, fresh=fresh), where)
         if model.decoder is not None:  # an encoder alone does not generate
             model.generation_config = generation_from_hf(folder, hf_config, model.decoder.vocab_size)
         model.to(device=device, dtype=dtype).eval()
@@ -142,21 +153,23 @@ def _converter_for_model(model: Model, registry: Registry) -> HFConverter:
 
 
 def read_hf_weights(folder: Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """All tensors of a single-file or sharded safetensors checkpoint."""
+    """All tensors of a single-file or sharded safetensors checkpoint, as views of memory maps: nothing is
+    read until a tensor is used, and each shard (each chunk of one) is unmapped once its tensors are gone
+    (see :func:`unimodel.loading.mapped_tensors`). ``device`` is accepted for compatibility; the views are
+    on the CPU and :func:`~unimodel.loading.load_state_into` moves what it copies."""
     refuse_pickles(folder)
     index = folder / INDEX_FILE
     if (folder / WEIGHTS_FILE).is_file():
-        return load_tensors(folder / WEIGHTS_FILE, device)[0]
+        return mapped_tensors([folder / WEIGHTS_FILE])
     if index.is_file():
         weight_map = read_json(index).get("weight_map", {})
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{str(index)!r}: weight_map must map tensor names to shard file names")
-        tensors: dict[str, Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
             if "/" in shard or "\\" in shard or shard.startswith("."):
                 raise CheckpointError(f"{str(index)!r} names shard {shard!r} outside the folder")
-            tensors.update(load_tensors(folder / shard, device)[0])
-        return tensors
+        return mapped_tensors([folder / shard for shard in shards])
     raise CheckpointError(f"no {WEIGHTS_FILE} (or {INDEX_FILE}) in {str(folder)!r}")
 
 

@@ -110,6 +110,37 @@ class Model(nn.Module):
     def extra_repr(self) -> str:
         return f"name={self.name!r}, objective={self.objective_name!r}, parameters={self.num_parameters():,}"
 
+    # ------------------------------------------------------------- training
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each transformer block's activations in the backward pass instead of keeping them.
+
+        Peak training memory drops to about one block's activations plus each block's input (see
+        docs/benchmarks.md), for roughly one more forward pass per step; gradients are those of the plain run
+        (dropout included). Applies to every module with a ``gradient_checkpointing`` flag (the shared
+        :class:`~unimodel.nn.Block`); a model with none raises :class:`ConfigError`. Evaluation, generation
+        and calls without gradients are unaffected.
+        """
+        self._set_gradient_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every activation for the backward pass again (the default)."""
+        self._set_gradient_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether any block recomputes its activations in the backward pass."""
+        return any(getattr(m, "gradient_checkpointing", False) is True for m in self.modules())
+
+    def _set_gradient_checkpointing(self, on: bool) -> None:
+        blocks: list[Any] = [m for m in self.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
+        if not blocks and on:
+            raise ConfigError(
+                f"model {self.name!r} has no layer that supports gradient checkpointing (its family builds its "
+                "layers without unimodel.nn.Block); train it without gradient_checkpointing"
+            )
+        for block in blocks:
+            block.gradient_checkpointing = on
+
     # --------------------------------------------------------------- forward
     def forward(
         self,

@@ -147,6 +147,7 @@ class IncrementalDecoder:
             mask = None if mask is None else mask.repeat_interleave(expand, dim=0)
             memory = None if memory is None else memory.repeat_interleave(expand, dim=0)
             memory_mask = None if memory_mask is None else memory_mask.repeat_interleave(expand, dim=0)
+        self.expand = expand
         self.prompt = prompt  # (N, P), N = B * expand
         self.prompt_mask = mask  # (N, P) or None
         self.memory = memory  # (N, S, D_enc) or None
@@ -247,6 +248,11 @@ class IncrementalDecoder:
             self._mask = self._mask.index_select(0, index)
         if self._next_pos is not None:
             self._next_pos = self._next_pos.index_select(0, index)
+        if self.memory is None and self.memory_mask is None:
+            return
+        rows = torch.arange(index.shape[0], device=index.device)
+        if bool((index // self.expand == rows // self.expand).all()):
+            return  # every row continues a row of its own input: the encoder rows are copies of one another
         if self.memory is not None:
             self.memory = self.memory.index_select(0, index)
         if self.memory_mask is not None:

@@ -41,6 +41,7 @@ class KVCache:
         self.length = 0  # positions filled, shared by all layers
         self.cross: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
         self.extra: dict[str, Tensor] = {}  # per-stack state, e.g. a cached position bias
+        self.copied_bytes = 0  # bytes :meth:`reorder` has written (rows moved between beams)
 
     @property
     def capacity(self) -> int:
@@ -72,18 +73,36 @@ class KVCache:
         self.v = F.pad(self.v, (0, 0, 0, pad))
 
     def reorder(self, index: Tensor) -> None:
-        """Select batch rows ``index`` (beam search), in place.
+        """Rows now continue rows ``index`` (N,) (beam search), in place.
 
-        Entries of :attr:`extra` whose first dimension is the batch are reordered
-        too; batch-independent ones (first dimension 1) are kept.
+        Only the rows that changed are copied, and of the self-attention keys and values only the filled
+        prefix: a row whose beam kept its place costs nothing, and a step in which no beam moved copies
+        nothing. The sources are read before any row is written, so ``index`` may repeat and permute rows.
+        Entries of :attr:`extra` whose first dimension is the batch are reordered the same way;
+        batch-independent ones (first dimension 1) are kept. :attr:`copied_bytes` counts the bytes written.
         """
+        rows = torch.arange(index.shape[0], device=index.device)
+        moved = (index != rows).nonzero().flatten()  # (M,) one host sync; beam search syncs each step anyway
+        if moved.numel() == 0:
+            return
+        sources = index.index_select(0, moved)
         batch = self.batch_size
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
-        self.cross = [
-            None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index)) for kv in self.cross
-        ]
-        self.extra = {name: t.index_select(0, index) if t.shape[0] == batch else t for name, t in self.extra.items()}
+        for buf in (self.k, self.v):  # (L, B, H, capacity, hd): the filled prefix of the moved rows
+            filled = buf.narrow(3, 0, self.length)
+            self._move(filled, 1, moved, sources)
+        for kv in self.cross:
+            if kv is not None:
+                for t in kv:  # (B, H, S, hd)
+                    self._move(t, 0, moved, sources)
+        for t in self.extra.values():
+            if t.shape[0] == batch:
+                self._move(t, 0, moved, sources)
+
+    def _move(self, t: Tensor, dim: int, rows: Tensor, sources: Tensor) -> None:
+        """``t[rows] = t[sources]`` along ``dim``, in place, reading every source first."""
+        picked = t.index_select(dim, sources)  # (..., M, ...): the only temporary, as large as the moved rows
+        t.index_copy_(dim, rows, picked)
+        self.copied_bytes += picked.numel() * picked.element_size()
 
 
 def attention_mask_for(

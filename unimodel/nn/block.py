@@ -1,6 +1,12 @@
 """The transformer block shared by every family: self-attention, optional cross-attention, FFN.
 
 Pre-norm (GPT-2, T5) or post-norm (BERT, BART) is a flag, not a copied class.
+
+Gradient checkpointing is a flag of the block too (:attr:`Block.gradient_checkpointing`,
+set for a whole model by :meth:`unimodel.model.Model.gradient_checkpointing_enable`):
+while training with gradients, the block keeps only its input and recomputes its
+activations during the backward pass, trading about one more forward pass for the
+memory of every intermediate activation of the layer.
 """
 
 from __future__ import annotations
@@ -8,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from unimodel.nn.attention import Attention, KVCache
 from unimodel.nn.ffn import FeedForward
@@ -71,6 +79,8 @@ class Block(nn.Module):
             d_model=d_model, d_ff=d_ff, activation=activation, gated=gated, bias=bias, dropout=act_dropout
         )
         self.drop = nn.Dropout(dropout)
+        #: recompute this block's activations in the backward pass instead of keeping them (training only)
+        self.gradient_checkpointing = False
 
     def _sublayer(self, x: Tensor, norm: nn.Module, fn: Callable[..., Tensor], **kw: Any) -> Tensor:
         y = fn(norm(x), **kw) if self.prenorm else fn(x, **kw)
@@ -89,6 +99,29 @@ class Block(nn.Module):
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
     ) -> Tensor:
+        kw: dict[str, Any] = dict(
+            mask=mask, is_causal=is_causal, cache=cache, layer=layer, memory=memory, memory_mask=memory_mask
+        )
+        if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+            # Non-reentrant: gradients reach every input (the memory, T5's position bias in ``mask``) and
+            # parameters without requiring the input to need a gradient. The RNG state is saved and restored
+            # for the recomputation, so dropout draws the same masks and the gradients equal a plain run's.
+            y: Tensor = checkpoint(self._layers, x, use_reentrant=False, preserve_rng_state=True, **kw)
+            return y
+        return self._layers(x, **kw)
+
+    def _layers(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+        layer: int,
+        memory: Tensor | None,
+        memory_mask: Tensor | None,
+    ) -> Tensor:
+        """The three sublayers; x (B, T, D) -> (B, T, D)."""
         x = self._sublayer(x, self.norm_attn, self.attn, mask=mask, is_causal=is_causal, cache=cache, layer=layer)
         if self.cross is not None and self.norm_cross is not None:
             x = self._sublayer(

@@ -53,6 +53,9 @@ class TrainConfig(Config):
     )
     cpu: bool | None = param(None, 'deprecated: cpu = true is device = "cpu"')
     compile: bool = param(False, "wrap the model with torch.compile")
+    gradient_checkpointing: bool = param(
+        False, "recompute each block's activations in the backward pass: less memory, about a third more time"
+    )
     eval_every: int = param(200, "evaluate on the validation split every N steps (0: only before and after)")
     eval_batch_size: int | None = param(None, "validation batch size (batch_size when null)")
     max_eval_batches: int | None = param(None, "evaluate on at most N validation batches")

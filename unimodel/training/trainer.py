@@ -211,6 +211,8 @@ class Trainer(RunFolderSteps):
             tokenizer = self.setup_tokenizer(raw.tokenizer_texts(), roles)
         data = kind.encode(self.run.data, tokenizer, raw)
         model = self.build_model(tokenizer)
+        if tc.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
         data.check_fits(model, tokenizer)
         data.plan_batches(tc.batch_size)
         self.log(
