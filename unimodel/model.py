@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.nn.attention import KVCache
 
+# a hint an encoder may declare (``pool: bool``): whether the caller needs its pooled vector
+_POOL_HINT = frozenset({"pool"})
+
 
 class Model(nn.Module):
     """A backbone (encoder, decoder or both) plus the heads its objective needs.
@@ -176,6 +179,9 @@ class Model(nn.Module):
         extra: dict[str, Any] = {}
         if self.encoder is not None:
             if encoder_outputs is None:
+                # A loss that does not read the pooled vector leaves the pooler out: a parameter that never
+                # reaches the loss stalls data-parallel gradient reduction.
+                pool = labels is None or bool(getattr(head, "pooled_input", False))
                 enc = call_part(
                     self.encoder,
                     input_ids,
@@ -183,9 +189,11 @@ class Model(nn.Module):
                         "attention_mask": attention_mask,
                         "token_type_ids": token_type_ids,
                         "position_ids": position_ids,
+                        "pool": pool,
                         **enc_extra,
                     },
                     model=self.name,
+                    optional=_POOL_HINT,
                 )
             else:
                 enc = encoder_outputs
