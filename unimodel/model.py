@@ -75,6 +75,24 @@ class Model(nn.Module):
         if main is None:
             raise ConfigError(f"model {name!r}: a backbone needs an encoder, a decoder or both")
         self.vocab_size = main.vocab_size
+        self._freeze_unread_pooler()
+
+    def _freeze_unread_pooler(self) -> None:
+        """An encoder that declares ``pool`` keeps its pooling layer in ``pooler``; when the objective's loss does
+        not read the pooled vector, the model never runs that layer in a loss (``pool=False``) and its
+        parameters are frozen: nothing trains them, and a data-parallel wrapper (DDP) waits for a gradient of
+        every trainable parameter."""
+        if self.encoder is None or "pool" not in accepted_inputs(self.encoder):
+            return
+        head = self.heads[self.primary_head] if self.primary_head in self.heads else None
+        if getattr(head, "pooled_input", False):
+            return
+        owner: Any = self.encoder
+        while getattr(type(owner), "forwards_inputs_to", None) is not None:  # a wrapper (a projection) around it
+            owner = getattr(owner, type(owner).forwards_inputs_to)
+        pooler = getattr(owner, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
 
     # ------------------------------------------------------------------ info
     @property

@@ -219,11 +219,14 @@ def _skip(module: nn.Module, p: float) -> bool:
     return module.training and p > 0.0 and shared_uniform() < p
 
 
-def _skipped(block: nn.Module, x: Tensor) -> Tensor:
-    """``x`` unchanged, joined to ``block``'s parameters with weight zero: their gradient is zero rather than
-    missing, so a data-parallel wrapper finds every parameter used in every step. Parameters sharded
+def _skipped(block: nn.Module, x: Tensor, memory: Tensor | None = None) -> Tensor:
+    """``x`` unchanged, joined with weight zero to ``block``'s parameters and to the ``memory`` it would have read:
+    their gradient is zero rather than missing (with every decoder block skipped, the whole encoder would
+    miss it), so a data-parallel wrapper finds every parameter used in every step. Parameters sharded
     across processes (FSDP) are left out: a sharding wrapper skips a block that did not run on any process."""
     tie = [p.reshape(-1)[:1] for p in block.parameters() if p.requires_grad and _local(p)]
+    if memory is not None and memory.requires_grad:
+        tie.append(memory.reshape(-1)[:1].to(tie[0].dtype if tie else memory.dtype))
     if not tie:
         return x
     return x + torch.cat(tie).sum().to(x.dtype) * 0.0
@@ -332,7 +335,7 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S): padded memory positions are keys never seen
         for i, block in enumerate(self.blocks):
             if cache is None and _skip(self, self.config.decoder_layerdrop):
-                x = _skipped(block, x)
+                x = _skipped(block, x, memory if self.cross_attention else None)
                 continue
             x = block(x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)
         if cache is not None:

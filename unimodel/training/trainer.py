@@ -18,6 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,13 @@ from unimodel.training.config import RunConfig, load_run_config
 from unimodel.training.evaluation import EvalResult, evaluate_examples
 from unimodel.training.launch import make_accelerator
 from unimodel.training.schedule import make_optimizer, make_scheduler
+from unimodel.training.sharding import (
+    full_model,
+    full_optimizer_state,
+    is_sharded,
+    load_full_optimizer_state,
+    shard_model,
+)
 from unimodel.training.spec import needed_roles
 from unimodel.training.state import (
     CHECKPOINT_DIR,
@@ -44,6 +52,7 @@ from unimodel.training.state import (
     STATE_FILE,
     TOKENIZER_DIR,
     DataPosition,
+    gather_rng_states,
     open_run_folder,
     restore_optimizer,
     rng_tensors,
@@ -233,16 +242,23 @@ class Trainer:
                 f"the training split has {data.n_train} {data.unit}, fewer than one batch (train.batch_size "
                 f"{tc.batch_size}); {data.fix_for_too_few()}"
             )
+        if tc.fsdp:  # before the optimizer, which steps the sharded parameters
+            shard_model(model, self.accelerator)
+        self.model = model
         self.optimizer = make_optimizer(model, tc)
         self.scheduler = make_scheduler(self.optimizer, tc)
         self.fingerprint = data.fingerprint()
         rng = self.restore(state) if state is not None else {}
         compiled: Any = torch.compile(model) if tc.compile else None
         self.objective_step = _ObjectiveStep(model, compiled, keep_output=data.carries_state)
-        self.step_module, self.prepared_optimizer, self.prepared_scheduler = self.accelerator.prepare(
-            self.objective_step, self.optimizer, self.scheduler
-        )
-        self.model, self.tokenizer, self.data = model, tokenizer, data
+        if tc.fsdp:  # sharded already: accelerate wraps only the optimizer and schedule (step skipping)
+            self.step_module = self.objective_step
+            self.prepared_optimizer, self.prepared_scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
+        else:
+            self.step_module, self.prepared_optimizer, self.prepared_scheduler = self.accelerator.prepare(
+                self.objective_step, self.optimizer, self.scheduler
+            )
+        self.tokenizer, self.data = tokenizer, data
         return rng
 
     # ------------------------------------------------------------ the run
@@ -264,6 +280,8 @@ class Trainer:
             self.save_checkpoint()
         after = self.evaluate_validation("after training")
         sample = self.sample()
+        with full_model(self.model) as final:  # a sharded run returns the model whole
+            pass
         self.accelerator.wait_for_everyone()
         elapsed = time.perf_counter() - started
         scored = ""
@@ -283,7 +301,7 @@ class Trainer:
             sample=sample,
             tokens_seen=self.tokens_seen,
             elapsed_s=elapsed,
-            model=self.model,
+            model=final,
         )
 
     # ------------------------------------------------------------ the loop
@@ -356,7 +374,8 @@ class Trainer:
         acc, step, tc = self.accelerator, self.current, self.tc
         with acc.accumulate(self.step_module):
             # structural randomness (LayerDrop) agrees across processes: a function of (seed, step, micro-batch)
-            with shared_randomness(derive_seed(tc.seed, "shared", self.step, micro)):
+            autocast = acc.autocast() if tc.fsdp else nullcontext()  # a prepared module autocasts itself
+            with shared_randomness(derive_seed(tc.seed, "shared", self.step, micro)), autocast:
                 loss = self.step_module(batch)
             weight = prediction_weight(count, total, self.world, tc.gradient_accumulation_steps)
             acc.backward(loss * weight)
@@ -475,8 +494,14 @@ class Trainer:
             return None
         tc = self.tc
         batch_size = tc.eval_batch_size or tc.batch_size
+        with full_model(self.model) as model:  # sharded training: gathered full parameters
+            return self.evaluate_on(model, examples, batch_size, when)
+
+    def evaluate_on(self, model: Model, examples: Sequence[Example], batch_size: int, when: str) -> EvalResult:
+        """Validation loss (and the task metric) of ``model``, logged and written to metrics.jsonl."""
+        tc = self.tc
         result = evaluate_examples(
-            self.model,
+            model,
             examples,
             tokenizer=self.tokenizer,
             batch_size=batch_size,
@@ -495,7 +520,7 @@ class Trainer:
             "val_perplexity": result.perplexity,
             "val_tokens": result.n_tokens,
         }
-        metric = self.task_metric(examples, batch_size)
+        metric = self.task_metric(model, examples, batch_size)
         if metric is not None:
             result.with_metric(metric)
             line += f"; {metric.summary()}"
@@ -505,22 +530,26 @@ class Trainer:
         self.write_metrics(record)
         return result
 
-    def task_metric(self, examples: Sequence[Example], batch_size: int) -> TaskMetric | None:
+    def task_metric(self, model: Model, examples: Sequence[Example], batch_size: int) -> TaskMetric | None:
         """The data kind's task metric on the first ``exact_match_examples`` validation examples."""
         limit = self.tc.exact_match_examples
         if limit == 0 or self.step == 0:  # an untrained model matches nothing: scoring starts after step 0
             return None
         return self.data.task_metric(
-            self.model, examples[:limit], tokenizer=self.tokenizer, batch_size=batch_size, accelerator=self.accelerator
+            model, examples[:limit], tokenizer=self.tokenizer, batch_size=batch_size, accelerator=self.accelerator
         )
 
     def sample(self) -> str | None:
         """What the data kind shows after training (on the main process), logged and returned."""
+        with full_model(self.model) as model:  # every process gathers; the main one samples
+            if not self.main:
+                return None
+            return self.sample_from(model)
+
+    def sample_from(self, model: Model) -> str | None:
         tc = self.tc
-        if not self.main:
-            return None
         # the model's special tokens and processors, sampled as [train] says
-        generation = self.model.generation_config.replace(
+        generation = model.generation_config.replace(
             max_new_tokens=tc.sample_tokens,
             do_sample=True,
             top_k=tc.sample_top_k or None,
@@ -529,7 +558,7 @@ class Trainer:
             strategy=None,
         )
         shown = self.data.sample(
-            self.model,
+            model,
             self.tokenizer,
             prompt=tc.sample_prompt,
             generation=generation,
@@ -543,33 +572,45 @@ class Trainer:
 
     # ---------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> None:
-        """Write ``checkpoint/`` atomically (main process); every process's RNG state goes in it."""
-        acc = self.accelerator
-        rng = torch.get_rng_state()
-        all_rng = acc.gather(rng[None].to(acc.device)).cpu() if self.world > 1 else rng[None]
-        if self.main:
-            from unimodel.checkpoint import atomic_dir, save_tensors, write_json
+        """Write ``checkpoint/`` atomically (main process); every process's RNG state goes in it.
 
-            tensors: dict[str, Tensor] = {}
-            state = state_record(
-                step=self.step,
-                position=self.position,
-                tokens_seen=self.tokens_seen,
-                num_processes=self.world,
-                fingerprint=self.fingerprint,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                scaler=acc.scaler,
-                tensors=tensors,
-            )
-            with atomic_dir(self.ckpt_dir) as tmp:
-                self.model.save(tmp)
-                write_json(tmp / RUN_FILE, {"schema_version": 1, **self.run.to_dict()})
-                save_tensors(tensors, tmp / OPTIMIZER_FILE)
-                save_tensors(rng_tensors(all_rng, acc.process_index), tmp / RNG_FILE)
-                write_json(tmp / STATE_FILE, state)
+        A sharded run gathers the full parameters and optimizer state first (every process takes part).
+        """
+        acc = self.accelerator
+        all_rng = gather_rng_states(self.world)
+        optimizer_state = full_optimizer_state(self.model, self.optimizer) if is_sharded(self.model) else None
+        with full_model(self.model) as model:
+            if self.main:
+                self.write_checkpoint(model, all_rng, optimizer_state)
         acc.wait_for_everyone()
         self.last_checkpoint_step = self.step
+
+    def write_checkpoint(
+        self, model: Model, all_rng: list[dict[str, Tensor]], optimizer_state: dict[str, Any] | None
+    ) -> None:
+        """The main process's part of :meth:`save_checkpoint`: ``model`` (whole) and the trainer state."""
+        from unimodel.checkpoint import atomic_dir, save_tensors, write_json
+
+        acc = self.accelerator
+        tensors: dict[str, Tensor] = {}
+        state = state_record(
+            step=self.step,
+            position=self.position,
+            tokens_seen=self.tokens_seen,
+            num_processes=self.world,
+            fingerprint=self.fingerprint,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=acc.scaler,
+            tensors=tensors,
+            optimizer_state=optimizer_state,
+        )
+        with atomic_dir(self.ckpt_dir) as tmp:
+            model.save(tmp)
+            write_json(tmp / RUN_FILE, {"schema_version": 1, **self.run.to_dict()})
+            save_tensors(tensors, tmp / OPTIMIZER_FILE)
+            save_tensors(rng_tensors(all_rng), tmp / RNG_FILE)
+            write_json(tmp / STATE_FILE, state)
 
     def restore(self, state: Mapping[str, Any]) -> dict[str, Tensor]:
         """Load optimizer, schedule and position from a checkpoint; returns the saved RNG tensors."""
@@ -581,7 +622,14 @@ class Trainer:
                 "(other text or pairs, tokenizer, block size or split); resume with the run's own [data] settings, "
                 "or start a new run"
             )
-        restore_optimizer(state, self.ckpt_dir, self.optimizer, self.scheduler, self.accelerator.scaler)
+        by_name = None
+        if is_sharded(self.model):
+            model, optimizer = self.model, self.optimizer
+
+            def by_name(saved: dict[str, Any]) -> None:
+                load_full_optimizer_state(model, optimizer, saved)
+
+        restore_optimizer(state, self.ckpt_dir, self.optimizer, self.scheduler, self.accelerator.scaler, by_name)
         self.step = int(state["step"])
         self.position = DataPosition(int(state["epoch"]), int(state["examples_in_epoch"]))
         self.tokens_seen = int(state.get("tokens_seen", 0))
