@@ -84,7 +84,8 @@ class Model(nn.Module):
         every trainable parameter."""
         if self.encoder is None or "pool" not in accepted_inputs(self.encoder):
             return
-        head = self.heads[self.primary_head] if self.primary_head in self.heads else None
+        name = self.primary_head
+        head = self.heads[name] if name is not None and name in self.heads else None
         if getattr(head, "pooled_input", False):
             return
         owner: Any = self.encoder

@@ -83,15 +83,22 @@ def check_engine(acc: Accelerator, tc: TrainConfig) -> None:
     from accelerate.utils import DistributedType
 
     kind = acc.distributed_type
-    if kind == DistributedType.FSDP and acc.state.fsdp_plugin is not None and acc.state.fsdp_plugin.fsdp_version != 2:
+    if kind == DistributedType.FSDP:
+        # one sharding code path on CPUs and GPUs alike: accelerate's FSDP plugin does not run on the CPU
         raise ConfigError(
-            "train: the accelerate config asks for FSDP version 1; unimodel shards with FSDP2. Set "
-            "fsdp_version: 2 in the accelerate config, or launch with a DDP config and set train.fsdp = true"
+            "train: the accelerate config asks for FSDP; unimodel shards the model itself with FSDP2. Launch "
+            "with a multi-GPU (DDP) accelerate config and set train.fsdp = true (examples/accelerate/fsdp2.yaml)"
         )
     if kind == DistributedType.DEEPSPEED:
         if tc.fsdp:
             raise ConfigError("train: train.fsdp = true and a DeepSpeed launch both shard the model; choose one")
         ds = acc.state.deepspeed_plugin.deepspeed_config
+        steps = ds.get("gradient_accumulation_steps", "auto")
+        if steps not in ("auto", tc.gradient_accumulation_steps):
+            raise ConfigError(
+                f"train: the DeepSpeed config accumulates {steps} micro-batches but train.gradient_accumulation_steps "
+                f"is {tc.gradient_accumulation_steps}; set the DeepSpeed value to 'auto' or make them equal"
+            )
         stage = int(ds.get("zero_optimization", {}).get("stage", 0))
         if stage >= 3:
             raise ConfigError(
