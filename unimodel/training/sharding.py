@@ -61,7 +61,7 @@ def full_state_dict(model: nn.Module, *, to_main_only: bool = False) -> dict[str
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=to_main_only)
     state = get_model_state_dict(model, options=options)
-    return {k: v.detach().cpu() for k, v in state.items()}
+    return {k: v.detach().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 @contextmanager

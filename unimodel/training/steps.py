@@ -95,14 +95,14 @@ def clip_gradients(accelerator: Accelerator, module: nn.Module, max_norm: float)
     gradients' norms are reduced over the shards before the global norm is formed.
     """
     if not any(_is_dtensor(p) for p in module.parameters()):
-        norm = accelerator.clip_grad_norm_(module.parameters(), max_norm)
-        return None if norm is None else float(norm)
+        reported = accelerator.clip_grad_norm_(module.parameters(), max_norm)
+        return None if reported is None else float(reported)
     from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not grads:
         return 0.0
-    norm = get_total_norm(grads, 2.0)
+    norm: Any = get_total_norm(grads, 2.0)  # a DTensor, partial over the shards
     full = norm.full_tensor() if _is_dtensor(norm) else norm
     if max_norm != float("inf"):
         clip_grads_with_norm_([p for p in module.parameters() if p.grad is not None], max_norm, full)
