@@ -247,6 +247,11 @@ def worker(root: Path) -> None:
 
 # ------------------------------------------------------------------ launching
 def accelerate_launch(*flags: str, args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``accelerate launch FLAGS -m unimodel train ARGS``."""
+    return launch(*flags, args=["-m", "unimodel", "train", *args], cwd=cwd)
+
+
+def launch(*flags: str, args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
     """``accelerate launch FLAGS ARGS`` with a free rendezvous port, one thread per process."""
     exe = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     assert exe is not None, "the accelerate command is not installed"
@@ -291,7 +296,7 @@ def launched(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("dist")
     family_tokenizers(root)
     (root / "two").mkdir()
-    first = accelerate_launch("--multi_gpu", "--num_processes", "2", args=[__file__, str(root)], cwd=root)
+    first = launch("--multi_gpu", "--num_processes", "2", args=[__file__, str(root)], cwd=root)
     results: dict[str, Any] = {"first": first, "root": root}
     runs = dict(worker_runs(root))
     fsdp = runs.pop("fsdp")
@@ -310,9 +315,7 @@ def launched(tmp_path_factory) -> dict[str, Any]:
     results["fsdp"] = train(one_process(fsdp, root))
     cfg_file = root / "killed.json"
     cfg_file.write_text(json.dumps(pairs_run(root / "two" / "killed", fsdp=True)))
-    results["resume"] = accelerate_launch(
-        "--cpu", "--num_processes", "2", args=["-m", "unimodel", "train", str(cfg_file), "--resume"], cwd=root
-    )
+    results["resume"] = accelerate_launch("--cpu", "--num_processes", "2", args=[str(cfg_file), "--resume"], cwd=root)
     return results
 
 

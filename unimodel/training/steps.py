@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from unimodel.data.kinds import DataKind, Example, derive_seed
 from unimodel.errors import TrainingError
+from unimodel.nn.shared_random import shared_randomness
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from unimodel.data.tokenizer import Tokenizer
     from unimodel.interfaces import ObjectiveOutput
     from unimodel.model import Model
+    from unimodel.training.config import TrainConfig
+    from unimodel.training.state import DataPosition
 
 
 class _ObjectiveStep(nn.Module):
@@ -138,9 +144,123 @@ class LogWindow:
     started: float = field(default_factory=time.perf_counter)
 
 
+class TrainingSteps:
+    """The optimizer step of :class:`~unimodel.training.trainer.Trainer`: global batches, each process's rows,
+    micro-steps weighted by predictions, clipping. The trainer provides the attributes declared here."""
+
+    tc: TrainConfig
+    data: DataKind
+    model: Model
+    tokenizer: Tokenizer | None
+    accelerator: Accelerator
+    world: int
+    step: int
+    position: DataPosition
+    micro_batch: int
+    epoch_indices: list[int]
+    carried: dict[int, Any]
+    current: StepRecord
+    step_module: nn.Module
+    objective_step: _ObjectiveStep
+    optimizer: torch.optim.Optimizer
+    prepared_optimizer: Any
+    prepared_scheduler: Any
+
+    def fail_not_finite(self, value: float) -> None:
+        raise NotImplementedError
+
+    def global_batches(self) -> Iterator[list[list[Example]]]:
+        """The current epoch's remaining global batches (up to ``max_steps``), each as its
+        ``gradient_accumulation_steps`` micro-batches of examples over all processes.
+
+        Every process iterates the same global order and prepares whole micro-batches; each then
+        trains on its own rows (:meth:`micro_batch_inputs`).
+        """
+        tc, pos = self.tc, self.position
+        steps = min(tc.max_steps - self.step, (self.data.n_train - pos.examples_in_epoch) // tc.batch_size)
+        if steps <= 0:
+            return
+        order = self.data.epoch_order(pos.epoch, seed=tc.seed)
+        self.epoch_indices = order
+        mb = self.micro_batch
+        for s in range(steps):
+            first = pos.examples_in_epoch + s * tc.batch_size
+            chosen = order[first : first + tc.batch_size]
+            yield [[self.data.example(i) for i in chosen[m : m + mb]] for m in range(0, tc.batch_size, mb)]
+
+    def train_step(self, step_examples: list[list[Example]]) -> None:
+        """One optimizer step: every micro-batch's forward and backward, weighted by predictions, then
+        the update.
+
+        The loss of a global batch is the sum of the per-prediction losses over all its predictions
+        divided by their count over all processes and micro-batches (:func:`~unimodel.training.steps.
+        prediction_weight`); the count of every micro-batch is known before the first forward
+        (:meth:`~unimodel.interfaces.Objective.count_targets`), so one all-reduce per step gives it.
+        """
+        batches = [self.micro_batch_inputs(examples, m) for m, examples in enumerate(step_examples)]
+        counts = [self.model.objective.count_targets(b) for b in batches]
+        total = global_count(sum(counts), self.accelerator)
+        for micro, (batch, count) in enumerate(zip(batches, counts)):
+            self.micro_step(batch, micro, count, total)
+
+    def micro_step(self, batch: dict[str, Tensor], micro: int, count: int, total: int) -> None:
+        """Forward and backward of one micro-batch (``count`` of the step's ``total`` predictions); the last
+        one of a step also updates the weights."""
+        acc, step, tc = self.accelerator, self.current, self.tc
+        with acc.accumulate(self.step_module):
+            # structural randomness (LayerDrop) agrees across processes: a function of (seed, step, micro-batch)
+            autocast = acc.autocast() if tc.fsdp else nullcontext()  # a prepared module autocasts itself
+            with shared_randomness(derive_seed(tc.seed, "shared", self.step, micro)), autocast:
+                loss = self.step_module(batch)
+            weight = prediction_weight(count, total, self.world, tc.gradient_accumulation_steps)
+            acc.backward(loss * weight)
+            if self.data.carries_state:
+                output, self.objective_step.output = self.objective_step.output, None
+                assert output is not None
+                self.carried[micro] = self.data.carry_out(output)
+            step.loss_sum += loss.detach().double().cpu() * count
+            step.micro += 1
+            if acc.sync_gradients:
+                self.optimizer_step(total)
+            # accelerate's wrappers act on the last micro-batch of a step only
+            self.prepared_optimizer.step()
+            self.prepared_scheduler.step()
+            self.prepared_optimizer.zero_grad(set_to_none=True)
+
+    def micro_batch_inputs(self, examples: list[Example], micro: int) -> dict[str, Tensor]:
+        """This process's rows of the objective's batch of ``examples`` (the micro-batch over all processes),
+        on the device, with what the data kind carries in.
+
+        Objective noise (masking ...) is drawn for the whole micro-batch from a seed of (seed, step,
+        micro-batch): a resumed run draws it again, and each row's noise does not depend on the process
+        count.
+        """
+        acc = self.accelerator
+        g = torch.Generator().manual_seed(derive_seed(self.tc.seed, "noise", self.step, micro))
+        batch = self.model.objective.prepare(examples, tokenizer=self.tokenizer, generator=g)
+        batch = process_rows(batch, acc.process_index, self.world)
+        if self.data.carries_state:
+            batch = self.data.carry_in(batch, self.carried.get(micro))
+        return {k: v.to(acc.device) for k, v in batch.items()}
+
+    def optimizer_step(self, total: int) -> None:
+        """The step's loss (mean over its ``total`` predictions), then gradient clipping (the update follows)."""
+        acc, tc, step = self.accelerator, self.tc, self.current
+        loss_sum = (
+            float(acc.reduce(step.loss_sum.to(acc.device), reduction="sum")) if self.world > 1 else float(step.loss_sum)
+        )
+        step.loss = loss_sum / total if total else 0.0
+        if not math.isfinite(step.loss):
+            self.fail_not_finite(step.loss)
+        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        step.grad_norm = clip_gradients(acc, self.step_module, max_norm)
+        step.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+
+
 __all__ = [
     "LogWindow",
     "StepRecord",
+    "TrainingSteps",
     "_ObjectiveStep",
     "clip_gradients",
     "global_count",
