@@ -80,13 +80,13 @@ def _infinite_gradients_from(monkeypatch: pytest.MonkeyPatch, first_step: int) -
     """From step ``first_step`` on, one weight's gradient is infinite while the loss stays finite."""
     real = Trainer.micro_step
 
-    def micro_step(self, examples):
+    def micro_step(self, *args):
         if self.step + 1 < first_step:
-            return real(self, examples)
+            return real(self, *args)
         weight = next(self.model.parameters())
         handle = weight.register_hook(lambda g: torch.full_like(g, INF))
         try:
-            return real(self, examples)
+            return real(self, *args)
         finally:
             handle.remove()
 

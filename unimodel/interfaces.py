@@ -310,5 +310,27 @@ class Objective(ABC, Generic[ConfigT]):
         """The loss as a token cross-entropy on the LM head, or ``None`` when it is something else."""
         return None
 
+    def count_targets(self, batch: Mapping[str, Tensor]) -> int:
+        """The predictions the loss of ``batch`` (what :meth:`prepare` returned) averages over, known
+        before the forward pass: the ``n_predictions`` that :meth:`forward` reports for it.
+
+        The trainer weights micro-batches and processes by this count, so the loss of a global batch
+        is the mean over all its predictions however it is split. Default: ``batch["labels"]``
+        entries other than -100 (shifted by one position when :meth:`token_loss` says so); every
+        entry of float labels (regression). Override when the loss averages over something else.
+        """
+        labels = batch.get("labels")
+        if labels is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}.count_targets: the batch has no 'labels'; the objective must say how many "
+                "predictions its loss averages over"
+            )
+        spec = self.token_loss()
+        if spec is not None and spec.shift and labels.dim() > 1:
+            labels = labels[:, 1:]
+        if labels.is_floating_point():
+            return labels.numel()
+        return int((labels != -100).sum())  # -100: unimodel.nn.losses.IGNORE_INDEX, ignored positions
+
     def __call__(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         return self.forward(model, batch)

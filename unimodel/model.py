@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.nn.attention import KVCache
 
+# a hint an encoder may declare (``pool: bool``): whether the caller needs its pooled vector
+_POOL_HINT = frozenset({"pool"})
+
 
 class Model(nn.Module):
     """A backbone (encoder, decoder or both) plus the heads its objective needs.
@@ -83,6 +86,25 @@ class Model(nn.Module):
         if main is None:
             raise ConfigError(f"model {name!r}: a backbone needs an encoder, a decoder or both")
         self.vocab_size = main.vocab_size
+        self._freeze_unread_pooler()
+
+    def _freeze_unread_pooler(self) -> None:
+        """An encoder that declares ``pool`` keeps its pooling layer in ``pooler``; when the objective's loss does
+        not read the pooled vector, the model never runs that layer in a loss (``pool=False``) and its
+        parameters are frozen: nothing trains them, and a data-parallel wrapper (DDP) waits for a gradient of
+        every trainable parameter."""
+        if self.encoder is None or "pool" not in accepted_inputs(self.encoder):
+            return
+        name = self.primary_head
+        head = self.heads[name] if name is not None and name in self.heads else None
+        if getattr(head, "pooled_input", False):
+            return
+        owner: Any = self.encoder
+        while getattr(type(owner), "forwards_inputs_to", None) is not None:  # a wrapper (a projection) around it
+            owner = getattr(owner, type(owner).forwards_inputs_to)
+        pooler = getattr(owner, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
 
     # ------------------------------------------------------------------ info
     @property
@@ -218,6 +240,9 @@ class Model(nn.Module):
         extra: dict[str, Any] = {}
         if self.encoder is not None:
             if encoder_outputs is None:
+                # A loss that does not read the pooled vector leaves the pooler out: a parameter that never
+                # reaches the loss stalls data-parallel gradient reduction.
+                pool = labels is None or bool(getattr(head, "pooled_input", False))
                 enc = call_part(
                     self.encoder,
                     input_ids,
@@ -225,9 +250,11 @@ class Model(nn.Module):
                         "attention_mask": attention_mask,
                         "token_type_ids": token_type_ids,
                         "position_ids": position_ids,
+                        "pool": pool,
                         **enc_extra,
                     },
                     model=self.name,
+                    optional=_POOL_HINT,
                 )
             else:
                 enc = encoder_outputs

@@ -26,7 +26,16 @@ from torch import Tensor, nn
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, InputError
 from unimodel.interfaces import Backbone, Cap, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
-from unimodel.nn import ACTIVATIONS, Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
+from unimodel.nn import (
+    ACTIVATIONS,
+    Block,
+    KVCache,
+    LearnedPositions,
+    LMHead,
+    attention_mask_for,
+    init_normal_,
+    shared_uniform,
+)
 from unimodel.nn.sync import mask_is_trivial
 from unimodel_bart import DECODER_PROVIDES, ENCODER_PROVIDES, NONCAUSAL_PROVIDES, PROVIDES
 
@@ -203,8 +212,34 @@ def _blocks(
 
 
 def _skip(module: nn.Module, p: float) -> bool:
-    """LayerDrop: skip a whole block with probability ``p`` while training."""
-    return module.training and p > 0.0 and bool(torch.rand(()) < p)
+    """LayerDrop: skip a whole block with probability ``p`` while training.
+
+    The draw comes from :func:`~unimodel.nn.shared_uniform`, so under the trainer every data-parallel
+    process skips the same blocks (a pure function of seed, step and micro-batch).
+    """
+    return module.training and p > 0.0 and shared_uniform() < p
+
+
+def _skipped(block: nn.Module, x: Tensor, memory: Tensor | None = None) -> Tensor:
+    """``x`` unchanged, joined with weight zero to ``block``'s parameters and to the ``memory`` it would have read:
+    their gradient is zero rather than missing (with every decoder block skipped, the whole encoder would
+    miss it), so a data-parallel wrapper finds every parameter used in every step. Parameters sharded
+    across processes (FSDP) are left out: a sharding wrapper skips a block that did not run on any process."""
+    tie = [p.reshape(-1)[:1] for p in block.parameters() if p.requires_grad and _local(p)]
+    if memory is not None and memory.requires_grad:
+        tie.append(memory.reshape(-1)[:1].to(tie[0].dtype if tie else memory.dtype))
+    if not tie:
+        return x
+    return x + torch.cat(tie).sum().to(x.dtype) * 0.0
+
+
+def _local(p: Tensor) -> bool:
+    """Whether ``p`` is a plain tensor, not a distributed tensor sharded over processes."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support has none
+        return True
+    return not isinstance(p, DTensor)
 
 
 class BartEncoder(_Embeddings, Encoder[BartConfig]):
@@ -236,8 +271,7 @@ class BartEncoder(_Embeddings, Encoder[BartConfig]):
             key_mask=attention_mask, q_len=x.shape[1], k_len=x.shape[1], causal=False, device=x.device
         )
         for block in self.blocks:
-            if not _skip(self, self.config.layerdrop):
-                x = block(x, mask=mask)
+            x = _skipped(block, x) if _skip(self, self.config.layerdrop) else block(x, mask=mask)
         return EncoderOutput(last_hidden_state=x)
 
 
@@ -302,6 +336,7 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S): padded memory positions are keys never seen
         for i, block in enumerate(self.blocks):
             if cache is None and _skip(self, self.config.decoder_layerdrop):
+                x = _skipped(block, x, memory if self.cross_attention else None)
                 continue
             x = block(x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)
         if cache is not None:

@@ -137,14 +137,19 @@ class BertEncoder(Encoder[BertConfig]):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
+        pool: bool = True,
     ) -> EncoderOutput:
-        """input_ids (B, S); attention_mask (B, S) 1 = token, 0 = padding; token_type_ids (B, S)."""
+        """input_ids (B, S); attention_mask (B, S) 1 = token, 0 = padding; token_type_ids (B, S).
+
+        ``pool``: compute the pooled vector (the model passes false when its loss does not read it, so
+        the pooler's parameters are not left without a gradient under data parallelism).
+        """
         S = input_ids.shape[1]
         x = self.embed(input_ids, token_type_ids, position_ids)  # (B, S, D)
         mask, _ = attention_mask_for(key_mask=attention_mask, q_len=S, k_len=S, causal=False, device=input_ids.device)
         for block in self.blocks:
             x = block(x, mask=mask)
-        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, D)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None and pool else None  # (B, D)
         return EncoderOutput(last_hidden_state=x, pooler_output=pooled)
 
 

@@ -128,6 +128,10 @@ class VQReconstruction(Objective[VQReconstructionConfig]):
             return F.l1_loss(logits, labels)
         return F.mse_loss(logits, labels)
 
+    def count_targets(self, batch: Mapping[str, Tensor]) -> int:
+        """The images of ``batch`` (B): the loss is a mean over equally sized images, one prediction each."""
+        return int(batch["pixel_values"].shape[0])
+
     def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         target = batch["pixel_values"]
         out = model(pixel_values=target)

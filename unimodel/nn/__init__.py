@@ -7,6 +7,7 @@ from unimodel.nn.heads import LMHead
 from unimodel.nn.linear import Linear, decoding_layout
 from unimodel.nn.norms import RMSNorm, make_norm
 from unimodel.nn.positions import LearnedPositions, positions_from_mask, sinusoids
+from unimodel.nn.shared_random import shared_generator, shared_randomness, shared_uniform
 
 __all__ = [
     "ACTIVATIONS",
@@ -24,5 +25,8 @@ __all__ = [
     "init_normal_",
     "make_norm",
     "positions_from_mask",
+    "shared_generator",
+    "shared_randomness",
+    "shared_uniform",
     "sinusoids",
 ]

@@ -56,6 +56,16 @@ class TrainConfig(Config):
     gradient_checkpointing: bool = param(
         False, "recompute each block's activations in the backward pass: less memory, about a third more time"
     )
+    fsdp: bool = param(
+        False,
+        "shard parameters, gradients and optimizer state over the processes with FSDP2 (fully_shard); "
+        "evaluation, samples and checkpoints use gathered full parameters (docs/distributed.md)",
+    )
+    find_unused_parameters: bool = param(
+        False,
+        "last resort for a plugin model whose loss leaves some parameters unused in a step: DDP then searches "
+        "the graph for them every step (slower); unimodel's own families never need it (docs/distributed.md)",
+    )
     eval_every: int = param(200, "evaluate on the validation split every N steps (0: only before and after)")
     eval_batch_size: int | None = param(None, "validation batch size (batch_size when null)")
     max_eval_batches: int | None = param(None, "evaluate on at most N validation batches")

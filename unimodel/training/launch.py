@@ -59,16 +59,23 @@ def resolve_device(requested: str) -> str:
 
 
 def make_accelerator(tc: TrainConfig) -> Accelerator:
+    """The run's Accelerator: device, precision, accumulation, and the distributed engine the launch chose
+    (DDP, or DeepSpeed ZeRO from an accelerate config); ``train.fsdp`` shards on top of it
+    (:mod:`unimodel.training.sharding`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
+    check_engine_installed()
     if not PartialState._shared_state or PartialState().num_processes == 1:
         # accelerate keeps process-wide state; a second run in one process (a notebook, a test)
         # may use another precision or accumulation, so start from a clean slate.
         AcceleratorState._reset_state()
         GradientState._reset_state()
     device = resolve_device(tc.requested_device)
+    handlers = []
+    if tc.find_unused_parameters:  # a last resort: DDP then walks the autograd graph every step
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     try:
         acc = Accelerator(
             cpu=device == "cpu",
@@ -76,6 +83,7 @@ def make_accelerator(tc: TrainConfig) -> Accelerator:
             gradient_accumulation_steps=tc.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
             rng_types=[],  # data order and noise are pure functions of (seed, step); nothing to synchronise
+            kwargs_handlers=handlers,
         )
     except ValueError as exc:
         raise ConfigError(f"train: accelerate cannot run this configuration: {exc}") from None
@@ -90,7 +98,58 @@ def make_accelerator(tc: TrainConfig) -> Accelerator:
             'fp16, so the run would silently train in fp32. Use "bf16" on the CPU, or device = "auto" (or '
             '"cuda") on a machine with a GPU'
         )
+    check_engine(acc, tc)
     return acc
+
+
+def check_engine_installed() -> None:
+    """A DeepSpeed launch (``accelerate launch`` with a DeepSpeed config) needs the deepspeed package."""
+    import importlib.util
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes") and (
+        importlib.util.find_spec("deepspeed") is None
+    ):
+        raise ConfigError(
+            "train: the accelerate launch asks for DeepSpeed, which is not installed; run `pip install deepspeed` "
+            "(it needs a CUDA toolkit), or launch with a DDP or FSDP2 config (examples/accelerate/)"
+        )
+
+
+def check_engine(acc: Accelerator, tc: TrainConfig) -> None:
+    """Refuse engine set-ups the trainer cannot run, and fill in what DeepSpeed needs from ``[train]``."""
+    from accelerate.utils import DistributedType
+
+    kind = acc.distributed_type
+    if kind == DistributedType.FSDP:
+        # one sharding code path on CPUs and GPUs alike: accelerate's FSDP plugin does not run on the CPU
+        raise ConfigError(
+            "train: the accelerate config asks for FSDP; unimodel shards the model itself with FSDP2. Launch "
+            "with a multi-GPU (DDP) accelerate config and set train.fsdp = true (examples/accelerate/fsdp2.yaml)"
+        )
+    if kind == DistributedType.DEEPSPEED:
+        if tc.fsdp:
+            raise ConfigError("train: train.fsdp = true and a DeepSpeed launch both shard the model; choose one")
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        steps = ds.get("gradient_accumulation_steps", "auto")
+        if steps not in ("auto", tc.gradient_accumulation_steps):
+            raise ConfigError(
+                f"train: the DeepSpeed config accumulates {steps} micro-batches but train.gradient_accumulation_steps "
+                f"is {tc.gradient_accumulation_steps}; set the DeepSpeed value to 'auto' or make them equal"
+            )
+        stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        if stage >= 3:
+            raise ConfigError(
+                "train: DeepSpeed ZeRO stage 3 partitions the parameters, which evaluation, samples and checkpoints "
+                "read whole; use ZeRO stage 1 or 2, or train.fsdp = true for sharded parameters"
+            )
+        # DeepSpeed sizes its buffers from the micro-batch; the trainer feeds its own batches, not a prepared
+        # dataloader, so the sizes come from [train].
+        world, accum = acc.num_processes, tc.gradient_accumulation_steps
+        ds["train_micro_batch_size_per_gpu"] = tc.batch_size // (accum * world)
+        ds["train_batch_size"] = tc.batch_size
+        ds["gradient_accumulation_steps"] = accum
+        if ds.get("gradient_clipping", "auto") == "auto":
+            ds["gradient_clipping"] = tc.max_grad_norm
 
 
 def _single_process_cpu_launch() -> bool:
@@ -172,4 +231,12 @@ def cpu_worker_command(train_args: Sequence[str]) -> list[str] | None:
     ]
 
 
-__all__ = ["DEVICES", "available_devices", "cpu_worker_command", "make_accelerator", "resolve_device"]
+__all__ = [
+    "DEVICES",
+    "available_devices",
+    "check_engine",
+    "check_engine_installed",
+    "cpu_worker_command",
+    "make_accelerator",
+    "resolve_device",
+]

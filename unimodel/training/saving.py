@@ -15,6 +15,7 @@ from torch import Tensor
 
 from unimodel.errors import TrainingError
 from unimodel.training.runfolder import CheckpointRef, RunLock, checkpoint_problem, commit_checkpoint
+from unimodel.training.sharding import full_model, full_optimizer_state, is_sharded, load_full_optimizer_state
 from unimodel.training.state import (
     METRICS_FILE,
     OPTIMIZER_FILE,
@@ -22,6 +23,7 @@ from unimodel.training.state import (
     RUN_FILE,
     STATE_FILE,
     DataPosition,
+    gather_rng_states,
     read_json_state,
     restore_optimizer,
     rng_tensors,
@@ -152,54 +154,68 @@ class RunFolderSteps:
     def save_checkpoint(self) -> None:
         """Write a step folder crash-safely and make it the run's checkpoint (main process; see
         :mod:`unimodel.training.runfolder`); every process's RNG state goes in it. Weights that are not
-        finite are never saved."""
-        from unimodel.checkpoint import dedup_state_dict, nonfinite_tensors
+        finite are never saved.
 
+        A sharded run gathers the full parameters and the optimizer state by parameter name first (every
+        process takes part); the step folder holds them whole, as a run on one process would.
+        """
         acc = self.accelerator
-        rng = torch.get_rng_state()
-        all_rng = acc.gather(rng[None].to(acc.device)).cpu() if self.world > 1 else rng[None]
-        if self.main:
-            bad = nonfinite_tensors(dedup_state_dict(self.model)[0])
-            if bad:
-                raise TrainingError(
-                    f"step {self.step}: {len(bad)} weight tensor(s) hold NaN or infinite values "
-                    f"({', '.join(bad[:3])}); nothing was saved, and the run's checkpoint is still "
-                    f"{str(self.ckpt_dir)!r}"
-                )
-            tensors: dict[str, Tensor] = {}
-            state = state_record(
-                step=self.step,
-                position=self.position,
-                tokens_seen=self.tokens_seen,
-                num_processes=self.world,
-                fingerprint=self.fingerprint,
-                skipped_steps=self.skipped_steps,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                scaler=acc.scaler,
-                tensors=tensors,
-            )
+        all_rng = gather_rng_states(self.world)
+        optimizer_state = full_optimizer_state(self.model, self.optimizer) if is_sharded(self.model) else None
+        with full_model(self.model) as model:
+            if self.main:
+                self.checkpoint = self.write_checkpoint(model, all_rng, optimizer_state)
+            else:
+                from unimodel.checkpoint import RUN_CHECKPOINTS_DIR
+                from unimodel.training.runfolder import step_folder_name
 
-            def write(folder: Path) -> None:
-                from unimodel.checkpoint import save_tensors, write_json
-
-                self.model.save(folder)
-                write_json(folder / RUN_FILE, {"schema_version": 1, **self.run.to_dict()})
-                save_tensors(tensors, folder / OPTIMIZER_FILE)
-                save_tensors(rng_tensors(all_rng, acc.process_index), folder / RNG_FILE)
-                write_json(folder / STATE_FILE, state)  # last: a folder with a trainer state is whole
-
-            try:
-                self.checkpoint = commit_checkpoint(self.out, self.step, write, keep=self.tc.keep_checkpoints)
-            except OSError as exc:
-                raise self.save_failed(exc) from None
-        else:
-            from unimodel.checkpoint import RUN_CHECKPOINTS_DIR
-            from unimodel.training.runfolder import step_folder_name
-
-            self.checkpoint = CheckpointRef(self.step, self.out / RUN_CHECKPOINTS_DIR / step_folder_name(self.step))
+                folder = self.out / RUN_CHECKPOINTS_DIR / step_folder_name(self.step)
+                self.checkpoint = CheckpointRef(self.step, folder)
         acc.wait_for_everyone()
         self.last_checkpoint_step = self.step
+
+    def write_checkpoint(
+        self, model: Model, all_rng: list[dict[str, Tensor]], optimizer_state: dict[str, Any] | None
+    ) -> CheckpointRef:
+        """The main process's part of :meth:`save_checkpoint`: ``model`` (whole) and the trainer state in a new
+        step folder, committed as the run's checkpoint."""
+        from unimodel.checkpoint import dedup_state_dict, nonfinite_tensors
+
+        bad = nonfinite_tensors(dedup_state_dict(model)[0])
+        if bad:
+            raise TrainingError(
+                f"step {self.step}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                f"({', '.join(bad[:3])}); nothing was saved, and the run's checkpoint is still "
+                f"{str(self.ckpt_dir)!r}"
+            )
+        tensors: dict[str, Tensor] = {}
+        state = state_record(
+            step=self.step,
+            position=self.position,
+            tokens_seen=self.tokens_seen,
+            num_processes=self.world,
+            fingerprint=self.fingerprint,
+            skipped_steps=self.skipped_steps,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.accelerator.scaler,
+            tensors=tensors,
+            optimizer_state=optimizer_state,
+        )
+
+        def write(folder: Path) -> None:
+            from unimodel.checkpoint import save_tensors, write_json
+
+            model.save(folder)
+            write_json(folder / RUN_FILE, {"schema_version": 1, **self.run.to_dict()})
+            save_tensors(tensors, folder / OPTIMIZER_FILE)
+            save_tensors(rng_tensors(all_rng), folder / RNG_FILE)
+            write_json(folder / STATE_FILE, state)  # last: a folder with a trainer state is whole
+
+        try:
+            return commit_checkpoint(self.out, self.step, write, keep=self.tc.keep_checkpoints)
+        except OSError as exc:
+            raise self.save_failed(exc) from None
 
     def save_failed(self, exc: OSError) -> TrainingError:
         """The error of a save that the file system refused (disk full, file-size limit, permissions)."""
@@ -233,7 +249,14 @@ class RunFolderSteps:
                 "(other text or pairs, tokenizer, block size or split); resume with the run's own [data] settings, "
                 "or start a new run"
             )
-        restore_optimizer(state, self.ckpt_dir, self.optimizer, self.scheduler, self.accelerator.scaler)
+        by_name = None
+        if is_sharded(self.model):  # the saved state is whole and keyed by name: each process takes its shard
+            model, optimizer = self.model, self.optimizer
+
+            def by_name(saved: dict[str, Any]) -> None:
+                load_full_optimizer_state(model, optimizer, saved)
+
+        restore_optimizer(state, self.ckpt_dir, self.optimizer, self.scheduler, self.accelerator.scaler, by_name)
         self.step = int(state["step"])
         self.position = DataPosition(int(state["epoch"]), int(state["examples_in_epoch"]))
         self.tokens_seen = int(state.get("tokens_seen", 0))

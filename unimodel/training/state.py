@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,8 +101,13 @@ def state_record(
     scheduler: Any,
     scaler: Any,
     tensors: dict[str, Tensor],
+    optimizer_state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``trainer_state.json`` object; the optimizer's tensors go to ``tensors``."""
+    """The ``trainer_state.json`` object; the optimizer's tensors go to ``tensors``.
+
+    ``optimizer_state``: the state to save instead of ``optimizer.state_dict()``: a sharded run's state
+    gathered whole, keyed by parameter name (recorded as ``"optimizer_layout": "by_name"``).
+    """
     state = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
@@ -113,7 +118,10 @@ def state_record(
         "num_processes": num_processes,
         "data_fingerprint": fingerprint,
         "skipped_steps": skipped_steps,
-        "optimizer": encode_state(optimizer.state_dict(), tensors, "optimizer"),
+        "optimizer": encode_state(
+            dict(optimizer_state) if optimizer_state is not None else optimizer.state_dict(), tensors, "optimizer"
+        ),
+        "optimizer_layout": "by_name" if optimizer_state is not None else "by_index",
         "scheduler": encode_state(scheduler.state_dict(), {}, "scheduler"),
         "python_rng": encode_state(random.getstate(), {}, "python_rng"),
     }
@@ -137,14 +145,34 @@ def read_json_state(path: Path) -> dict[str, Any]:
 
 
 def restore_optimizer(
-    state: Mapping[str, Any], folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any
+    state: Mapping[str, Any],
+    folder: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    load_by_name: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Load the optimizer, schedule (and fp16 loss scale) that ``state`` and ``folder``'s tensors describe."""
+    """Load the optimizer, schedule (and fp16 loss scale) that ``state`` and ``folder``'s tensors describe.
+
+    A state saved by parameter name (a sharded run's, gathered) is loaded with ``load_by_name``, which
+    hands every process its shard; without it such a state is refused.
+    """
     from unimodel.checkpoint import load_tensors
 
     tensors, _ = load_tensors(folder / OPTIMIZER_FILE)
+    by_name = state.get("optimizer_layout") == "by_name"
+    if by_name and load_by_name is None:
+        raise CheckpointError(
+            f"the optimizer state in {str(folder)!r} was saved by a sharded run (train.fsdp = true); resume it "
+            "with train.fsdp = true"
+        )
     try:
-        optimizer.load_state_dict(decode_state(state["optimizer"], tensors))
+        saved = decode_state(state["optimizer"], tensors)
+        if by_name:
+            assert load_by_name is not None
+            load_by_name(saved)
+        else:
+            optimizer.load_state_dict(saved)
         scheduler.load_state_dict(decode_state(state["scheduler"], {}))
         if scaler is not None and "grad_scaler" in state:
             scaler.load_state_dict(decode_state(state["grad_scaler"], {}))
@@ -153,13 +181,39 @@ def restore_optimizer(
 
 
 # ------------------------------------------------------------------ RNG
-def rng_tensors(all_cpu_states: Tensor, process_index: int) -> dict[str, Tensor]:
-    """What ``rng_state.safetensors`` holds: every process's CPU RNG state (rows of ``all_cpu_states``)
-    and this process's CUDA states."""
-    out = {f"torch_cpu.{r}": all_cpu_states[r] for r in range(all_cpu_states.shape[0])}
+def process_rng_state() -> dict[str, Tensor]:
+    """This process's RNG states as tensors: torch's CPU generator, every CUDA device's, Python's ``random``."""
+    out = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"cuda.{process_index}.{i}"] = s
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda.{i}"] = st
+    version, words, gauss = random.getstate()
+    out["python"] = torch.tensor([version, *words], dtype=torch.int64)
+    if gauss is not None:
+        out["python_gauss"] = torch.tensor(gauss, dtype=torch.float64)
+    return out
+
+
+def gather_rng_states(world: int) -> list[dict[str, Tensor]]:
+    """Every process's :func:`process_rng_state`, in rank order (all processes must call)."""
+    mine = process_rng_state()
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def rng_tensors(per_process: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """What ``rng_state.safetensors`` holds: each process's states (:func:`gather_rng_states`), keyed by
+    ``torch_cpu.<rank>``, ``cuda.<rank>.<device>``, ``python.<rank>``."""
+    out: dict[str, Tensor] = {}
+    for rank, states in enumerate(per_process):
+        for name, value in states.items():
+            head, _, device = name.partition(".")
+            out[f"{head}.{rank}.{device}" if device else f"{name}.{rank}"] = value
     return out
 
 
@@ -170,10 +224,16 @@ def set_rng_states(rng: Mapping[str, Tensor], state: Mapping[str, Any], rank: in
         torch.set_rng_state(rng[key])
     else:  # resumed on more processes than the run had: new ranks get a fresh, derived stream
         torch.manual_seed(derive_seed("resume", state.get("step"), rank))
-    cuda = sorted(k for k in rng if k.startswith(f"cuda.{rank}."))
+    cuda = sorted((k for k in rng if k.startswith(f"cuda.{rank}.")), key=lambda k: int(k.rsplit(".", 1)[1]))
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[k] for k in cuda])
-    random.setstate(decode_state(state["python_rng"], {}))
+    words = rng.get(f"python.{rank}")
+    if words is not None:
+        gauss = rng.get(f"python_gauss.{rank}")
+        values = [int(v) for v in words.tolist()]
+        random.setstate((values[0], tuple(values[1:]), None if gauss is None else float(gauss)))
+    else:  # a checkpoint that kept the main process's Python state only
+        random.setstate(decode_state(state["python_rng"], {}))
 
 
 # -------------------------------------------------------------- metrics
@@ -202,6 +262,8 @@ __all__ = [
     "DataPosition",
     "decode_state",
     "encode_state",
+    "gather_rng_states",
+    "process_rng_state",
     "read_json_state",
     "restore_optimizer",
     "rng_tensors",

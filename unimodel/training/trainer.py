@@ -2,22 +2,23 @@
 
 :class:`Trainer` reads the data the objective's data kind names, trains (or
 loads) a tokenizer, builds the model and trains it with AdamW under a warm-up
-+ cosine schedule. The loop is three named steps: :meth:`Trainer.micro_step`
-(forward and backward of one micro-batch, then accelerate's update, which acts
-on the last micro-batch of a step), :meth:`Trainer.optimizer_step` (on that
-last micro-batch: the step's loss over micro-batches and processes, gradient
-clipping) and :meth:`Trainer.after_step` (progress, metrics, evaluation,
-checkpoint). Data kinds differ only behind :class:`~unimodel.data.kinds.DataKind`.
++ cosine schedule. Each step of the loop is :meth:`Trainer.train_step` (from
+:class:`~unimodel.training.steps.TrainingSteps`: every micro-batch's forward and
+backward weighted by predictions, then on the last one the step's loss and
+gradient norm over all processes, a skip when either is not finite, and the
+update) followed by :meth:`Trainer.after_step` (progress, metrics, evaluation,
+checkpoint). Checkpoints are written and resumed by
+:class:`~unimodel.training.saving.RunFolderSteps`. Data kinds differ only
+behind :class:`~unimodel.data.kinds.DataKind`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from unimodel.training.launch import make_accelerator
 from unimodel.training.runfolder import CheckpointRef, RunLock
 from unimodel.training.saving import RunFolderSteps
 from unimodel.training.schedule import make_optimizer, make_scheduler
+from unimodel.training.sharding import full_model, shard_model
 from unimodel.training.spec import needed_roles
 from unimodel.training.state import (
     METRICS_FILE,
@@ -42,7 +44,12 @@ from unimodel.training.state import (
     DataPosition,
     set_rng_states,
 )
-from unimodel.training.steps import LogWindow, StepRecord, _as_list, _ExampleDataset, _ObjectiveStep
+from unimodel.training.steps import (
+    LogWindow,
+    StepRecord,
+    TrainingSteps,
+    _ObjectiveStep,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -80,7 +87,7 @@ class TrainResult:
         return None if self.after is None else self.after.exact_match
 
 
-class Trainer(RunFolderSteps):
+class Trainer(TrainingSteps, RunFolderSteps):
     """One training run. Use :func:`train`; this class holds the run's state.
 
     Attributes set by :meth:`setup`: ``data`` (a :class:`DataKind`), ``tokenizer``,
@@ -225,21 +232,28 @@ class Trainer(RunFolderSteps):
                 f"the training split has {data.n_train} {data.unit}, fewer than one batch (train.batch_size "
                 f"{tc.batch_size}); {data.fix_for_too_few()}"
             )
+        if tc.fsdp:  # before the optimizer, which steps the sharded parameters
+            shard_model(model, self.accelerator)
+        self.model = model
         self.optimizer = make_optimizer(model, tc)
         self.scheduler = make_scheduler(self.optimizer, tc)
         self.fingerprint = data.fingerprint()
         rng = self.restore(state) if state is not None else {}
         compiled: Any = torch.compile(model) if tc.compile else None
         self.objective_step = _ObjectiveStep(model, compiled, keep_output=data.carries_state)
-        self.step_module, self.prepared_optimizer, self.prepared_scheduler = self.accelerator.prepare(
-            self.objective_step, self.optimizer, self.scheduler
-        )
-        self.model, self.tokenizer, self.data = model, tokenizer, data
+        if tc.fsdp:  # sharded already: accelerate wraps only the optimizer and schedule (step skipping)
+            self.step_module = self.objective_step
+            self.prepared_optimizer, self.prepared_scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
+        else:
+            self.step_module, self.prepared_optimizer, self.prepared_scheduler = self.accelerator.prepare(
+                self.objective_step, self.optimizer, self.scheduler
+            )
+        self.tokenizer, self.data = tokenizer, data
         return rng
 
     # ------------------------------------------------------------ the run
     def run_training(self) -> TrainResult:
-
+        """The whole run under the run folder's lock (released however the run ends)."""
         started = time.perf_counter()
         try:
             return self._run(started)
@@ -263,6 +277,8 @@ class Trainer(RunFolderSteps):
             self.save_checkpoint()
         after = self.evaluate_validation("after training")
         sample = self.sample()
+        with full_model(self.model) as final:  # a sharded run returns the model whole
+            pass
         self.accelerator.wait_for_everyone()
         elapsed = time.perf_counter() - started
         scored = ""
@@ -282,7 +298,7 @@ class Trainer(RunFolderSteps):
             sample=sample,
             tokens_seen=self.tokens_seen,
             elapsed_s=elapsed,
-            model=self.model,
+            model=final,
         )
 
     # ------------------------------------------------------------ the loop
@@ -307,125 +323,13 @@ class Trainer(RunFolderSteps):
         self.window, self.current = LogWindow(), StepRecord()
         try:
             while self.step < tc.max_steps:
-                for examples in self.micro_batches():
-                    self.micro_step(examples)
-                    if self.accelerator.sync_gradients:
-                        self.after_step()
+                for step_examples in self.global_batches():
+                    self.train_step(step_examples)
+                    self.after_step()
                 if self.position.examples_in_epoch + tc.batch_size > self.data.n_train:
                     self.position = DataPosition(self.position.epoch + 1, 0)
         finally:
             self.bar.close()
-
-    def micro_batches(self) -> Iterator[list[Example]]:
-        """This process's micro-batches of the current epoch's remaining global batches (up to ``max_steps``).
-
-        Every process iterates the same global order; accelerate gives each its
-        share of each micro-batch.
-        """
-        tc, pos = self.tc, self.position
-        steps = min(tc.max_steps - self.step, (self.data.n_train - pos.examples_in_epoch) // tc.batch_size)
-        if steps <= 0:
-            return
-        order = self.data.epoch_order(pos.epoch, seed=tc.seed)
-        chosen = order[pos.examples_in_epoch : pos.examples_in_epoch + steps * tc.batch_size]
-        self.epoch_indices = order
-        loader = self.accelerator.prepare_data_loader(
-            torch.utils.data.DataLoader(
-                _ExampleDataset(self.data),
-                batch_size=self.micro_batch,
-                sampler=chosen,
-                drop_last=False,
-                collate_fn=_as_list,
-                # its own generator: a new iterator must not draw from the
-                # global RNG that dropout uses (resume would drift)
-                generator=torch.Generator(),
-            ),
-            device_placement=False,
-        )
-        yield from loader
-
-    def micro_step(self, examples: list[Example]) -> None:
-        """Forward and backward of one micro-batch; the last one of a step also updates the weights."""
-        acc, step = self.accelerator, self.current
-        with acc.accumulate(self.step_module):
-            loss = self.step_module(self.micro_batch_inputs(examples, step.micro))
-            acc.backward(loss)
-            if self.data.carries_state:
-                output, self.objective_step.output = self.objective_step.output, None
-                assert output is not None
-                self.carried[step.micro] = self.data.carry_out(output)
-            step.loss_sum += loss.detach().double().cpu()
-            for name, value in self.objective_step.metrics.items():
-                step.metric_sums[name] = step.metric_sums.get(name, 0.0) + float(value)
-            step.micro += 1
-            if acc.sync_gradients:
-                self.optimizer_step()
-            # accelerate's wrappers act on the last micro-batch of a step only
-            self.prepared_optimizer.step()
-            self.prepared_scheduler.step()
-            self.prepared_optimizer.zero_grad(set_to_none=True)
-
-    def micro_batch_inputs(self, examples: list[Example], micro: int) -> dict[str, Tensor]:
-        """The objective's batch of ``examples`` on the device, with what the data kind carries in."""
-        acc = self.accelerator
-        # objective noise is a pure function of (seed, step, micro-batch, process): resumable
-        g = torch.Generator().manual_seed(derive_seed(self.tc.seed, "noise", self.step, micro, acc.process_index))
-        batch = self.model.objective.prepare(examples, tokenizer=self.tokenizer, generator=g)
-        if self.data.carries_state:
-            batch = self.data.carry_in(batch, self.carried.get(micro))
-        return {k: v.to(acc.device) for k, v in batch.items()}
-
-    def optimizer_step(self) -> None:
-        """The step's loss over its micro-batches and processes, then gradient clipping (the update follows)."""
-        acc, tc, step = self.accelerator, self.tc, self.current
-        accum = tc.gradient_accumulation_steps
-        step.loss = float(acc.reduce(step.loss_sum.to(acc.device) / accum, reduction="mean"))
-        self.reduce_metrics()
-        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
-        # the norm of the gradients as the update would use them (unscaled, all processes' summed)
-        step.grad_norm = float(acc.clip_grad_norm_(self.step_module.parameters(), max_norm))
-        step.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-        if math.isfinite(step.loss) and math.isfinite(step.grad_norm):
-            self.nonfinite_in_a_row = 0
-        else:
-            self.skip_step()
-
-    def reduce_metrics(self) -> None:
-        """The objective's metrics of this step: means over its micro-batches and processes."""
-        step, acc = self.current, self.accelerator
-        names = sorted(step.metric_sums)
-        if not names:
-            return
-        values = torch.tensor([step.metric_sums[n] / step.micro for n in names], dtype=torch.float64)
-        if self.world > 1:
-            values = acc.reduce(values.to(acc.device), reduction="mean").cpu()
-        step.metrics = dict(zip(names, values.tolist(), strict=True))
-
-    def skip_step(self) -> None:
-        """The step's loss or gradient is not finite: no update (its gradients are dropped, so AdamW and its
-        moments leave every weight as it was), counted and logged; the run stops after
-        ``max_nonfinite_steps`` such steps in a row."""
-        step = self.current
-        step.skipped = True
-        self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps += 1
-        self.nonfinite_in_a_row += 1
-        number = self.step + 1
-        self.write_metrics(
-            {"step": number, "event": "skipped_non_finite", "loss": repr(step.loss), "grad_norm": repr(step.grad_norm)}
-        )
-        self.log(
-            f"step {number}: skipped, the {self.what_is_not_finite()} is not finite "
-            f"({self.nonfinite_in_a_row} in a row, {self.skipped_steps} skipped in all)"
-        )
-        if self.nonfinite_in_a_row >= self.tc.max_nonfinite_steps:
-            self.fail_not_finite()
-
-    def what_is_not_finite(self) -> str:
-        step = self.current
-        if not math.isfinite(step.loss):
-            return f"training loss ({step.loss})"
-        return f"gradient norm ({step.grad_norm}; the loss is {step.loss:.4f})"
 
     def after_step(self) -> None:
         """Bookkeeping after an optimizer step: position, progress, metrics, evaluation, checkpoint."""
@@ -491,8 +395,14 @@ class Trainer(RunFolderSteps):
             return None
         tc = self.tc
         batch_size = tc.eval_batch_size or tc.batch_size
+        with full_model(self.model) as model:  # sharded training: gathered full parameters
+            return self.evaluate_on(model, examples, batch_size, when)
+
+    def evaluate_on(self, model: Model, examples: Sequence[Example], batch_size: int, when: str) -> EvalResult:
+        """Validation loss (and the task metric) of ``model``, logged and written to metrics.jsonl."""
+        tc = self.tc
         result = evaluate_examples(
-            self.model,
+            model,
             examples,
             tokenizer=self.tokenizer,
             batch_size=batch_size,
@@ -511,7 +421,7 @@ class Trainer(RunFolderSteps):
         record["val_tokens"] = result.n_tokens
         if result.metrics:
             record["val_metrics"] = result.metrics
-        metric = self.task_metric(examples, batch_size)
+        metric = self.task_metric(model, examples, batch_size)
         if metric is not None:
             result.with_metric(metric)
             line += f"; {metric.summary()}"
@@ -525,22 +435,26 @@ class Trainer(RunFolderSteps):
         self.write_metrics(record)
         return result
 
-    def task_metric(self, examples: Sequence[Example], batch_size: int) -> TaskMetric | None:
+    def task_metric(self, model: Model, examples: Sequence[Example], batch_size: int) -> TaskMetric | None:
         """The data kind's task metric on the first ``exact_match_examples`` validation examples."""
         limit = self.tc.exact_match_examples
         if limit == 0 or self.step == 0:  # an untrained model matches nothing: scoring starts after step 0
             return None
         return self.data.task_metric(
-            self.model, examples[:limit], tokenizer=self.tokenizer, batch_size=batch_size, accelerator=self.accelerator
+            model, examples[:limit], tokenizer=self.tokenizer, batch_size=batch_size, accelerator=self.accelerator
         )
 
     def sample(self) -> str | None:
         """What the data kind shows after training (on the main process), logged and returned."""
+        with full_model(self.model) as model:  # every process gathers; the main one samples
+            if not self.main:
+                return None
+            return self.sample_from(model)
+
+    def sample_from(self, model: Model) -> str | None:
         tc = self.tc
-        if not self.main:
-            return None
         # the model's special tokens and processors, sampled as [train] says
-        generation = self.model.generation_config.replace(
+        generation = model.generation_config.replace(
             max_new_tokens=tc.sample_tokens,
             do_sample=True,
             top_k=tc.sample_top_k or None,
@@ -549,7 +463,7 @@ class Trainer(RunFolderSteps):
             strategy=None,
         )
         shown = self.data.sample(
-            self.model,
+            model,
             self.tokenizer,
             prompt=tc.sample_prompt,
             generation=generation,
