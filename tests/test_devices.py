@@ -245,3 +245,5 @@ def test_gpu_check_quick_runs_on_the_cpu(capsys: pytest.CaptureFixture[str], mon
     assert rows["train 6 steps, device auto, fp32"].startswith("ok")
     assert "reproduces steps 4-6" in rows["train 6 steps, device auto, fp32"]
     assert rows["train 6 steps, device auto, fp16"] == "skipped (no CUDA)"
+    # a run started without a launcher shards over a process group of its own
+    assert rows["FSDP2 single-process smoke run"].startswith("ok"), rows["FSDP2 single-process smoke run"]

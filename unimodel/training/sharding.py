@@ -45,6 +45,7 @@ def shard_model(model: Model, accelerator: Accelerator) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    _single_process_group(accelerator)
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
     for module in list(model.modules()):
         if isinstance(module, nn.ModuleList):
@@ -52,6 +53,16 @@ def shard_model(model: Model, accelerator: Accelerator) -> None:
                 if not is_sharded(block):
                     fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+
+
+def _single_process_group(accelerator: Accelerator) -> None:
+    """A run started without a launcher (one process, no ``RANK`` in the environment) gets a process group
+    of its own, so FSDP2 runs there too (one shard: the whole model)."""
+    import torch.distributed as dist
+
+    if accelerator.num_processes == 1 and dist.is_available() and not dist.is_initialized():
+        backend = "nccl" if accelerator.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
 def full_state_dict(model: nn.Module, *, to_main_only: bool = False) -> dict[str, torch.Tensor]:
