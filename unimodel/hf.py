@@ -243,3 +243,23 @@ def pop_known(tensors: dict[str, Tensor], suffixes: tuple[str, ...]) -> None:
     """Drop buffers HF files carry but no model needs (e.g. causal-mask buffers)."""
     for key in [k for k in tensors if k.endswith(suffixes)]:
         del tensors[key]
+
+
+def hf_architecture(
+    hf_config: Mapping[str, Any], table: Mapping[str, tuple[str, bool]], *, family: str, default: str
+) -> tuple[str, str, bool]:
+    """The first of the folder's ``architectures`` that ``table`` knows, with its (objective, flag) entry;
+    ``default`` when the config names none. An unknown architecture is a :class:`CheckpointError`."""
+    archs = hf_config.get("architectures") or [default]
+    for arch in archs:
+        if arch in table:
+            return (arch, *table[arch])
+    raise CheckpointError(f"{family} architecture {archs[0]!r} is not supported; supported: {', '.join(table)}")
+
+
+def hf_num_labels(hf_config: Mapping[str, Any]) -> int:
+    """The label count of a classification head: the size of ``id2label``, else ``num_labels`` (2)."""
+    id2label = hf_config.get("id2label")
+    if isinstance(id2label, Mapping) and id2label:
+        return len(id2label)
+    return int(hf_config.get("num_labels", 2))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import CheckpointError
-from unimodel.hf import HFConverter, pop_known, strip_prefix
+from unimodel.hf import HFConverter, hf_architecture, hf_num_labels, pop_known, strip_prefix
 from unimodel_bert.model import BertConfig
 
 if TYPE_CHECKING:
@@ -76,18 +76,7 @@ _MLM_KEYS = {  # unimodel key (under "heads.lm.") -> HF key
 
 
 def _architecture(hf_config: Mapping[str, Any]) -> tuple[str, str, bool]:
-    archs = hf_config.get("architectures") or ["BertForMaskedLM"]
-    for arch in archs:
-        if arch in _ARCHITECTURES:
-            return (arch, *_ARCHITECTURES[arch])
-    raise CheckpointError(f"BERT architecture {archs[0]!r} is not supported; supported: {', '.join(_ARCHITECTURES)}")
-
-
-def _num_labels(hf_config: Mapping[str, Any]) -> int:
-    id2label = hf_config.get("id2label")
-    if isinstance(id2label, Mapping) and id2label:
-        return len(id2label)
-    return int(hf_config.get("num_labels", 2))
+    return hf_architecture(hf_config, _ARCHITECTURES, family="BERT", default="BertForMaskedLM")
 
 
 def _legacy_names(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -146,7 +135,7 @@ class BertConverter(HFConverter):
             head_dropout = c.get("classifier_dropout")
             spec["objective"] = {
                 "name": objective,
-                "num_labels": _num_labels(c),
+                "num_labels": hf_num_labels(c),
                 "dropout": dropout if head_dropout is None else head_dropout,
             }
         return spec

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import CheckpointError
-from unimodel.hf import HFConverter, strip_prefix
+from unimodel.hf import HFConverter, hf_architecture, hf_num_labels, strip_prefix
 
 _ACT_FROM_HF = {
     "gelu": "gelu",
@@ -55,18 +55,7 @@ _LAYER_KEYS = {  # unimodel layer key -> HF layer key
 
 
 def _architecture(hf_config: Mapping[str, Any]) -> tuple[str, str, bool]:
-    archs = hf_config.get("architectures") or ["XLNetLMHeadModel"]
-    for arch in archs:
-        if arch in _ARCHITECTURES:
-            return (arch, *_ARCHITECTURES[arch])
-    raise CheckpointError(f"XLNet architecture {archs[0]!r} is not supported; supported: {', '.join(_ARCHITECTURES)}")
-
-
-def _num_labels(hf_config: Mapping[str, Any]) -> int:
-    id2label = hf_config.get("id2label")
-    if isinstance(id2label, Mapping) and id2label:
-        return len(id2label)
-    return int(hf_config.get("num_labels", 2))
+    return hf_architecture(hf_config, _ARCHITECTURES, family="XLNet", default="XLNetLMHeadModel")
 
 
 def _to_linear(w: Tensor) -> Tensor:
@@ -138,7 +127,7 @@ class XLNetConverter(HFConverter):
             if c.get("problem_type") == "multi_label_classification":
                 raise CheckpointError("XLNet multi-label classification (BCE loss) is not supported by 'classify'")
             head_dropout = c.get("summary_last_dropout", 0.1) if objective == "classify" else 0.0
-            spec["objective"] = {"name": objective, "num_labels": _num_labels(c), "dropout": head_dropout}
+            spec["objective"] = {"name": objective, "num_labels": hf_num_labels(c), "dropout": head_dropout}
         return spec
 
     def weights_from_hf(self, tensors: Mapping[str, Tensor], hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
