@@ -41,6 +41,7 @@ from unimodel.training.runfolder import (  # noqa: E402
     step_folders,
 )
 
+HUNG_SECONDS = 120.0  # a child that is not meant to be killed and runs this long is hung (see run())
 RESUMED = re.compile(r"resuming from .* at step (\d+)")
 
 
@@ -112,17 +113,25 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec["seed"])
     get_registry()  # plugins loaded once, before the children fork
-    report: dict[str, Any] = {"faults": [], "kills": []}
+    report: dict[str, Any] = {"faults": [], "kills": [], "hung_children": 0}
     n = 0
 
     def run(args: list[str], **kw: Any) -> tuple[int | str, Path, float]:
         nonlocal n
-        n += 1
-        log = logs / f"{n:02d}.log"
         timeout = kw.pop("timeout", None)
-        started = time.monotonic()
-        pid = spawn(["train", config, *args], log, **kw)
-        return wait(pid, timeout), log, time.monotonic() - started
+        for _attempt in range(2):
+            n += 1
+            log = logs / f"{n:02d}.log"
+            started = time.monotonic()
+            pid = spawn(["train", config, *args], log, **kw)
+            code = wait(pid, timeout if timeout is not None else HUNG_SECONDS)
+            if timeout is not None or code != "killed":
+                return code, log, time.monotonic() - started
+            # A child forked from this process (which holds idle library threads) can block on a lock
+            # one of those threads held at the fork. That is this harness, not the trainer: the child
+            # was killed like any other, and the same run starts again.
+            report["hung_children"] += 1
+        raise RuntimeError(f"a training child hung twice running {args}")
 
     # the first checkpoint, written by this process itself: everything a run imports or caches on its
     # first use (the optimizer's compiler imports, the corpus) is then inherited by every child
