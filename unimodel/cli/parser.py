@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from unimodel.errors import PluginError
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 from unimodel.cli.common import _kinds
 from unimodel.cli.inspect import cmd_doctor, cmd_info, cmd_list
 from unimodel.cli.run import _add_device_flags, cmd_convert, cmd_distill, cmd_eval, cmd_generate, cmd_train
+from unimodel.errors import PluginError
 
 
 # ------------------------------------------------------------------ parser

@@ -75,17 +75,15 @@ def full_state_dict(model: nn.Module, *, to_main_only: bool = False) -> dict[str
     return {k: v.detach().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-@contextmanager
-def full_model(model: Model) -> Iterator[Model]:
+def gathered_model(model: Model) -> Model:
     """``model`` itself when it is not sharded; else a plain replica with the full parameters (every process
-    must enter: the parameters are gathered), in eval-ready form on the model's device.
+    must call: the parameters are gathered), in eval-ready form on the model's device.
 
     The replica is built from the model's spec without touching the global random state (a resumed run
-    draws the same dropout as an uninterrupted one), and dropped on exit.
+    draws the same dropout as an uninterrupted one).
     """
     if not is_sharded(model):
-        yield model
-        return
+        return model
     from unimodel.model import build_model
 
     state = full_state_dict(model)
@@ -95,9 +93,15 @@ def full_model(model: Model) -> Iterator[Model]:
     replica.load_state_dict(state)
     replica.generation_config = model.generation_config
     replica.provenance = model.provenance
-    device = _device_of(model)
-    replica.to(device)
+    replica.to(_device_of(model))
     replica.train(model.training)
+    return replica
+
+
+@contextmanager
+def full_model(model: Model) -> Iterator[Model]:
+    """:func:`gathered_model` for the length of a ``with`` block; a replica is dropped on exit."""
+    replica = gathered_model(model)
     try:
         yield replica
     finally:
@@ -131,6 +135,7 @@ __all__ = [
     "full_model",
     "full_optimizer_state",
     "full_state_dict",
+    "gathered_model",
     "is_sharded",
     "load_full_optimizer_state",
     "shard_model",

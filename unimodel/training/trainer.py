@@ -36,7 +36,7 @@ from unimodel.training.launch import make_accelerator
 from unimodel.training.runfolder import CheckpointRef, RunLock
 from unimodel.training.saving import RunFolderSteps
 from unimodel.training.schedule import make_optimizer, make_scheduler
-from unimodel.training.sharding import full_model, shard_model
+from unimodel.training.sharding import full_model, gathered_model, shard_model
 from unimodel.training.spec import needed_roles
 from unimodel.training.state import (
     METRICS_FILE,
@@ -277,8 +277,7 @@ class Trainer(TrainingSteps, RunFolderSteps):
             self.save_checkpoint()
         after = self.evaluate_validation("after training")
         sample = self.sample()
-        with full_model(self.model) as final:  # a sharded run returns the model whole
-            pass
+        final = gathered_model(self.model)  # a sharded run returns the model whole
         self.accelerator.wait_for_everyone()
         elapsed = time.perf_counter() - started
         scored = ""
