@@ -505,7 +505,8 @@ def test_capability_sets_are_sorted_and_light_to_import():
 
 
 def test_families_state_capabilities_once():
-    """The registry records and the built backbones read the same sets from the light package."""
+    """The registry records and the built backbones read the same sets from the light package (the family's
+    config module says which applies to a config)."""
     import unimodel_bart
     import unimodel_bert
     import unimodel_gpt
@@ -521,7 +522,7 @@ def test_families_state_capabilities_once():
     ):
         assert set(reg.get("model", family).provides) == package.PROVIDES
         assert build_tiny(family).provides == package.PROVIDES
-        assert importlib.import_module(f"{package.__name__}.model").PROVIDES is package.PROVIDES
+        assert importlib.import_module(f"{package.__name__}.config").PROVIDES is package.PROVIDES
 
 
 def test_presets_helper_shares_the_familys_metadata():

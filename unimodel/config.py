@@ -39,6 +39,9 @@ SCHEMA_VERSION = 1
 
 C = TypeVar("C", bound="Config")
 
+#: the feed-forward activations a family's config may name; :data:`unimodel.nn.ACTIVATIONS` holds their functions
+ACTIVATION_NAMES = ("gelu", "gelu_tanh", "relu", "silu", "tanh")
+
 
 class RenamedFieldWarning(DeprecationWarning):
     """A config key was given under a field's old name; the message names the new one."""

@@ -231,8 +231,10 @@ class ModelFamily(ABC, Generic[ConfigT]):
     """A ``model`` component: a config class and a function from config to backbone.
 
     A family whose capabilities depend on its config (a pairing of registered
-    parts, say) also defines ``provides_for(config) -> frozenset[str]``; the
-    objective check at build time then uses it instead of the registry record.
+    parts, say) also defines ``provides_for(config) -> frozenset[str]``, or
+    ``provides(self)`` on its config class (read first, and without importing
+    the family when its registry record names the config class); the objective
+    check then uses it instead of the registry record.
     """
 
     config_class: type[ConfigT]

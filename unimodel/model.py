@@ -28,7 +28,14 @@ from unimodel.interfaces import (
 )
 from unimodel.nn.heads import LMHead
 from unimodel.nn.losses import IGNORE_INDEX
-from unimodel.registry import Component, Registry, get_registry, variants_providing
+from unimodel.registry import (
+    Component,
+    Registry,
+    applicable_options,
+    get_registry,
+    provides_when_built,
+    variants_providing,
+)
 from unimodel.routing import accepted_inputs, call_part
 
 if TYPE_CHECKING:
@@ -590,16 +597,9 @@ def build_model(
     )
 
 
-def applicable_options(objective: type[Objective], config_class: type[Config]) -> dict[str, Any]:
-    """The objective's :attr:`~unimodel.interfaces.Objective.model_options` that ``config_class`` has fields for."""
-    fields = set(config_class.field_names())
-    return {k: v for k, v in objective.model_options.items() if k in fields}
-
-
 def model_provides(family: type[ModelFamily], family_comp: Component, config: Config) -> frozenset[str]:
-    """Capabilities of ``family`` built with ``config``: its ``provides_for(config)``, else the registry record's."""
-    provides_for = getattr(family, "provides_for", None)
-    return frozenset(provides_for(config) if provides_for is not None else family_comp.provides)
+    """Capabilities of ``family`` built with ``config`` (see :func:`unimodel.registry.provides_when_built`)."""
+    return provides_when_built(family_comp, config, family)
 
 
 def capabilities_for(spec: Any, objective: str | None = None, *, registry: Registry | None = None) -> frozenset[str]:

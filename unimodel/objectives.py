@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unimodel.builtin import SEQ2SEQ_REQUIRES
-from unimodel.config import Config, param
+from unimodel.builtin_configs import FeaturesConfig, Seq2SeqConfig
 from unimodel.errors import ConfigError, DataError, TrainingError
 from unimodel.interfaces import Backbone, ConfigT, Objective, ObjectiveOutput, TokenLoss
 from unimodel.nn.losses import IGNORE_INDEX
@@ -140,11 +139,6 @@ class TokenLossObjective(Objective[ConfigT]):
         return lm_loss(logits, labels, shift=spec.shift, label_smoothing=spec.label_smoothing)
 
 
-@dataclass(frozen=True)
-class FeaturesConfig(Config):
-    section = "objective 'features'"
-
-
 class Features(Objective[FeaturesConfig]):
     """No task head and no loss: the model returns hidden states (feature extraction).
 
@@ -171,21 +165,6 @@ class Features(Objective[FeaturesConfig]):
 
     def forward(self, model: Model, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
         raise TrainingError("objective 'features' has no loss; build the model with a training objective")
-
-
-@dataclass(frozen=True)
-class Seq2SeqConfig(Config):
-    section = "objective 'seq2seq'"
-
-    label_smoothing: float = param(0.0, "label smoothing of the target cross-entropy")
-    add_eos: bool = param(True, "end source and target with the tokenizer's eos")
-    add_bos: bool = param(False, "start source and target with the tokenizer's bos (BART-style framing)")
-    max_source_length: int | None = param(None, "truncate sources to this many tokens")
-    max_target_length: int | None = param(None, "truncate targets to this many tokens")
-
-    def check(self) -> None:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            self.fail("label_smoothing", "must be in [0, 1)")
 
 
 class Seq2Seq(TokenLossObjective[Seq2SeqConfig]):

@@ -9,45 +9,15 @@ Neither side knows about the other: this module only uses the interfaces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
+from unimodel.builtin_configs import EncoderDecoderConfig
+from unimodel.config import Config
 from unimodel.errors import ConfigError
-from unimodel.interfaces import Backbone, Cap, Decoder, Encoder, EncoderOutput, ModelFamily
+from unimodel.interfaces import Backbone, Decoder, Encoder, EncoderOutput, ModelFamily
 from unimodel.registry import Registry, get_registry
-
-
-@dataclass(frozen=True)
-class EncoderDecoderConfig(Config):
-    section = "model 'encoder-decoder'"
-
-    encoder: dict | None = param(None, 'the encoder: {name = "<encoder or model preset>", <its config fields>...}')
-    decoder: dict | None = param(None, 'the decoder: {name = "<decoder or model preset>", <its config fields>...}')
-    vocab_size: int | None = param(None, "vocabulary shared by both sides (set from the tokenizer when training)")
-    share_embeddings: bool = param(False, "one embedding table for both sides (needs equal widths)")
-    causal_decoder: bool = param(
-        True, "false: the decoder sees all its inputs (cmlm / mask-predict); the decoder needs a causal_decoder option"
-    )
-    bos_token_id: int | None = param(None, "beginning-of-sequence id")
-    eos_token_id: int | None = param(None, "end-of-sequence id")
-    pad_token_id: int | None = param(0, "padding id")
-    decoder_start_token_id: int | None = param(None, "first decoder input (bos, or pad when null)")
-
-    def check(self) -> None:
-        for side in ("encoder", "decoder"):
-            spec = getattr(self, side)
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                self.fail(side, f'give the {side} as a table with a name, e.g. {side} = {{ name = "..." }}')
-        self.require_positive("vocab_size")
-        inner = (self.decoder or {}).get("causal_decoder", self.causal_decoder)
-        if inner != self.causal_decoder:
-            self.fail(
-                ("causal_decoder", "decoder"),
-                f"the decoder table sets causal_decoder = {inner!r}; set causal_decoder on the pair instead",
-            )
 
 
 def _resolve(kind: str, spec: dict[str, Any], vocab_size: int | None, reg: Registry) -> tuple[type, Config, Any]:
@@ -100,27 +70,8 @@ class EncoderDecoder(ModelFamily[EncoderDecoderConfig]):
 
     @classmethod
     def provides_for(cls, config: EncoderDecoderConfig) -> frozenset[str]:
-        """Capabilities of the pair: the decoder's, minus decoder-only, plus encoder-decoder.
-
-        With ``causal_decoder = false`` the decoder runs without its causal mask:
-        ``noncausal_decoder`` replaces ``causal`` and ``kv_cache``. A decoder whose
-        config has no ``causal_decoder`` option cannot, which is a :class:`ConfigError`.
-        """
-        reg = get_registry()
-        assert config.decoder is not None  # check() refuses a pair without one
-        dec_name = config.decoder["name"]
-        if not reg.has("decoder", dec_name) and reg.has("model", dec_name):
-            dec_name = reg.resolve_model(dec_name)[0].name
-        dec = reg.get("decoder", dec_name)
-        provides = frozenset(dec.provides) - {Cap.DECODER_ONLY} | {Cap.ENCODER_DECODER}
-        if config.causal_decoder:
-            return provides
-        if "causal_decoder" not in dec.load().config_class.field_names():
-            raise ConfigError(
-                f"model 'encoder-decoder': causal_decoder = false, but decoder {dec_name!r} always runs causally "
-                "(its config has no causal_decoder option); pair a decoder that has one"
-            )
-        return provides - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
+        """Capabilities of the pair (:meth:`EncoderDecoderConfig.provides`)."""
+        return config.provides()
 
     @classmethod
     def build_backbone(cls, config: EncoderDecoderConfig) -> Backbone:

@@ -126,6 +126,9 @@ class Component:
         kind: one of :data:`KINDS`.
         name: unique within its kind.
         target: ``"package.module:attribute"``, imported only on use.
+        config: for a model, encoder, decoder or objective, ``"package.module:ConfigClass"``: its config
+            class in a module that does not import torch or the target's module, so a run file is checked
+            (:meth:`config_class`) without importing model code. Empty: the target's ``config_class``.
         summary: one line for ``unimodel list``.
         provides: capabilities a backbone offers (models, encoders, decoders).
         requires: capabilities an objective or decoding strategy needs.
@@ -151,6 +154,7 @@ class Component:
     kind: str
     name: str
     target: str
+    config: str = ""
     summary: str = ""
     # name collections: any iterable of names on the way in (a frozenset of Cap names, say), a tuple once built
     provides: Collection[str] = ()
@@ -178,6 +182,10 @@ class Component:
         if ":" not in self.target and self.base is None:
             raise PluginError(
                 f"{self.kind} {self.name!r}: target {self.target!r} must look like 'package.module:attribute'"
+            )
+        if self.config and ":" not in self.config:
+            raise PluginError(
+                f"{self.kind} {self.name!r}: config {self.config!r} must look like 'package.module:ConfigClass'"
             )
         self._adopt_extra_fields()
         for attr in ("provides", "requires", "model_types", "exports", "options"):
@@ -233,7 +241,17 @@ class Component:
 
     def load(self) -> Any:
         """Import and return the object at :attr:`target`."""
-        module_name, _, attr = self.target.partition(":")
+        return self._import(self.target)
+
+    def config_class(self) -> Any:
+        """The component's config class: the one :attr:`config` names, imported without the target's module,
+        else the loaded target's ``config_class`` (which imports the target)."""
+        if self.config:
+            return self._import(self.config)
+        return self.load().config_class
+
+    def _import(self, target: str) -> Any:
+        module_name, _, attr = target.partition(":")
         try:
             with plugin_code():
                 obj: Any = importlib.import_module(module_name)
@@ -242,7 +260,7 @@ class Component:
         except Exception as exc:
             raise PluginError(
                 f"{self.kind} {self.name!r} from plugin {self.plugin!r} could not be imported "
-                f"from {self.target!r}: {type(exc).__name__}: {exc}"
+                f"from {target!r}: {type(exc).__name__}: {exc}"
             ) from exc
         return obj
 
@@ -594,6 +612,7 @@ def presets(family: Component, table: Mapping[str, tuple[str, Mapping[str, Any]]
             kind="model",
             name=name,
             target="",
+            config=family.config,
             base=family.name,
             summary=summary,
             defaults=values,
@@ -603,6 +622,31 @@ def presets(family: Component, table: Mapping[str, tuple[str, Mapping[str, Any]]
         )
         for name, (summary, values) in table.items()
     ]
+
+
+def applicable_options(objective: Any, config_class: Any) -> dict[str, Any]:
+    """The objective's :attr:`~unimodel.interfaces.Objective.model_options` that ``config_class`` has fields for."""
+    fields = set(config_class.field_names())
+    return {k: v for k, v in objective.model_options.items() if k in fields}
+
+
+def provides_when_built(comp: Component, config: Any, family: Any = None) -> frozenset[str]:
+    """What model family ``comp`` provides when built with ``config``.
+
+    In order: the config's own ``provides()`` (a config class in a module of its own states there what
+    depends on its values, so a run file is checked without importing the model's module); the family's
+    ``provides_for(config)`` (``family``, or the loaded target when the record names no separate config
+    class); the record's ``provides``.
+    """
+    own = getattr(config, "provides", None)
+    if callable(own):
+        return frozenset(own())
+    if family is None and not comp.config:
+        family = comp.load()
+    by_family = getattr(family, "provides_for", None)
+    if by_family is not None:
+        return frozenset(by_family(config))
+    return frozenset(comp.provides)
 
 
 def variants_providing(comp: Component, requires: Iterable[str]) -> list[str]:

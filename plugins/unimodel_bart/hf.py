@@ -19,7 +19,7 @@ from torch import Tensor
 
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter, pop_known, strip_prefix
-from unimodel_bart.model import BartConfig
+from unimodel_bart.config import BartConfig
 
 if TYPE_CHECKING:
     from unimodel.model import Model

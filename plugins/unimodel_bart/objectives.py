@@ -41,44 +41,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 from unimodel_bart import TEXT_INFILLING_REQUIRES
+from unimodel_bart.config import TextInfillingConfig
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.model import Model
-
-
-@dataclass(frozen=True)
-class TextInfillingConfig(Config):
-    section = "objective 'text_infilling'"
-
-    mask_ratio: float = param(0.3, "fraction of each document's maskable tokens hidden in spans")
-    poisson_lambda: float = param(3.0, "mean span length (Poisson); 0-length draws become insertions")
-    random_ratio: float = param(0.0, "fraction of spans replaced by a random token instead of <mask>")
-    permute_sentences: float = param(0.0, "fraction of sentences shuffled before masking (1.0: all; 0: off)")
-    full_stop_ids: tuple[int, ...] = param((), "token ids that end a sentence (empty: found in the tokenizer)")
-    full_stops: str = param(".", "characters that make a punctuation piece a full stop (when full_stop_ids is empty)")
-    add_bos: bool = param(True, "start source and labels with bos (when the tokenizer has one)")
-    add_eos: bool = param(True, "end source and labels with eos")
-    max_length: int | None = param(None, "truncate framed labels (and sources) to this many tokens")
-    label_smoothing: float = param(0.0, "label smoothing of the reconstruction cross-entropy")
-    mask_token_id: int | None = param(None, "id of <mask> (the tokenizer's mask when null)")
-    bos_token_id: int | None = param(None, "id of bos (the tokenizer's bos when null)")
-    eos_token_id: int | None = param(None, "id of eos (the tokenizer's eos when null)")
-    pad_token_id: int | None = param(None, "id used to pad sources (the tokenizer's pad when null)")
-
-    def check(self) -> None:
-        self.require_fraction("mask_ratio", "random_ratio", "permute_sentences", inclusive=True)
-        self.require_positive("poisson_lambda")
-        self.require_fraction("label_smoothing")
-        if self.max_length is not None and self.max_length < 3:
-            self.fail("max_length", "must leave room for bos, one token and eos (at least 3)")
-        if not self.full_stops and not self.full_stop_ids and self.permute_sentences > 0:
-            self.fail(("permute_sentences", "full_stops"), "sentence permutation needs full_stops or full_stop_ids")
 
 
 @dataclass

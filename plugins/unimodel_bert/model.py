@@ -2,51 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import InputError
-from unimodel.interfaces import Backbone, Cap, Encoder, EncoderOutput, ModelFamily
-from unimodel.nn import ACTIVATIONS, Block, LearnedPositions, LMHead, attention_mask_for, init_normal_
+from unimodel.interfaces import Backbone, Encoder, EncoderOutput, ModelFamily
+from unimodel.nn import Block, LearnedPositions, LMHead, attention_mask_for, init_normal_
 from unimodel_bert import PROVIDES
-
-
-@dataclass(frozen=True)
-class BertConfig(Config):
-    section = "model 'bert'"
-
-    vocab_size: int = param(30522, "vocabulary size (set from the tokenizer when training)")
-    max_positions: int = param(512, "length of the learned position table: the longest sequence")
-    type_vocab_size: int = param(2, "number of token types (segments A/B)")
-    d_model: int = param(768, "hidden width")
-    n_layers: int = param(12, "number of transformer blocks")
-    n_heads: int = param(12, "attention heads; must divide d_model")
-    d_ff: int | None = param(None, "feed-forward width; 4 * d_model when null")
-    activation: str = param(
-        "gelu", "activation of the feed-forward and the MLM head transform: " + ", ".join(ACTIVATIONS)
-    )
-    layer_norm_eps: float = param(1e-12, "LayerNorm epsilon (every norm, the MLM head's included)")
-    dropout: float = param(0.1, "dropout after the embeddings and on every residual branch")
-    attn_dropout: float = param(0.1, "dropout on attention probabilities")
-    add_pooler: bool = param(True, "add the pooler tanh(dense(h[:, 0])) that sequence classification reads")
-    tie_embeddings: bool = param(True, "share the token embedding with the MLM head's output matrix")
-    init_std: float = param(0.02, "standard deviation of the initial weights")
-    pad_token_id: int | None = param(0, "padding id; its embedding row starts at zero and gets no gradient")
-
-    def check(self) -> None:
-        self.require_positive(
-            "vocab_size", "max_positions", "type_vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "layer_norm_eps"
-        )
-        if self.d_model % self.n_heads:
-            self.fail(("d_model", "n_heads"), "d_model must be divisible by n_heads")
-        if self.activation not in ACTIVATIONS:
-            self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
-        self.require_fraction("dropout", "attn_dropout")
-        self.require_positive("init_std")
-        self.require_token_ids("pad_token_id")
+from unimodel_bert.config import BertConfig
 
 
 class BertEncoder(Encoder[BertConfig]):
@@ -160,8 +123,7 @@ class Bert(ModelFamily[BertConfig]):
 
     @classmethod
     def provides_for(cls, config: BertConfig) -> frozenset[str]:
-        """Without the pooler, sequence classification has nothing to read."""
-        return PROVIDES if config.add_pooler else PROVIDES - {Cap.POOLER}
+        return config.provides()
 
     @classmethod
     def build_backbone(cls, config: BertConfig) -> Backbone:

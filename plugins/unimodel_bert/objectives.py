@@ -8,14 +8,12 @@ config trains with any of them by changing the objective name.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Backbone, Objective, ObjectiveOutput, TokenLoss
 from unimodel.nn.sync import mask_is_trivial
@@ -29,6 +27,7 @@ from unimodel.objectives import (
     token_objective_step,
 )
 from unimodel_bert import CLASSIFY_REQUIRES, MLM_REQUIRES, TAG_REQUIRES
+from unimodel_bert.config import ClassifyConfig, MLMConfig, TagConfig
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
@@ -85,31 +84,6 @@ def _model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
 
 
 # ------------------------------------------------------------------ mlm
-@dataclass(frozen=True)
-class MLMConfig(Config):
-    section = "objective 'mlm'"
-
-    mlm_probability: float = param(0.15, "fraction of non-special tokens (or words) selected for prediction")
-    mask_replace_prob: float = param(0.8, "of the selected tokens, the fraction replaced by [MASK]")
-    random_replace_prob: float = param(0.1, "of the selected tokens, the fraction replaced by a random token")
-    whole_word: bool = param(False, "select whole words: a word's '##' continuation pieces go with it")
-    continuation_prefix: str = param("##", "prefix marking a word-continuation piece (WordPiece convention)")
-    min_predictions: int = param(1, "at least this many selections per sequence (fewer only if it has fewer)")
-    mask_token_id: int | None = param(None, "id of [MASK] (the tokenizer's mask role when null)")
-    pad_token_id: int | None = param(None, "padding id for ragged batches (the tokenizer's pad when null)")
-    special_token_ids: tuple[int, ...] = param((), "ids never selected, besides the tokenizer's role tokens")
-    vocab_size: int | None = param(None, "random replacements are drawn below this (the tokenizer's size when null)")
-
-    def check(self) -> None:
-        if not 0.0 < self.mlm_probability < 1.0:
-            self.fail("mlm_probability", "must be in (0, 1)")
-        self.require_fraction("mask_replace_prob", "random_replace_prob", inclusive=True)
-        if self.mask_replace_prob + self.random_replace_prob > 1.0:
-            self.fail(("mask_replace_prob", "random_replace_prob"), "their sum must be at most 1")
-        if self.min_predictions < 0:
-            self.fail("min_predictions", "must be >= 0")
-        if self.whole_word and not self.continuation_prefix:
-            self.fail(("whole_word", "continuation_prefix"), "whole-word masking needs a continuation prefix")
 
 
 class MaskedLM(TokenLossObjective[MLMConfig]):
@@ -272,21 +246,6 @@ class SequenceClassificationHead(TokenClassificationHead):
 
 
 # ------------------------------------------------------------------ classify / tag
-@dataclass(frozen=True)
-class ClassifyConfig(Config):
-    section = "objective 'classify'"
-
-    num_labels: int = param(2, "number of classes; 1 makes it a regression with a mean-squared-error loss")
-    dropout: float = param(0.1, "dropout on the head's input")
-    add_special_tokens: bool = param(False, "wrap each example as [CLS] A [SEP] (B [SEP]) from the tokenizer's roles")
-    pad_token_id: int | None = param(None, "padding id for ragged batches (the tokenizer's pad when null)")
-    init_std: float = param(0.02, "standard deviation of the head's initial weights")
-
-    def check(self) -> None:
-        if self.num_labels < 1:
-            self.fail("num_labels", "must be at least 1")
-        self.require_fraction("dropout")
-        self.require_positive("init_std")
 
 
 def _wrap(
@@ -372,18 +331,6 @@ class SequenceClassification(Objective[ClassifyConfig]):
         return ObjectiveOutput(
             loss=self.loss(logits, labels), n_predictions=len(labels), logits=logits, metrics=metrics
         )
-
-
-@dataclass(frozen=True)
-class TagConfig(ClassifyConfig):
-    section = "objective 'tag'"
-
-    num_labels: int = param(2, "number of tags")
-
-    def check(self) -> None:
-        super().check()
-        if self.num_labels < 2:
-            self.fail("num_labels", "token classification needs at least 2 tags")
 
 
 class TokenClassification(Objective[TagConfig]):

@@ -2,55 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, ModelFamily
-from unimodel.nn import ACTIVATIONS, Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
+from unimodel.nn import Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
 from unimodel.nn.ffn import residual_std
 from unimodel.nn.sync import mask_is_trivial
 from unimodel_gpt import NONCAUSAL_PROVIDES, PROVIDES
-
-
-@dataclass(frozen=True)
-class GPTConfig(Config):
-    section = "model 'gpt'"
-    renamed: ClassVar[dict[str, str]] = {"n_positions": "max_positions"}
-
-    vocab_size: int = param(50257, "vocabulary size (set from the tokenizer when training)")
-    max_positions: int = param(1024, "length of the learned position table: the longest sequence")
-    d_model: int = param(768, "hidden width")
-    n_layers: int = param(12, "number of transformer blocks")
-    n_heads: int = param(12, "attention heads; must divide d_model")
-    d_ff: int | None = param(None, "feed-forward width; 4 * d_model when null")
-    activation: str = param("gelu_tanh", "feed-forward activation: " + ", ".join(ACTIVATIONS))
-    layer_norm_eps: float = param(1e-5, "LayerNorm epsilon")
-    dropout: float = param(0.1, "dropout on embeddings and residual branches")
-    attn_dropout: float = param(0.1, "dropout on attention probabilities")
-    tie_embeddings: bool = param(True, "share the token embedding with the LM head")
-    scale_attn_weights: bool = param(True, "scale attention scores by head_dim ** -0.5")
-    scale_attn_by_inverse_layer_idx: bool = param(False, "divide layer i's attention scores by i+1 (GPT-2 option)")
-    memory_dim: int | None = param(None, "width of an encoder memory to cross-attend to (set when paired)")
-    causal_decoder: bool = param(True, "false: every position sees every other one (cmlm when paired), no KV cache")
-    init_std: float = param(0.02, "standard deviation of the initial weights")
-    bos_token_id: int | None = param(None, "beginning-of-sequence id")
-    eos_token_id: int | None = param(None, "end-of-sequence id (generation stops there)")
-    pad_token_id: int | None = param(None, "padding id (falls back to eos in generation)")
-
-    def check(self) -> None:
-        self.require_positive("vocab_size", "max_positions", "d_model", "n_layers", "n_heads", "d_ff")
-        if self.d_model % self.n_heads:
-            self.fail(("d_model", "n_heads"), "d_model must be divisible by n_heads")
-        if self.activation not in ACTIVATIONS:
-            self.fail("activation", f"choose from {', '.join(ACTIVATIONS)}")
-        self.require_fraction("dropout", "attn_dropout")
-        self.require_positive("layer_norm_eps", "init_std")
-        self.require_token_ids("bos_token_id", "eos_token_id", "pad_token_id")
+from unimodel_gpt.config import GPTConfig
 
 
 class GPTDecoder(Decoder[GPTConfig]):
@@ -141,7 +102,7 @@ class GPT(ModelFamily[GPTConfig]):
 
     @classmethod
     def provides_for(cls, config: GPTConfig) -> frozenset[str]:
-        return PROVIDES if config.causal_decoder else NONCAUSAL_PROVIDES
+        return config.provides()
 
     @classmethod
     def build_backbone(cls, config: GPTConfig) -> Backbone:

@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import ConfigError
 from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.nn.sync import mask_is_trivial
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 from unimodel_gpt import REQUIRES
+from unimodel_gpt.config import CLMConfig, FIMConfig
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.model import Model
-
-
-@dataclass(frozen=True)
-class CLMConfig(Config):
-    section = "objective 'clm'"
-
-    label_smoothing: float = param(0.0, "label smoothing of the next-token cross-entropy")
-    pad_token_id: int | None = param(None, "padding id for ragged batches (the tokenizer's pad when null)")
-
-    def check(self) -> None:
-        self.require_fraction("label_smoothing")
 
 
 ClmConfigT = TypeVar("ClmConfigT", bound=CLMConfig)
@@ -82,21 +70,6 @@ class CausalLM(NextTokenObjective[CLMConfig]):
     """Causal language modelling (the ``clm`` objective)."""
 
     config_class = CLMConfig
-
-
-@dataclass(frozen=True)
-class FIMConfig(CLMConfig):
-    section = "objective 'fim'"
-
-    rate: float = param(0.5, "fraction of examples turned into fill-in-the-middle form")
-    mode: Literal["psm", "spm"] = param("psm", "psm: prefix, suffix, middle; spm: suffix, prefix, middle")
-    fim_prefix_id: int | None = param(None, "id of the prefix sentinel (the tokenizer's fim_prefix when null)")
-    fim_middle_id: int | None = param(None, "id of the middle sentinel")
-    fim_suffix_id: int | None = param(None, "id of the suffix sentinel")
-
-    def check(self) -> None:
-        super().check()
-        self.require_fraction("rate", inclusive=True)
 
 
 def fim_transform(

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from unimodel.errors import CheckpointError
 from unimodel.hf import HFConverter
-from unimodel_t5.model import T5Config, parse_feed_forward
+from unimodel_t5.config import T5Config, parse_feed_forward
 
 if TYPE_CHECKING:
     from unimodel.model import Model

@@ -21,14 +21,10 @@ positions, H heads, D model width, V vocabulary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
 from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm
@@ -38,104 +34,8 @@ from unimodel_t5 import (
     DECODER_PROVIDES,
     ENCODER_PROVIDES,
     NONCAUSAL_DECODER_PROVIDES,
-    NONCAUSAL_PROVIDES,
-    PROVIDES,
 )
-
-# Activation names T5 configs use (HF's ``feed_forward_proj`` = "[gated-]<act>") -> unimodel's.
-# HF maps the legacy "gated-gelu" to the tanh approximation ("gelu_new"); plain "gelu" stays exact.
-_ACTIVATIONS = {
-    "relu": "relu",
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "silu": "silu",
-    "swish": "silu",
-    "tanh": "tanh",
-}
-
-
-def parse_feed_forward(spec: str) -> tuple[str, bool] | None:
-    """``"gated-gelu"`` -> ``("gelu_tanh", True)``; ``"relu"`` -> ``("relu", False)``; None if invalid."""
-    if spec == "gated-gelu":
-        return "gelu_tanh", True
-    gated, _, act = spec.rpartition("-")
-    if gated not in ("", "gated") or act not in _ACTIVATIONS:
-        return None
-    return _ACTIVATIONS[act], gated == "gated"
-
-
-@dataclass(frozen=True)
-class T5Config(Config):
-    section = "model 't5'"
-    renamed: ClassVar[dict[str, str]] = {"d_kv": "head_dim"}
-
-    vocab_size: int = param(32128, "vocabulary size (set from the tokenizer when training)")
-    d_model: int = param(512, "hidden width")
-    head_dim: int = param(64, "size of each attention head; n_heads * head_dim may differ from d_model")
-    d_ff: int = param(2048, "feed-forward width")
-    n_layers: int = param(6, "encoder blocks")
-    n_decoder_layers: int | None = param(None, "decoder blocks; n_layers when null")
-    n_heads: int = param(8, "attention heads")
-    relative_attention_num_buckets: int = param(32, "relative-position buckets (half per direction in the encoder)")
-    relative_attention_max_distance: int = param(128, "distance from which all relative positions share a bucket")
-    dropout: float = param(0.1, "dropout on embeddings, attention probabilities, the FFN and residual branches")
-    layer_norm_eps: float = param(1e-6, "RMSNorm epsilon")
-    feed_forward: str = param(
-        "relu", 'feed-forward: "relu" (T5 v1.0), "gated-gelu" (v1.1, tanh GELU), "gated-silu", or "[gated-]<act>"'
-    )
-    tie_embeddings: bool = param(True, "the LM head reuses the shared token embedding")
-    scale_decoder_outputs: bool | None = param(
-        None, "multiply decoder states by d_model ** -0.5 before the LM head; null: when tie_embeddings"
-    )
-    init_factor: float = param(1.0, "multiplier of every initial weight's standard deviation (HF initializer_factor)")
-    memory_dim: int | None = param(None, "width of the encoder memory the decoder attends to; d_model when null")
-    causal_decoder: bool = param(
-        True,
-        "false: the decoder sees all its inputs, with bidirectional position buckets (cmlm), no KV cache; both "
-        "stacks add sinusoidal absolute positions to their inputs",
-    )
-    pad_token_id: int | None = param(0, "padding id")
-    eos_token_id: int | None = param(1, "end-of-sequence id (generation stops there)")
-    decoder_start_token_id: int | None = param(None, "first decoder input; pad_token_id when null")
-
-    def check(self) -> None:
-        self.require_positive(
-            "vocab_size",
-            "d_model",
-            "head_dim",
-            "d_ff",
-            "n_layers",
-            "n_heads",
-            "n_decoder_layers",
-            "layer_norm_eps",
-            "init_factor",
-            "memory_dim",
-        )
-        if self.relative_attention_num_buckets < 4:
-            self.fail("relative_attention_num_buckets", "needs at least 4 buckets (2 exact ones per direction)")
-        if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
-            self.fail(
-                ("relative_attention_max_distance", "relative_attention_num_buckets"),
-                "max_distance must exceed num_buckets / 2, where the log-spaced buckets begin",
-            )
-        self.require_fraction("dropout")
-        if parse_feed_forward(self.feed_forward) is None:
-            self.fail("feed_forward", f'use "<act>" or "gated-<act>" with <act> one of {", ".join(_ACTIVATIONS)}')
-        self.require_token_ids("pad_token_id", "eos_token_id", "decoder_start_token_id")
-
-    @property
-    def dec_layers(self) -> int:
-        """Decoder blocks: ``n_decoder_layers``, or ``n_layers`` when that is null."""
-        return self.n_decoder_layers if self.n_decoder_layers is not None else self.n_layers
-
-    @property
-    def scales_outputs(self) -> bool:
-        return self.tie_embeddings if self.scale_decoder_outputs is None else self.scale_decoder_outputs
-
-    @property
-    def start_token_id(self) -> int | None:
-        return self.decoder_start_token_id if self.decoder_start_token_id is not None else self.pad_token_id
+from unimodel_t5.config import T5Config, parse_feed_forward
 
 
 # ------------------------------------------------------------------ position bias
@@ -442,7 +342,7 @@ class T5(ModelFamily[T5Config]):
 
     @classmethod
     def provides_for(cls, config: T5Config) -> frozenset[str]:
-        return PROVIDES if config.causal_decoder else NONCAUSAL_PROVIDES
+        return config.provides()
 
     @classmethod
     def build_backbone(cls, config: T5Config) -> Backbone:

@@ -20,55 +20,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 from unimodel_t5 import SPAN_CORRUPTION_REQUIRES
+from unimodel_t5.config import SpanCorruptionConfig
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.model import Model
-
-
-@dataclass(frozen=True)
-class SpanCorruptionConfig(Config):
-    section = "objective 'span_corruption'"
-
-    noise_density: float = param(0.15, "fraction of each example's tokens that become noise")
-    mean_noise_span_length: float = param(3.0, "mean length of a noise span, in tokens")
-    label_smoothing: float = param(0.0, "label smoothing of the target cross-entropy")
-    first_sentinel_id: int | None = param(
-        None,
-        "id of the first sentinel when there is no tokenizer (or to override its roles); sentinel i is "
-        "first_sentinel_id - i, as Hugging Face's <extra_id_i> = vocab - 1 - i",
-    )
-    n_sentinels: int = param(100, "sentinels available counting down from first_sentinel_id")
-    eos_token_id: int | None = param(
-        None, "end-of-sequence id appended to inputs and targets (the tokenizer's eos when null)"
-    )
-    pad_token_id: int | None = param(None, "padding id (the tokenizer's pad when null, else 0)")
-
-    def check(self) -> None:
-        if not 0.0 < self.noise_density < 1.0:
-            self.fail("noise_density", "must be in (0, 1)")
-        if self.mean_noise_span_length < 1.0:
-            self.fail("mean_noise_span_length", "must be at least 1 token")
-        self.require_fraction("label_smoothing")
-        if self.n_sentinels < 1:
-            self.fail("n_sentinels", "must be at least 1")
-        if self.first_sentinel_id is not None and self.first_sentinel_id - self.n_sentinels + 1 < 0:
-            self.fail(("first_sentinel_id", "n_sentinels"), "the sentinels count down and would reach negative ids")
-        for name in ("eos_token_id", "pad_token_id"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                self.fail(name, "must be a non-negative token id")
 
 
 # ------------------------------------------------------------------ the recipe

@@ -14,39 +14,20 @@ without forming logits.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import DataError
 from unimodel.interfaces import Backbone, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
 from unimodel_xlnet import PLM_REQUIRES
+from unimodel_xlnet.config import PLMConfig
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.model import Model
-
-
-@dataclass(frozen=True)
-class PLMConfig(Config):
-    section = "objective 'plm'"
-
-    plm_probability: float = param(1 / 6, "share of each row's tokens that are targets (1/K; the paper's K is 6)")
-    max_span_length: int = param(5, "targets come in spans of 1..max_span_length tokens, length n with p ∝ 1/n")
-    perm_size: int | None = param(
-        None, "the factorization order runs block by block over blocks of perm_size positions (null: one block)"
-    )
-    pad_token_id: int | None = param(None, "padding id for ragged batches (the tokenizer's pad when null)")
-    special_token_ids: tuple[int, ...] = param((), "ids never chosen as targets, besides the tokenizer's role tokens")
-
-    def check(self) -> None:
-        if not 0.0 < self.plm_probability < 1.0:
-            self.fail("plm_probability", "must be in (0, 1)")
-        self.require_positive("max_span_length", "perm_size")
 
 
 def sample_targets(

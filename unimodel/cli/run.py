@@ -29,9 +29,13 @@ def _existing_file(path: str, what: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _existing_file(args.config, "config file")
-    from unimodel import training
+    from unimodel.training.config import load_run_config
+    from unimodel.training.launch import cpu_worker_command
 
-    workers = training.cpu_worker_command(
+    # The whole run file, section.key=value overrides included, is checked against the config classes before
+    # torch or any model code is imported: a misspelled key costs a fraction of a second.
+    run = load_run_config(args.config, list(args.set))
+    workers = cpu_worker_command(
         [
             "train",
             args.config,
@@ -44,8 +48,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         import subprocess
 
         return subprocess.run(workers, check=False).returncode
-    # The trainer reports progress itself; section.key=value overrides are parsed (and checked) there.
-    training.train(args.config, resume=args.resume, overrides=list(args.set))
+    from unimodel.training.trainer import train
+
+    train(run, resume=args.resume)  # the trainer reports progress itself
     return EXIT_OK
 
 

@@ -29,24 +29,74 @@ so on CPU a resumed run computes the same losses as an uninterrupted one.
 
 from __future__ import annotations
 
-from unimodel.data.dataset import DataConfig
-from unimodel.training.config import RunConfig, TrainConfig, apply_override, load_run_config
-from unimodel.training.evaluation import (
-    EvalResult,
-    ExactMatch,
-    count_exact_matches,
-    evaluate,
-    evaluate_blocks,
-    evaluate_examples,
-    exact_match,
-    generate_targets,
-    normalize_whitespace,
-)
-from unimodel.training.launch import cpu_worker_command
-from unimodel.training.schedule import derive_seed, epoch_order, lr_multiplier, param_groups
-from unimodel.training.spec import ModelSpec, ObjectiveSpec, model_spec_for, needed_roles
-from unimodel.training.state import decode_state, encode_state
-from unimodel.training.trainer import Trainer, TrainResult, _ObjectiveStep, train
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module defining it; imported on first use, so reading and checking a run config
+# (``training.config``, ``training.spec``) does not import torch
+_LAZY = {
+    "DataConfig": "unimodel.data.config",
+    **dict.fromkeys(("RunConfig", "TrainConfig", "apply_override", "load_run_config"), "unimodel.training.config"),
+    **dict.fromkeys(
+        (
+            "EvalResult",
+            "ExactMatch",
+            "count_exact_matches",
+            "evaluate",
+            "evaluate_blocks",
+            "evaluate_examples",
+            "exact_match",
+            "generate_targets",
+            "normalize_whitespace",
+        ),
+        "unimodel.training.evaluation",
+    ),
+    "cpu_worker_command": "unimodel.training.launch",
+    **dict.fromkeys(("derive_seed", "epoch_order", "lr_multiplier", "param_groups"), "unimodel.training.schedule"),
+    **dict.fromkeys(("ModelSpec", "ObjectiveSpec", "model_spec_for", "needed_roles"), "unimodel.training.spec"),
+    **dict.fromkeys(("decode_state", "encode_state"), "unimodel.training.state"),
+    **dict.fromkeys(("Trainer", "TrainResult", "_ObjectiveStep", "train"), "unimodel.training.trainer"),
+}
+
+if TYPE_CHECKING:
+    from unimodel.data.config import DataConfig
+    from unimodel.training.config import RunConfig, TrainConfig, apply_override, load_run_config
+    from unimodel.training.evaluation import (
+        EvalResult,
+        ExactMatch,
+        count_exact_matches,
+        evaluate,
+        evaluate_blocks,
+        evaluate_examples,
+        exact_match,
+        generate_targets,
+        normalize_whitespace,
+    )
+    from unimodel.training.launch import cpu_worker_command
+    from unimodel.training.schedule import derive_seed, epoch_order, lr_multiplier, param_groups
+    from unimodel.training.spec import ModelSpec, ObjectiveSpec, model_spec_for, needed_roles
+    from unimodel.training.state import decode_state, encode_state
+    from unimodel.training.trainer import Trainer, TrainResult, _ObjectiveStep, train
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    module = _LAZY.get(name)
+    if module is None:
+        try:  # a submodule: unimodel.training.trainer
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "DataConfig",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unimodel.config import Config, check_schema_version, param, read_config_file
-from unimodel.data.dataset import DataConfig
+from unimodel.data.config import DataConfig
 from unimodel.errors import ConfigError, did_you_mean
 from unimodel.training.spec import ModelSpec, ObjectiveSpec, resolve_model_spec, resolve_objective_spec
 

@@ -54,7 +54,7 @@ class ModelSpec:
     def for_objective(self, objective: type[Objective]) -> ModelSpec:
         """This spec with the objective's ``model_options`` applied where the family has the field and the
         table does not set it (``cmlm``: ``causal_decoder = false``), its capabilities recomputed."""
-        from unimodel.model import applicable_options, model_provides
+        from unimodel.registry import applicable_options, provides_when_built
 
         options = {
             k: v
@@ -64,7 +64,7 @@ class ModelSpec:
         if not options:
             return self
         config = type(self.config).from_layers(self.preset_values, options, self.table, section=f"model {self.name!r}")
-        provides = model_provides(self.family.load(), self.family, config)
+        provides = provides_when_built(self.family, config)
         return dataclasses.replace(self, config=config, provides=frozenset(provides))
 
 
@@ -97,13 +97,13 @@ def resolve_model_spec(table: Mapping[str, Any], *, registry: Registry | None = 
         )
     reg = _registry(registry)
     family, preset_values = reg.resolve_model(name)
-    family_class = family.load()
-    config_class = family_class.config_class
+    config_class = family.config_class()  # a family that names its config class is not imported here
     section = f"model {name!r}"
     values = config_class.canonical({k: v for k, v in table.items() if k not in ("name", "objective")}, section)
     config = config_class.from_layers(preset_values, values, section=section)
-    provides_for = getattr(family_class, "provides_for", None)
-    provides = provides_for(config) if provides_for is not None else frozenset(family.provides)
+    from unimodel.registry import provides_when_built
+
+    provides = provides_when_built(family, config)
     return ModelSpec(name, family, dict(preset_values), values, config, frozenset(provides))
 
 
@@ -126,6 +126,8 @@ def resolve_objective_spec(
         )
     comp = reg.get("objective", name)
     shown = reg.display_name(comp)  # a default objective is stored qualified; messages show the plain name
+    # the table's own keys first: an objective that names its config class reports a typo without an import
+    config = comp.config_class().from_dict(values, section=f"objective {shown!r}")
     cls: type[Objective] = comp.load()
     try:
         provides = model.for_objective(cls).provides
@@ -138,7 +140,6 @@ def resolve_objective_spec(
             f"objective {shown!r} needs {', '.join(sorted(missing))}, which model {model.name!r} does not provide. "
             f"Objectives that work with {model.name!r}: {', '.join(fits) or '(none)'}."
         )
-    config = cls.config_class.from_dict(values, section=f"objective {shown!r}")
     from unimodel.data.kinds import data_kind_name
 
     kind = data_kind_name(cls)
@@ -152,7 +153,7 @@ def _refuse_unnamed(values: Mapping[str, Any], model: ModelSpec, registry: Regis
     default = model.family.default_objective
     if default is not None:
         with contextlib.suppress(UnimodelError):  # a broken default: the keys are checked against "name" alone
-            known += registry.load("objective", default).config_class.field_names()
+            known += registry.get("objective", default).config_class().field_names()
     for key in values:
         if key not in known:
             raise ConfigError(
