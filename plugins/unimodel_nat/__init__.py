@@ -44,6 +44,7 @@ def unimodel_components() -> list[Component]:
             kind="objective",
             name="cmlm",
             target="unimodel_nat.objective:CMLM",
+            config="unimodel_nat.config:CMLMConfig",
             summary="conditional masked LM on pairs: a uniform number of target tokens masked, plus a length head",
             requires=_REQUIRES,
         ),

@@ -12,44 +12,17 @@ Shapes: B batch, S source length, T target length, D encoder width, C length cla
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import ConfigError, DataError
 from unimodel.interfaces import Backbone, Cap, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, frame, pad_sequences, token_objective_step
-
-LengthMode = Literal["target", "offset"]
-
-
-@dataclass(frozen=True)
-class CMLMConfig(Config):
-    section = "objective 'cmlm'"
-
-    label_smoothing: float = param(0.1, "label smoothing of the masked-token cross-entropy")
-    length_weight: float = param(0.1, "weight of the length loss added to the token loss")
-    length_mode: LengthMode = param(
-        "target", 'what the length head predicts: "target" (the target length) or "offset" (target - source length)'
-    )
-    max_target_length: int = param(256, "targets are cut to this many tokens; the length head predicts up to it")
-    max_source_length: int | None = param(None, "truncate sources to this many tokens (framing included)")
-    add_eos: bool = param(True, "end each source with the tokenizer's eos (targets carry no framing)")
-    add_bos: bool = param(False, "start each source with the tokenizer's bos")
-    mask_token_id: int | None = param(None, "id of the mask token (the tokenizer's mask role when null)")
-
-    def check(self) -> None:
-        self.require_fraction("label_smoothing")
-        if self.length_weight < 0:
-            self.fail("length_weight", "must be >= 0")
-        self.require_positive("max_target_length", "max_source_length")
-        if self.mask_token_id is not None and self.mask_token_id < 0:
-            self.fail("mask_token_id", "must be a token id (>= 0)")
+from unimodel_nat.config import CMLMConfig, LengthMode
 
 
 # ------------------------------------------------------------------ masking and the length head

@@ -21,28 +21,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unimodel.config import Config, param
 from unimodel.errors import DataError
 from unimodel.interfaces import Backbone, Cap, Objective, ObjectiveOutput, TokenLoss
 from unimodel.objectives import IGNORE_INDEX, TokenLossObjective, pad_sequences, token_objective_step
+from unimodel_vqvae.config import MaskedCodesConfig, VQReconstructionConfig
 
 if TYPE_CHECKING:
     from unimodel.data.tokenizer import Tokenizer
     from unimodel.model import Model
-
-
-@dataclass(frozen=True)
-class VQReconstructionConfig(Config):
-    section = "objective 'vq_reconstruction'"
-
-    reconstruction: Literal["mse", "l1"] = param("mse", "reconstruction loss: mean squared or mean absolute error")
 
 
 def psnr(reconstruction: Tensor, target: Tensor) -> Tensor:
@@ -168,20 +160,6 @@ class VQReconstruction(Objective[VQReconstructionConfig]):
 
 
 # ------------------------------------------------------------------ masked codes (MaskGIT)
-@dataclass(frozen=True)
-class MaskedCodesConfig(Config):
-    section = "objective 'masked_codes'"
-
-    num_codes: int | None = param(
-        None, "ids below this are codes, the positions that may be masked (the tokenizer's image_tokenizer when null)"
-    )
-    mask_token_id: int | None = param(None, "id of the mask token (the tokenizer's mask role when null)")
-    min_masked: int = param(1, "at least this many codes masked per image")
-
-    def check(self) -> None:
-        self.require_positive("num_codes")
-        if self.min_masked < 1:
-            self.fail("min_masked", "must be at least 1")
 
 
 class MaskedCodes(TokenLossObjective[MaskedCodesConfig]):
