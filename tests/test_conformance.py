@@ -405,6 +405,12 @@ def unimodel_components():
                   provides=_PROVIDES, default_objective="clm", tiny=_TINY),
         Component(kind="objective", name="typo_clm", target="unimodel_gpt.objectives:CausalLM",
                   summary="requires a misspelled capability", requires=("decoder_only", "kv-cache")),
+        Component(kind="objective", name="wrong_config", target="unimodel_gpt.objectives:FillInTheMiddle",
+                  config="unimodel_gpt.config:CLMConfig", summary="names another config class",
+                  requires=("decoder_only", "causal", "lm_head")),
+        Component(kind="objective", name="lost_config", target="unimodel_gpt.objectives:CausalLM",
+                  config="unimodel_gpt.configs:CLMConfig", summary="names a module that does not exist",
+                  requires=("decoder_only", "causal", "lm_head")),
         Component(kind="objective", name="misdeclared", target="um_broken_family:Misdeclared",
                   summary="token_loss() disagrees with loss()", requires=("decoder_only", "causal", "lm_head")),
     ]
@@ -445,6 +451,14 @@ def test_kit_catches_unknown_capability_names(broken_registry):
         checks.check_objective("typo_clm", registry=broken_registry)
     with pytest.raises(ConformanceError, match="unknown capabilities"):
         checks.check_declaration("objective", "typo_clm", registry=broken_registry)
+
+
+def test_kit_catches_a_record_naming_another_config_class(broken_registry):
+    checks.check_declaration("objective", "fim", registry=broken_registry)  # GPT's own records name theirs
+    with pytest.raises(ConformanceError, match=r"names 'CLMConfig', but its target's config_class is 'FIMConfig'"):
+        checks.check_declaration("objective", "wrong_config", registry=broken_registry)
+    with pytest.raises(ConformanceError, match=r"config='unimodel_gpt.configs:CLMConfig' cannot be imported"):
+        checks.check_declaration("objective", "lost_config", registry=broken_registry)
 
 
 def test_kit_catches_config_fields_outside_the_vocabulary(broken_registry):

@@ -171,8 +171,25 @@ def _check_grads(module: nn.Module, what: str) -> None:
 
 
 # ------------------------------------------------------------------ every component
+def _check_named_config(comp: Any, target: Any, what: str) -> None:
+    """A record's ``config=`` names the class its target uses: run files are checked against that class."""
+    try:
+        named = comp.config_class()
+    except UnimodelError as exc:
+        raise _fail(what, f"its config={comp.config!r} cannot be imported: {exc}") from exc
+    used = getattr(target, "config_class", None)
+    if named is not used:
+        raise _fail(
+            what,
+            f"config={comp.config!r} names {getattr(named, '__name__', named)!r}, but its target's config_class is "
+            f"{getattr(used, '__name__', used)!r}; a run file would be checked against a class the component does "
+            "not use. Name the target's config class (or leave config out)",
+        )
+
+
 def check_declaration(kind: str, name: str, *, registry: Registry | None = None) -> None:
-    """The record is well-formed: a summary, known capability names, an importable target, a resolvable base."""
+    """The record is well-formed: a summary, known capability names, an importable target, a resolvable base,
+    and a ``config=`` (when given) naming the target's own config class."""
     what = f"{kind} {name!r}"
     with kit_context(registry) as reg:
         comp = reg.get(kind, name)
@@ -189,9 +206,11 @@ def check_declaration(kind: str, name: str, *, registry: Registry | None = None)
                 raise _fail(what, f"its base chain does not resolve: {exc}") from exc
             return
         try:
-            comp.load()
+            target = comp.load()
         except UnimodelError as exc:
             raise _fail(what, str(exc)) from exc
+        if comp.config:
+            _check_named_config(comp, target, what)
         if kind == "hf_converter" and not comp.model_types:
             raise _fail(what, "an hf_converter must list the Hugging Face model_types it reads")
         if kind == "model" and comp.default_objective is not None and not reg.has("objective", comp.default_objective):
