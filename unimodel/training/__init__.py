@@ -23,6 +23,9 @@ Where things are:
 ``evaluation``      :func:`evaluate`, :class:`EvalResult`, exact match
 ==================  ==========================================================
 
+The names below are imported on first use: ``config`` and ``spec`` import no
+torch, so ``unimodel train`` checks a run file before anything heavy loads.
+
 Resuming restores weights, optimizer, schedule, data position and RNG states,
 so on CPU a resumed run computes the same losses as an uninterrupted one.
 """

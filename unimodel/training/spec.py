@@ -5,6 +5,9 @@ family's config class from the preset values and the table;
 :func:`resolve_objective_spec` does the same for the objective and checks that
 it fits the model. Neither builds a module: they run when the run config is
 loaded, so a misspelled key costs no data reading and no tokenizer training.
+Config classes come from the registry records (``Component.config``), so a
+key is checked without importing the family's model code or torch; only the
+objective's class is imported, once its table's keys have passed.
 After the tokenizer exists, :func:`tokenizer_fills` gives the values it
 decides (``vocab_size``, special-token ids), applied with ``config.replace``.
 """
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from unimodel.components import applicable_options, provides_when_built
 from unimodel.config import Config
 from unimodel.errors import ConfigError, IncompatibleObjectiveError, UnimodelError, did_you_mean
 
@@ -54,8 +58,6 @@ class ModelSpec:
     def for_objective(self, objective: type[Objective]) -> ModelSpec:
         """This spec with the objective's ``model_options`` applied where the family has the field and the
         table does not set it (``cmlm``: ``causal_decoder = false``), its capabilities recomputed."""
-        from unimodel.registry import applicable_options, provides_when_built
-
         options = {
             k: v
             for k, v in applicable_options(objective, type(self.config)).items()
@@ -101,8 +103,6 @@ def resolve_model_spec(table: Mapping[str, Any], *, registry: Registry | None = 
     section = f"model {name!r}"
     values = config_class.canonical({k: v for k, v in table.items() if k not in ("name", "objective")}, section)
     config = config_class.from_layers(preset_values, values, section=section)
-    from unimodel.registry import provides_when_built
-
     provides = provides_when_built(family, config)
     return ModelSpec(name, family, dict(preset_values), values, config, frozenset(provides))
 
