@@ -224,12 +224,14 @@ class RelativeAttention(nn.Module):
             position = _gathered_relative_scores(q_pos, rel_keys, plan.qlen, rows, K)
         q_content = ((q + self.r_w_bias[:, None]) * scale).reshape(B * H, n, hd)
         scores = torch.baddbmm(position.reshape(B * H, n, K), q_content, k.transpose(-1, -2).reshape(B * H, hd, K))
-        scores = scores.view(B, H, n, K)  # a fresh tensor that no backward reads: updated in place
+        # Out of place from here on: an in-place update of this view would make autograd copy the whole
+        # score tensor twice more in the backward pass (to rebuild the view's base).
+        scores = scores.view(B, H, n, K)
         if seg is not None:
             e = ((q + self.r_s_bias[:, None]) * scale) @ self.seg_embed.permute(1, 2, 0)  # (B, H, n, 2)
-            scores.add_(torch.where(seg, e[..., 1:], e[..., :1]))
+            scores = scores + torch.where(seg, e[..., 1:], e[..., :1])
         if block is not None:
-            scores.masked_fill_(block, -65500.0 if scores.dtype == torch.float16 else -1e30)
+            scores = scores.masked_fill(block, -65500.0 if scores.dtype == torch.float16 else -1e30)
         probs = scores.softmax(dim=-1)
         if self.training and self.dropout > 0:
             probs = F.dropout(probs, self.dropout)
