@@ -317,7 +317,7 @@ import torch
 
 from unimodel import PLUGIN_API_VERSION, hookimpl
 from unimodel.config import param
-from unimodel.interfaces import Backbone
+from unimodel.interfaces import Backbone, DecoderOutput
 from unimodel.registry import Component
 from unimodel_gpt.model import GPT, PROVIDES, GPTConfig, GPTDecoder
 from unimodel_gpt.objectives import CausalLM
@@ -334,6 +334,17 @@ class ForgetfulDecoder(GPTDecoder):
     def forward(self, input_ids, **kw):
         kw["position_ids"] = torch.arange(input_ids.shape[1])
         return super().forward(input_ids, **kw)
+
+
+class StaleMemoryDecoder(GPTDecoder):
+    \"\"\"Keeps its first output in a MemoryCache and returns it again: later inputs go unread.\"\"\"
+
+    def forward(self, input_ids, *, cache=None, **kw):
+        if cache is None or cache.holds_self:
+            return super().forward(input_ids, cache=cache, **kw)
+        if "stale" not in cache.extra:
+            cache.extra["stale"] = super().forward(input_ids, cache=cache, **kw).last_hidden_state
+        return DecoderOutput(last_hidden_state=cache.extra["stale"], cache=cache)
 
 
 class Forgetful(GPT):
@@ -401,6 +412,8 @@ def unimodel_components():
                   provides=_PROVIDES, default_objective="clm", tiny=_TINY),
         Component(kind="decoder", name="synonymous", target="um_broken_family:Synonymous", summary="synonyms",
                   provides=_PROVIDES, tiny=_TINY),
+        Component(kind="decoder", name="stale_memory", target="um_broken_family:StaleMemoryDecoder",
+                  summary="stale memory cache", provides=_PROVIDES, tiny=_TINY),
         Component(kind="model", name="bad_alias", target="um_broken_family:BadAlias", summary="bad renamed map",
                   provides=_PROVIDES, default_objective="clm", tiny=_TINY),
         Component(kind="objective", name="typo_clm", target="unimodel_gpt.objectives:CausalLM",
@@ -436,6 +449,12 @@ def test_kit_catches_a_wrong_kv_cache(broken_registry):
     checks.check_forward("forgetful", registry=broken_registry)  # a full pass alone cannot see the bug
 
 
+def test_kit_catches_a_memory_cache_that_keeps_more_than_the_memory(broken_registry):
+    check_component("decoder", "gpt", registry=broken_registry)  # the decoder it derives from passes
+    with pytest.raises(ConformanceError, match="call 2 with a MemoryCache differs"):
+        check_component("decoder", "stale_memory", registry=broken_registry)
+
+
 def test_kit_catches_capabilities_the_backbone_lacks(broken_registry):
     with pytest.raises(ConformanceError, match=r"registered provides \[.*'pooler'.*\] but the built backbone provides"):
         checks.check_capabilities("liar", registry=broken_registry)
@@ -447,7 +466,7 @@ def test_kit_catches_initialisation_that_ignores_the_seed(broken_registry):
 
 
 def test_kit_catches_unknown_capability_names(broken_registry):
-    with pytest.raises(ConformanceError, match=r"unknown capabilities \['kv-cache'\]\. Did you mean 'kv_cache'\?"):
+    with pytest.raises(ConformanceError, match=r"unknown capabilities \['kv-cache'\]\. Did you mean 'kv_cache'"):
         checks.check_objective("typo_clm", registry=broken_registry)
     with pytest.raises(ConformanceError, match="unknown capabilities"):
         checks.check_declaration("objective", "typo_clm", registry=broken_registry)

@@ -13,6 +13,7 @@ from unimodel_nat.decoding import MaskPredictOutput
 from unimodel_nat.objective import LengthHead, class_lengths, length_classes, mask_targets, masked_mean
 
 import unimodel as um
+from unimodel.capabilities import Cap
 from unimodel.config import Config, param
 from unimodel.data.dataset import tokenizer_roles
 from unimodel.data.synthetic import numbers_pairs
@@ -20,7 +21,7 @@ from unimodel.data.tokenizer import Tokenizer
 from unimodel.errors import CheckpointError, ConfigError, IncompatibleObjectiveError, InputError
 from unimodel.interfaces import DecoderOutput
 from unimodel.model import compatible_objectives
-from unimodel.nn import Block
+from unimodel.nn import Attention, Block, KVCache, MemoryCache
 from unimodel.registry import Component, get_registry
 from unimodel.testing import synthetic_tokenizer
 
@@ -347,6 +348,52 @@ def test_one_iteration_scores_length_candidates_and_keeps_the_best(family):
         assert (seq[1 + length + (eos is not None) :] == model.special_tokens["pad"]).all()
     best = model.generate(input_ids, attention_mask=mask, strategy="mask_predict", iterations=1, max_new_tokens=40)
     assert torch.equal(best[0, : out.sequences.shape[1]], out.sequences[0][: best.shape[1]])
+
+
+@pytest.mark.parametrize("family", ["bart", "t5", "pair"])
+def test_mask_predict_projects_the_memory_once_and_decodes_as_without_the_cache(family, monkeypatch):
+    model = tiny(family).eval()
+    assert Cap.MEMORY_CACHE in model.decoder.provides
+    input_ids, mask = source_batch(2)
+    calls = []
+    real = Attention.memory_kv
+    monkeypatch.setattr(Attention, "memory_kv", lambda self, m: calls.append(m.shape[0]) or real(self, m))
+
+    def run():
+        calls.clear()
+        out = model.generate(input_ids, attention_mask=mask, strategy="mask_predict", iterations=4, length_beam=2,
+                             early_stop=False, return_history=True, max_new_tokens=12)  # fmt: skip
+        return out, len(calls)
+
+    cached, projections = run()
+    n_cross = sum(1 for m in model.decoder.modules() if isinstance(m, Attention) and m.cross)
+    assert projections == n_cross  # once per cross-attention layer, not once per pass
+    model.decoder.provides = model.decoder.provides - {Cap.MEMORY_CACHE}
+    plain, projections = run()
+    assert projections == 4 * n_cross
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert torch.allclose(cached.scores, plain.scores, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(cached.history, plain.history, strict=True))
+
+
+@pytest.mark.parametrize("family", ["bart", "t5", "pair"])
+def test_a_noncausal_decoder_takes_a_memory_cache_and_refuses_a_key_value_cache(family):
+    model = tiny(family).eval()
+    input_ids, mask = source_batch(2)
+    dec = model.decoder
+    with torch.no_grad():
+        memory = model.encoder(input_ids, attention_mask=mask).last_hidden_state
+        cache = MemoryCache()
+        other = torch.randint(0, N_PLAIN, (2, 5), generator=torch.Generator().manual_seed(3))
+        for ids in (torch.full((2, 5), MASK), other):
+            got = dec(ids, memory=memory, memory_mask=mask, cache=cache).last_hidden_state
+            assert torch.allclose(got, dec(ids, memory=memory, memory_mask=mask).last_hidden_state, atol=1e-6)
+        assert cache.length == 0 and all(kv is not None for kv in cache.cross)
+        first = [kv[0].clone() for kv in cache.cross]
+        cache.reorder(torch.tensor([1, 1]))  # both rows now read row 1's memory
+        assert all(torch.equal(kv[0], k[[1, 1]]) for kv, k in zip(cache.cross, first, strict=True))
+        with pytest.raises(InputError, match="cannot decode with a key/value cache"):
+            dec(ids, memory=memory, memory_mask=mask, cache=KVCache(4, 2, 2, 8, 8))
 
 
 def test_forced_length_layout_and_batch_independence():

@@ -20,6 +20,7 @@ class Cap:
     NONCAUSAL_DECODER = "noncausal_decoder"  # the decoder sees its whole input (mask-predict)
     LM_HEAD = "lm_head"  # hidden states map to vocabulary logits
     KV_CACHE = "kv_cache"  # incremental decoding with a key/value cache
+    MEMORY_CACHE = "memory_cache"  # a non-causal decoder keeps its memory's keys/values across calls (MemoryCache)
     TOKEN_TYPES = "token_types"  # segment embeddings (token_type_ids)
     POOLER = "pooler"  # a pooled sequence vector
     TWO_STREAM = "two_stream"  # content and query streams (perm_mask, target_mapping)
@@ -45,6 +46,7 @@ _MEANINGS = {
     Cap.NONCAUSAL_DECODER: "a decoder that sees its whole input",
     Cap.LM_HEAD: "vocabulary logits",
     Cap.KV_CACHE: "incremental decoding with a key/value cache",
+    Cap.MEMORY_CACHE: "the memory's cross-attention keys/values kept across calls of a non-causal decoder",
     Cap.TOKEN_TYPES: "segment embeddings",
     Cap.POOLER: "a pooled sequence vector",
     Cap.TWO_STREAM: "content and query streams",

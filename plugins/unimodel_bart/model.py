@@ -200,6 +200,8 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
         self.cross_attention = c.memory_dim is not None
         if not c.causal_decoder:
             self.provides = DECODER_PROVIDES - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
+            if self.cross_attention:  # a MemoryCache keeps the memory's keys/values from call to call
+                self.provides |= {Cap.MEMORY_CACHE}
         self.blocks = _blocks(
             c,
             n_layers=c.dec_layers,
@@ -226,8 +228,11 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
     ) -> DecoderOutput:
         """input_ids (B, T); attention_mask (B, cached + T); memory (B, S, D_mem); memory_mask (B, S)."""
         _B, T = input_ids.shape
-        if cache is not None and not self.is_causal:
-            raise InputError("a non-causal BART decoder sees its whole input at once; it cannot decode with a cache")
+        if cache is not None and not self.is_causal and cache.holds_self:
+            raise InputError(
+                "a non-causal BART decoder sees its whole input at once; it cannot decode with a key/value cache "
+                "(a MemoryCache keeps the memory's cross-attention keys/values across calls)"
+            )
         have_cached_memory = cache is not None and cache.cross[0] is not None
         if self.cross_attention and memory is None and not have_cached_memory:
             raise InputError("the BART decoder cross-attends to an encoder memory: pass memory (the encoder output)")

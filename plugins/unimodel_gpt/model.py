@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from unimodel.capabilities import Cap
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, ModelFamily
 from unimodel.nn import Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
@@ -27,9 +28,10 @@ class GPTDecoder(Decoder[GPTConfig]):
         self.config = c
         self.d_model, self.vocab_size, self.max_positions = c.d_model, c.vocab_size, c.max_positions
         self.is_causal = c.causal_decoder
-        if not c.causal_decoder:
-            self.provides = NONCAUSAL_PROVIDES
         self.cross_attention = c.memory_dim is not None
+        if not c.causal_decoder:
+            # with cross-attention, a MemoryCache keeps the memory's keys/values from call to call
+            self.provides = NONCAUSAL_PROVIDES | ({Cap.MEMORY_CACHE} if self.cross_attention else set())
         self.wte = nn.Embedding(c.vocab_size, c.d_model)
         self.wpe = LearnedPositions(c.max_positions, c.d_model)
         self.drop = nn.Dropout(c.dropout)
@@ -76,8 +78,11 @@ class GPTDecoder(Decoder[GPTConfig]):
         cache: KVCache | None = None,
     ) -> DecoderOutput:
         _B, T = input_ids.shape
-        if cache is not None and not self.is_causal:
-            raise InputError("a non-causal GPT decoder sees its whole input at once; it cannot decode with a cache")
+        if cache is not None and not self.is_causal and cache.holds_self:
+            raise InputError(
+                "a non-causal GPT decoder sees its whole input at once; it cannot decode with a key/value cache "
+                "(a MemoryCache keeps the memory's cross-attention keys/values across calls)"
+            )
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)

@@ -42,11 +42,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from unimodel.capabilities import Cap
 from unimodel.config import Config, param
 from unimodel.errors import ConfigError, InputError
 from unimodel.generation.incremental import GenerationInputs
 from unimodel.generation.refinement import SCHEDULES, Refinement, refine
 from unimodel.generation.settings import GenerationSettings
+from unimodel.nn import MemoryCache
 from unimodel_nat.objective import length_head_of
 
 if TYPE_CHECKING:
@@ -266,7 +268,9 @@ class _Predictor:
     """The decoder and LM head as refinement's ``predict``: argmax tokens and their log-probabilities.
 
     ``memory`` (N, S, D) and ``memory_mask`` (N, S) are the encoder's output per row, ``target_mask``
-    (N, L) the rows' real positions (``None``: all), ``banned`` (V,) added to the logits.
+    (N, L) the rows' real positions (``None``: all), ``banned`` (V,) added to the logits. A decoder that
+    provides ``memory_cache`` projects the memory into its cross-attention keys/values once, at the first
+    pass, and reuses them in every later one.
     """
 
     def __init__(
@@ -276,10 +280,13 @@ class _Predictor:
         self.decoder: Decoder = model.decoder
         self.head = model.heads["lm"]
         self.memory, self.memory_mask, self.target_mask, self.banned = memory, memory_mask, target_mask, banned
+        reuse = Cap.MEMORY_CACHE in getattr(self.decoder, "provides", ())
+        self.cache = MemoryCache(device=memory.device) if reuse else None
 
     def __call__(self, tokens: Tensor, positions: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
+        cached = {} if self.cache is None else {"cache": self.cache}
         hidden = self.decoder(
-            tokens, attention_mask=self.target_mask, memory=self.memory, memory_mask=self.memory_mask
+            tokens, attention_mask=self.target_mask, memory=self.memory, memory_mask=self.memory_mask, **cached
         ).last_hidden_state  # (N, L, D)
         if positions is not None:  # the head runs only where tokens are predicted
             hidden = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))  # (N, K, D)

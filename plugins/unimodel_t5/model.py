@@ -285,8 +285,11 @@ class T5Decoder(_T5Stack, Decoder[T5Config]):
         """input_ids (B, T); attention_mask (B, P+T) over cached and new tokens; memory (B, S, D_mem);
         memory_mask (B, S). ``position_ids`` are ignored (relative positions only)."""
         _B, T = input_ids.shape
-        if cache is not None and not self.is_causal:
-            raise InputError("a non-causal T5 decoder sees its whole input at once; it cannot decode with a cache")
+        if cache is not None and not self.is_causal and cache.holds_self:
+            raise InputError(
+                "a non-causal T5 decoder sees its whole input at once; it cannot decode with a key/value cache "
+                "(a MemoryCache keeps the memory's cross-attention keys/values across calls)"
+            )
         past = cache.length if cache is not None else 0
         if memory is None and (cache is None or cache.cross[0] is None):
             raise InputError("the T5 decoder cross-attends to an encoder memory: pass memory (the encoder output)")

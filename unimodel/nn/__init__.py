@@ -1,6 +1,6 @@
 """Shared building blocks. Families compose these and differ only where they must."""
 
-from unimodel.nn.attention import Attention, KVCache, attention_mask_for
+from unimodel.nn.attention import Attention, KVCache, MemoryCache, attention_mask_for
 from unimodel.nn.block import Block
 from unimodel.nn.ffn import ACTIVATIONS, FeedForward, get_activation, init_normal_
 from unimodel.nn.heads import LMHead
@@ -18,6 +18,7 @@ __all__ = [
     "LMHead",
     "LearnedPositions",
     "Linear",
+    "MemoryCache",
     "RMSNorm",
     "attention_mask_for",
     "decoding_layout",

@@ -43,6 +43,9 @@ class KVCache:
         self.extra: dict[str, Tensor] = {}  # per-stack state, e.g. a cached position bias
         self.copied_bytes = 0  # bytes :meth:`reorder` has written (rows moved between beams)
 
+    #: keys/values of the decoder's own positions are kept (see :class:`MemoryCache` for one that keeps none)
+    holds_self = True
+
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
@@ -103,6 +106,51 @@ class KVCache:
         picked = t.index_select(dim, sources)  # (..., M, ...): the only temporary, as large as the moved rows
         t.index_copy_(dim, rows, picked)
         self.copied_bytes += picked.numel() * picked.element_size()
+
+
+class MemoryCache(KVCache):
+    """The encoder memory's cross-attention keys/values, kept across calls of a non-causal decoder.
+
+    A non-causal decoder (mask-predict) runs its whole input again at every call, so it
+    has no self-attention state to keep; what repeats from call to call is the projection
+    of the same encoder memory into each layer's keys and values. Passed as ``cache`` to
+    a decoder that provides ``memory_cache``, this computes them at the first call and
+    reuses them after: self-attention sees only the call's own positions
+    (:meth:`update` returns them unchanged) and nothing is counted as filled. The
+    memory given to later calls is not read again, so a cache belongs to one memory.
+    """
+
+    #: a self-attention key/value cache (False: this one keeps cross-attention keys/values only)
+    holds_self = False
+
+    def __init__(self, *, device: torch.device | str = "cpu") -> None:
+        super().__init__(0, 0, 1, 1, 0, device=device)
+        self.cross = _Slots()
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Self-attention keeps nothing: the call's own keys and values, as they are."""
+        return k, v
+
+    def advance(self, n: int) -> None:
+        """Nothing is filled: every call is a whole input."""
+
+    def reorder(self, index: Tensor) -> None:
+        """Rows now read the memory of rows ``index`` (N,)."""
+        for layer, kv in enumerate(self.cross):
+            if kv is not None:
+                self.cross[layer] = (kv[0].index_select(0, index), kv[1].index_select(0, index))
+
+
+class _Slots(list[tuple[Tensor, Tensor] | None]):
+    """One slot per layer, added as layers write to them; an unwritten slot reads ``None``."""
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | None:  # type: ignore[override]
+        return super().__getitem__(i) if i < len(self) else None
+
+    def __setitem__(self, i: int, value: tuple[Tensor, Tensor] | None) -> None:  # type: ignore[override]
+        if i >= len(self):
+            self.extend([None] * (i + 1 - len(self)))
+        super().__setitem__(i, value)
 
 
 def attention_mask_for(

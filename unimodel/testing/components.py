@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from unimodel.config import Config
 from unimodel.errors import UnimodelError
 from unimodel.interfaces import Cap, Decoder, Encoder, Objective
+from unimodel.nn import MemoryCache
 from unimodel.registry import Component, Registry
 from unimodel.testing.base import (
     NotApplicable,
@@ -160,6 +162,33 @@ def check_decoder(name: str, *, registry: Registry | None = None) -> None:
                     )
                 if torch.equal(y1, y2):
                     raise _fail(what, "with cross-attention, the output does not depend on the memory")
+                if "causal_decoder" in dec.config_class.field_names():
+                    _check_memory_cache(name, reg, ids, memory_for, what)
+
+
+def _check_memory_cache(
+    name: str, reg: Registry, ids: Tensor, memory_for: Callable[[Any, Config], Tensor | None], what: str
+) -> None:
+    """Built non-causal with cross-attention, a decoder that provides ``memory_cache`` gives with one
+    :class:`~unimodel.nn.MemoryCache` over several calls (different inputs, one memory) what it gives without."""
+    _, dec, config = _build_part("decoder", name, reg, memory_dim=24, causal_decoder=False)
+    dec.eval()
+    if Cap.MEMORY_CACHE not in getattr(dec, "provides", ()):
+        return
+    memory = memory_for(dec, config)
+    cache = MemoryCache()
+    for call, step_ids in enumerate((ids, ids.flip(1), (ids + 1) % dec.vocab_size)):
+        got = dec(step_ids, memory=memory, cache=cache).last_hidden_state
+        want = dec(step_ids, memory=memory).last_hidden_state
+        _close(
+            got,
+            want,
+            what,
+            f"built with causal_decoder=false, call {call + 1} with a MemoryCache differs from the same call without "
+            "it (the cache may keep only the memory's cross-attention keys/values)",
+        )
+    if all(kv is None for kv in cache.cross):
+        raise _fail(what, "provides memory_cache but kept nothing in the MemoryCache it was given")
 
 
 def _check_grads(module: nn.Module, what: str) -> None:
