@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_section import write_section  # noqa: E402
+
 THREADS = 2
 
 # family -> (HF builder, train batch shape, generation setup)
@@ -364,7 +367,7 @@ def main() -> None:
         default=2,
         help="fresh processes per measurement, each alternating the libraries (default 2; 1 with --quick)",
     )
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="its section of this file is rewritten")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lib", help=argparse.SUPPRESS)
     ap.add_argument("--family", help=argparse.SUPPRESS)
@@ -404,8 +407,6 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     lines = [
-        "# Benchmarks",
-        "",
         "unimodel and transformers side by side on the same architecture and the same weights "
         f"(one random transformers model, loaded by both). fp32, {THREADS} threads, CPU. Speed: both libraries "
         f"run in one process, timed step by step in alternation (transformers, unimodel, then unimodel, "
@@ -478,8 +479,8 @@ def main() -> None:
         "on a host with more bandwidth per core "
         "unimodel's side gains most.",
     ]
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    write_section("bench", "\n".join(lines), Path(args.out))
+    print(f"wrote its section of {args.out}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_section import write_section  # noqa: E402
+
 THREADS = int(os.environ.get("NAT_BENCH_THREADS", "2"))
 TARGET = 64
 VOCAB = 1000
@@ -278,7 +281,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6000, help="training steps of each model (quality)")
     ap.add_argument("--quick", action="store_true", help="a small run that checks the pipeline (quality)")
     ap.add_argument("--work", help="folder for the quality runs' checkpoints (default: a temporary one)")
-    ap.add_argument("--out", help="write the tables as markdown to this file")
+    ap.add_argument("--out", help="write the tables as this file's `nat` section (e.g. docs/benchmarks.md)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -306,7 +309,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        write_section("nat", text, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -44,11 +44,13 @@ from unimodel_vqvae.shapes import shapes
 import unimodel as um
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_section import write_section  # noqa: E402
+
 CODES = 512
 COMMITMENT = 0.25
 DECAY = 0.99
 REFERENCE_THRESHOLD = 2  # the reference's restart: codes whose EMA count per step falls below this
-BEGIN, END = "<!-- vq-benchmark:begin -->", "<!-- vq-benchmark:end -->"
 
 
 class ReferenceQuantizer(nn.Module):
@@ -203,15 +205,9 @@ def report(
 
 
 def write_docs(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    section = f"{BEGIN}\n## VQ-VAE quantizer (against vector-quantize-pytorch)\n\n{text}\n\n"
-    section += "![held-out images (top) and their reconstructions (bottom)](vq_reconstructions.png)\n" + END
-    if BEGIN in doc:
-        doc = doc[: doc.index(BEGIN)] + section + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(doc)
+    section = f"## VQ-VAE quantizer (against vector-quantize-pytorch)\n\n{text}\n\n"
+    section += "![held-out images (top) and their reconstructions (bottom)](vq_reconstructions.png)"
+    write_section("vq-benchmark", section)
 
 
 def main() -> None:
