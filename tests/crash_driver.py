@@ -3,14 +3,19 @@
 One Python process imports torch and unimodel once, then forks every training process from
 itself: each child runs ``unimodel train`` (``unimodel.cli.main``) as the command line would,
 and is ended by an injected ``os._exit`` at a save point, by a file-size limit, or by SIGKILL
-at a random moment. Forking spares the import time of twenty-odd processes; the children are
+at a random moment. Forking spares the import time of thirty-odd processes; the children are
 real, separate processes, killed as a user's would be.
+
+The driver itself never trains, so it never starts a library thread (tqdm's monitor, the
+tokenizers pool, an OpenMP team): a fork copies only the forking thread, and a lock another
+thread held at that moment would stay locked in the child forever.
 
 Usage: ``python crash_driver.py SPEC.json``; prints one JSON report as its last line.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
@@ -18,6 +23,7 @@ import re
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -27,7 +33,7 @@ import torch
 
 torch.set_num_threads(1)  # no OpenMP pool exists when the children fork: they cannot inherit a broken one
 
-import unimodel.training  # noqa: E402,F401 - imported once, here, for every child
+import unimodel.training.trainer  # noqa: E402,F401 - imported once, here, for every child
 from unimodel import cli  # noqa: E402
 from unimodel.checkpoint import RUN_CHECKPOINTS_DIR, RUN_LATEST, read_run_pointer  # noqa: E402
 from unimodel.registry import get_registry  # noqa: E402
@@ -41,11 +47,30 @@ from unimodel.training.runfolder import (  # noqa: E402
     step_folders,
 )
 
+
+def warm_up() -> None:
+    """What every run imports on first use, imported here once for all children without starting a thread:
+    the optimizer's first step pulls in torch's compiler stack (some 800 modules, about 2 s), accelerate
+    about 200 more; building a model imports its family's modules."""
+    import accelerate  # noqa: F401
+
+    import unimodel as um
+    import unimodel.generation.text
+
+    um.build_model("gpt2-tiny")
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([param])
+    param.sum().backward()
+    optimizer.step()
+
+
 HUNG_SECONDS = 120.0  # a child that is not meant to be killed and runs this long is hung (see run())
 RESUMED = re.compile(r"resuming from .* at step (\d+)")
 
 
 def spawn(args: list[str], log: Path, *, env: dict[str, str] | None = None, fsize: int | None = None) -> int:
+    if threading.active_count() != 1:  # see the module docstring
+        raise RuntimeError(f"the driver must not fork with threads running: {threading.enumerate()}")
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -56,6 +81,7 @@ def spawn(args: list[str], log: Path, *, env: dict[str, str] | None = None, fsiz
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung child's stacks, into its log
         os.environ.update(env or {})
         if fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
@@ -80,6 +106,9 @@ def wait(pid: int, timeout: float | None = None) -> int | str:
             CPU_SECONDS.append(usage.ru_utime + usage.ru_stime)
             return os.waitstatus_to_exitcode(status)
         if time.monotonic() >= deadline:
+            if timeout == HUNG_SECONDS:
+                os.kill(pid, signal.SIGUSR1)  # its stacks go to its log before it dies
+                time.sleep(1.0)
             os.kill(pid, signal.SIGKILL)
             _, _, usage = os.wait4(pid, 0)
             CPU_SECONDS.append(usage.ru_utime + usage.ru_stime)
@@ -113,6 +142,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     rng = random.Random(spec["seed"])
     get_registry()  # plugins loaded once, before the children fork
+    warm_up()
     report: dict[str, Any] = {"faults": [], "kills": [], "hung_children": 0}
     n = 0
 
@@ -127,15 +157,12 @@ def main() -> None:
             code = wait(pid, timeout if timeout is not None else HUNG_SECONDS)
             if timeout is not None or code != "killed":
                 return code, log, time.monotonic() - started
-            # A child forked from this process (which holds idle library threads) can block on a lock
-            # one of those threads held at the fork. That is this harness, not the trainer: the child
-            # was killed like any other, and the same run starts again.
-            report["hung_children"] += 1
-        raise RuntimeError(f"a training child hung twice running {args}")
+            report["hung_children"] += 1  # its stacks are in its log (SIGUSR1 before the kill)
+        raise RuntimeError(f"a training child hung twice running {args}:\n{log.read_text(errors='replace')[-4000:]}")
 
-    # the first checkpoint, written by this process itself: everything a run imports or caches on its
-    # first use (the optimizer's compiler imports, the corpus) is then inherited by every child
-    report["initial"] = {"code": cli.main(["train", config, "--set", "train.max_steps=1"]), "step": resume_step(out)}
+    # the first checkpoint
+    code, _, _ = run(["--set", "train.max_steps=1"])
+    report["initial"] = {"code": code, "step": resume_step(out)}
 
     # 1. os._exit at every point of the save sequence; the next start resumes from what is there
     reached = []
