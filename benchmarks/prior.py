@@ -11,8 +11,13 @@ Takes checkpoints written by ``unimodel train`` (``examples/vqvae_shapes.toml``,
 - sampling time at batch 1 (one 8x8 grid): the AR prior with ``generate`` (KV
   cache) against the parallel prior's refinement, medians of ``--reps`` runs.
 
-    python benchmarks/prior.py --vqvae runs/vqvae_shapes/checkpoint --ar runs/prior_shapes/checkpoint \
+    python benchmarks/prior.py --ar runs/prior_shapes/checkpoint \
         [--parallel runs/maskgit_shapes/checkpoint] [--png docs/prior_samples.png]
+
+The VQ-VAE is the one the AR prior's checkpoint records (the parallel prior must
+share it). The classifier is trained on real images only; the one that judges
+samples sees them blurred and noised at random (standard augmentation), and the
+figures of one trained without augmentation are printed beside it.
 """
 
 from __future__ import annotations
@@ -53,29 +58,32 @@ def code_nll_bits(prior: Any, sequences: torch.Tensor, n_codes: int, batch: int 
     return total / count
 
 
-def timed(fn: Any, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def alternated(fns: dict[str, Any], reps: int) -> dict[str, float]:
+    """Median seconds of each callable, called in turn once per round (warm-up round first), so that a load
+    from other jobs falls on all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vqvae", type=Path, required=True)
     p.add_argument("--ar", type=Path, required=True, help="class-conditional causal prior")
     p.add_argument("--parallel", type=Path, default=None, help="class-conditional masked_codes prior")
     p.add_argument("--per-class", type=int, default=25, help="samples per class")
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="autoregressive sampling: the k likeliest codes")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--iterations", type=int, default=8)
+    p.add_argument("--iterations", type=int, default=8, help="parallel sampling: refinement steps")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--classifier-steps", type=int, default=400)
-    p.add_argument("--png", type=Path, default=None, help="write one row of AR samples per class here")
+    p.add_argument("--png", type=Path, default=None, help="one row per class: 8 AR samples, then 8 parallel ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -91,31 +99,49 @@ def main() -> None:
     nll = code_nll_bits(ar.eval(), val_seq, layout.num_positions)
     print(f"held-out NLL {nll:.3f} bits/code; unigram entropy {unigram:.3f} bits/code; ratio {nll / unigram:.3f}")
 
-    # the judge
-    judge = train_classifier(train_set, val_set, steps=args.classifier_steps)
-    print(f"classifier: held-out accuracy {judge.accuracy:.1%} on {len(val_set)} real images")
+    # the judge: trained on real images only, with and without blur/noise augmentation
     recon = vq.decode(val_seq)
-    print(f"classifier on VQ-VAE reconstructions of them: {class_accuracy(judge.model, recon, val_set.labels):.1%}")
+    mse = (recon - val_set.pixel_values()).pow(2).flatten(1).mean(1)
+    psnr = float((-10 * mse.log10()).mean())
+    print(f"VQ-VAE reconstructions of the {len(val_set)} held-out images: PSNR {psnr:.2f} dB")
+    judges = {}
+    for augmented in (False, True):
+        judge = train_classifier(train_set, val_set, steps=args.classifier_steps, augmented=augmented)
+        on_recon = class_accuracy(judge.model, recon, val_set.labels)
+        what = "augmented (blur, noise)" if augmented else "plain"
+        print(f"classifier, {what}: held-out accuracy {judge.accuracy:.1%} on real images, {on_recon:.1%} on their "
+              "reconstructions")  # fmt: skip
+        judges[augmented] = judge.model
+    judge_model = judges[True]
 
     labels = torch.arange(len(SHAPE_CLASSES)).repeat_interleave(args.per_class)
-    priors = {"autoregressive": (ar, sample_codes, {"top_k": args.top_k})}
+    common = {"temperature": args.temperature}
+    samplers: dict[str, Any] = {"autoregressive": lambda n, c, seed: sample_codes(
+        ar, n, class_id=c, top_k=args.top_k, seed=seed, **common)}  # fmt: skip
     if args.parallel is not None:
-        priors["parallel"] = (um.load(args.parallel), sample_codes_parallel, {"iterations": args.iterations})
-    for name, (prior, sampler, extra) in priors.items():
-        codes = sampler(prior, len(labels), class_id=labels.tolist(), temperature=args.temperature, seed=0, **extra)
-        images = vq.decode(codes)
-        score = class_accuracy(judge.model, images, labels)
+        masked = um.load(args.parallel)
+        if image_tokenizer_of(masked).digest != vq.digest:
+            raise SystemExit(f"{args.parallel} models the codes of another VQ-VAE than {args.ar}")
+        samplers["parallel"] = lambda n, c, seed: sample_codes_parallel(
+            masked, n, class_id=c, iterations=args.iterations, seed=seed, **common
+        )
+    grids = []
+    for name, sampler in samplers.items():
+        images = vq.decode(sampler(len(labels), labels.tolist(), 0))
+        score = class_accuracy(judge_model, images, labels)
+        print(f"{name}: the classifier recognises {score:.1%} of {len(labels)} samples as the class asked for")
+        grids.append(torch.stack([images[labels == c][:8] for c in range(len(SHAPE_CLASSES))]))  # (classes, 8, ...)
 
-        def one_grid(prior: Any = prior, sampler: Any = sampler, extra: dict[str, Any] = extra) -> Any:
-            return sampler(prior, 1, class_id=0, temperature=args.temperature, seed=1, **extra)
-
-        one = timed(one_grid, args.reps)
-        print(f"{name}: classifier recognises {score:.1%} of {len(labels)} samples; batch 1 sample {one * 1e3:.1f} ms")
-        if args.png is not None:
-            rows = torch.stack([images[labels == c][:8] for c in range(len(SHAPE_CLASSES))]).flatten(0, 1)
-            out = args.png.with_name(f"{args.png.stem}_{name}{args.png.suffix}")
-            save_image_grid(rows, out, nrow=8)
-            print(f"  samples (one row per class: {', '.join(SHAPE_CLASSES)}) -> {out}")
+    medians = alternated({name: lambda s=s: s(1, 0, 1) for name, s in samplers.items()}, args.reps)
+    for name, seconds in medians.items():
+        print(f"{name}: one 8x8 grid at batch 1, median of {args.reps}: {seconds * 1e3:.1f} ms")
+    if "parallel" in medians:
+        print(f"parallel ({args.iterations} iterations) is {medians['autoregressive'] / medians['parallel']:.1f}x "
+              "faster")  # fmt: skip
+    if args.png is not None:
+        rows = torch.cat(grids, dim=1).flatten(0, 1)
+        save_image_grid(rows, args.png, nrow=8 * len(grids))
+        print(f"samples (one row per class: {', '.join(SHAPE_CLASSES)}; {' then '.join(samplers)}) -> {args.png}")
 
 
 if __name__ == "__main__":

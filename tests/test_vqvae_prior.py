@@ -116,3 +116,87 @@ def test_an_autoregressive_prior_samples_only_codes_and_decodes_them(vq_folder, 
     assert not torch.equal(codes, sample_codes(prior, 6, class_id=1, temperature=1.5, seed=4))
     images = sample_images(prior, 2, class_id=[0, 1], seed=0)
     assert images.shape == (2, 3, 16, 16) and float(images.min()) >= 0 and float(images.max()) <= 1
+
+
+# ------------------------------------------------------------------ parallel (MaskGIT) sampling
+def _parallel_prior(it):
+    torch.manual_seed(0)
+    prior = um.build_model(
+        "bert-tiny", vocab_size=it.layout.vocab_size, max_positions=it.layout.sequence_length,
+        tokenizer=it.tokenizer(), objective="masked_codes", n_layers=1, d_model=32, n_heads=2, d_ff=64,
+    )  # fmt: skip
+    prior.image_tokenizer = it  # what loading its checkpoint attaches
+    return prior
+
+
+class InputSpy:
+    """Records the input_ids of every forward call of a model."""
+
+    def __init__(self, model):
+        self.calls: list[torch.Tensor] = []
+        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.calls.append(kwargs["input_ids"].clone())
+
+
+def test_parallel_sampling_unmasks_codes_on_the_cosine_schedule_and_fills_every_code(vq_folder, one_thread):
+    from unimodel_vqvae.prior import sample_codes_parallel
+
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=3)
+    prior = _parallel_prior(it)
+    spy = InputSpy(prior)
+    codes = sample_codes_parallel(prior, 3, class_id=[2, 0, 1], iterations=5, seed=1)
+    assert len(spy.calls) == 5  # one pass of the network per iteration
+    masked = [(ids[:, 2:] == it.layout.mask_id).sum(1).tolist() for ids in spy.calls]
+    # 16 codes: floor(16 * cos(pi/2 * t/5)) masked before iteration t, every row alike
+    assert masked == [[16] * 3, [15] * 3, [12] * 3, [9] * 3, [4] * 3]
+    for before, after in zip(spy.calls, spy.calls[1:]):
+        kept = before != it.layout.mask_id
+        assert torch.equal(after[kept], before[kept])  # a code once revealed stays as it is
+    last = spy.calls[-1][:, 2:]
+    assert torch.equal(codes[last != it.layout.mask_id], last[last != it.layout.mask_id])
+    assert codes.shape == (3, 16) and int(codes.min()) >= 0 and int(codes.max()) < 32  # all filled, all codes
+    # the condition reaches the network unmasked at every pass: <image> then the asked class of each row
+    for ids in spy.calls:
+        assert ids[:, 0].eq(32).all() and ids[:, 1].tolist() == [35 + 2, 35, 35 + 1]
+    spy.handle.remove()
+
+
+def test_parallel_sampling_is_seeded_and_top_k_restricts_the_draws(vq_folder, one_thread):
+    from unimodel_vqvae.prior import sample_codes_parallel
+
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=3)
+    prior = _parallel_prior(it)
+    first = sample_codes_parallel(prior, 4, class_id=1, iterations=4, seed=7)
+    assert torch.equal(first, sample_codes_parallel(prior, 4, class_id=1, iterations=4, seed=7))
+    assert not torch.equal(first, sample_codes_parallel(prior, 4, class_id=1, iterations=4, seed=8))
+    # one pass with top_k = 1: every code is the argmax of the prior's code logits given the all-masked grid
+    one = sample_codes_parallel(prior, 2, class_id=[0, 2], iterations=1, top_k=1, seed=3)
+    ids = torch.cat([prompts(it.layout, 2, [0, 2]), torch.full((2, 16), it.layout.mask_id)], dim=1)
+    with torch.no_grad():
+        expected = prior.eval()(input_ids=ids, return_logits=True).logits[:, 2:, :32].argmax(-1)
+    assert torch.equal(one, expected)
+    prior.train()  # the sampler runs in eval mode and restores the mode it found
+    sample_codes_parallel(prior, 1, class_id=0, iterations=2)
+    assert prior.training
+
+
+def test_each_sampler_refuses_a_prior_of_the_other_kind(vq_folder, one_thread):
+    from unimodel_vqvae.prior import sample_codes, sample_codes_parallel, sample_images
+
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=2)
+    causal = _prior(it.tokenizer(), it.layout)
+    causal.image_tokenizer = it
+    with pytest.raises(InputError, match="'gpt2-tiny' is a causal decoder .objective 'clm'.: sample it with sample_co"):
+        sample_codes_parallel(causal, 1, class_id=0)
+    bidirectional = _parallel_prior(it)
+    with pytest.raises(InputError, match="'bert-tiny' is an encoder .* sample it with sample_codes_parallel"):
+        sample_codes(bidirectional, 1, class_id=0)
+    seq2seq = um.build_model("t5-tiny", vocab_size=it.layout.vocab_size)
+    seq2seq.image_tokenizer = it
+    for sampler in (sample_codes, sample_codes_parallel, sample_images):
+        with pytest.raises(InputError, match="'t5-tiny' is an encoder-decoder .* which neither sampler can draw"):
+            sampler(seq2seq, 1, class_id=0)
+    with pytest.raises(InputError, match="top_k must be at least 1"):
+        sample_codes_parallel(bidirectional, 1, class_id=0, top_k=0)

@@ -62,7 +62,7 @@ def test_an_image_size_the_model_cannot_take_is_refused_before_training(runs):
         train(EXAMPLES / "vqvae_shapes.toml", overrides=[*overrides, "train.output_dir=runs/wrong_size"])
 
 
-@pytest.mark.parametrize(("example", "parallel"), [("prior_shapes", False)])
+@pytest.mark.parametrize(("example", "parallel"), [("prior_shapes", False), ("maskgit_shapes", True)])
 def test_a_prior_example_trains_on_the_codes_and_samples_from_the_command_line(runs, example, parallel, capsys):
     shipped = load_run_config(EXAMPLES / f"{example}.toml")
     assert shipped.data.kind == "codes" and shipped.data.kind_options["class_conditional"] is True
@@ -70,11 +70,18 @@ def test_a_prior_example_trains_on_the_codes_and_samples_from_the_command_line(r
     assert result.model.vocab_size == 32 + 3 + 8  # codes, <image> <pad> <mask>, 8 shape classes
     checkpoint = str(runs / example / "checkpoint")
     png = runs / f"{example}.png"
-    assert cli.main(["sample", checkpoint, "--num", "4", "--class", "2", "--out", str(png)]) == 0
-    assert ("parallel decoding" in capsys.readouterr().out) == parallel
+    sample = ["sample", checkpoint, "--num", "4", "--class", "2", "--out", str(png)]
+    assert cli.main(sample + (["--iterations", "3"] if parallel else [])) == 0
+    out = capsys.readouterr().out
+    assert ("parallel decoding, 3 iterations" in out) == parallel and ("autoregressive" in out) != parallel
     assert Image.open(png).size == (2 * 18 + 2, 2 * 18 + 2)
     assert cli.main(["sample", checkpoint, "--class", "9", "--out", str(png)]) == 2
     assert "class 9 is not one of this prior's classes 0..7" in capsys.readouterr().err
+    if not parallel:
+        assert cli.main([*sample, "--iterations", "3"]) == 2
+        assert "is autoregressive (sampled code by code): leave --iterations out" in capsys.readouterr().err
+    assert cli.main(["sample", str(runs / "vqvae_shapes" / "checkpoint"), "--out", str(png)]) == 2
+    assert "is not a prior over image codes" in capsys.readouterr().err
 
 
 def test_an_image_corpus_given_to_a_text_objective_is_refused_with_the_fix(tmp_path):

@@ -59,8 +59,10 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=16, metavar="N", help="images to sample (default 16)")
     p.add_argument("--class", dest="class_id", type=int, default=None, metavar="C", help="class of a conditional prior")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None, help="autoregressive prior: sample among the k likeliest codes")
-    p.add_argument("--iterations", type=int, default=8, help="parallel (masked-code) prior: refinement steps")
+    p.add_argument("--top-k", type=int, default=None, help="draw each code among the k likeliest")
+    p.add_argument(
+        "--iterations", type=int, default=None, help="parallel (masked-code) prior only: refinement steps (default 8)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nrow", type=int, default=None, metavar="N", help="images per grid row (default: square)")
     p.add_argument("--out", default="samples.png", metavar="PNG", help="where to write the grid (default samples.png)")

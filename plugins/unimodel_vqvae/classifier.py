@@ -3,6 +3,13 @@
 Trained on real images (``shapes``), it scores generated ones: the share of
 samples it recognises as the class they were asked for. Shapes: images
 (B, C, H, W) floats in [0, 1]; logits (B, num_classes).
+
+Decoded images are softer than the sharp, anti-aliased originals, and a
+classifier that has only seen sharp edges reads soft ones poorly (on shapes, one
+trained without augmentation recognised about a fifth of a VQ-VAE's
+reconstructions while reading real images perfectly). So by default the real
+training images are augmented the standard way: a Gaussian blur of random width
+and a little Gaussian noise (:func:`augment`). Nothing generated is trained on.
 """
 
 from __future__ import annotations
@@ -47,6 +54,29 @@ class ImageClassifier(nn.Module):
         return out
 
 
+def gaussian_blur(images: Tensor, sigma: Tensor, radius: int = 2) -> Tensor:
+    """Blur each image (B, C, H, W) with a separable Gaussian of its own width ``sigma`` (B,) in pixels
+    (0: unchanged), borders replicated."""
+    B, C, H, W = images.shape
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    s = sigma.to(images.dtype).clamp_min(1e-3)[:, None]
+    kernel = torch.exp(-(offsets[None] ** 2) / (2 * s**2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(C, 0)  # (B*C, 2r+1)
+    x = F.pad(images.reshape(1, B * C, H, W), (radius,) * 4, mode="replicate")
+    x = F.conv2d(x, kernel[:, None, None, :], groups=B * C)  # along rows
+    x = F.conv2d(x, kernel[:, None, :, None], groups=B * C)  # along columns
+    return x.reshape(B, C, H, W)
+
+
+def augment(images: Tensor, generator: torch.Generator, *, max_sigma: float = 1.5, max_noise: float = 0.05) -> Tensor:
+    """Images (B, C, H, W) in [0, 1], each blurred by a Gaussian of width U(0, ``max_sigma``) pixels, then given
+    Gaussian noise of standard deviation U(0, ``max_noise``), clamped to [0, 1]."""
+    B = images.shape[0]
+    x = gaussian_blur(images, torch.rand(B, generator=generator) * max_sigma)
+    noise = torch.randn(x.shape, generator=generator) * torch.rand(B, 1, 1, 1, generator=generator) * max_noise
+    return (x + noise).clamp_(0, 1)
+
+
 @dataclass
 class ClassifierResult:
     model: ImageClassifier
@@ -61,10 +91,11 @@ def train_classifier(
     steps: int = 600,
     batch_size: int = 64,
     lr: float = 3e-3,
+    augmented: bool = True,
     seed: int = 0,
 ) -> ClassifierResult:
-    """Train an :class:`ImageClassifier` on labelled ``train`` images (AdamW, cosine decay); report its accuracy
-    on ``validation``."""
+    """Train an :class:`ImageClassifier` on labelled ``train`` images (AdamW, cosine decay; with ``augmented``,
+    each batch through :func:`augment`); report its accuracy on the unaugmented ``validation`` images."""
     if train.labels is None or validation.labels is None:
         raise InputError("training a classifier needs labelled images (an image set with labels)")
     torch.manual_seed(seed)
@@ -77,7 +108,8 @@ def train_classifier(
     model.train()
     for _ in range(steps):
         idx = torch.randint(0, len(train), (batch_size,), generator=g)
-        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+        x = augment(x_all[idx], g) if augmented else x_all[idx]
+        loss = F.cross_entropy(model(x), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -93,4 +125,4 @@ def class_accuracy(model: ImageClassifier, pixel_values: Tensor, labels: Tensor)
     return float((model.predict(pixel_values) == labels.to(torch.long)).double().mean())
 
 
-__all__ = ["ClassifierResult", "ImageClassifier", "class_accuracy", "train_classifier"]
+__all__ = ["ClassifierResult", "ImageClassifier", "augment", "class_accuracy", "gaussian_blur", "train_classifier"]

@@ -23,6 +23,7 @@ hook) attaches the VQ-VAE as ``prior.image_tokenizer``, or raises a
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from unimodel.errors import CheckpointError, ConfigError, DataError, InputError
+from unimodel.generation.refinement import cosine_schedule, refine
 from unimodel.interfaces import Cap
 
 if TYPE_CHECKING:
@@ -276,8 +278,14 @@ def sample_codes(
     """Sample ``num`` code grids (num, h*w) from an autoregressive prior with ``generate``, one code per step.
 
     The start, pad and class tokens are suppressed, so every sampled id is a code.
+    Raises :class:`~unimodel.errors.InputError` for a prior that is not a causal decoder.
     """
     layout = image_tokenizer_of(prior).layout
+    if not is_autoregressive(prior):
+        raise InputError(
+            f"sample_codes draws code by code from a causal decoder (trained with clm); {_kind(prior)}"
+            + (": sample it with sample_codes_parallel" if prior.decoder is None else "")
+        )
     if num < 1:
         raise InputError(f"num must be at least 1, got {num}")
     ids = prompts(layout, num, class_id)
@@ -301,6 +309,7 @@ def sample_codes_parallel(
     class_id: int | Sequence[int] | None = None,
     iterations: int = 8,
     temperature: float = 1.0,
+    top_k: int | None = None,
     choice_temperature: float = 4.5,
     seed: int = 0,
 ) -> Tensor:
@@ -308,26 +317,30 @@ def sample_codes_parallel(
 
     All codes start masked. Each of ``iterations`` rounds predicts every masked
     code at once (a draw from the prior's distribution at ``temperature``,
-    restricted to codes), keeps the surest and masks the rest again, fewer each
-    round by the cosine schedule; a code once kept stays. The confidence is the
+    restricted to codes, and to the ``top_k`` likeliest when given), keeps the
+    surest and masks the rest again, fewer each round by the cosine schedule: before
+    round t of T, ``floor(h*w * cos(pi/2 * t/T))`` codes are masked; a code once
+    kept stays, and after round T every code is filled. The confidence is the
     draw's log-probability plus Gumbel noise scaled by
     ``choice_temperature * (1 - t / iterations)`` (MaskGIT's annealed
     randomness). The loop is :func:`unimodel.generation.refinement.refine`,
-    the one mask-predict decoding uses.
+    the one mask-predict decoding uses. Raises :class:`~unimodel.errors.InputError`
+    for a prior that is not a bidirectional encoder.
     """
-    import importlib
-
-    # the refinement loop mask-predict decoding shares (loaded on use: it is a recent module of the core)
-    refinement = importlib.import_module("unimodel.generation.refinement")
-    cosine_schedule, refine = refinement.cosine_schedule, refinement.refine
-
     layout = image_tokenizer_of(prior).layout
+    if is_autoregressive(prior) or prior.encoder is None or prior.decoder is not None:
+        raise InputError(
+            "sample_codes_parallel fills masked codes with a bidirectional encoder (trained with masked_codes); "
+            f"{_kind(prior)}" + (": sample it with sample_codes" if is_autoregressive(prior) else "")
+        )
     if num < 1:
         raise InputError(f"num must be at least 1, got {num}")
     if iterations < 1:
         raise InputError(f"iterations must be at least 1, got {iterations}")
     if temperature <= 0:
         raise InputError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
     was = prior.training
     prior.eval()
     device = prior.device
@@ -342,6 +355,9 @@ def sample_codes_parallel(
         logits = prior(input_ids=current, return_logits=True).logits[..., : layout.num_codes].float()  # (N, L, K)
         if positions is not None:
             logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # (N, Kpos, K)
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
         logp = torch.log_softmax(logits / temperature, dim=-1)
         flat = logp.reshape(-1, logp.shape[-1]).exp()
         drawn = torch.multinomial(flat, 1, generator=g).reshape(logp.shape[:-1])
@@ -365,10 +381,27 @@ def sample_codes_parallel(
     return out.tokens[:, -n:]
 
 
+def is_autoregressive(prior: Model) -> bool:
+    """Whether ``prior`` is a causal decoder alone (sampled code by code); otherwise only an encoder alone, a
+    bidirectional prior, can be sampled (in parallel)."""
+    return prior.encoder is None and prior.decoder is not None and bool(getattr(prior.decoder, "is_causal", False))
+
+
+def _kind(prior: Model) -> str:
+    """What kind of network ``prior`` is, named by its preset (or family) and objective."""
+    name, objective = prior.preset or prior.name, prior.objective_name
+    if is_autoregressive(prior):
+        return f"{name!r} is a causal decoder (objective {objective!r})"
+    if prior.decoder is None:
+        return f"{name!r} is an encoder (objective {objective!r})"
+    what = "an encoder-decoder" if prior.encoder is not None else "a non-causal decoder"
+    return f"{name!r} is {what} (objective {objective!r}), which neither sampler can draw codes from"
+
+
 def sample_images(prior: Model, num: int, **options: Any) -> Tensor:
-    """Sample and decode: (num, C, H, W) images in [0, 1]; an encoder-only prior (``masked_codes``) by parallel
-    decoding (options as :func:`sample_codes_parallel`), a causal one code by code (as :func:`sample_codes`)."""
-    sampler = sample_codes_parallel if prior.decoder is None else sample_codes
+    """Sample and decode: (num, C, H, W) images in [0, 1]; a causal prior code by code (options as
+    :func:`sample_codes`), an encoder (``masked_codes``) by parallel decoding (as :func:`sample_codes_parallel`)."""
+    sampler = sample_codes if is_autoregressive(prior) else sample_codes_parallel
     return image_tokenizer_of(prior).decode(sampler(prior, num, **options))
 
 
@@ -379,6 +412,7 @@ __all__ = [
     "attach_image_tokenizer",
     "checkpoint_digest",
     "image_tokenizer_of",
+    "is_autoregressive",
     "prompts",
     "sample_codes",
     "sample_codes_parallel",
