@@ -352,18 +352,28 @@ def sample_codes_parallel(
     open_positions[:, prefix.shape[1] :] = True
 
     def predict(current: Tensor, positions: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
-        logits = prior(input_ids=current, return_logits=True).logits[..., : layout.num_codes].float()  # (N, L, K)
-        if positions is not None:
-            logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # (N, Kpos, K)
+        # the LM head runs only where codes are predicted; its rows come in position order
+        where = open_positions if positions is None else torch.zeros_like(open_positions).scatter_(1, positions, True)
+        flat = prior(input_ids=current, logits_at=where, return_logits=True).logits[:, : layout.num_codes].float()
+        logits = flat.reshape(num, -1, layout.num_codes)  # (N, Kpos, K), positions ascending
+        if positions is not None:  # back to the order of ``positions``
+            order = positions.argsort(dim=1).argsort(dim=1)
+            logits = logits.gather(1, order[..., None].expand(-1, -1, logits.shape[-1]))
         if top_k is not None and top_k < logits.shape[-1]:
             kth = logits.topk(top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, -math.inf)
         logp = torch.log_softmax(logits / temperature, dim=-1)
-        flat = logp.reshape(-1, logp.shape[-1]).exp()
-        drawn = torch.multinomial(flat, 1, generator=g).reshape(logp.shape[:-1])
+        # inverse-CDF draw: one uniform per position (multinomial draws one exponential per code)
+        cdf = logp.exp().cumsum(-1)
+        u = torch.rand((*cdf.shape[:-1], 1), generator=g, device=device) * cdf[..., -1:]
+        drawn = torch.searchsorted(cdf, u).squeeze(-1).clamp_max(layout.num_codes - 1)
         score = logp.gather(-1, drawn[..., None]).squeeze(-1)
         noise = -torch.log(-torch.log(torch.rand(score.shape, generator=g, device=device).clamp_min(1e-20)))
-        return drawn, score + choice_temperature * (1 - step / iterations) * noise
+        confidence = score + choice_temperature * (1 - step / iterations) * noise
+        if positions is None:  # the first pass answers for every position (the prefix's entries are ignored)
+            scores = torch.zeros(current.shape, device=device).masked_scatter(open_positions, confidence)
+            return current.masked_scatter(open_positions, drawn), scores
+        return drawn, confidence
 
     try:
         out = refine(
