@@ -80,6 +80,9 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=None, help="autoregressive sampling: the k likeliest codes")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--iterations", type=int, default=8, help="parallel sampling: refinement steps")
+    p.add_argument(
+        "--time-iterations", type=int, nargs="*", default=[4], help="parallel sampling: more step counts to time"
+    )
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--classifier-steps", type=int, default=400)
@@ -130,14 +133,27 @@ def main() -> None:
         images = vq.decode(sampler(len(labels), labels.tolist(), 0))
         score = class_accuracy(judge_model, images, labels)
         print(f"{name}: the classifier recognises {score:.1%} of {len(labels)} samples as the class asked for")
+        hits = (judge_model.predict(images) == labels).double()
+        print(
+            "  by class: "
+            + ", ".join(f"{c} {float(hits[labels == i].mean()):.0%}" for i, c in enumerate(SHAPE_CLASSES))
+        )
         grids.append(torch.stack([images[labels == c][:8] for c in range(len(SHAPE_CLASSES))]))  # (classes, 8, ...)
 
-    medians = alternated({name: lambda s=s: s(1, 0, 1) for name, s in samplers.items()}, args.reps)
+    timed = {name: lambda s=s: s(1, 0, 1) for name, s in samplers.items()}
+    if args.parallel is not None:
+        timed = {
+            "autoregressive": timed["autoregressive"],
+            f"parallel, {args.iterations} iterations": timed["parallel"],
+        }
+        for t in args.time_iterations:
+            timed[f"parallel, {t} iterations"] = lambda t=t: sample_codes_parallel(
+                masked, 1, class_id=0, iterations=t, seed=1, **common
+            )
+    medians = alternated(timed, args.reps)
     for name, seconds in medians.items():
-        print(f"{name}: one 8x8 grid at batch 1, median of {args.reps}: {seconds * 1e3:.1f} ms")
-    if "parallel" in medians:
-        print(f"parallel ({args.iterations} iterations) is {medians['autoregressive'] / medians['parallel']:.1f}x "
-              "faster")  # fmt: skip
+        ratio = medians["autoregressive"] / seconds
+        print(f"{name}: one 8x8 grid at batch 1, median of {args.reps}: {seconds * 1e3:.1f} ms ({ratio:.1f}x)")
     if args.png is not None:
         rows = torch.cat(grids, dim=1).flatten(0, 1)
         save_image_grid(rows, args.png, nrow=8 * len(grids))
