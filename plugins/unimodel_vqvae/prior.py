@@ -347,14 +347,14 @@ def sample_codes_parallel(
     g = torch.Generator(device=device).manual_seed(seed)
     prefix = prompts(layout, num, class_id).to(device)
     n = layout.num_positions
-    tokens = torch.cat([prefix, torch.full((num, n), layout.mask_id, dtype=torch.long, device=device)], dim=1)
-    open_positions = torch.zeros_like(tokens, dtype=torch.bool)
+    grid = torch.cat([prefix, torch.full((num, n), layout.mask_id, dtype=torch.long, device=device)], dim=1)
+    open_positions = torch.zeros_like(grid, dtype=torch.bool)
     open_positions[:, prefix.shape[1] :] = True
 
-    def predict(current: Tensor, positions: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
+    def predict(tokens: Tensor, positions: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
         # the LM head runs only where codes are predicted; its rows come in position order
         where = open_positions if positions is None else torch.zeros_like(open_positions).scatter_(1, positions, True)
-        flat = prior(input_ids=current, logits_at=where, return_logits=True).logits[:, : layout.num_codes].float()
+        flat = prior(input_ids=tokens, logits_at=where, return_logits=True).logits[:, : layout.num_codes].float()
         logits = flat.reshape(num, -1, layout.num_codes)  # (N, Kpos, K), positions ascending
         if positions is not None:  # back to the order of ``positions``
             order = positions.argsort(dim=1).argsort(dim=1)
@@ -371,14 +371,14 @@ def sample_codes_parallel(
         noise = -torch.log(-torch.log(torch.rand(score.shape, generator=g, device=device).clamp_min(1e-20)))
         confidence = score + choice_temperature * (1 - step / iterations) * noise
         if positions is None:  # the first pass answers for every position (the prefix's entries are ignored)
-            scores = torch.zeros(current.shape, device=device).masked_scatter(open_positions, confidence)
-            return current.masked_scatter(open_positions, drawn), scores
+            scores = torch.zeros(tokens.shape, device=device).masked_scatter(open_positions, confidence)
+            return tokens.masked_scatter(open_positions, drawn), scores
         return drawn, confidence
 
     try:
         out = refine(
             predict,
-            tokens,
+            grid,
             open_positions,
             mask_id=layout.mask_id,
             iterations=iterations,
