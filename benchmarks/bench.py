@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_section import write_section  # noqa: E402
 
 THREADS = 2
+RESULTS = Path(__file__).resolve().parent / "results" / "bench.json"  # the figures docs/benchmarks.md shows
 
 # family -> (HF builder, train batch shape, generation setup)
 SETUPS = {
@@ -349,6 +350,16 @@ def run_worker(lib: str, family: str, task: str, folder: str, quick: bool, memor
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def merge_results(rows: list[dict], path: Path) -> list[dict]:
+    """``rows`` and, for the families not measured this time, their rows from the last run (``path``, JSON);
+    all of them are saved back, so ``--only xlnet`` updates XLNet's rows and keeps the others' figures."""
+    kept = json.loads(path.read_text()) if path.exists() else []
+    measured = {r["family"] for r in rows}
+    merged = rows + [r for r in kept if r["family"] not in measured and r["family"] in SETUPS]
+    path.write_text(json.dumps(merged, indent=1) + "\n")
+    return merged
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=list(SETUPS), help="families to run (default: all)")
@@ -406,6 +417,9 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    if not args.quick:
+        rows = merge_results(rows, RESULTS)
+    rows.sort(key=lambda r: list(SETUPS).index(r["family"]))  # the tables list families in SETUPS order
     lines = [
         "unimodel and transformers side by side on the same architecture and the same weights "
         f"(one random transformers model, loaded by both). fp32, {THREADS} threads, CPU. Speed: both libraries "
