@@ -8,7 +8,7 @@ raises :class:`ConformanceError` naming what was expected and what happened.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -25,9 +25,6 @@ from unimodel.testing.base import (
     roundtrip_config,
 )
 from unimodel.testing.cases import compatible_objectives
-
-if TYPE_CHECKING:
-    pass
 
 
 def check_config(name: str, *, registry: Registry | None = None) -> None:
