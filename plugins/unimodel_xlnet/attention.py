@@ -19,7 +19,7 @@ R = K + T relative distances (K down to -T + 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,20 @@ class AttentionPlan:
     block_g: Tensor | None = None  # (B, 1, M, K)
     seg_h: Tensor | None = None  # (B, 1, T, K)
     seg_g: Tensor | None = None  # (B, 1, M, K)
+    _biases: dict[tuple[int, torch.dtype], Tensor] = field(default_factory=dict, repr=False)
+
+    def block_bias(self, block: Tensor, dtype: torch.dtype) -> Tensor:
+        """``block`` as an additive bias, -1e30 where blocked and 0 elsewhere, made once per pass.
+
+        Adding it costs one pass over the scores and nothing in the backward pass (the gradient goes
+        through unchanged), where ``masked_fill`` copies the scores forward and masks the gradient back.
+        """
+        key = (id(block), dtype)
+        bias = self._biases.get(key)
+        if bias is None:
+            bias = torch.zeros(block.shape, dtype=dtype, device=block.device).masked_fill_(block, -1e30)
+            self._biases[key] = bias
+        return bias
 
     @property
     def klen(self) -> int:
@@ -231,7 +245,10 @@ class RelativeAttention(nn.Module):
             e = ((q + self.r_s_bias[:, None]) * scale) @ self.seg_embed.permute(1, 2, 0)  # (B, H, n, 2)
             scores = scores + torch.where(seg, e[..., 1:], e[..., :1])
         if block is not None:
-            scores = scores.masked_fill(block, -65500.0 if scores.dtype == torch.float16 else -1e30)
+            if scores.dtype == torch.float16:  # a bias could overflow to -inf; masked_fill stays finite
+                scores = scores.masked_fill(block, -65500.0)
+            else:
+                scores = scores + plan.block_bias(block, scores.dtype)
         probs = scores.softmax(dim=-1)
         if self.training and self.dropout > 0:
             probs = F.dropout(probs, self.dropout)
