@@ -79,6 +79,7 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=25, help="samples per class")
     p.add_argument("--top-k", type=int, default=None, help="autoregressive sampling: the k likeliest codes")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale of both samplers")
     p.add_argument("--iterations", type=int, default=8, help="parallel sampling: refinement steps")
     p.add_argument(
         "--time-iterations", type=int, nargs="*", default=[4], help="parallel sampling: more step counts to time"
@@ -118,7 +119,7 @@ def main() -> None:
     judge_model = judges[True]
 
     labels = torch.arange(len(SHAPE_CLASSES)).repeat_interleave(args.per_class)
-    common = {"temperature": args.temperature}
+    common = {"temperature": args.temperature, "guidance_scale": args.guidance}
     samplers: dict[str, Any] = {"autoregressive": lambda n, c, seed: sample_codes(
         ar, n, class_id=c, top_k=args.top_k, seed=seed, **common)}  # fmt: skip
     if args.parallel is not None:

@@ -200,3 +200,75 @@ def test_each_sampler_refuses_a_prior_of_the_other_kind(vq_folder, one_thread):
             sampler(seq2seq, 1, class_id=0)
     with pytest.raises(InputError, match="top_k must be at least 1"):
         sample_codes_parallel(bidirectional, 1, class_id=0, top_k=0)
+
+
+# ------------------------------------------------------------------ classifier-free guidance
+def _reference_guided_draws(prior, ids, layout, scale, seed):
+    """Guided ancestral sampling written out: every step re-runs the whole prefix (no cache) for both rows."""
+    g = torch.Generator().manual_seed(seed)
+    free = ids.clone()
+    free[:, 1] = layout.null_class_id
+    rows = torch.cat([ids, free])
+    for _ in range(layout.num_positions):
+        with torch.no_grad():
+            logits = prior(input_ids=rows, return_logits=True).logits[:, -1, : layout.num_codes].float()
+        cond, uncond = logits.chunk(2)
+        drawn = torch.multinomial(torch.softmax(uncond + scale * (cond - uncond), -1), 1, generator=g)
+        rows = torch.cat([rows, drawn.repeat(2, 1)], dim=1)
+    return rows[: ids.shape[0], -layout.num_positions :]
+
+
+def test_guided_sampling_draws_from_the_guided_distribution_on_the_cache(vq_folder, tmp_path, one_thread):
+    from unimodel_vqvae.prior import sample_codes
+
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=3, null_class=True)
+    layout = it.layout
+    assert layout.vocab_size == 39 and layout.null_class_id == 38 and it.tokenizer().id_to_token(38) == "<class_none>"
+    _prior(it.tokenizer(), layout).save(tmp_path / "prior")
+    prior = um.load(tmp_path / "prior")  # the link records the null class
+    assert image_tokenizer_of(prior).layout.null_class
+    with torch.no_grad():  # make the class token matter, so that guidance has something to sharpen
+        prior.decoder.wte.weight[35:39].normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+    codes = sample_codes(prior, 3, class_id=[0, 2, 1], guidance_scale=3.0, seed=5)
+    expected = _reference_guided_draws(prior, prompts(layout, 3, [0, 2, 1]), layout, 3.0, seed=5)
+    assert torch.equal(codes, expected)
+    assert not torch.equal(codes, sample_codes(prior, 3, class_id=[0, 2, 1], guidance_scale=1.5, seed=5))
+
+
+def test_guidance_needs_a_null_class_and_a_scale_of_at_least_one(vq_folder, tmp_path, one_thread):
+    from unimodel_vqvae.prior import sample_codes, sample_codes_parallel
+
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=2)
+    prior = _prior(it.tokenizer(), it.layout)
+    prior.image_tokenizer = it
+    with pytest.raises(InputError, match="trained without a null class.*class_dropout > 0"):
+        sample_codes(prior, 1, class_id=0, guidance_scale=2.0)
+    with pytest.raises(InputError, match="trained without a null class"):
+        sample_codes_parallel(_parallel_prior(it), 1, class_id=0, guidance_scale=2.0)
+    for bad in (0.5, float("nan")):
+        with pytest.raises(InputError, match="guidance_scale must be at least 1"):
+            sample_codes(prior, 1, class_id=0, guidance_scale=bad)
+    with pytest.raises(um.errors.ConfigError, match="a null class needs class tokens"):
+        ImageTokenizer.from_checkpoint(vq_folder, null_class=True)
+
+
+def test_guided_parallel_sampling_runs_every_pass_with_and_without_the_class(vq_folder, one_thread):
+    from unimodel_vqvae.prior import sample_codes_parallel
+
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=3, null_class=True)
+    prior = _parallel_prior(it)
+    spy = InputSpy(prior)
+    codes = sample_codes_parallel(prior, 2, class_id=[2, 0], iterations=3, guidance_scale=2.0, seed=1)
+    assert codes.shape == (2, 16) and int(codes.max()) < 32
+    assert len(spy.calls) == 3
+    for ids in spy.calls:  # the two rows with their classes, then the same grids with <class_none>
+        assert ids[:, 1].tolist() == [37, 35, 38, 38] and torch.equal(ids[:2, 2:], ids[2:, 2:])
+    spy.handle.remove()
+    # one pass, top_k = 1: the argmax of the guided logits u + 2 (c - u)
+    one = sample_codes_parallel(prior, 2, class_id=[0, 2], iterations=1, top_k=1, guidance_scale=2.0)
+    ids = torch.cat([prompts(it.layout, 2, [0, 2]), torch.full((2, 16), it.layout.mask_id)], dim=1)
+    free = ids.clone()
+    free[:, 1] = it.layout.null_class_id
+    with torch.no_grad():
+        c, u = (prior.eval()(input_ids=x, return_logits=True).logits[:, 2:, :32] for x in (ids, free))
+    assert torch.equal(one, (u + 2.0 * (c - u)).argmax(-1))

@@ -93,3 +93,27 @@ def test_an_image_corpus_given_to_a_text_objective_is_refused_with_the_fix(tmp_p
     codes = {**config, "data": {"corpus": "shapes", "kind": "codes"}}
     with pytest.raises(ConfigError, match="needs a VQ-VAE: set data.kind_options.image_tokenizer"):
         train(codes)
+
+
+def test_class_dropout_shows_a_seeded_share_of_training_images_with_the_null_class(runs, capsys):
+    from unimodel_vqvae.data import CodeData
+
+    vq = str(runs / "vqvae_shapes" / "checkpoint")
+    options = f'data.kind_options={{image_tokenizer = "{vq}", class_conditional = true, class_dropout = 0.25}}'
+    config = load_run_config(EXAMPLES / "prior_shapes.toml", overrides=[*TINY_DATA, options])
+    raw = CodeData.read(config.data)
+    layout = raw.image_tokenizer.layout
+    assert layout.null_class and layout.null_class_id == 32 + 3 + 8
+    data = CodeData.encode(config.data, None, raw)
+    classes = torch.tensor([ids[1] for ids in data.train_ids])
+    assert int((classes == layout.null_class_id).sum()) == 16  # a quarter of 64 training images
+    assert not any(ids[1] == layout.null_class_id for ids in data.validation_ids)  # validation keeps its classes
+    again = CodeData.encode(config.data, None, CodeData.read(config.data))
+    assert again.train_ids == data.train_ids  # seeded
+    for bad, message in [
+        ("class_dropout = 1.0", "class_dropout must be in \\[0, 1\\), got 1"),
+        ("class_dropout = 0.1, class_conditional = false", "needs class_conditional = true"),
+    ]:
+        wrong = f'data.kind_options={{image_tokenizer = "{vq}", {bad}}}'
+        with pytest.raises(ConfigError, match=message):
+            CodeData.read(load_run_config(EXAMPLES / "prior_shapes.toml", overrides=[*TINY_DATA, wrong]).data)

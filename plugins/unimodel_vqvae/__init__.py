@@ -61,6 +61,13 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None, help="draw each code among the k likeliest")
     p.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="classifier-free guidance scale (default 1: none; needs a prior trained with class_dropout)",
+    )
+    p.add_argument(
         "--iterations", type=int, default=None, help="parallel (masked-code) prior only: refinement steps (default 8)"
     )
     p.add_argument("--seed", type=int, default=0)

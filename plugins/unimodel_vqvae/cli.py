@@ -36,6 +36,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         "class_id": args.class_id,
         "temperature": args.temperature,
         "top_k": args.top_k,
+        "guidance_scale": args.guidance,
         "seed": args.seed,
     }
     started = time.perf_counter()
@@ -47,5 +48,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     path = save_image_grid(images, args.out, nrow=args.nrow or math.ceil(math.sqrt(args.num)))
     how = f"parallel decoding, {iterations} iterations" if parallel else "autoregressive sampling"
+    if args.guidance != 1.0:
+        how += f", guidance {args.guidance:g}"
     print(f"{args.num} samples ({how}, {seconds:.2f}s) -> {path}")
     return 0

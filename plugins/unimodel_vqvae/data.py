@@ -18,7 +18,11 @@ the run folder.
 ``clm``) turns the images into code sequences with a VQ-VAE checkpoint:
 ``kind_options = { image_tokenizer = "runs/vqvae/checkpoint",
 class_conditional = true }``. Its tokenizer is the code vocabulary of
-:mod:`unimodel_vqvae.prior`, which records the VQ-VAE it came from.
+:mod:`unimodel_vqvae.prior`, which records the VQ-VAE it came from. With
+``class_dropout = p`` (0 < p < 1; class-conditional only) a seeded share p of
+the training images carries ``<class_none>`` instead of its class, so the prior
+also learns the unconditional distribution that classifier-free guidance
+samples against (validation images keep their classes).
 """
 
 from __future__ import annotations
@@ -48,7 +52,13 @@ if TYPE_CHECKING:
     from unimodel_vqvae.prior import ImageTokenizer
 
 IMAGE_OPTIONS = {"image_size": int, "labels": bool, "grid_images": int}
-CODE_OPTIONS = {"image_tokenizer": str, "class_conditional": bool, "image_size": int, "labels": bool}
+CODE_OPTIONS = {
+    "image_tokenizer": str,
+    "class_conditional": bool,
+    "class_dropout": float,
+    "image_size": int,
+    "labels": bool,
+}
 
 
 def kind_options(config: DataConfig, known: Mapping[str, type], kind: str) -> dict[str, Any]:
@@ -63,7 +73,8 @@ def kind_options(config: DataConfig, known: Mapping[str, type], kind: str) -> di
                 f"Its options: {', '.join(known)}"
             )
         want = known[key]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        accepted = (int, float) if want is float else want  # TOML writes 0 for 0.0
+        if not isinstance(value, accepted) or (want is not bool and isinstance(value, bool)):
             raise ConfigError(f"data.kind_options.{key} must be {want.__name__}, got {value!r}")
     return options
 
@@ -337,6 +348,16 @@ class CodeRaw(RawData):
     image_tokenizer: ImageTokenizer | None = None
 
 
+def _class_dropout(options: Mapping[str, Any]) -> float:
+    """``class_dropout``, checked: a share in [0, 1) of a class-conditional corpus."""
+    p = float(options.get("class_dropout", 0.0))
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"data.kind_options.class_dropout must be in [0, 1), got {p:g} (0.1 is usual)")
+    if p > 0 and not options.get("class_conditional", False):
+        raise ConfigError("data.kind_options.class_dropout drops class tokens, so it needs class_conditional = true")
+    return p
+
+
 def _image_tokenizer_path(options: Mapping[str, Any]) -> str:
     path = options.get("image_tokenizer")
     if path is None:
@@ -367,7 +388,8 @@ class CodeData(DataKind):
             if train.labels is None:
                 raise DataError("class_conditional = true needs labelled images (an image corpus, or labels = true)")
             num_classes = max(len(train.class_names), int(train.labels.max()) + 1)
-        return ImageTokenizer.from_checkpoint(path, num_classes=num_classes)
+        dropout = _class_dropout(options)
+        return ImageTokenizer.from_checkpoint(path, num_classes=num_classes, null_class=dropout > 0)
 
     @classmethod
     def read(cls, config: DataConfig, *, objective: str | None = None, registry: Registry | None = None) -> RawData:
@@ -406,7 +428,16 @@ class CodeData(DataKind):
             f"validation images as {layout.code_shape[0]}x{layout.code_shape[1]} grids of {layout.num_codes} codes"
             f"{cond} (VQ-VAE {it.path})"
         )
-        return cls(cls._sequences(it, train), cls._sequences(it, validation), describe)
+        sequences = cls._sequences(it, train)
+        dropout = _class_dropout(kind_options(config, CODE_OPTIONS, "codes"))
+        if dropout > 0 and sequences:
+            # a fixed, seeded share of the training images stands for "any class"
+            g = torch.Generator().manual_seed(config.seed + 1)
+            chosen = torch.randperm(len(sequences), generator=g)[: round(dropout * len(sequences))]
+            for i in chosen.tolist():
+                sequences[i][1] = layout.null_class_id
+            describe += f"; {len(chosen):,} training images with <class_none> (class_dropout {dropout:g})"
+        return cls(sequences, cls._sequences(it, validation), describe)
 
     @classmethod
     def evaluation_examples(

@@ -8,6 +8,8 @@ Ids of a code sequence (K codes, an h x w grid, n classes; n = 0 when unconditio
 ``K + 1``                 ``<pad>`` (role ``pad``; never inside a sequence)
 ``K + 2``                 ``<mask>`` (role ``mask``: a hidden code, for masked-code priors)
 ``K + 3 + c``             ``<class_c>``, right after ``<image>`` when conditional
+``K + 3 + n``             ``<class_none>`` (only when ``null_class``): "any class", the slot
+                          classifier-free guidance samples against
 ========================  =================================================
 
 A sequence is ``<image> [<class_c>] code_0 ... code_{h*w-1}`` (row-major over
@@ -65,6 +67,7 @@ class CodeLayout:
     num_codes: int
     code_shape: tuple[int, int]
     num_classes: int = 0  # 0: unconditional
+    null_class: bool = False  # a <class_none> token after the classes (classifier-free guidance)
 
     @property
     def start_id(self) -> int:
@@ -85,8 +88,18 @@ class CodeLayout:
         return self.num_codes + 3 + label
 
     @property
-    def vocab_size(self) -> int:
+    def null_class_id(self) -> int:
+        """The id of ``<class_none>``; an error when this layout has none."""
+        if not self.null_class:
+            raise InputError(
+                "this prior was trained without a null class, so classifier-free guidance has nothing to guide "
+                "against: train it with data.kind_options.class_dropout > 0 (e.g. 0.1)"
+            )
         return self.num_codes + 3 + self.num_classes
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_codes + 3 + self.num_classes + int(self.null_class)
 
     @property
     def prefix_length(self) -> int:
@@ -110,10 +123,18 @@ class CodeLayout:
             PAD,
             MASK,
             *(f"<class_{c}>" for c in range(self.num_classes)),
+            *(["<class_none>"] if self.null_class else []),
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"num_codes": self.num_codes, "code_shape": list(self.code_shape), "num_classes": self.num_classes}
+        out: dict[str, Any] = {
+            "num_codes": self.num_codes,
+            "code_shape": list(self.code_shape),
+            "num_classes": self.num_classes,
+        }
+        if self.null_class:
+            out["null_class"] = True
+        return out
 
 
 class ImageTokenizer:
@@ -124,9 +145,12 @@ class ImageTokenizer:
         path: the checkpoint folder it was loaded from (recorded in the prior's tokenizer).
         digest: :func:`checkpoint_digest` of that folder.
         num_classes: class tokens to reserve (0: unconditional).
+        null_class: also reserve ``<class_none>``, the "any class" token that classifier-free guidance needs.
     """
 
-    def __init__(self, vqvae: Model, *, path: str | Path, digest: str, num_classes: int = 0) -> None:
+    def __init__(
+        self, vqvae: Model, *, path: str | Path, digest: str, num_classes: int = 0, null_class: bool = False
+    ) -> None:
         if Cap.CODEBOOK not in vqvae.provides:
             raise ConfigError(
                 f"the image tokenizer at {str(path)!r} is a {vqvae.name!r} model without a codebook; "
@@ -134,15 +158,17 @@ class ImageTokenizer:
             )
         if num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
+        if null_class and not num_classes:
+            raise ConfigError("a null class needs class tokens: set class_conditional = true")
         self.vqvae = vqvae.eval()
         self.path = str(Path(path).resolve())
         self.digest = digest
         part = vqvae.codebook_part()
         h, w = part.code_shape
-        self.layout = CodeLayout(part.vocab_size, (h, w), num_classes)
+        self.layout = CodeLayout(part.vocab_size, (h, w), num_classes, null_class)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, num_classes: int = 0) -> ImageTokenizer:
+    def from_checkpoint(cls, path: str | Path, *, num_classes: int = 0, null_class: bool = False) -> ImageTokenizer:
         """Load the VQ-VAE checkpoint at ``path`` (a folder written by ``model.save`` or ``unimodel train``)."""
         from unimodel.checkpoint import load
 
@@ -150,7 +176,7 @@ class ImageTokenizer:
         if not folder.is_dir():
             raise CheckpointError(f"image tokenizer {str(path)!r}: no such checkpoint folder")
         digest = checkpoint_digest(folder)
-        return cls(load(folder), path=folder, digest=digest, num_classes=num_classes)
+        return cls(load(folder), path=folder, digest=digest, num_classes=num_classes, null_class=null_class)
 
     # ------------------------------------------------------------ the prior's vocabulary
     def link(self) -> dict[str, Any]:
@@ -232,7 +258,13 @@ def attach_image_tokenizer(model: Any, path: str) -> None:
         )
     from unimodel.checkpoint import load
 
-    vq = ImageTokenizer(load(where), path=where, digest=digest, num_classes=int(link.get("num_classes", 0)))
+    vq = ImageTokenizer(
+        load(where),
+        path=where,
+        digest=digest,
+        num_classes=int(link.get("num_classes", 0)),
+        null_class=bool(link.get("null_class", False)),
+    )
     if [vq.layout.num_codes, list(vq.layout.code_shape)] != [link.get("num_codes"), link.get("code_shape")]:
         raise CheckpointError(f"the VQ-VAE at {where!r} has another code layout than the prior at {path!r} records")
     model.image_tokenizer = vq
@@ -273,12 +305,18 @@ def sample_codes(
     class_id: int | Sequence[int] | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
+    guidance_scale: float = 1.0,
     seed: int = 0,
 ) -> Tensor:
-    """Sample ``num`` code grids (num, h*w) from an autoregressive prior with ``generate``, one code per step.
+    """Sample ``num`` code grids (num, h*w) from an autoregressive prior, one code per step on its KV cache.
 
-    The start, pad and class tokens are suppressed, so every sampled id is a code.
-    Raises :class:`~unimodel.errors.InputError` for a prior that is not a causal decoder.
+    ``guidance_scale`` s > 1 turns on classifier-free guidance (for a prior trained
+    with ``class_dropout``): every step runs the rows twice, with their class and
+    with ``<class_none>``, and draws from ``u + s * (c - u)`` over the two rows'
+    logits c and u, which sharpens what sets the class apart; s = 1 samples the
+    conditional distribution itself (with ``generate``). The start, pad and class
+    tokens are never drawn, so every sampled id is a code. Raises
+    :class:`~unimodel.errors.InputError` for a prior that is not a causal decoder.
     """
     layout = image_tokenizer_of(prior).layout
     if not is_autoregressive(prior):
@@ -288,17 +326,74 @@ def sample_codes(
         )
     if num < 1:
         raise InputError(f"num must be at least 1, got {num}")
+    _check_guidance(layout, guidance_scale, class_id)
     ids = prompts(layout, num, class_id)
-    out = prior.generate(
-        ids,
-        do_sample=True,
-        temperature=temperature,
-        top_k=top_k,
-        seed=seed,
-        max_new_tokens=layout.num_positions,
-        suppress_tokens=list(range(layout.num_codes, layout.vocab_size)),
-    )
-    return out[:, -layout.num_positions :]
+    if guidance_scale == 1.0:
+        out = prior.generate(
+            ids,
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            max_new_tokens=layout.num_positions,
+            suppress_tokens=list(range(layout.num_codes, layout.vocab_size)),
+        )
+        return out[:, -layout.num_positions :]
+    if temperature <= 0:
+        raise InputError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
+    return _guided_codes(prior, ids.to(prior.device), guidance_scale, temperature, top_k, seed)
+
+
+def _check_guidance(layout: CodeLayout, scale: float, class_id: int | Sequence[int] | None) -> None:
+    if not math.isfinite(scale) or scale < 1.0:
+        raise InputError(f"guidance_scale must be at least 1 (1: no guidance), got {scale:g}")
+    if scale != 1.0:
+        if not layout.num_classes:
+            raise InputError("classifier-free guidance steers towards a class; this prior is unconditional")
+        layout.null_class_id  # noqa: B018 -- raises, with the fix, for a prior trained without <class_none>
+
+
+def _guide(logits: Tensor, scale: float) -> Tensor:
+    """Rows (2N, ...) = N conditional rows, then the same N with ``<class_none>`` -> guided (N, ...)."""
+    cond, free = logits.chunk(2, dim=0)
+    return free + scale * (cond - free)
+
+
+def _without_class(ids: Tensor, layout: CodeLayout) -> Tensor:
+    """(N, L) -> (2N, L): the rows, then the same rows with ``<class_none>`` in the class slot."""
+    free = ids.clone()
+    free[:, 1] = layout.null_class_id
+    return torch.cat([ids, free])
+
+
+def _guided_codes(prior: Model, ids: Tensor, scale: float, temperature: float, top_k: int | None, seed: int) -> Tensor:
+    """Classifier-free guided ancestral sampling on the decoder's cache: (N, h*w) codes."""
+    from unimodel.generation.incremental import GenerationInputs, IncrementalDecoder
+
+    layout = image_tokenizer_of(prior).layout
+    both = _without_class(ids, layout)
+    was = prior.training
+    prior.eval()
+    try:
+        inputs = GenerationInputs(input_ids=both, attention_mask=None, decoder_input_ids=both)
+        decoder = IncrementalDecoder(prior, inputs, capacity=layout.sequence_length)
+        g = torch.Generator(device=ids.device).manual_seed(seed)
+        logits = decoder.prefill()
+        codes = []
+        for step in range(layout.num_positions):
+            guided = _guide(logits[:, : layout.num_codes], scale) / temperature
+            if top_k is not None and top_k < guided.shape[-1]:
+                kth = guided.topk(top_k, dim=-1).values[:, -1:]
+                guided = guided.masked_fill(guided < kth, -math.inf)
+            drawn = torch.multinomial(torch.softmax(guided, dim=-1), 1, generator=g).squeeze(1)
+            codes.append(drawn)
+            if step + 1 < layout.num_positions:
+                logits = decoder.step(torch.cat([drawn, drawn]))
+    finally:
+        prior.train(was)
+    return torch.stack(codes, dim=1)
 
 
 @torch.no_grad()
@@ -311,6 +406,7 @@ def sample_codes_parallel(
     temperature: float = 1.0,
     top_k: int | None = None,
     choice_temperature: float = 4.5,
+    guidance_scale: float = 1.0,
     seed: int = 0,
 ) -> Tensor:
     """Sample ``num`` code grids (num, h*w) from a bidirectional prior (``masked_codes``) MaskGIT's way.
@@ -323,7 +419,9 @@ def sample_codes_parallel(
     kept stays, and after round T every code is filled. The confidence is the
     draw's log-probability plus Gumbel noise scaled by
     ``choice_temperature * (1 - t / iterations)`` (MaskGIT's annealed
-    randomness). The loop is :func:`unimodel.generation.refinement.refine`,
+    randomness). ``guidance_scale`` > 1: classifier-free guidance, as in
+    :func:`sample_codes` (each pass runs the grids with and without their class).
+    The loop is :func:`unimodel.generation.refinement.refine`,
     the one mask-predict decoding uses. Raises :class:`~unimodel.errors.InputError`
     for a prior that is not a bidirectional encoder.
     """
@@ -341,6 +439,8 @@ def sample_codes_parallel(
         raise InputError(f"temperature must be > 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
+    _check_guidance(layout, guidance_scale, class_id)
+    guided = guidance_scale != 1.0
     was = prior.training
     prior.eval()
     device = prior.device
@@ -354,8 +454,14 @@ def sample_codes_parallel(
     def predict(tokens: Tensor, positions: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
         # the LM head runs only where codes are predicted; its rows come in position order
         where = open_positions if positions is None else torch.zeros_like(open_positions).scatter_(1, positions, True)
-        flat = prior(input_ids=tokens, logits_at=where, return_logits=True).logits[:, : layout.num_codes].float()
-        logits = flat.reshape(num, -1, layout.num_codes)  # (N, Kpos, K), positions ascending
+        if guided:
+            tokens_in, where = _without_class(tokens, layout), where.repeat(2, 1)
+        else:
+            tokens_in = tokens
+        flat = prior(input_ids=tokens_in, logits_at=where, return_logits=True).logits[:, : layout.num_codes].float()
+        logits = flat.reshape(tokens_in.shape[0], -1, layout.num_codes)  # (N, Kpos, K), positions ascending
+        if guided:
+            logits = _guide(logits, guidance_scale)
         if positions is not None:  # back to the order of ``positions``
             order = positions.argsort(dim=1).argsort(dim=1)
             logits = logits.gather(1, order[..., None].expand(-1, -1, logits.shape[-1]))
