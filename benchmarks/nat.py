@@ -20,6 +20,7 @@ mask-predict at T = 1, 4, 10 with length beam 3. ``--quick`` shrinks everything
 to check that the pipeline runs (its figures mean nothing).
 
     python benchmarks/nat.py --part speed
+    python benchmarks/nat.py --part speed --device cuda   # the same comparison on a GPU
     python benchmarks/nat.py --part quality --quick
     python benchmarks/nat.py --out docs/benchmarks-nat.md      # both parts, written as markdown
 """
@@ -107,16 +108,21 @@ def speed_variants(ar: Any, nar: Any, source: Any) -> dict[str, Callable[[], Any
     return variants
 
 
-def measure_speed(family: str, batches: Sequence[int], rounds: int, source_length: int) -> list[dict[str, Any]]:
+def measure_speed(
+    family: str, batches: Sequence[int], rounds: int, source_length: int, device: str = "cpu"
+) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(THREADS)
     ar, nar, _ = speed_models(family)
     prefer_lengths(nar, [TARGET, TARGET - 1, TARGET + 1])
+    ar, nar = ar.to(device), nar.to(device)
+    # a CUDA call returns before the GPU finishes: wait for it, so each timing covers the whole call
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     rows = []
     for batch in batches:
         g = torch.Generator().manual_seed(batch)
-        source = torch.randint(0, VOCAB - 16, (batch, source_length), generator=g)
+        source = torch.randint(0, VOCAB - 16, (batch, source_length), generator=g).to(device)
         variants = speed_variants(ar, nar, source)
         check_shapes(variants, batch)
         names = list(variants)
@@ -124,8 +130,10 @@ def measure_speed(family: str, batches: Sequence[int], rounds: int, source_lengt
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
+                sync()
                 t0 = time.perf_counter()
                 variants[name]()
+                sync()
                 times[name].append(time.perf_counter() - t0)
         medians = {n: statistics.median(v) * 1000 for n, v in times.items()}
         rows.append({"batch": batch, "ms": medians})
@@ -278,6 +286,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 8, 64])
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds per batch size (speed)")
     ap.add_argument("--source-length", type=int, default=32, help="source tokens per input (speed)")
+    ap.add_argument("--device", default="cpu", help="where the speed part runs, e.g. cuda (default cpu)")
     ap.add_argument("--steps", type=int, default=6000, help="training steps of each model (quality)")
     ap.add_argument("--quick", action="store_true", help="a small run that checks the pipeline (quality)")
     ap.add_argument("--work", help="folder for the quality runs' checkpoints (default: a temporary one)")
@@ -294,10 +303,10 @@ def main() -> None:
         "",
         f"Produced by `python benchmarks/nat.py`. Machine: {platform.machine()}, {os.cpu_count()} cores; "
         f"Python {platform.python_version()}, torch {torch.__version__}, unimodel {unimodel.__version__}; "
-        f"fp32, {THREADS} threads.",
+        f"fp32, {THREADS} threads" + ("." if args.device == "cpu" else f"; speed measured on {args.device}."),
     ]
     if args.part in ("speed", "both"):
-        rows = measure_speed(args.family, args.batches, args.rounds, args.source_length)
+        rows = measure_speed(args.family, args.batches, args.rounds, args.source_length, args.device)
         lines += ["", *speed_table(args.family, rows, args.rounds)]
     if args.part in ("quality", "both"):
         if args.work:
