@@ -169,7 +169,11 @@ def speed_table(family: str, rows: list[dict[str, Any]], rounds: int) -> list[st
 
 
 # ================================================================= quality
-def quality_runs(out: Path, quick: bool, family: str, steps: int) -> dict[str, Any]:
+#: the quality comparison's backbone sizes: the speed part's, or the README examples' bart-tiny (2 + 2, d 128)
+QUALITY_SIZES = {"speed": "4 + 4 layers, d 256", "tiny": "bart-tiny: 2 + 2 layers, d 128"}
+
+
+def quality_runs(out: Path, quick: bool, family: str, steps: int, size_name: str = "speed") -> dict[str, Any]:
     """Train the AR teacher, distill, train NAR on distilled and raw targets; exact match of each."""
     import torch
 
@@ -182,7 +186,12 @@ def quality_runs(out: Path, quick: bool, family: str, steps: int) -> dict[str, A
     steps = 20 if quick else steps
     corpus = {"corpus": "numbers", "corpus_options": {"n_train": n_train, "n_validation": n_val, "count": 4}}
     data = {**corpus, "vocab_size": VOCAB, "split_digits": True}
-    size = {"name": family, **(BART_SIZE if family == "bart" else T5_SIZE)}
+    if size_name == "tiny":
+        if family != "bart":
+            raise SystemExit("--quality-size tiny is bart-tiny: use it with --family bart")
+        size: dict[str, Any] = {"name": "bart-tiny", "dropout": 0.0}
+    else:
+        size = {"name": family, **(BART_SIZE if family == "bart" else T5_SIZE)}
     schedule = {
         "max_steps": steps,
         "batch_size": 16 if quick else 64,
@@ -198,11 +207,17 @@ def quality_runs(out: Path, quick: bool, family: str, steps: int) -> dict[str, A
     }
     validation = out / "validation.jsonl"
     write_pairs(validation, load_pairs(corpus, split="validation"))
-    results: dict[str, Any] = {"n_train": n_train, "n_validation": n_val, "steps": steps}
+    results: dict[str, Any] = {
+        "n_train": n_train,
+        "n_validation": n_val,
+        "steps": steps,
+        "size": f"{family}, {QUALITY_SIZES[size_name]}" if size_name == "speed" else QUALITY_SIZES[size_name],
+    }
 
     started = time.perf_counter()
     train_run(train, size, "seq2seq", data, schedule, out / "ar")
     results["ar_minutes"] = (time.perf_counter() - started) / 60
+    print(json.dumps({"trained": "ar", **results}), flush=True)
     teacher = load(out / "ar" / "checkpoint")
     started = time.perf_counter()
     distilled = distill(teacher, corpus, out / "distilled.jsonl", batch_size=64)
@@ -263,7 +278,8 @@ def quality_table(results: dict[str, Any], quick: bool) -> list[str]:
     lines = [
         "### Quality: numbers, count = 4",
         "",
-        f"{results['n_train']:,} training pairs, {results['n_validation']} validation pairs, {results['steps']:,} "
+        f"{results.get('size', 'bart, 4 + 4 layers, d 256')}; {results['n_train']:,} training pairs, "
+        f"{results['n_validation']} validation pairs, {results['steps']:,} "
         f"steps per model; AR teacher {results['ar_minutes']:.1f} min, distillation "
         f"{results['distill_minutes']:.1f} min." + (" Quick run: the figures mean nothing." if quick else ""),
         "",
@@ -288,6 +304,12 @@ def main() -> None:
     ap.add_argument("--source-length", type=int, default=32, help="source tokens per input (speed)")
     ap.add_argument("--device", default="cpu", help="where the speed part runs, e.g. cuda (default cpu)")
     ap.add_argument("--steps", type=int, default=6000, help="training steps of each model (quality)")
+    ap.add_argument(
+        "--quality-size",
+        choices=list(QUALITY_SIZES),
+        default="speed",
+        help="backbone of the quality part: the speed part's (default) or bart-tiny, the examples' size",
+    )
     ap.add_argument("--quick", action="store_true", help="a small run that checks the pipeline (quality)")
     ap.add_argument("--work", help="folder for the quality runs' checkpoints (default: a temporary one)")
     ap.add_argument("--out", help="write the tables as this file's `nat` section (e.g. docs/benchmarks.md)")
@@ -310,10 +332,10 @@ def main() -> None:
         lines += ["", *speed_table(args.family, rows, args.rounds)]
     if args.part in ("quality", "both"):
         if args.work:
-            results = quality_runs(Path(args.work), args.quick, args.family, args.steps)
+            results = quality_runs(Path(args.work), args.quick, args.family, args.steps, args.quality_size)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                results = quality_runs(Path(tmp), args.quick, args.family, args.steps)
+                results = quality_runs(Path(tmp), args.quick, args.family, args.steps, args.quality_size)
         lines += ["", *quality_table(results, args.quick)]
     text = "\n".join(lines) + "\n"
     print(text)
