@@ -11,6 +11,10 @@ Takes checkpoints written by ``unimodel train`` (``examples/vqvae_shapes.toml``,
 - sampling time at batch 1 (one 8x8 grid): the AR prior with ``generate`` (KV
   cache) against the parallel prior's refinement, medians of ``--reps`` runs.
 
+``--guidance 1 3`` scores the samples at each classifier-free guidance scale
+(priors trained with ``class_dropout``) and times both samplers without guidance
+and at the largest scale; each parallel step count that is timed is scored too.
+
     python benchmarks/prior.py --ar runs/prior_shapes/checkpoint \
         [--parallel runs/maskgit_shapes/checkpoint] [--png docs/prior_samples.png]
 
@@ -79,7 +83,13 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=25, help="samples per class")
     p.add_argument("--top-k", type=int, default=None, help="autoregressive sampling: the k likeliest codes")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale of both samplers")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="classifier-free guidance scales to score both samplers at (1: none; others need class_dropout)",
+    )
     p.add_argument("--iterations", type=int, default=8, help="parallel sampling: refinement steps")
     p.add_argument(
         "--time-iterations", type=int, nargs="*", default=[4], help="parallel sampling: more step counts to time"
@@ -119,46 +129,56 @@ def main() -> None:
     judge_model = judges[True]
 
     labels = torch.arange(len(SHAPE_CLASSES)).repeat_interleave(args.per_class)
-    common = {"temperature": args.temperature, "guidance_scale": args.guidance}
-    samplers: dict[str, Any] = {"autoregressive": lambda n, c, seed: sample_codes(
-        ar, n, class_id=c, top_k=args.top_k, seed=seed, **common)}  # fmt: skip
+    samplers: dict[str, Any] = {"autoregressive": lambda n, c, seed, **o: sample_codes(
+        ar, n, class_id=c, top_k=args.top_k, seed=seed, temperature=args.temperature, **o)}  # fmt: skip
     if args.parallel is not None:
         masked = um.load(args.parallel)
         if image_tokenizer_of(masked).digest != vq.digest:
             raise SystemExit(f"{args.parallel} models the codes of another VQ-VAE than {args.ar}")
-        samplers["parallel"] = lambda n, c, seed: sample_codes_parallel(
-            masked, n, class_id=c, iterations=args.iterations, seed=seed, **common
+        samplers["parallel"] = lambda n, c, seed, **o: sample_codes_parallel(
+            masked, n, class_id=c, iterations=args.iterations, seed=seed, temperature=args.temperature, **o
         )
+        for t in args.time_iterations:  # the step counts that are timed are scored too
+            samplers[f"parallel, {t} iterations"] = lambda n, c, seed, t=t, **o: sample_codes_parallel(
+                masked, n, class_id=c, iterations=t, seed=seed, temperature=args.temperature, **o
+            )
     grids = []
     for name, sampler in samplers.items():
-        images = vq.decode(sampler(len(labels), labels.tolist(), 0))
-        score = class_accuracy(judge_model, images, labels)
-        print(f"{name}: the classifier recognises {score:.1%} of {len(labels)} samples as the class asked for")
-        hits = (judge_model.predict(images) == labels).double()
-        print(
-            "  by class: "
-            + ", ".join(f"{c} {float(hits[labels == i].mean()):.0%}" for i, c in enumerate(SHAPE_CLASSES))
-        )
-        grids.append(torch.stack([images[labels == c][:8] for c in range(len(SHAPE_CLASSES))]))  # (classes, 8, ...)
-
-    timed = {name: lambda s=s: s(1, 0, 1) for name, s in samplers.items()}
-    if args.parallel is not None:
-        timed = {
-            "autoregressive": timed["autoregressive"],
-            f"parallel, {args.iterations} iterations": timed["parallel"],
-        }
-        for t in args.time_iterations:
-            timed[f"parallel, {t} iterations"] = lambda t=t: sample_codes_parallel(
-                masked, 1, class_id=0, iterations=t, seed=1, **common
+        for scale in args.guidance:
+            images = vq.decode(sampler(len(labels), labels.tolist(), 0, guidance_scale=scale))
+            score = class_accuracy(judge_model, images, labels)
+            print(
+                f"{name}, guidance {scale:g}: the classifier recognises {score:.1%} of {len(labels)} samples as the "
+                "class asked for"
             )
+            hits = (judge_model.predict(images) == labels).double()
+            print(
+                "  by class: "
+                + ", ".join(f"{c} {float(hits[labels == i].mean()):.0%}" for i, c in enumerate(SHAPE_CLASSES))
+            )
+        if name in ("autoregressive", "parallel"):  # the grid shows their last scale's samples: (classes, 8, ...)
+            grids.append(torch.stack([images[labels == c][:8] for c in range(len(SHAPE_CLASSES))]))
+
+    strongest = max(args.guidance)
+    timed: dict[str, Any] = {}
+    for scale in sorted({1.0, strongest}):
+        tag = "" if scale == 1.0 else f", guidance {scale:g}"
+        timed[f"autoregressive{tag}"] = lambda scale=scale: samplers["autoregressive"](1, 0, 1, guidance_scale=scale)
+        if args.parallel is not None:
+            for t in (args.iterations, *args.time_iterations):
+                timed[f"parallel, {t} iterations{tag}"] = lambda t=t, scale=scale: sample_codes_parallel(
+                    masked, 1, class_id=0, iterations=t, seed=1, temperature=args.temperature, guidance_scale=scale
+                )
     medians = alternated(timed, args.reps)
     for name, seconds in medians.items():
-        ratio = medians["autoregressive"] / seconds
+        tag = name.split(", guidance")[1] if ", guidance" in name else ""
+        ratio = medians["autoregressive" + (f", guidance{tag}" if tag else "")] / seconds
         print(f"{name}: one 8x8 grid at batch 1, median of {args.reps}: {seconds * 1e3:.1f} ms ({ratio:.1f}x)")
     if args.png is not None:
         rows = torch.cat(grids, dim=1).flatten(0, 1)
         save_image_grid(rows, args.png, nrow=8 * len(grids))
-        print(f"samples (one row per class: {', '.join(SHAPE_CLASSES)}; {' then '.join(samplers)}) -> {args.png}")
+        shown = " then ".join(n for n in samplers if n in ("autoregressive", "parallel"))
+        print(f"samples (one row per class: {', '.join(SHAPE_CLASSES)}; {shown}) -> {args.png}")
 
 
 if __name__ == "__main__":

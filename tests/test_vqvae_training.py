@@ -67,13 +67,17 @@ def test_a_prior_example_trains_on_the_codes_and_samples_from_the_command_line(r
     shipped = load_run_config(EXAMPLES / f"{example}.toml")
     assert shipped.data.kind == "codes" and shipped.data.kind_options["class_conditional"] is True
     result = train(EXAMPLES / f"{example}.toml", overrides=[*TINY_PRIOR, *TINY_DATA, *TINY_TRAIN])
-    assert result.model.vocab_size == 32 + 3 + 8  # codes, <image> <pad> <mask>, 8 shape classes
+    assert result.model.vocab_size == 32 + 3 + 8 + 1  # codes, <image> <pad> <mask>, 8 shape classes, <class_none>
     checkpoint = str(runs / example / "checkpoint")
     png = runs / f"{example}.png"
     sample = ["sample", checkpoint, "--num", "4", "--class", "2", "--out", str(png)]
     assert cli.main(sample + (["--iterations", "3"] if parallel else [])) == 0
     out = capsys.readouterr().out
     assert ("parallel decoding, 3 iterations" in out) == parallel and ("autoregressive" in out) != parallel
+    assert cli.main([*sample, "--guidance", "3"]) == 0  # the example trains the null class guidance needs
+    assert "guidance 3" in capsys.readouterr().out
+    assert cli.main([*sample, "--guidance", "0.5"]) == 2
+    assert "guidance_scale must be at least 1 (1: no guidance), got 0.5" in capsys.readouterr().err
     assert Image.open(png).size == (2 * 18 + 2, 2 * 18 + 2)
     assert cli.main(["sample", checkpoint, "--class", "9", "--out", str(png)]) == 2
     assert "class 9 is not one of this prior's classes 0..7" in capsys.readouterr().err
