@@ -272,3 +272,21 @@ def test_guided_parallel_sampling_runs_every_pass_with_and_without_the_class(vq_
     with torch.no_grad():
         c, u = (prior.eval()(input_ids=x, return_logits=True).logits[:, 2:, :32] for x in (ids, free))
     assert torch.equal(one, (u + 2.0 * (c - u)).argmax(-1))
+
+
+def test_either_sampler_refuses_a_request_beyond_memory_before_allocating(vq_folder, one_thread):
+    from unimodel_vqvae.prior import sample_codes, sample_codes_parallel
+
+    from unimodel.bounds import memory_limit
+    from unimodel.errors import ResourceError
+
+    it = ImageTokenizer.from_checkpoint(vq_folder, num_classes=2, null_class=True)
+    causal = _prior(it.tokenizer(), it.layout)
+    causal.image_tokenizer = it
+    with memory_limit(64 << 20):
+        for scale in (1.0, 3.0):  # the guided path runs its own loop: it is bounded as generate is
+            with pytest.raises(ResourceError, match=r"generate \(batch (4000000|8000000), 18 positions\)"):
+                sample_codes(causal, 4_000_000, class_id=0, guidance_scale=scale)
+        with pytest.raises(ResourceError, match=r"parallel sampling \(4000000 grids, guided\): this needs at least"):
+            sample_codes_parallel(_parallel_prior(it), 4_000_000, class_id=0, guidance_scale=3.0)
+        assert sample_codes(causal, 2, class_id=1, guidance_scale=3.0).shape == (2, 16)  # small requests run

@@ -326,7 +326,8 @@ def sample_codes(
         )
     if num < 1:
         raise InputError(f"num must be at least 1, got {num}")
-    _check_guidance(layout, guidance_scale, class_id)
+    _check_guidance(layout, guidance_scale)
+    _check_sampling_memory(prior, layout, num, guidance_scale != 1.0, parallel=False)
     ids = prompts(layout, num, class_id)
     if guidance_scale == 1.0:
         out = prior.generate(
@@ -346,7 +347,33 @@ def sample_codes(
     return _guided_codes(prior, ids.to(prior.device), guidance_scale, temperature, top_k, seed)
 
 
-def _check_guidance(layout: CodeLayout, scale: float, class_id: int | Sequence[int] | None) -> None:
+def _check_sampling_memory(prior: Model, layout: CodeLayout, num: int, guided: bool, *, parallel: bool) -> None:
+    """Refuse, before anything is allocated, ``num`` samples (twice the rows when guided) that need more memory
+    than is available: the decoder's cache and logits (autoregressive, as ``generate`` estimates them), or one
+    pass's activations and code logits (parallel)."""
+    from types import SimpleNamespace
+
+    from unimodel.bounds import check_generation_memory, check_memory
+
+    rows = num * (2 if guided else 1)
+    if not parallel:
+        ids = torch.empty((rows, layout.prefix_length), dtype=torch.long, device="meta")
+        settings = SimpleNamespace(num_beams=1, num_return_sequences=1, max_length=layout.sequence_length)
+        check_generation_memory(prior, ids, settings)
+        return
+    assert prior.encoder is not None
+    width = getattr(prior.encoder, "d_model", 0)
+    per_position = (8 * width + 3 * layout.num_codes) * 4  # hidden states of a pass, fp32 code logits and draws
+    check_memory(
+        rows * layout.sequence_length * per_position,
+        f"parallel sampling ({num} grids{', guided' if guided else ''})",
+        device=prior.device,
+        at_least=True,
+        fix="Sample fewer grids per call.",
+    )
+
+
+def _check_guidance(layout: CodeLayout, scale: float) -> None:
     if not math.isfinite(scale) or scale < 1.0:
         raise InputError(f"guidance_scale must be at least 1 (1: no guidance), got {scale:g}")
     if scale != 1.0:
@@ -439,8 +466,9 @@ def sample_codes_parallel(
         raise InputError(f"temperature must be > 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
-    _check_guidance(layout, guidance_scale, class_id)
+    _check_guidance(layout, guidance_scale)
     guided = guidance_scale != 1.0
+    _check_sampling_memory(prior, layout, num, guided, parallel=True)
     was = prior.training
     prior.eval()
     device = prior.device
