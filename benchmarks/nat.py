@@ -22,7 +22,7 @@ to check that the pipeline runs (its figures mean nothing).
     python benchmarks/nat.py --part speed
     python benchmarks/nat.py --part speed --device cuda   # the same comparison on a GPU
     python benchmarks/nat.py --part quality --quick
-    python benchmarks/nat.py --out docs/benchmarks-nat.md      # both parts, written as markdown
+    python benchmarks/nat.py --out docs/benchmarks.md      # both parts, each written as its own section
 """
 
 from __future__ import annotations
@@ -312,7 +312,10 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="a small run that checks the pipeline (quality)")
     ap.add_argument("--work", help="folder for the quality runs' checkpoints (default: a temporary one)")
-    ap.add_argument("--out", help="write the tables as this file's `nat` section (e.g. docs/benchmarks.md)")
+    ap.add_argument(
+        "--out",
+        help="write each part as a section of this file (e.g. docs/benchmarks.md): speed `nat`, quality `nat-quality`",
+    )
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -320,27 +323,42 @@ def main() -> None:
 
     import unimodel
 
-    lines = [
-        "## Non-autoregressive decoding",
-        "",
-        f"Produced by `python benchmarks/nat.py`. Machine: {platform.machine()}, {os.cpu_count()} cores; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, unimodel {unimodel.__version__}; "
-        f"fp32, {THREADS} threads" + ("." if args.device == "cpu" else f"; speed measured on {args.device}."),
-    ]
+    machine = (
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, unimodel {unimodel.__version__}; fp32, {THREADS} threads"
+    )
     if args.part in ("speed", "both"):
         rows = measure_speed(args.family, args.batches, args.rounds, args.source_length, args.device)
-        lines += ["", *speed_table(args.family, rows, args.rounds)]
+        where = "." if args.device == "cpu" else f"; speed measured on {args.device}."
+        speed = [
+            "## Non-autoregressive decoding",
+            "",
+            f"Produced by `python benchmarks/nat.py --part speed`. {machine}{where}",
+            "",
+            *speed_table(args.family, rows, args.rounds),
+        ]
+        emit("nat", speed, args.out)
     if args.part in ("quality", "both"):
         if args.work:
             results = quality_runs(Path(args.work), args.quick, args.family, args.steps, args.quality_size)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 results = quality_runs(Path(tmp), args.quick, args.family, args.steps, args.quality_size)
-        lines += ["", *quality_table(results, args.quick)]
+        command = f"python benchmarks/nat.py --part quality --steps {results['steps']}"
+        if args.quality_size != "speed":
+            command += f" --quality-size {args.quality_size}"
+        if args.quick:
+            command += " --quick"
+        quality = [f"Produced by `{command}`. {machine}.", "", *quality_table(results, args.quick)]
+        emit("nat-quality", quality, args.out)
+
+
+def emit(section: str, lines: list[str], out: str | None) -> None:
+    """Print a part's markdown and, with ``--out``, write it as that file's section ``section``."""
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        write_section("nat", text, Path(args.out))
+    if out:
+        write_section(section, text, Path(out))
 
 
 if __name__ == "__main__":
