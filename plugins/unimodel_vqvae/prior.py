@@ -340,10 +340,7 @@ def sample_codes(
             suppress_tokens=list(range(layout.num_codes, layout.vocab_size)),
         )
         return out[:, -layout.num_positions :]
-    if temperature <= 0:
-        raise InputError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise InputError(f"top_k must be at least 1, got {top_k}")
+    _check_draw(temperature, top_k)
     return _guided_codes(prior, ids.to(prior.device), guidance_scale, temperature, top_k, seed)
 
 
@@ -371,6 +368,21 @@ def _check_sampling_memory(prior: Model, layout: CodeLayout, num: int, guided: b
         at_least=True,
         fix="Sample fewer grids per call.",
     )
+
+
+def _check_draw(temperature: float, top_k: int | None) -> None:
+    if temperature <= 0:
+        raise InputError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
+
+
+def _keep_top_k(logits: Tensor, top_k: int | None) -> Tensor:
+    """Logits (..., K) with all but the ``top_k`` largest of each row set to -inf (all kept when ``None``)."""
+    if top_k is None or top_k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, -math.inf)
 
 
 def _check_guidance(layout: CodeLayout, scale: float) -> None:
@@ -410,10 +422,7 @@ def _guided_codes(prior: Model, ids: Tensor, scale: float, temperature: float, t
         logits = decoder.prefill()
         codes = []
         for step in range(layout.num_positions):
-            guided = _guide(logits[:, : layout.num_codes], scale) / temperature
-            if top_k is not None and top_k < guided.shape[-1]:
-                kth = guided.topk(top_k, dim=-1).values[:, -1:]
-                guided = guided.masked_fill(guided < kth, -math.inf)
+            guided = _keep_top_k(_guide(logits[:, : layout.num_codes], scale), top_k) / temperature
             drawn = torch.multinomial(torch.softmax(guided, dim=-1), 1, generator=g).squeeze(1)
             codes.append(drawn)
             if step + 1 < layout.num_positions:
@@ -462,10 +471,7 @@ def sample_codes_parallel(
         raise InputError(f"num must be at least 1, got {num}")
     if iterations < 1:
         raise InputError(f"iterations must be at least 1, got {iterations}")
-    if temperature <= 0:
-        raise InputError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise InputError(f"top_k must be at least 1, got {top_k}")
+    _check_draw(temperature, top_k)
     _check_guidance(layout, guidance_scale)
     guided = guidance_scale != 1.0
     _check_sampling_memory(prior, layout, num, guided, parallel=True)
@@ -493,10 +499,7 @@ def sample_codes_parallel(
         if positions is not None:  # back to the order of ``positions``
             order = positions.argsort(dim=1).argsort(dim=1)
             logits = logits.gather(1, order[..., None].expand(-1, -1, logits.shape[-1]))
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth = logits.topk(top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        logp = torch.log_softmax(logits / temperature, dim=-1)
+        logp = torch.log_softmax(_keep_top_k(logits, top_k) / temperature, dim=-1)
         # inverse-CDF draw: one uniform per position (multinomial draws one exponential per code)
         cdf = logp.exp().cumsum(-1)
         u = torch.rand((*cdf.shape[:-1], 1), generator=g, device=device) * cdf[..., -1:]
