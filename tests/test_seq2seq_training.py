@@ -13,7 +13,7 @@ from helpers import tiny_config
 import unimodel as um
 from unimodel import cli
 from unimodel.data.tokenizer import Tokenizer
-from unimodel.errors import ConfigError, DataError
+from unimodel.errors import ConfigError, DataError, TrainingError
 from unimodel.training import (
     _ObjectiveStep,
     count_exact_matches,
@@ -60,6 +60,26 @@ def pair_run(out: Path, *, model=None, objective=None, data=None, **train_opts) 
             **train_opts,
         },
     }
+
+
+class Crash(RuntimeError):
+    """A run killed mid-way."""
+
+
+def crash_at_forward(monkeypatch, n: int, run) -> None:
+    """Call ``run`` with the ``n``-th training forward pass raising :class:`Crash`; check that it did."""
+    original, calls = _ObjectiveStep.forward, {"n": 0}
+
+    def forward(self, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Crash
+        return original(self, batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(_ObjectiveStep, "forward", forward)
+        with pytest.raises(Crash):
+            run()
 
 
 def metrics(out: Path) -> list[dict]:
@@ -165,27 +185,25 @@ def test_training_on_pairs_lowers_the_loss_and_reports_exact_match(tmp_path):
     assert again.exact_match == result.exact_match and again.split == "validation"
 
 
+def test_a_cmlm_run_resumes_exactly(tmp_path, monkeypatch):
+    # cmlm builds the decoder without its causal mask: resuming compares [model] as the objective builds it
+    opts = {"objective": {"name": "cmlm"}, "max_steps": 8, "checkpoint_every": 4, "exact_match_examples": 0}
+    whole = train(pair_run(tmp_path / "a", **opts))
+    crash_at_forward(monkeypatch, 6, lambda: train(pair_run(tmp_path / "b", **opts)))
+    rest = train(pair_run(tmp_path / "b", **opts), resume=True)
+    assert rest.start_step == 4 and sorted(rest.losses) == [5, 6, 7, 8]
+    assert step_losses(tmp_path / "b") == step_losses(tmp_path / "a") == whole.losses  # the masking draws too
+    # a real change of [model] is still refused
+    with pytest.raises(TrainingError, match=r"\[model\] differs.*d_ff"):
+        train(pair_run(tmp_path / "b", model={"d_ff": 48}, **{**opts, "max_steps": 10}), resume=True)
+
+
 def test_resume_on_pairs_continues_exactly(tmp_path, monkeypatch):
     # 256 pairs, 32 a step: epoch 0 is steps 1-8, so the resumed part crosses into epoch 1
     opts = {"max_steps": 10, "checkpoint_every": 4, "batch_size": 32, "model": {"dropout": 0.1}}
     a = train(pair_run(tmp_path / "a", **opts))
     assert [m["epoch"] for m in metrics(tmp_path / "a") if "loss" in m] == [0] * 8 + [1] * 2
-
-    class Crash(RuntimeError):
-        pass
-
-    original, calls = _ObjectiveStep.forward, {"n": 0}
-
-    def forward(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise Crash
-        return original(self, batch)
-
-    with monkeypatch.context() as m:
-        m.setattr(_ObjectiveStep, "forward", forward)
-        with pytest.raises(Crash):
-            train(pair_run(tmp_path / "b", **opts))
+    crash_at_forward(monkeypatch, 6, lambda: train(pair_run(tmp_path / "b", **opts)))
     b = train(pair_run(tmp_path / "b", **opts), resume=True)
     assert b.start_step == 4 and sorted(b.losses) == [5, 6, 7, 8, 9, 10]
     assert step_losses(tmp_path / "b") == step_losses(tmp_path / "a") == a.losses  # dropout included

@@ -116,7 +116,9 @@ class RunFolderSteps:
         saved = read_json(self.ckpt_dir / RUN_FILE).get("model")
         if not isinstance(saved, dict):
             return  # a checkpoint without its run's [model]: its config.json is the model
-        before = resolve_model_spec(saved)
+        # both as the objective builds them (cmlm: causal_decoder = false), however the table spelled it
+        objective = self.run.objective_spec.objective_class
+        before = resolve_model_spec(saved).for_objective(objective)
         now = self.run.model_spec
         old, new = before.config.to_dict(), now.config.to_dict()
         keys = sorted(set(old) | set(new))
