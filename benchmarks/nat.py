@@ -16,18 +16,23 @@ target tokens). An autoregressive teacher (``seq2seq``, greedy) is trained, its
 outputs for every training source are distilled into a pair file, and two
 ``cmlm`` models of the same size are trained, one on the distilled pairs, one on
 the raw targets. Exact match on the validation pairs: AR greedy; NAR
-mask-predict at T = 1, 4, 10 with length beam 3. ``--quick`` shrinks everything
-to check that the pipeline runs (its figures mean nothing).
+mask-predict at T = 1, 4, 10 with length beam 3. ``--student-steps`` trains the
+NAR models longer than the teacher. With ``--work DIR --resume`` an interrupted
+comparison continues where it stopped (every run checkpoints each 1,000 steps; the
+distillation continues its pair file). ``--quick`` shrinks everything to check
+that the pipeline runs (its figures mean nothing).
 
     python benchmarks/nat.py --part speed
     python benchmarks/nat.py --part speed --device cuda   # the same comparison on a GPU
     python benchmarks/nat.py --part quality --quick
+    python benchmarks/nat.py --part quality --quality-size tiny --steps 2000 --student-steps 8000 --work runs/natq
     python benchmarks/nat.py --out docs/benchmarks.md      # both parts, each written as its own section
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +178,22 @@ def speed_table(family: str, rows: list[dict[str, Any]], rounds: int) -> list[st
 QUALITY_SIZES = {"speed": "4 + 4 layers, d 256", "tiny": "bart-tiny: 2 + 2 layers, d 128"}
 
 
-def quality_runs(out: Path, quick: bool, family: str, steps: int, size_name: str = "speed") -> dict[str, Any]:
-    """Train the AR teacher, distill, train NAR on distilled and raw targets; exact match of each."""
+def quality_runs(
+    out: Path,
+    quick: bool,
+    family: str,
+    steps: int,
+    size_name: str = "speed",
+    *,
+    student_steps: int | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train the AR teacher, distill, train NAR on distilled and raw targets; exact match of each.
+
+    ``student_steps``: the NAR models' steps (default ``steps``, the teacher's). ``resume``: continue each run
+    from its last checkpoint in ``out`` (a finished run is kept as it is) and the distillation from its last
+    written pair; without it, ``out``'s previous runs and pair file are replaced.
+    """
     import torch
 
     from unimodel.checkpoint import load
@@ -184,6 +203,7 @@ def quality_runs(out: Path, quick: bool, family: str, steps: int, size_name: str
     torch.set_num_threads(THREADS)
     n_train, n_val = (256, 32) if quick else (20000, 500)
     steps = 20 if quick else steps
+    student_steps = steps if quick or student_steps is None else student_steps
     corpus = {"corpus": "numbers", "corpus_options": {"n_train": n_train, "n_validation": n_val, "count": 4}}
     data = {**corpus, "vocab_size": VOCAB, "split_digits": True}
     if size_name == "tiny":
@@ -194,12 +214,12 @@ def quality_runs(out: Path, quick: bool, family: str, steps: int, size_name: str
         size = {"name": family, **(BART_SIZE if family == "bart" else T5_SIZE)}
     schedule = {
         "max_steps": steps,
+        "checkpoint_every": 0 if quick else 1000,  # a long run can be resumed (--resume)
         "batch_size": 16 if quick else 64,
         "learning_rate": 1e-3,
         "warmup_steps": 5 if quick else 300,
         "weight_decay": 0.01,
         "eval_every": 0,
-        "checkpoint_every": 0,
         "log_every": 10 if quick else 500,
         "progress": False,
         "exact_match_examples": 0,  # scored below, with every decoding setting
@@ -211,21 +231,28 @@ def quality_runs(out: Path, quick: bool, family: str, steps: int, size_name: str
         "n_train": n_train,
         "n_validation": n_val,
         "steps": steps,
+        "student_steps": student_steps,
         "size": f"{family}, {QUALITY_SIZES[size_name]}" if size_name == "speed" else QUALITY_SIZES[size_name],
     }
+    clock = WorkClock(out / "minutes.json", resume)
+    pair_file = out / "distilled.jsonl"
+    if not resume:
+        pair_file.unlink(missing_ok=True)  # else distill() would continue a former teacher's file
 
-    started = time.perf_counter()
-    train_run(train, size, "seq2seq", data, schedule, out / "ar")
-    results["ar_minutes"] = (time.perf_counter() - started) / 60
+    with clock.part("ar") as lap:
+        lap["worked"] = train_run(train, size, "seq2seq", data, schedule, out / "ar", resume=resume)
     print(json.dumps({"trained": "ar", **results}), flush=True)
     teacher = load(out / "ar" / "checkpoint")
-    started = time.perf_counter()
-    distilled = distill(teacher, corpus, out / "distilled.jsonl", batch_size=64)
-    results["distill_minutes"] = (time.perf_counter() - started) / 60
+    with clock.part("distill") as lap:
+        distilled = distill(teacher, corpus, pair_file, batch_size=64)
+        lap["worked"] = distilled.written > 0
     results["distilled_pairs"] = distilled.total
-    nar_data = {"paths": [str(out / "distilled.jsonl")], "validation_paths": [str(validation)]}
-    train_run(train, size, "cmlm", {**data, **nar_data, "corpus": None, "corpus_options": {}}, schedule, out / "nar_kd")
-    train_run(train, size, "cmlm", data, schedule, out / "nar_raw")
+    nar_data = {"paths": [str(pair_file)], "validation_paths": [str(validation)]}
+    student = {**schedule, "max_steps": student_steps}
+    for name, nar in (("nar_kd", {**data, **nar_data, "corpus": None, "corpus_options": {}}), ("nar_raw", data)):
+        with clock.part(name) as lap:
+            lap["worked"] = train_run(train, size, "cmlm", nar, student, out / name, resume=resume)
+    results.update({f"{name}_minutes": minutes for name, minutes in clock.minutes.items()})
 
     pairs = load_pairs(validation)
     scores = {"AR greedy": exact_match(teacher, pairs, {})}
@@ -239,15 +266,47 @@ def quality_runs(out: Path, quick: bool, family: str, steps: int, size_name: str
     return results
 
 
-def train_run(train: Callable[..., Any], model: dict, objective: str, data: dict, schedule: dict, out: Path) -> None:
-    train(
-        {
-            "model": model,
-            "objective": {"name": objective},
-            "data": data,
-            "train": {**schedule, "output_dir": str(out)},
-        }
-    )
+class WorkClock:
+    """Wall minutes of each part of the quality runs, kept in a JSON file so that a resumed run adds to them
+    (a part that finds its work done adds nothing)."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        self.minutes: dict[str, float] = {}
+        if resume and path.is_file():
+            self.minutes = {str(k): float(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[dict[str, bool]]:
+        lap = {"worked": True}
+        started = time.perf_counter()
+        try:
+            yield lap
+        finally:  # an interrupted part keeps the minutes it ran, for its resumption to add to
+            if lap["worked"]:
+                self.minutes[name] = self.minutes.get(name, 0.0) + (time.perf_counter() - started) / 60
+                self.path.write_text(json.dumps(self.minutes, indent=1) + "\n", encoding="utf-8")
+
+
+def train_run(
+    train: Callable[..., Any], model: dict, objective: str, data: dict, schedule: dict, out: Path, resume: bool = False
+) -> bool:
+    """Train one model into ``out``; with ``resume``, continue the run there if it has a checkpoint. False
+    when that run had already finished (nothing trained)."""
+    from unimodel.training.runfolder import find_resume_checkpoint
+
+    config = {
+        "model": model,
+        "objective": {"name": objective},
+        "data": data,
+        "train": {**schedule, "output_dir": str(out)},
+    }
+    last = find_resume_checkpoint(out, lambda *_: None) if resume and out.is_dir() else None
+    if last is not None and last.step >= schedule["max_steps"]:
+        print(f"{out}: finished at step {last.step}, kept", flush=True)
+        return False
+    train(config, resume=last is not None)
+    return True
 
 
 def write_pairs(path: Path, pairs: Sequence[tuple[str, str]]) -> None:
@@ -279,9 +338,10 @@ def quality_table(results: dict[str, Any], quick: bool) -> list[str]:
         "### Quality: numbers, count = 4",
         "",
         f"{results.get('size', 'bart, 4 + 4 layers, d 256')}; {results['n_train']:,} training pairs, "
-        f"{results['n_validation']} validation pairs, {results['steps']:,} "
-        f"steps per model; AR teacher {results['ar_minutes']:.1f} min, distillation "
-        f"{results['distill_minutes']:.1f} min." + (" Quick run: the figures mean nothing." if quick else ""),
+        f"{results['n_validation']} validation pairs; {steps_text(results)}; wall time: AR teacher "
+        f"{results['ar_minutes']:.1f} min, distillation {results['distill_minutes']:.1f} min, NAR students "
+        f"{results['nar_kd_minutes']:.1f} and {results['nar_raw_minutes']:.1f} min."
+        + (" Quick run: the figures mean nothing." if quick else ""),
         "",
         "| model | T=1 | T=4 | T=10 |",
         "|---|---:|---:|---:|",
@@ -292,6 +352,13 @@ def quality_table(results: dict[str, Any], quick: bool) -> list[str]:
             f"| {label}, length beam 3 | " + " | ".join(f"{em[f'{name} T={t}']:.1%}" for t in (1, 4, 10)) + " |"
         )
     return lines
+
+
+def steps_text(results: Mapping[str, Any]) -> str:
+    steps, student = results["steps"], results.get("student_steps", results["steps"])
+    if student == steps:
+        return f"{steps:,} steps per model"
+    return f"{steps:,} steps for the AR teacher, {student:,} for each NAR student"
 
 
 # ================================================================= main
@@ -310,13 +377,21 @@ def main() -> None:
         default="speed",
         help="backbone of the quality part: the speed part's (default) or bart-tiny, the examples' size",
     )
+    ap.add_argument("--student-steps", type=int, help="training steps of each NAR model (quality; default: --steps)")
     ap.add_argument("--quick", action="store_true", help="a small run that checks the pipeline (quality)")
     ap.add_argument("--work", help="folder for the quality runs' checkpoints (default: a temporary one)")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the quality runs in --work from their last checkpoints (finished ones are kept)",
+    )
     ap.add_argument(
         "--out",
         help="write each part as a section of this file (e.g. docs/benchmarks.md): speed `nat`, quality `nat-quality`",
     )
     args = ap.parse_args()
+    if args.resume and not args.work:
+        ap.error("--resume continues the runs in a --work folder: name it")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch
@@ -339,12 +414,15 @@ def main() -> None:
         ]
         emit("nat", speed, args.out)
     if args.part in ("quality", "both"):
+        options = {"student_steps": args.student_steps, "resume": args.resume}
         if args.work:
-            results = quality_runs(Path(args.work), args.quick, args.family, args.steps, args.quality_size)
+            results = quality_runs(Path(args.work), args.quick, args.family, args.steps, args.quality_size, **options)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                results = quality_runs(Path(tmp), args.quick, args.family, args.steps, args.quality_size)
+                results = quality_runs(Path(tmp), args.quick, args.family, args.steps, args.quality_size, **options)
         command = f"python benchmarks/nat.py --part quality --steps {results['steps']}"
+        if results["student_steps"] != results["steps"]:
+            command += f" --student-steps {results['student_steps']}"
         if args.quality_size != "speed":
             command += f" --quality-size {args.quality_size}"
         if args.quick:
