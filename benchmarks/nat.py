@@ -66,8 +66,9 @@ T5_SIZE = {"d_model": 256, "head_dim": 64, "d_ff": 1024, "n_layers": 4, "n_heads
 
 
 # ================================================================= speed
-def speed_models(family: str) -> tuple[Any, Any, Any]:
-    """(AR model, NAR model, tokenizer) of one size, random weights; the NAR model shares the AR weights."""
+def speed_models(family: str, layers: int = 4) -> tuple[Any, Any, Any]:
+    """(AR model, NAR model, tokenizer) of one size (``layers`` blocks on each side), random weights; the NAR
+    model shares the AR weights."""
     import torch
 
     import unimodel as um
@@ -75,7 +76,7 @@ def speed_models(family: str) -> tuple[Any, Any, Any]:
 
     tok, _ = synthetic_tokenizer(VOCAB, ["mask"])
     size = BART_SIZE if family == "bart" else T5_SIZE
-    spec = {"name": family, "vocab_size": VOCAB, **size}
+    spec = {"name": family, "vocab_size": VOCAB, **size, "n_layers": layers}
     ids = {"pad_token_id": tok.special_id("pad"), "eos_token_id": tok.special_id("eos")}
     if family == "bart":
         ids.update(bos_token_id=tok.special_id("bos"), decoder_start_token_id=tok.special_id("bos"))
@@ -114,12 +115,12 @@ def speed_variants(ar: Any, nar: Any, source: Any) -> dict[str, Callable[[], Any
 
 
 def measure_speed(
-    family: str, batches: Sequence[int], rounds: int, source_length: int, device: str = "cpu"
+    family: str, batches: Sequence[int], rounds: int, source_length: int, device: str = "cpu", layers: int = 4
 ) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(THREADS)
-    ar, nar, _ = speed_models(family)
+    ar, nar, _ = speed_models(family, layers)
     prefer_lengths(nar, [TARGET, TARGET - 1, TARGET + 1])
     ar, nar = ar.to(device), nar.to(device)
     # a CUDA call returns before the GPU finishes: wait for it, so each timing covers the whole call
@@ -155,11 +156,12 @@ def check_shapes(variants: Mapping[str, Callable[[], Any]], batch: int) -> None:
         assert produced in (TARGET, TARGET + 1, TARGET + 2), (name, out.shape)
 
 
-def speed_table(family: str, rows: list[dict[str, Any]], rounds: int) -> list[str]:
+def speed_table(family: str, rows: list[dict[str, Any]], rounds: int, layers: int = 4) -> list[str]:
     names = list(rows[0]["ms"])
     nar = [n for n in names if n != "AR greedy"]
     lines = [
-        f"### Speed: {family}, 4 + 4 layers, d 256, vocab {VOCAB}, random weights, {TARGET}-token targets",
+        f"### Speed: {family}, {layers} + {layers} layers, d 256, vocab {VOCAB}, random weights, "
+        f"{TARGET}-token targets",
         "",
         f"Median of {rounds} rounds, ms per `generate` call (speed-up over AR greedy in brackets).",
         "",
@@ -370,6 +372,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds per batch size (speed)")
     ap.add_argument("--source-length", type=int, default=32, help="source tokens per input (speed)")
     ap.add_argument("--device", default="cpu", help="where the speed part runs, e.g. cuda (default cpu)")
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=4,
+        help="blocks on each side of the speed part's model (default 4); another size writes its own section",
+    )
     ap.add_argument("--steps", type=int, default=6000, help="training steps of each model (quality)")
     ap.add_argument(
         "--quality-size",
@@ -403,16 +411,15 @@ def main() -> None:
         f"torch {torch.__version__}, unimodel {unimodel.__version__}; fp32, {THREADS} threads"
     )
     if args.part in ("speed", "both"):
-        rows = measure_speed(args.family, args.batches, args.rounds, args.source_length, args.device)
+        rows = measure_speed(args.family, args.batches, args.rounds, args.source_length, args.device, args.layers)
         where = "." if args.device == "cpu" else f"; speed measured on {args.device}."
-        speed = [
-            "## Non-autoregressive decoding",
-            "",
-            f"Produced by `python benchmarks/nat.py --part speed`. {machine}{where}",
-            "",
-            *speed_table(args.family, rows, args.rounds),
-        ]
-        emit("nat", speed, args.out)
+        command = "python benchmarks/nat.py --part speed" + ("" if args.layers == 4 else f" --layers {args.layers}")
+        table = speed_table(args.family, rows, args.rounds, args.layers)
+        speed = [f"Produced by `{command}`. {machine}{where}", "", *table]
+        if args.layers == 4:
+            emit("nat", ["## Non-autoregressive decoding", "", *speed], args.out)
+        else:
+            emit(f"nat-{args.layers}-layers", speed, args.out)
     if args.part in ("quality", "both"):
         options = {"student_steps": args.student_steps, "resume": args.resume}
         if args.work:
