@@ -335,12 +335,20 @@ def test_one_iteration_scores_length_candidates_and_keeps_the_best(family):
         logits = model.heads["length"](enc, mask)[0]
         logits[0] = -torch.inf
         logits[40:] = -torch.inf  # 39 tokens and an eos fit in max_new_tokens=40
+        length_logp = model.heads["length"](enc, mask)[0].float().log_softmax(-1)  # over every length class
     assert sorted(out.lengths.tolist()) == sorted(logits.topk(3).indices.tolist())
     assert out.scores.tolist() == sorted(out.scores.tolist(), reverse=True)  # best first
+    tokens_only = model.generate(input_ids, attention_mask=mask, strategy="mask_predict", iterations=1,
+                                 length_beam=3, num_return_sequences=3, return_history=True, max_new_tokens=40,
+                                 length_score=0)  # fmt: skip
+    assert tokens_only.scores.tolist() == sorted(tokens_only.scores.tolist(), reverse=True)
     start, eos = model.special_tokens["decoder_start"], model.special_tokens["eos"]
     for row, (length, score) in enumerate(zip(out.lengths.tolist(), out.scores.tolist())):
-        expected_score, tokens = all_masked_pass(model, input_ids, mask, length)
-        assert score == pytest.approx(expected_score, abs=1e-5)
+        mean_logp, tokens = all_masked_pass(model, input_ids, mask, length)
+        # the candidate's log-probability, its length's included, per token
+        assert score == pytest.approx(mean_logp + length_logp[length].item() / length, abs=1e-5)
+        alone = tokens_only.lengths.tolist().index(length)
+        assert tokens_only.scores[alone].item() == pytest.approx(mean_logp, abs=1e-5)  # length_score=0
         seq = out.sequences[row]
         assert seq[0] == start and seq[1 : 1 + length].tolist() == tokens.tolist()
         if eos is not None:
@@ -452,6 +460,9 @@ def test_options_are_checked():
         ({"schedule": "cos"}, "field 'schedule' must be one of 'linear', 'cosine'"),
         ({"iteration": 3}, "Did you mean 'iterations'"),
         ({"length": 200}, "exceeds what model 'bart'"),
+        ({"length_score": -1.0}, r"length_score=-1.0\): must be a finite number >= 0"),
+        ({"length_score": float("nan")}, "field 'length_score' must be a finite number, got nan"),
+        ({"length_score": "high"}, "field 'length_score' must be a number"),
     ]
     for options, message in bad:
         with pytest.raises(InputError, match=message):

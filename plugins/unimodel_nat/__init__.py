@@ -27,6 +27,7 @@ MASK_PREDICT_OPTIONS = (
     "return_history",
     "schedule",
     "early_stop",
+    "length_score",
     "max_new_tokens",
     "max_length",
 )

@@ -8,9 +8,16 @@
 3. at iteration t of T the ``N * (T - t) / T`` least confident tokens of a
    candidate of length N are masked again and predicted again; decoding stops
    early once an iteration changes no token (``early_stop``);
-4. each input keeps the candidate with the best mean log-probability
-   (``sum / N ** length_penalty``; ``length_penalty = 1`` is the mean, above 1
-   favours longer candidates, below 1 shorter ones).
+4. each input keeps the candidate with the best mean log-probability: its
+   tokens' log-probabilities plus ``length_score`` times the length head's
+   log-probability of its length, over ``N ** length_penalty``
+   (``length_penalty = 1`` is the mean, above 1 favours longer candidates, below
+   1 shorter ones). ``length_score = 0`` scores the tokens alone, as the
+   Mask-Predict paper does; the default 1 scores the candidate whole, its
+   length included. A model trained with label smoothing is about equally sure
+   of every token it has settled (near ``log(1 - smoothing)``) after a few
+   passes, whatever the length, so the tokens alone hardly tell a candidate of
+   the wrong length from the right one.
 
 All candidates of all inputs are one batch, padded to the longest candidate;
 the encoder runs once (in ``generate``). The loop itself is
@@ -20,7 +27,7 @@ Options (``generate`` keywords): ``iterations`` (T, default 10), ``length_beam``
 (default 3), ``length`` (an int, or one per input, to force the target length),
 ``return_history`` (return a :class:`MaskPredictOutput` with every iteration's
 tokens), ``schedule`` (``"linear"``, mask-predict's, or ``"cosine"``),
-``early_stop`` (default true), and the standard ``length_penalty``,
+``early_stop`` (default true), ``length_score`` (default 1), and the standard ``length_penalty``,
 ``num_return_sequences`` (at most ``length_beam``: the best candidates, best
 first), ``max_new_tokens`` / ``max_length`` (cap the length, EOS included, only
 when given), ``eos_token_id``, ``pad_token_id``, ``decoder_start_token_id``, and
@@ -35,6 +42,7 @@ Shapes: B inputs, K length candidates per input, N = B * K rows, L longest candi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -103,11 +111,16 @@ class MaskPredictConfig(Config):
     return_history: bool = param(False, "return a MaskPredictOutput with every pass's tokens")
     schedule: Literal["linear", "cosine"] = param("linear", "re-masked share per pass: (T - t) / T, or cosine")
     early_stop: bool = param(True, "stop once a pass changes no token")
+    length_score: float = param(
+        1.0, "weight of the length head's log-probability in a candidate's score (0: its tokens alone)"
+    )
 
     def check(self) -> None:
         for name in ("iterations", "length_beam"):
             if getattr(self, name) < 1:
                 self.fail(name, f"must be an integer >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.length_score) and self.length_score >= 0):
+            self.fail("length_score", "must be a finite number >= 0 (0 scores a candidate by its tokens alone)")
         lengths = (self.length,) if isinstance(self.length, int) else self.length or ()
         if any(n < 1 for n in lengths):
             self.fail("length", f"must be a target length >= 1 (or one per input), got {self.length!r}")
@@ -127,6 +140,7 @@ class Options:
     return_history: bool
     schedule: str
     early_stop: bool
+    length_score: float
     cap: int | None  # longest target allowed by max_new_tokens / max_length, EOS excluded
 
 
@@ -194,6 +208,7 @@ def parse_options(settings: GenerationSettings, batch: int, device: torch.device
         return_history=config.return_history,
         schedule=config.schedule,
         early_stop=config.early_stop,
+        length_score=float(config.length_score),
         cap=cap,
     )
 
@@ -221,8 +236,9 @@ def _length_limit(model: Model, options: Options) -> int | None:
     return min(limits) if limits else None
 
 
-def candidate_lengths(model: Model, inputs: GenerationInputs, options: Options) -> Tensor:
-    """(B, K) target lengths to decode: the forced ones, or the length head's K most likely."""
+def candidate_lengths(model: Model, inputs: GenerationInputs, options: Options) -> tuple[Tensor, Tensor]:
+    """(B, K) target lengths to decode, the forced ones or the length head's K most likely, and (B, K) the
+    head's log-probability of each (0 for forced lengths)."""
     limit = _length_limit(model, options)
     if options.length is not None:
         longest = int(options.length.max())
@@ -230,7 +246,8 @@ def candidate_lengths(model: Model, inputs: GenerationInputs, options: Options) 
             raise InputError(
                 f"generate: length {longest} exceeds what model {model.name!r} and max_new_tokens allow ({limit})"
             )
-        return options.length[:, None]
+        forced = options.length[:, None]
+        return forced, torch.zeros(forced.shape, device=forced.device)
     head = length_head_of(model)
     if head is None:
         raise InputError(
@@ -250,7 +267,7 @@ def candidate_lengths(model: Model, inputs: GenerationInputs, options: Options) 
         valid &= lengths <= limit
     best = logits.masked_fill(~valid, -torch.inf).topk(min(options.length_beam, head.n_classes), dim=1).indices
     # a row with fewer valid lengths than K repeats in-range ones: a duplicate candidate is wasted work, not wrong
-    return lengths.gather(1, best).clamp(1, limit)
+    return lengths.gather(1, best).clamp(1, limit), logits.log_softmax(dim=-1).gather(1, best)
 
 
 def banned_logits(model: Model, settings: GenerationSettings, mask_id: int, vocab: int, device: torch.device) -> Tensor:
@@ -318,7 +335,7 @@ def mask_predict(model: Model, inputs: GenerationInputs, settings: GenerationSet
     options = parse_options(settings, batch, device)
     mask_id = mask_token_id(model)
 
-    lengths = candidate_lengths(model, inputs, options)  # (B, K)
+    lengths, length_logp = candidate_lengths(model, inputs, options)  # (B, K) each
     k = lengths.shape[1]
     flat = lengths.reshape(-1)  # (N,)
     width = int(flat.max())  # the one host read before the loop: every candidate's row width
@@ -343,7 +360,7 @@ def mask_predict(model: Model, inputs: GenerationInputs, settings: GenerationSet
         early_stop=options.early_stop,
         record_history=options.return_history,
     )
-    return _select(result, flat, inputs, settings, options, k)
+    return _select(result, flat, length_logp.reshape(-1), inputs, settings, options, k)
 
 
 # Every pass multiplies N * L rows by each weight: the one-row weight copies generate makes would go unused.
@@ -355,6 +372,7 @@ mask_predict.config_class = MaskPredictConfig  # type: ignore[attr-defined]
 def _select(
     result: Refinement,
     lengths: Tensor,
+    length_logp: Tensor,
     inputs: GenerationInputs,
     settings: GenerationSettings,
     options: Options,
@@ -362,7 +380,8 @@ def _select(
 ) -> Tensor | MaskPredictOutput:
     """Each input's best ``num_return_sequences`` candidates, in ``generate``'s layout."""
     batch = inputs.batch_size
-    scores = result.scores.sum(dim=1) / lengths.double().pow(settings.length_penalty).float()  # (N,)
+    total = result.scores.sum(dim=1) + options.length_score * length_logp  # (N,)
+    scores = total / lengths.double().pow(settings.length_penalty).float()
     n_return = settings.num_return_sequences
     best = scores.view(batch, k).topk(n_return, dim=1).indices  # (B, R/B), best first
     rows = (torch.arange(batch, device=best.device)[:, None] * k + best).reshape(-1)  # (R,)
