@@ -333,9 +333,9 @@ def test_one_iteration_scores_length_candidates_and_keeps_the_best(family):
     with torch.no_grad():  # the candidates are the length head's three best lengths
         enc = model.encoder(input_ids, attention_mask=mask).last_hidden_state
         logits = model.heads["length"](enc, mask)[0]
+        length_logp = logits.float().log_softmax(-1)  # over every length class
         logits[0] = -torch.inf
         logits[40:] = -torch.inf  # 39 tokens and an eos fit in max_new_tokens=40
-        length_logp = model.heads["length"](enc, mask)[0].float().log_softmax(-1)  # over every length class
     assert sorted(out.lengths.tolist()) == sorted(logits.topk(3).indices.tolist())
     assert out.scores.tolist() == sorted(out.scores.tolist(), reverse=True)  # best first
     tokens_only = model.generate(input_ids, attention_mask=mask, strategy="mask_predict", iterations=1,

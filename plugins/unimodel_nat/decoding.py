@@ -42,7 +42,6 @@ Shapes: B inputs, K length candidates per input, N = B * K rows, L longest candi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -119,7 +118,7 @@ class MaskPredictConfig(Config):
         for name in ("iterations", "length_beam"):
             if getattr(self, name) < 1:
                 self.fail(name, f"must be an integer >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.length_score) and self.length_score >= 0):
+        if self.length_score < 0:  # NaN and infinity are refused with the field, before check()
             self.fail("length_score", "must be a finite number >= 0 (0 scores a candidate by its tokens alone)")
         lengths = (self.length,) if isinstance(self.length, int) else self.length or ()
         if any(n < 1 for n in lengths):
