@@ -59,6 +59,18 @@ def param(default: Any = dataclasses.MISSING, doc: str = "", **kwargs: Any) -> A
     return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
 
 
+_FIELD_TYPES: dict[type, Mapping[str, Any]] = {}
+
+
+def field_types(cls: type) -> Mapping[str, Any]:
+    """``typing.get_type_hints(cls)``, resolved once per class: every config built (one per ``generate``
+    call, and more) checks its fields against them, and resolving the annotations costs milliseconds."""
+    hints = _FIELD_TYPES.get(cls)
+    if hints is None:
+        hints = _FIELD_TYPES[cls] = types.MappingProxyType(typing.get_type_hints(cls))
+    return hints
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Base of every config. Subclasses are frozen dataclasses."""
@@ -67,7 +79,7 @@ class Config:
     renamed: ClassVar[Mapping[str, str]] = {}  # deprecated key -> the field that replaced it
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = field_types(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             try:
@@ -190,7 +202,7 @@ class Config:
     @classmethod
     def describe(cls) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, doc) for each field."""
-        hints = typing.get_type_hints(cls)
+        hints = field_types(cls)
         old_names = {new: old for old, new in cls.renamed.items()}
         rows = []
         for f in dataclasses.fields(cls):
