@@ -63,20 +63,24 @@ BART_SIZE = {
     "dropout": 0.0,
 }
 T5_SIZE = {"d_model": 256, "head_dim": 64, "d_ff": 1024, "n_layers": 4, "n_heads": 4, "dropout": 0.0}
+#: ``--speed-size tiny``: bart-tiny's dimensions (2 + 2 layers, d 128, ffn 512), the quality comparison's models
+TINY_SIZE = {"d_model": 128, "n_layers": 2, "n_heads": 4, "d_ff": 512, "max_positions": 256, "dropout": 0.0}
 
 
 # ================================================================= speed
-def speed_models(family: str, layers: int = 4) -> tuple[Any, Any, Any]:
-    """(AR model, NAR model, tokenizer) of one size (``layers`` blocks on each side), random weights; the NAR
-    model shares the AR weights."""
+def speed_models(family: str, layers: int = 4, size_name: str = "d256") -> tuple[Any, Any, Any]:
+    """(AR model, NAR model, tokenizer) of one size (``layers`` blocks on each side at d 256, or bart-tiny's
+    dimensions with ``size_name="tiny"``), random weights; the NAR model shares the AR weights."""
     import torch
 
     import unimodel as um
     from unimodel.testing import synthetic_tokenizer
 
     tok, _ = synthetic_tokenizer(VOCAB, ["mask"])
-    size = BART_SIZE if family == "bart" else T5_SIZE
-    spec = {"name": family, "vocab_size": VOCAB, **size, "n_layers": layers}
+    if size_name == "tiny":
+        spec = {"name": family, "vocab_size": VOCAB, **TINY_SIZE}
+    else:
+        spec = {"name": family, "vocab_size": VOCAB, **(BART_SIZE if family == "bart" else T5_SIZE), "n_layers": layers}
     ids = {"pad_token_id": tok.special_id("pad"), "eos_token_id": tok.special_id("eos")}
     if family == "bart":
         ids.update(bos_token_id=tok.special_id("bos"), decoder_start_token_id=tok.special_id("bos"))
@@ -115,12 +119,19 @@ def speed_variants(ar: Any, nar: Any, source: Any) -> dict[str, Callable[[], Any
 
 
 def measure_speed(
-    family: str, batches: Sequence[int], rounds: int, source_length: int, device: str = "cpu", layers: int = 4
-) -> list[dict[str, Any]]:
+    family: str,
+    batches: Sequence[int],
+    rounds: int,
+    source_length: int,
+    device: str = "cpu",
+    layers: int = 4,
+    size_name: str = "d256",
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Per batch size, the median ms of each variant; and at batch 1, :func:`pass_floor`'s figures."""
     import torch
 
     torch.set_num_threads(THREADS)
-    ar, nar, _ = speed_models(family, layers)
+    ar, nar, _ = speed_models(family, layers, size_name)
     prefer_lengths(nar, [TARGET, TARGET - 1, TARGET + 1])
     ar, nar = ar.to(device), nar.to(device)
     # a CUDA call returns before the GPU finishes: wait for it, so each timing covers the whole call
@@ -144,7 +155,70 @@ def measure_speed(
         medians = {n: statistics.median(v) * 1000 for n, v in times.items()}
         rows.append({"batch": batch, "ms": medians})
         print(json.dumps(rows[-1]), flush=True)
-    return rows
+    g = torch.Generator().manual_seed(1)
+    floor = pass_floor(nar, torch.randint(0, VOCAB - 16, (1, source_length), generator=g).to(device), rounds, sync)
+    print(json.dumps(floor), flush=True)
+    return rows, floor
+
+
+def pass_floor(nar: Any, source: Any, rounds: int, sync: Callable[[], Any]) -> dict[str, float]:
+    """What one mask-predict pass at batch 1 costs, and the part of it no implementation avoids: ms of the
+    encoder, of one decoder pass over a 64-token target (the head included, the memory's keys and values
+    cached as mask-predict does), and of that pass's matrix products alone, replayed one after another
+    with the same weights and shapes (so with every weight hot in the cache)."""
+    import torch
+    import torch.nn.functional as F
+
+    from unimodel.nn import MemoryCache
+
+    decoder, head = nar.decoder, nar.heads["lm"]
+    products: list[tuple[Any, Any, Any]] = []  # (input, weight, bias) of each product of one pass
+
+    def record(module: Any, args: tuple[Any, ...], _out: Any) -> None:
+        products.append((args[0].clone(), module.weight, module.bias))
+
+    def timed(run: Callable[[], Any]) -> float:
+        run()
+        samples = []
+        for _ in range(max(rounds, 5) * 4):
+            sync()
+            t0 = time.perf_counter()
+            run()
+            sync()
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples) * 1000
+
+    with torch.inference_mode():
+        memory = nar.encoder(source).last_hidden_state
+        tokens = torch.randint(0, VOCAB - 16, (1, TARGET), device=source.device)
+        cache = MemoryCache(device=source.device)
+
+        def one_pass() -> Any:
+            return head(decoder(tokens, memory=memory, cache=cache).last_hidden_state).max(dim=-1)
+
+        one_pass()  # fills the cache: later passes project the memory no more
+        hooks = [
+            m.register_forward_hook(record)
+            for m in [*decoder.modules(), *head.modules()]
+            if isinstance(m, torch.nn.Linear)
+        ]
+        one_pass()
+        for h in hooks:
+            h.remove()
+        # the head's output projection is its own weight (tied to the embeddings or not), not a Linear module
+        hidden = decoder(tokens, memory=memory, cache=cache).last_hidden_state
+        products.append((hidden.clone(), head.weight, head.bias))
+
+        def replay() -> None:
+            for x, w, b in products:
+                F.linear(x, w, b)
+
+        return {
+            "encoder": timed(lambda: nar.encoder(source)),
+            "pass": timed(one_pass),
+            "products": timed(replay),
+            "n_products": float(len(products)),
+        }
 
 
 def check_shapes(variants: Mapping[str, Callable[[], Any]], batch: int) -> None:
@@ -156,11 +230,19 @@ def check_shapes(variants: Mapping[str, Callable[[], Any]], batch: int) -> None:
         assert produced in (TARGET, TARGET + 1, TARGET + 2), (name, out.shape)
 
 
-def speed_table(family: str, rows: list[dict[str, Any]], rounds: int, layers: int = 4) -> list[str]:
+def speed_size_text(layers: int, size_name: str) -> str:
+    if size_name == "tiny":
+        return "bart-tiny's size (2 + 2 layers, d 128, ffn 512)"
+    return f"{layers} + {layers} layers, d 256"
+
+
+def speed_table(
+    family: str, rows: list[dict[str, Any]], rounds: int, layers: int = 4, size_name: str = "d256"
+) -> list[str]:
     names = list(rows[0]["ms"])
     nar = [n for n in names if n != "AR greedy"]
     lines = [
-        f"### Speed: {family}, {layers} + {layers} layers, d 256, vocab {VOCAB}, random weights, "
+        f"### Speed: {family}, {speed_size_text(layers, size_name)}, vocab {VOCAB}, random weights, "
         f"{TARGET}-token targets",
         "",
         f"Median of {rounds} rounds, ms per `generate` call (speed-up over AR greedy in brackets).",
@@ -172,6 +254,24 @@ def speed_table(family: str, rows: list[dict[str, Any]], rounds: int, layers: in
         base = r["ms"]["AR greedy"]
         cells = [f"{r['ms'][n]:,.1f} ({base / r['ms'][n]:.1f}x)" for n in nar]
         lines.append(f"| {r['batch']} | {base:,.1f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def floor_lines(rows: list[dict[str, Any]], floor: Mapping[str, float]) -> list[str]:
+    """The batch-1 pass costs and the speed-ups they bound: a pass can cost no less than its products."""
+    ar = next((r["ms"]["AR greedy"] for r in rows if r["batch"] == 1), None)
+    lines = [
+        "",
+        f"One pass at batch 1: the encoder {floor['encoder']:.1f} ms; one decoder pass over a {TARGET}-token "
+        f"target, head included, {floor['pass']:.1f} ms; its {int(floor['n_products'])} matrix products alone, "
+        f"replayed back to back with hot weights, {floor['products']:.1f} ms.",
+    ]
+    if ar is not None:
+        bound = {t: ar / (floor["encoder"] + t * floor["products"]) for t in (4, 10)}
+        lines[-1] += (
+            f" So even passes that cost no more than their products would be at most {bound[4]:.1f}x faster "
+            f"than AR greedy at T=4 and {bound[10]:.1f}x at T=10 here."
+        )
     return lines
 
 
@@ -378,6 +478,13 @@ def main() -> None:
         default=4,
         help="blocks on each side of the speed part's model (default 4); another size writes its own section",
     )
+    ap.add_argument(
+        "--speed-size",
+        choices=["d256", "tiny"],
+        default="d256",
+        help="the speed part's model: d 256 with --layers blocks a side (default), or bart-tiny's size, the "
+        "quality part's --quality-size tiny models; tiny writes its own section",
+    )
     ap.add_argument("--steps", type=int, default=6000, help="training steps of each model (quality)")
     ap.add_argument(
         "--quality-size",
@@ -411,12 +518,20 @@ def main() -> None:
         f"torch {torch.__version__}, unimodel {unimodel.__version__}; fp32, {THREADS} threads"
     )
     if args.part in ("speed", "both"):
-        rows = measure_speed(args.family, args.batches, args.rounds, args.source_length, args.device, args.layers)
+        if args.speed_size == "tiny" and (args.layers != 4 or args.family != "bart"):
+            ap.error("--speed-size tiny is bart-tiny's size: it takes neither --layers nor --family t5")
+        rows, floor = measure_speed(
+            args.family, args.batches, args.rounds, args.source_length, args.device, args.layers, args.speed_size
+        )
         where = "." if args.device == "cpu" else f"; speed measured on {args.device}."
-        command = "python benchmarks/nat.py --part speed" + ("" if args.layers == 4 else f" --layers {args.layers}")
-        table = speed_table(args.family, rows, args.rounds, args.layers)
-        speed = [f"Produced by `{command}`. {machine}{where}", "", *table]
-        if args.layers == 4:
+        command = "python benchmarks/nat.py --part speed"
+        command += f" --speed-size {args.speed_size}" if args.speed_size != "d256" else ""
+        command += f" --layers {args.layers}" if args.layers != 4 else ""
+        table = speed_table(args.family, rows, args.rounds, args.layers, args.speed_size)
+        speed = [f"Produced by `{command}`. {machine}{where}", "", *table, *floor_lines(rows, floor)]
+        if args.speed_size == "tiny":
+            emit("nat-tiny", speed, args.out)
+        elif args.layers == 4:
             emit("nat", ["## Non-autoregressive decoding", "", *speed], args.out)
         else:
             emit(f"nat-{args.layers}-layers", speed, args.out)
