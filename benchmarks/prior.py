@@ -96,7 +96,10 @@ def main() -> None:
     )
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--classifier-steps", type=int, default=400)
+    p.add_argument("--classifier-steps", type=int, default=1500, help="the judge's training steps")
+    p.add_argument(
+        "--classifier-images", type=int, default=20000, help="real shapes images the judge trains on (batch 64)"
+    )
     p.add_argument("--png", type=Path, default=None, help="one row per class: 8 AR samples, then 8 parallel ones")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,8 +122,10 @@ def main() -> None:
     psnr = float((-10 * mse.log10()).mean())
     print(f"VQ-VAE reconstructions of the {len(val_set)} held-out images: PSNR {psnr:.2f} dB")
     judges = {}
+    judge_set = shapes("train", n_train=args.classifier_images)
+    print(f"classifiers: {args.classifier_steps} steps on {len(judge_set):,} real training images")
     for augmented in (False, True):
-        judge = train_classifier(train_set, val_set, steps=args.classifier_steps, augmented=augmented)
+        judge = train_classifier(judge_set, val_set, steps=args.classifier_steps, augmented=augmented)
         on_recon = class_accuracy(judge.model, recon, val_set.labels)
         what = "augmented (blur, noise)" if augmented else "plain"
         print(f"classifier, {what}: held-out accuracy {judge.accuracy:.1%} on real images, {on_recon:.1%} on their "
