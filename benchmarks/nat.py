@@ -77,10 +77,8 @@ def speed_models(family: str, layers: int = 4, size_name: str = "d256") -> tuple
     from unimodel.testing import synthetic_tokenizer
 
     tok, _ = synthetic_tokenizer(VOCAB, ["mask"])
-    if size_name == "tiny":
-        spec = {"name": family, "vocab_size": VOCAB, **TINY_SIZE}
-    else:
-        spec = {"name": family, "vocab_size": VOCAB, **(BART_SIZE if family == "bart" else T5_SIZE), "n_layers": layers}
+    size = TINY_SIZE if size_name == "tiny" else {**(BART_SIZE if family == "bart" else T5_SIZE), "n_layers": layers}
+    spec = {"name": family, "vocab_size": VOCAB, **size}
     ids = {"pad_token_id": tok.special_id("pad"), "eos_token_id": tok.special_id("eos")}
     if family == "bart":
         ids.update(bos_token_id=tok.special_id("bos"), decoder_start_token_id=tok.special_id("bos"))
@@ -142,23 +140,27 @@ def measure_speed(
         source = torch.randint(0, VOCAB - 16, (batch, source_length), generator=g).to(device)
         variants = speed_variants(ar, nar, source)
         check_shapes(variants, batch)
-        names = list(variants)
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                sync()
-                t0 = time.perf_counter()
-                variants[name]()
-                sync()
-                times[name].append(time.perf_counter() - t0)
-        medians = {n: statistics.median(v) * 1000 for n, v in times.items()}
-        rows.append({"batch": batch, "ms": medians})
+        rows.append({"batch": batch, "ms": interleaved_ms(variants, rounds, sync)})
         print(json.dumps(rows[-1]), flush=True)
     g = torch.Generator().manual_seed(1)
     floor = pass_floor(nar, torch.randint(0, VOCAB - 16, (1, source_length), generator=g).to(device), rounds, sync)
     print(json.dumps(floor), flush=True)
     return rows, floor
+
+
+def interleaved_ms(variants: Mapping[str, Callable[[], Any]], rounds: int, sync: Callable[[], Any]) -> dict[str, float]:
+    """Median ms of each callable over ``rounds`` rounds, each round calling every one once, the order rotated
+    from round to round, so that a load from other jobs falls on all of them alike."""
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync()
+            t0 = time.perf_counter()
+            variants[name]()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) * 1000 for n, v in times.items()}
 
 
 def pass_floor(nar: Any, source: Any, rounds: int, sync: Callable[[], Any]) -> dict[str, float]:
@@ -176,17 +178,6 @@ def pass_floor(nar: Any, source: Any, rounds: int, sync: Callable[[], Any]) -> d
 
     def record(module: Any, args: tuple[Any, ...], _out: Any) -> None:
         products.append((args[0].clone(), module.weight, module.bias))
-
-    def timed(run: Callable[[], Any]) -> float:
-        run()
-        samples = []
-        for _ in range(max(rounds, 5) * 4):
-            sync()
-            t0 = time.perf_counter()
-            run()
-            sync()
-            samples.append(time.perf_counter() - t0)
-        return statistics.median(samples) * 1000
 
     with torch.inference_mode():
         memory = nar.encoder(source).last_hidden_state
@@ -213,12 +204,9 @@ def pass_floor(nar: Any, source: Any, rounds: int, sync: Callable[[], Any]) -> d
             for x, w, b in products:
                 F.linear(x, w, b)
 
-        return {
-            "encoder": timed(lambda: nar.encoder(source)),
-            "pass": timed(one_pass),
-            "products": timed(replay),
-            "n_products": float(len(products)),
-        }
+        parts = {"encoder": lambda: nar.encoder(source), "pass": one_pass, "products": replay}
+        replay()  # warm-up: the other two have run above
+        return {**interleaved_ms(parts, max(rounds, 5) * 4, sync), "n_products": float(len(products))}
 
 
 def check_shapes(variants: Mapping[str, Callable[[], Any]], batch: int) -> None:
