@@ -347,6 +347,26 @@ class StaleMemoryDecoder(GPTDecoder):
         return DecoderOutput(last_hidden_state=cache.extra["stale"], cache=cache)
 
 
+class FirstPositionsDecoder(GPTDecoder):
+    \"\"\"Takes output_positions but returns the first K positions, whichever were asked for.\"\"\"
+
+    def forward(self, input_ids, *, output_positions=None, **kw):
+        out = super().forward(input_ids, **kw)
+        if output_positions is None:
+            return out
+        k = self.output_queries(output_positions, *input_ids.shape).shape[1]
+        return DecoderOutput(last_hidden_state=out.last_hidden_state[:, :k], cache=out.cache)
+
+
+class ClampingPositionsDecoder(GPTDecoder):
+    \"\"\"Clamps output_positions into range instead of refusing those outside its input.\"\"\"
+
+    def forward(self, input_ids, *, output_positions=None, **kw):
+        if output_positions is not None:
+            output_positions = output_positions.clamp(0, input_ids.shape[1] - 1)
+        return super().forward(input_ids, output_positions=output_positions, **kw)
+
+
 class Forgetful(GPT):
     @classmethod
     def build_backbone(cls, config):
@@ -414,6 +434,10 @@ def unimodel_components():
                   provides=_PROVIDES, tiny=_TINY),
         Component(kind="decoder", name="stale_memory", target="um_broken_family:StaleMemoryDecoder",
                   summary="stale memory cache", provides=_PROVIDES, tiny=_TINY),
+        Component(kind="decoder", name="first_positions", target="um_broken_family:FirstPositionsDecoder",
+                  summary="ignores which output positions", provides=_PROVIDES, tiny=_TINY),
+        Component(kind="decoder", name="clamping_positions", target="um_broken_family:ClampingPositionsDecoder",
+                  summary="clamps output positions", provides=_PROVIDES, tiny=_TINY),
         Component(kind="model", name="bad_alias", target="um_broken_family:BadAlias", summary="bad renamed map",
                   provides=_PROVIDES, default_objective="clm", tiny=_TINY),
         Component(kind="objective", name="typo_clm", target="unimodel_gpt.objectives:CausalLM",
@@ -453,6 +477,13 @@ def test_kit_catches_a_memory_cache_that_keeps_more_than_the_memory(broken_regis
     check_component("decoder", "gpt", registry=broken_registry)  # the decoder it derives from passes
     with pytest.raises(ConformanceError, match="call 2 with a MemoryCache differs"):
         check_component("decoder", "stale_memory", registry=broken_registry)
+
+
+def test_kit_catches_output_positions_that_are_not_the_full_outputs_there(broken_registry):
+    with pytest.raises(ConformanceError, match="the output at output_positions differs from the full output there"):
+        check_component("decoder", "first_positions", registry=broken_registry)
+    with pytest.raises(ConformanceError, match="accepted output_positions outside its 6 inputs"):
+        check_component("decoder", "clamping_positions", registry=broken_registry)
 
 
 def test_kit_catches_capabilities_the_backbone_lacks(broken_registry):

@@ -385,6 +385,54 @@ def test_mask_predict_projects_the_memory_once_and_decodes_as_without_the_cache(
 
 
 @pytest.mark.parametrize("family", ["bart", "t5", "pair"])
+def test_mask_predict_runs_the_last_layer_at_the_predicted_positions_and_decodes_as_without(family, monkeypatch):
+    model = tiny(family).eval()
+    assert Cap.OUTPUT_POSITIONS in model.decoder.provides
+    input_ids, mask = source_batch(2)
+    ffn_rows = []
+    last_ffn = model.decoder.blocks[-1].ffn
+    real = type(last_ffn).forward
+    monkeypatch.setattr(
+        type(last_ffn), "forward", lambda self, x: (self is last_ffn and ffn_rows.append(x.shape[1])) or real(self, x)
+    )
+
+    def run():
+        ffn_rows.clear()
+        return model.generate(input_ids, attention_mask=mask, strategy="mask_predict", iterations=4, length=[8, 6],
+                              early_stop=False, return_history=True)  # fmt: skip
+
+    picked = run()
+    # the first pass predicts all 8 positions; then (T - t) / T of the longest row: 6, 4, 2
+    assert ffn_rows == [8, 6, 4, 2]
+    model.decoder.provides = model.decoder.provides - {Cap.OUTPUT_POSITIONS}
+    everywhere = run()
+    assert ffn_rows == [8, 8, 8, 8]
+    assert torch.equal(picked.sequences, everywhere.sequences)
+    assert torch.allclose(picked.scores, everywhere.scores, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(picked.history, everywhere.history, strict=True))
+
+
+def test_output_positions_are_checked_and_refused_by_a_causal_decoder():
+    model = tiny("bart").eval()
+    dec = model.decoder
+    ids = torch.randint(0, N_PLAIN, (2, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        memory = model.encoder(ids).last_hidden_state
+        for bad, message in (
+            (torch.tensor([[0, 5], [1, 2]]), r"must index the decoder's 5 input positions \(0 to 4\), got 5"),
+            (torch.tensor([[0, -1], [1, 2]]), r"must index the decoder's 5 input positions \(0 to 4\), got -1"),
+            (torch.tensor([0, 1]), r"must be \(batch, K\) = \(2, K\).*got shape \(2,\)"),
+            (torch.tensor([[0.0], [1.0]]), "must hold integer positions, got dtype torch.float32"),
+        ):
+            with pytest.raises(InputError, match=message):
+                dec(ids, memory=memory, output_positions=bad)
+        causal = tiny("bart", objective="seq2seq").eval()
+        assert Cap.OUTPUT_POSITIONS not in causal.decoder.provides
+        with pytest.raises(InputError, match="does not take output_positions .*a causal decoder never does"):
+            causal.decoder(ids, memory=memory, output_positions=torch.tensor([[0], [1]]))
+
+
+@pytest.mark.parametrize("family", ["bart", "t5", "pair"])
 def test_a_noncausal_decoder_takes_a_memory_cache_and_refuses_a_key_value_cache(family):
     model = tiny(family).eval()
     input_ids, mask = source_batch(2)

@@ -21,6 +21,7 @@ class Cap:
     LM_HEAD = "lm_head"  # hidden states map to vocabulary logits
     KV_CACHE = "kv_cache"  # incremental decoding with a key/value cache
     MEMORY_CACHE = "memory_cache"  # a non-causal decoder keeps its memory's keys/values across calls (MemoryCache)
+    OUTPUT_POSITIONS = "output_positions"  # a non-causal decoder runs its last layer at chosen positions only
     TOKEN_TYPES = "token_types"  # segment embeddings (token_type_ids)
     POOLER = "pooler"  # a pooled sequence vector
     TWO_STREAM = "two_stream"  # content and query streams (perm_mask, target_mapping)
@@ -47,6 +48,7 @@ _MEANINGS = {
     Cap.LM_HEAD: "vocabulary logits",
     Cap.KV_CACHE: "incremental decoding with a key/value cache",
     Cap.MEMORY_CACHE: "the memory's cross-attention keys/values kept across calls of a non-causal decoder",
+    Cap.OUTPUT_POSITIONS: "hidden states computed only at the positions asked for (output_positions)",
     Cap.TOKEN_TYPES: "segment embeddings",
     Cap.POOLER: "a pooled sequence vector",
     Cap.TWO_STREAM: "content and query streams",

@@ -123,6 +123,27 @@ class RangeChecks:
         return counts
 
 
+def check_output_positions(positions: Any, batch: int, length: int) -> Tensor:
+    """A decoder's ``output_positions``: (B, K) integer positions inside its ``length`` inputs, as long."""
+    value = require_tensor(positions, "output_positions", INTEGER_DTYPES, "integer positions")
+    if value.dim() != 2 or value.shape[0] != batch:
+        raise InputError(
+            f"output_positions must be (batch, K) = ({batch}, K): K positions of each row whose hidden states "
+            f"are wanted; got shape {shape_of(value)}"
+        )
+    checks = RangeChecks()
+    checks.add(
+        value,
+        0,
+        length - 1,
+        lambda bad: (
+            f"output_positions must index the decoder's {length} input positions (0 to {length - 1}), got {bad}"
+        ),
+    )
+    checks.run()
+    return value.long()
+
+
 def shape_of(value: Any) -> str:
     return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
 

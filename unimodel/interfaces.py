@@ -145,6 +145,11 @@ class Decoder(nn.Module, ABC, Generic[ConfigT]):
     built with ``memory_dim`` set gains cross-attention layers when it is
     paired with an encoder. ``forward`` may declare fewer keyword arguments
     than below: the model passes only those it declares (docs/plugins.md).
+    A non-causal decoder that provides ``output_positions`` also takes
+    ``output_positions`` (B, K) and returns the hidden states of those positions
+    alone, (B, K, D), running its last layer on those K rows only (mask-predict
+    and parallel sampling read only the positions they predict); it checks the
+    argument with :meth:`output_queries`.
     """
 
     config_class: type[ConfigT]
@@ -174,6 +179,22 @@ class Decoder(nn.Module, ABC, Generic[ConfigT]):
 
     @abstractmethod
     def build_lm_head(self) -> nn.Module: ...
+
+    def output_queries(self, output_positions: Tensor | None, batch: int, length: int) -> Tensor | None:
+        """``forward``'s ``output_positions`` checked against a (``batch``, ``length``) input: None, or (B, K)
+        long positions. Raises InputError when the decoder does not provide ``output_positions``."""
+        if output_positions is None:
+            return None
+        from unimodel.errors import InputError
+        from unimodel.inputs import check_output_positions
+
+        if Cap.OUTPUT_POSITIONS not in self.provides:
+            raise InputError(
+                f"decoder {type(self).__name__} computes every position and does not take output_positions (it "
+                "does not provide 'output_positions'; a causal decoder never does): call it without them and "
+                "index its output"
+            )
+        return check_output_positions(output_positions, batch, length)
 
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device) -> KVCache:
         """An empty cache for ``batch`` rows and about ``capacity`` positions (it must grow past them).

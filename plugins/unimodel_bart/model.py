@@ -29,6 +29,7 @@ from unimodel.nn import (
     LearnedPositions,
     LMHead,
     attention_mask_for,
+    gather_positions,
     init_normal_,
     shared_uniform,
 )
@@ -199,7 +200,10 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
         self.is_causal = c.causal_decoder
         self.cross_attention = c.memory_dim is not None
         if not c.causal_decoder:
-            self.provides = DECODER_PROVIDES - {Cap.CAUSAL, Cap.KV_CACHE} | {Cap.NONCAUSAL_DECODER}
+            self.provides = DECODER_PROVIDES - {Cap.CAUSAL, Cap.KV_CACHE} | {
+                Cap.NONCAUSAL_DECODER,
+                Cap.OUTPUT_POSITIONS,
+            }
             if self.cross_attention:  # a MemoryCache keeps the memory's keys/values from call to call
                 self.provides |= {Cap.MEMORY_CACHE}
         self.blocks = _blocks(
@@ -225,9 +229,13 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
+        output_positions: Tensor | None = None,
     ) -> DecoderOutput:
-        """input_ids (B, T); attention_mask (B, cached + T); memory (B, S, D_mem); memory_mask (B, S)."""
-        _B, T = input_ids.shape
+        """input_ids (B, T); attention_mask (B, cached + T); memory (B, S, D_mem); memory_mask (B, S).
+        ``output_positions`` (B, K), for a non-causal decoder: return the hidden states of those positions alone,
+        (B, K, D); the last layer runs its queries, cross-attention and feed-forward on those K rows only."""
+        B, T = input_ids.shape
+        queries = self.output_queries(output_positions, B, T)
         if cache is not None and not self.is_causal and cache.holds_self:
             raise InputError(
                 "a non-causal BART decoder sees its whole input at once; it cannot decode with a key/value cache "
@@ -244,11 +252,18 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
         mem_mask = None
         if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S): padded memory positions are keys never seen
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
+            q = queries if i == last else None
             if cache is None and _skip(self, self.config.decoder_layerdrop):
                 x = _skipped(block, x, memory if self.cross_attention else None)
+                x = x if q is None else gather_positions(x, q)
                 continue
-            x = block(x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)
+            x = block(
+                x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask, queries=q
+            )
+        if queries is not None and last < 0:
+            x = gather_positions(x, queries)
         if cache is not None:
             cache.advance(T)
         return DecoderOutput(last_hidden_state=x, cache=cache)

@@ -8,7 +8,15 @@ from torch import Tensor, nn
 from unimodel.capabilities import Cap
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, ModelFamily
-from unimodel.nn import Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
+from unimodel.nn import (
+    Block,
+    KVCache,
+    LearnedPositions,
+    LMHead,
+    attention_mask_for,
+    gather_positions,
+    init_normal_,
+)
 from unimodel.nn.ffn import residual_std
 from unimodel.nn.sync import mask_is_trivial
 from unimodel_gpt import NONCAUSAL_PROVIDES, PROVIDES
@@ -31,7 +39,9 @@ class GPTDecoder(Decoder[GPTConfig]):
         self.cross_attention = c.memory_dim is not None
         if not c.causal_decoder:
             # with cross-attention, a MemoryCache keeps the memory's keys/values from call to call
-            self.provides = NONCAUSAL_PROVIDES | ({Cap.MEMORY_CACHE} if self.cross_attention else set())
+            self.provides = (
+                NONCAUSAL_PROVIDES | {Cap.OUTPUT_POSITIONS} | ({Cap.MEMORY_CACHE} if self.cross_attention else set())
+            )
         self.wte = nn.Embedding(c.vocab_size, c.d_model)
         self.wpe = LearnedPositions(c.max_positions, c.d_model)
         self.drop = nn.Dropout(c.dropout)
@@ -76,8 +86,13 @@ class GPTDecoder(Decoder[GPTConfig]):
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
+        output_positions: Tensor | None = None,
     ) -> DecoderOutput:
-        _B, T = input_ids.shape
+        """input_ids (B, T); attention_mask (B, cached + T); memory (B, S, D_mem); memory_mask (B, S).
+        ``output_positions`` (B, K), for a non-causal decoder: return the hidden states of those positions alone,
+        (B, K, D); the last layer runs its queries, cross-attention and feed-forward on those K rows only."""
+        B, T = input_ids.shape
+        queries = self.output_queries(output_positions, B, T)
         if cache is not None and not self.is_causal and cache.holds_self:
             raise InputError(
                 "a non-causal GPT decoder sees its whole input at once; it cannot decode with a key/value cache "
@@ -93,8 +108,14 @@ class GPTDecoder(Decoder[GPTConfig]):
         mem_mask = None
         if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)
+            q = queries if i == last else None
+            x = block(
+                x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask, queries=q
+            )
+        if queries is not None and last < 0:
+            x = gather_positions(x, queries)
         if cache is not None:
             cache.advance(T)
         return DecoderOutput(last_hidden_state=self.norm(x), cache=cache)

@@ -55,7 +55,7 @@ from unimodel.errors import ConfigError, InputError
 from unimodel.generation.incremental import GenerationInputs
 from unimodel.generation.refinement import SCHEDULES, Refinement, refine
 from unimodel.generation.settings import GenerationSettings
-from unimodel.nn import MemoryCache
+from unimodel.nn import MemoryCache, gather_positions
 from unimodel_nat.objective import length_head_of
 
 if TYPE_CHECKING:
@@ -286,7 +286,8 @@ class _Predictor:
     ``memory`` (N, S, D) and ``memory_mask`` (N, S) are the encoder's output per row, ``target_mask``
     (N, L) the rows' real positions (``None``: all), ``banned`` (V,) added to the logits. A decoder that
     provides ``memory_cache`` projects the memory into its cross-attention keys/values once, at the first
-    pass, and reuses them in every later one.
+    pass, and reuses them in every later one; one that provides ``output_positions`` runs its last layer,
+    after the first pass, only at the positions being predicted.
     """
 
     def __init__(
@@ -296,16 +297,19 @@ class _Predictor:
         self.decoder: Decoder = model.decoder
         self.head = model.heads["lm"]
         self.memory, self.memory_mask, self.target_mask, self.banned = memory, memory_mask, target_mask, banned
-        reuse = Cap.MEMORY_CACHE in getattr(self.decoder, "provides", ())
-        self.cache = MemoryCache(device=memory.device) if reuse else None
+        provides = getattr(self.decoder, "provides", ())
+        self.cache = MemoryCache(device=memory.device) if Cap.MEMORY_CACHE in provides else None
+        self.pick_inside = Cap.OUTPUT_POSITIONS in provides
 
     def __call__(self, tokens: Tensor, positions: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
-        cached = {} if self.cache is None else {"cache": self.cache}
+        kw: dict[str, Any] = {} if self.cache is None else {"cache": self.cache}
+        if positions is not None and self.pick_inside:  # the last layer runs at the predicted positions alone
+            kw["output_positions"] = positions
         hidden = self.decoder(
-            tokens, attention_mask=self.target_mask, memory=self.memory, memory_mask=self.memory_mask, **cached
-        ).last_hidden_state  # (N, L, D)
-        if positions is not None:  # the head runs only where tokens are predicted
-            hidden = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))  # (N, K, D)
+            tokens, attention_mask=self.target_mask, memory=self.memory, memory_mask=self.memory_mask, **kw
+        ).last_hidden_state  # (N, L, D), or (N, K, D) at the positions asked for
+        if positions is not None and not self.pick_inside:  # the head runs only where tokens are predicted
+            hidden = gather_positions(hidden, positions)  # (N, K, D)
         # one log-softmax, then its max: the argmax and its log-probability (twice as fast as max plus logsumexp)
         best, predicted = (self.head(hidden).float() + self.banned).log_softmax(dim=-1).max(dim=-1)  # (N, K)
         return predicted, best

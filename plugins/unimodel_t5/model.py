@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
-from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm
+from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm, gather_positions
 from unimodel.nn.positions import log_bucket, sinusoids
 from unimodel.nn.sync import mask_is_trivial
 from unimodel_t5 import (
@@ -281,10 +281,14 @@ class T5Decoder(_T5Stack, Decoder[T5Config]):
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
+        output_positions: Tensor | None = None,
     ) -> DecoderOutput:
         """input_ids (B, T); attention_mask (B, P+T) over cached and new tokens; memory (B, S, D_mem);
-        memory_mask (B, S). ``position_ids`` are ignored (relative positions only)."""
-        _B, T = input_ids.shape
+        memory_mask (B, S). ``position_ids`` are ignored (relative positions only).
+        ``output_positions`` (B, K), for a non-causal decoder: return the hidden states of those positions alone,
+        (B, K, D); the last layer runs its queries, cross-attention and feed-forward on those K rows only."""
+        B, T = input_ids.shape
+        queries = self.output_queries(output_positions, B, T)
         if cache is not None and not self.is_causal and cache.holds_self:
             raise InputError(
                 "a non-causal T5 decoder sees its whole input at once; it cannot decode with a key/value cache "
@@ -316,8 +320,12 @@ class T5Decoder(_T5Stack, Decoder[T5Config]):
         mem_mask = None
         if memory_mask is not None and not mask_is_trivial(memory_mask):
             mem_mask = memory_mask[:, None, None, :].bool()  # (B, 1, 1, S)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, cache=cache, layer=i, memory=memory, memory_mask=mem_mask)
+            q = queries if i == last else None
+            x = block(x, mask=mask, cache=cache, layer=i, memory=memory, memory_mask=mem_mask, queries=q)
+        if queries is not None and last < 0:
+            x = gather_positions(x, queries)
         if cache is not None:
             cache.advance(T)
         return DecoderOutput(last_hidden_state=self.drop(self.final_norm(x)), cache=cache)

@@ -1,6 +1,6 @@
 """Shared building blocks. Families compose these and differ only where they must."""
 
-from unimodel.nn.attention import Attention, KVCache, MemoryCache, attention_mask_for
+from unimodel.nn.attention import Attention, KVCache, MemoryCache, attention_mask_for, gather_positions
 from unimodel.nn.block import Block
 from unimodel.nn.ffn import ACTIVATIONS, FeedForward, get_activation, init_normal_
 from unimodel.nn.heads import LMHead
@@ -22,6 +22,7 @@ __all__ = [
     "RMSNorm",
     "attention_mask_for",
     "decoding_layout",
+    "gather_positions",
     "get_activation",
     "init_normal_",
     "make_norm",

@@ -187,6 +187,22 @@ def attention_mask_for(
     return mask, False
 
 
+def select_queries(q: Tensor, mask: Tensor | None, queries: Tensor) -> tuple[Tensor, Tensor | None, int]:
+    """The rows of ``queries`` (B, K) in ``q`` (B, H, T, hd) and in ``mask`` (b, h, T or 1, S), and K."""
+    B, H, _T, hd = q.shape
+    K = queries.shape[1]
+    q = q.gather(2, queries[:, None, :, None].expand(B, H, K, hd))
+    if mask is not None and mask.shape[-2] != 1:  # a mask per query row (T5's position bias): keep those rows
+        mask = mask.expand(B, -1, -1, -1)
+        mask = mask.gather(2, queries[:, None, :, None].expand(B, mask.shape[1], K, mask.shape[-1]))
+    return q, mask, K
+
+
+def gather_positions(x: Tensor, positions: Tensor) -> Tensor:
+    """x (B, T, D) at ``positions`` (B, K) -> (B, K, D)."""
+    return x.gather(1, positions[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
 class Attention(nn.Module):
     """Multi-head attention, self or cross.
 
@@ -246,8 +262,14 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         memory: Tensor | None = None,
+        queries: Tensor | None = None,
     ) -> Tensor:
-        """x (B, T, D) -> (B, T, D). ``memory`` (B, S, D_kv) for cross-attention."""
+        """x (B, T, D) -> (B, T, D). ``memory`` (B, S, D_kv) for cross-attention.
+
+        ``queries`` (B, K) long, self-attention only: the positions whose outputs are wanted. Every position
+        still serves as a key and value; only these K ask, so the output is (B, K, D), row ``j`` that of
+        position ``queries[:, j]``. A mask with a query axis keeps the rows of those positions.
+        """
         B, T, _ = x.shape
         if self.cross:
             q = self._heads(self.q(x))
@@ -268,6 +290,10 @@ class Attention(nn.Module):
                 q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             if cache is not None:
                 k, v = cache.update(layer, k, v)
+            if queries is not None:
+                if is_causal and mask is None:
+                    raise ValueError("attention over chosen queries takes an explicit mask, not is_causal")
+                q, mask, T = select_queries(q, mask, queries)
         y = F.scaled_dot_product_attention(
             q,
             k,

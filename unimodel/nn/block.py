@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from unimodel.nn.attention import Attention, KVCache
+from unimodel.nn.attention import Attention, KVCache, gather_positions
 from unimodel.nn.ffn import FeedForward
 from unimodel.nn.norms import make_norm
 
@@ -82,11 +82,15 @@ class Block(nn.Module):
         #: recompute this block's activations in the backward pass instead of keeping them (training only)
         self.gradient_checkpointing = False
 
-    def _sublayer(self, x: Tensor, norm: nn.Module, fn: Callable[..., Tensor], **kw: Any) -> Tensor:
+    def _sublayer(
+        self, x: Tensor, norm: nn.Module, fn: Callable[..., Tensor], residual: Tensor | None = None, **kw: Any
+    ) -> Tensor:
+        """``fn``'s output added to ``residual`` (``x`` by default), normed before or after."""
         y = fn(norm(x), **kw) if self.prenorm else fn(x, **kw)
         if self.training:  # dropout is the identity in eval; skipping the call helps per-token decoding
             y = self.drop(y)
-        return x + y if self.prenorm else norm(x + y)
+        r = x if residual is None else residual
+        return r + y if self.prenorm else norm(r + y)
 
     def forward(
         self,
@@ -98,9 +102,18 @@ class Block(nn.Module):
         layer: int = 0,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
+        queries: Tensor | None = None,
     ) -> Tensor:
+        """x (B, T, D) -> (B, T, D), or (B, K, D) with ``queries`` (B, K): the outputs of those positions alone
+        (every position is still a key and value of self-attention; the rest of the layer runs on K rows)."""
         kw: dict[str, Any] = dict(
-            mask=mask, is_causal=is_causal, cache=cache, layer=layer, memory=memory, memory_mask=memory_mask
+            mask=mask,
+            is_causal=is_causal,
+            cache=cache,
+            layer=layer,
+            memory=memory,
+            memory_mask=memory_mask,
+            queries=queries,
         )
         if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
             # Non-reentrant: gradients reach every input (the memory, T5's position bias in ``mask``) and
@@ -120,9 +133,13 @@ class Block(nn.Module):
         layer: int,
         memory: Tensor | None,
         memory_mask: Tensor | None,
+        queries: Tensor | None,
     ) -> Tensor:
-        """The three sublayers; x (B, T, D) -> (B, T, D)."""
-        x = self._sublayer(x, self.norm_attn, self.attn, mask=mask, is_causal=is_causal, cache=cache, layer=layer)
+        """The three sublayers; x (B, T, D) -> (B, T, D), or (B, K, D) at ``queries``."""
+        attn_kw: dict[str, Any] = dict(mask=mask, is_causal=is_causal, cache=cache, layer=layer)
+        if queries is not None:
+            attn_kw.update(queries=queries, residual=gather_positions(x, queries))
+        x = self._sublayer(x, self.norm_attn, self.attn, **attn_kw)
         if self.cross is not None and self.norm_cross is not None:
             x = self._sublayer(
                 x, self.norm_cross, self.cross, mask=memory_mask, cache=cache, layer=layer, memory=memory

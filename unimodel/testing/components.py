@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from unimodel.config import Config
-from unimodel.errors import UnimodelError
+from unimodel.errors import InputError, UnimodelError
 from unimodel.interfaces import Cap, Decoder, Encoder, Objective
 from unimodel.nn import MemoryCache
 from unimodel.registry import Component, Registry
@@ -164,6 +164,7 @@ def check_decoder(name: str, *, registry: Registry | None = None) -> None:
                     raise _fail(what, "with cross-attention, the output does not depend on the memory")
                 if "causal_decoder" in dec.config_class.field_names():
                     _check_memory_cache(name, reg, ids, memory_for, what)
+            _check_output_positions(name, reg, ids, memory_for, what)
 
 
 def _check_memory_cache(
@@ -189,6 +190,47 @@ def _check_memory_cache(
         )
     if all(kv is None for kv in cache.cross):
         raise _fail(what, "provides memory_cache but kept nothing in the MemoryCache it was given")
+
+
+def _check_output_positions(
+    name: str, reg: Registry, ids: Tensor, memory_for: Callable[[Any, Config], Tensor | None], what: str
+) -> None:
+    """A decoder that provides ``output_positions`` (built non-causal, where its config chooses) returns, for
+    chosen positions of each row, padded rows included, its full output at those positions, and refuses
+    positions outside its input."""
+    comp = reg.get("decoder", name)
+    noncausal = {"causal_decoder": False} if "causal_decoder" in comp.load().config_class.field_names() else {}
+    _, dec, config = _build_part("decoder", name, reg, **noncausal)
+    dec.eval()
+    if Cap.OUTPUT_POSITIONS not in getattr(dec, "provides", ()):
+        return
+    if getattr(dec, "is_causal", False):
+        raise _fail(what, "provides output_positions but is causal: only a non-causal decoder may take them")
+    memory = memory_for(dec, config)
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    # distinct positions per row, in no order, the last (padded) ones of row 1 among them
+    positions = torch.tensor([[4, 0, 2], [5, 1, 3]])
+    extra: dict[str, Any] = {} if memory is None else {"memory": memory}
+    with torch.no_grad():
+        for attention_mask in (None, mask):
+            full = dec(ids, attention_mask=attention_mask, **extra).last_hidden_state
+            got = dec(ids, attention_mask=attention_mask, output_positions=positions, **extra).last_hidden_state
+            if tuple(got.shape) != (2, 3, dec.d_model):
+                raise _fail(
+                    what,
+                    f"with output_positions of shape (2, 3) the output is {tuple(got.shape)}, expected "
+                    f"{(2, 3, dec.d_model)}",
+                )
+            want = full.gather(1, positions[:, :, None].expand(-1, -1, full.shape[-1]))
+            padded = "" if attention_mask is None else ", with padding"
+            _close(got, want, what, f"the output at output_positions differs from the full output there{padded}")
+        try:
+            dec(ids, output_positions=torch.tensor([[0], [ids.shape[1]]]), **extra)
+        except InputError:
+            pass
+        else:
+            raise _fail(what, f"accepted output_positions outside its {ids.shape[1]} inputs (expected an InputError)")
 
 
 def _check_grads(module: nn.Module, what: str) -> None:
