@@ -257,8 +257,9 @@ def floor_lines(rows: list[dict[str, Any]], floor: Mapping[str, float]) -> list[
     if ar is not None:
         bound = {t: ar / (floor["encoder"] + t * floor["products"]) for t in (4, 10)}
         lines[-1] += (
-            f" So even passes that cost no more than their products would be at most {bound[4]:.1f}x faster "
-            f"than AR greedy at T=4 and {bound[10]:.1f}x at T=10 here."
+            f" So T passes that each cost no more than these products would be at most {bound[4]:.1f}x faster "
+            f"than AR greedy at T=4 and {bound[10]:.1f}x at T=10 here (a pass after the first runs the last layer "
+            "at the re-masked positions only, so it may cost somewhat less)."
         )
     return lines
 
