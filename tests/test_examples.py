@@ -85,3 +85,23 @@ def test_overwrite_replaces_a_finished_run(tmp_path, monkeypatch):
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 1
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 1  # the first run's records went with it
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
+
+
+def test_the_prior_benchmark_recipes_load_and_build_on_the_example_vq_vae():
+    configs = {p.stem: read_config_file(p) for p in sorted(RECIPES.glob("*.toml"))}
+    assert set(configs) == {"vqvae_128", "prior_128", "maskgit_128"}
+    for path in RECIPES.glob("*.toml"):
+        load_run_config(path)  # every value checked as `unimodel train` checks it
+    example, vq = read_config_file(EXAMPLES / "vqvae_shapes.toml"), configs["vqvae_128"]
+    # the example with 128 codes: only the codebook, the run folder and the evaluation cadence differ
+    assert vq["model"] == {**example["model"], "codebook_size": 128}
+    assert (vq["objective"], vq["data"]) == (example["objective"], example["data"])
+    changed = {k for k in {*vq["train"], *example["train"]} if vq["train"].get(k) != example["train"].get(k)}
+    assert changed == {"output_dir", "eval_every", "checkpoint_every"}
+    for name in ("prior_128", "maskgit_128"):  # both priors model that VQ-VAE's codes, on the same data
+        options = configs[name]["data"]["kind_options"]
+        assert options["image_tokenizer"] == f"{vq['train']['output_dir']}/checkpoint"
+    assert configs["prior_128"]["data"] == configs["maskgit_128"]["data"]
