@@ -589,3 +589,29 @@ def test_the_kit_runs_mask_predict_and_cmlm_on_a_model_built_for_cmlm():
     check_padding_loss("cmlm", registry=reg)
     with pytest.raises(ConformanceError, match="two runs with seed=0 give different tokens"):
         check_decoding("noisy_mask_predict", registry=reg)
+
+
+def test_mask_predict_refuses_a_call_whose_passes_would_not_fit_before_the_first_pass(monkeypatch):
+    from unimodel.bounds import memory_limit
+    from unimodel.errors import ResourceError
+
+    model = tiny("bart").eval()
+    ids = torch.randint(0, N_PLAIN, (2048, 5), generator=torch.Generator().manual_seed(0))
+    passes = []
+    real = model.decoder.forward
+    monkeypatch.setattr(model.decoder, "forward", lambda *a, **k: passes.append(1) or real(*a, **k))
+    # 2,048 rows x 64 positions of fp32 logits over the vocabulary, their log-softmax and more: over 64 MiB
+    with memory_limit(64 << 20):
+        with pytest.raises(ResourceError, match=r"mask_predict \(batch 2048 x 1 length, 64 positions\): this needs"):
+            model.generate(ids, strategy="mask_predict", iterations=1, length=64)
+        head = model.heads["length"].proj
+        with torch.no_grad():  # the length head proposes 50, 49 and 51 whatever the input
+            head.weight.zero_()
+            head.bias.fill_(-10.0)
+            head.bias[[50, 49, 51]] = torch.tensor([10.0, 9.0, 8.0])
+        with pytest.raises(
+            ResourceError, match=r"batch 2048 x 3 lengths, 51 positions.*Lower length_beam or the batch"
+        ):
+            model.generate(ids, strategy="mask_predict", iterations=1, length_beam=3)
+        assert not passes  # refused before any decoder pass
+        assert model.generate(ids[:8], strategy="mask_predict", iterations=2, length=64).shape == (8, 66)

@@ -280,6 +280,34 @@ def banned_logits(model: Model, settings: GenerationSettings, mask_id: int, voca
     return bias
 
 
+def check_passes_memory(
+    model: Model, inputs: GenerationInputs, batch: int, k: int, width: int, options: Options
+) -> None:
+    """Refuse, before the first pass, a call whose passes need more memory than is available: N = B * K rows
+    of ``width`` positions, each with fp32 logits over the vocabulary (the banned ids added, then the
+    log-softmax), the decoder's activations, the repeated encoder memory with its cross-attention keys and
+    values, and with ``return_history`` every pass's tokens."""
+    from unimodel.bounds import check_memory
+
+    decoder = model.decoder
+    assert decoder is not None and inputs.encoder_output is not None  # mask_predict requires an encoder-decoder
+    memory = inputs.encoder_output.last_hidden_state  # (B, S, D_mem)
+    rows, item = batch * k, memory.element_size()
+    d_ff = int(getattr(decoder.config, "d_ff", None) or 4 * decoder.d_model)
+    per_position = decoder.vocab_size * 4 * 3 + (6 * decoder.d_model + 2 * d_ff) * item + 8 * 3
+    layers = len(getattr(decoder, "blocks", ())) or 1
+    nbytes = rows * width * per_position
+    nbytes += rows * memory.shape[1] * (memory.shape[2] + 2 * layers * decoder.d_model) * item
+    if options.return_history:
+        nbytes += options.iterations * rows * width * (8 + 1)
+    check_memory(
+        nbytes,
+        f"generate: mask_predict (batch {batch} x {k} length{'s' if k > 1 else ''}, {width} positions)",
+        device=memory.device,
+        fix="Lower length_beam or the batch size, or cap the target length with max_new_tokens.",
+    )
+
+
 class _Predictor:
     """The decoder and LM head as refinement's ``predict``: argmax tokens and their log-probabilities.
 
@@ -342,6 +370,7 @@ def mask_predict(model: Model, inputs: GenerationInputs, settings: GenerationSet
     k = lengths.shape[1]
     flat = lengths.reshape(-1)  # (N,)
     width = int(flat.max())  # the one host read before the loop: every candidate's row width
+    check_passes_memory(model, inputs, batch, k, width, options)
     open_positions = torch.arange(width, device=device)[None, :] < flat[:, None]  # (N, L)
     memory, memory_mask = encoded.last_hidden_state, inputs.attention_mask
     if k > 1:
@@ -368,6 +397,8 @@ def mask_predict(model: Model, inputs: GenerationInputs, settings: GenerationSet
 
 # Every pass multiplies N * L rows by each weight: the one-row weight copies generate makes would go unused.
 mask_predict.uses_decoding_layout = False  # type: ignore[attr-defined]
+# its rows are B x length_beam candidates of the predicted width, known after the encoder: it checks its memory there
+mask_predict.checks_memory = True  # type: ignore[attr-defined]
 # the strategy's own options, for front ends that check them before a model loads (unimodel generate --option)
 mask_predict.config_class = MaskPredictConfig  # type: ignore[attr-defined]
 

@@ -185,14 +185,15 @@ def generate(model: Model, input_ids: Tensor, *, registry: Registry | None = Non
     )
     from unimodel.bounds import check_generation_memory
 
-    check_generation_memory(model, ids, settings)  # before any cache or beam buffer is allocated
+    strategy = component.load()
+    if not getattr(strategy, "checks_memory", False):  # a strategy may estimate its own buffers instead
+        check_generation_memory(model, ids, settings)  # before any cache or beam buffer is allocated
     if not model.is_encoder_decoder:
         inputs = GenerationInputs(ids, mask, ids)
     else:
         start = settings.decoder_start_token_id
         decoder_ids = ids.new_full((ids.shape[0], 1), start) if start is not None else ids[:, :0]
         inputs = GenerationInputs(ids, mask, decoder_ids)
-    strategy = component.load()
 
     was_training = model.training
     switch = any(m.training for m in model.modules())  # eval() on a model already in eval mode costs ms
