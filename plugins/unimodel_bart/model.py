@@ -262,8 +262,6 @@ class BartDecoder(_Embeddings, Decoder[BartConfig]):
             x = block(
                 x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask, queries=q
             )
-        if queries is not None and last < 0:
-            x = gather_positions(x, queries)
         if cache is not None:
             cache.advance(T)
         return DecoderOutput(last_hidden_state=x, cache=cache)

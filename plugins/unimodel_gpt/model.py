@@ -8,15 +8,7 @@ from torch import Tensor, nn
 from unimodel.capabilities import Cap
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, ModelFamily
-from unimodel.nn import (
-    Block,
-    KVCache,
-    LearnedPositions,
-    LMHead,
-    attention_mask_for,
-    gather_positions,
-    init_normal_,
-)
+from unimodel.nn import Block, KVCache, LearnedPositions, LMHead, attention_mask_for, init_normal_
 from unimodel.nn.ffn import residual_std
 from unimodel.nn.sync import mask_is_trivial
 from unimodel_gpt import NONCAUSAL_PROVIDES, PROVIDES
@@ -114,8 +106,6 @@ class GPTDecoder(Decoder[GPTConfig]):
             x = block(
                 x, mask=mask, is_causal=is_causal, cache=cache, layer=i, memory=memory, memory_mask=mem_mask, queries=q
             )
-        if queries is not None and last < 0:
-            x = gather_positions(x, queries)
         if cache is not None:
             cache.advance(T)
         return DecoderOutput(last_hidden_state=self.norm(x), cache=cache)

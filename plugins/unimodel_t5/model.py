@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from unimodel.errors import InputError
 from unimodel.interfaces import Backbone, Decoder, DecoderOutput, Encoder, EncoderOutput, ModelFamily
-from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm, gather_positions
+from unimodel.nn import Attention, Block, FeedForward, KVCache, LMHead, RMSNorm
 from unimodel.nn.positions import log_bucket, sinusoids
 from unimodel.nn.sync import mask_is_trivial
 from unimodel_t5 import (
@@ -324,8 +324,6 @@ class T5Decoder(_T5Stack, Decoder[T5Config]):
         for i, block in enumerate(self.blocks):
             q = queries if i == last else None
             x = block(x, mask=mask, cache=cache, layer=i, memory=memory, memory_mask=mem_mask, queries=q)
-        if queries is not None and last < 0:
-            x = gather_positions(x, queries)
         if cache is not None:
             cache.advance(T)
         return DecoderOutput(last_hidden_state=self.drop(self.final_norm(x)), cache=cache)

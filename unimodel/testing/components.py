@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from unimodel.config import Config
 from unimodel.errors import InputError, UnimodelError
 from unimodel.interfaces import Cap, Decoder, Encoder, Objective
-from unimodel.nn import MemoryCache
+from unimodel.nn import MemoryCache, gather_positions
 from unimodel.registry import Component, Registry
 from unimodel.testing.base import (
     NotApplicable,
@@ -222,15 +222,14 @@ def _check_output_positions(
                     f"with output_positions of shape (2, 3) the output is {tuple(got.shape)}, expected "
                     f"{(2, 3, dec.d_model)}",
                 )
-            want = full.gather(1, positions[:, :, None].expand(-1, -1, full.shape[-1]))
+            want = gather_positions(full, positions)
             padded = "" if attention_mask is None else ", with padding"
             _close(got, want, what, f"the output at output_positions differs from the full output there{padded}")
         try:
             dec(ids, output_positions=torch.tensor([[0], [ids.shape[1]]]), **extra)
         except InputError:
-            pass
-        else:
-            raise _fail(what, f"accepted output_positions outside its {ids.shape[1]} inputs (expected an InputError)")
+            return
+        raise _fail(what, f"accepted output_positions outside its {ids.shape[1]} inputs (expected an InputError)")
 
 
 def _check_grads(module: nn.Module, what: str) -> None:
